@@ -1,0 +1,169 @@
+//! The page map: every mapping of the target, page by page, as runs of identical page states.
+use serde::Serialize;
+
+/// What one page of a mapping is, as far as the kernel tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageState {
+    /// Neither resident nor swapped (never touched, reclaimed, or a file page not in memory).
+    Absent,
+    /// Resident anonymous memory (heap, stacks, private writable pages).
+    Anon,
+    /// Resident file-backed or shared memory (page cache).
+    File,
+    /// Resident anonymous page that is part of a transparent huge page or large folio.
+    ThpAnon,
+    /// Resident file page that is part of a large folio.
+    ThpFile,
+    /// Swapped out.
+    Swapped,
+}
+
+impl PageState {
+    pub const ALL: [PageState; 6] = [
+        PageState::Anon,
+        PageState::File,
+        PageState::ThpAnon,
+        PageState::ThpFile,
+        PageState::Swapped,
+        PageState::Absent,
+    ];
+
+    /// The JSON key and legend label.
+    pub fn key(self) -> &'static str {
+        match self {
+            PageState::Absent => "absent",
+            PageState::Anon => "anon",
+            PageState::File => "file",
+            PageState::ThpAnon => "thp_anon",
+            PageState::ThpFile => "thp_file",
+            PageState::Swapped => "swapped",
+        }
+    }
+
+    pub fn is_resident(self) -> bool {
+        !matches!(self, PageState::Absent | PageState::Swapped)
+    }
+}
+
+/// Page counts by state; the JSON `pages` object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PageCounts {
+    pub anon: u64,
+    pub file: u64,
+    pub thp_anon: u64,
+    pub thp_file: u64,
+    pub swapped: u64,
+    pub absent: u64,
+}
+
+impl PageCounts {
+    pub fn add(&mut self, state: PageState, pages: u64) {
+        *self.slot(state) += pages;
+    }
+
+    pub fn get(&self, state: PageState) -> u64 {
+        let mut copy = *self;
+        *copy.slot(state)
+    }
+
+    pub fn merge(&mut self, other: &PageCounts) {
+        for state in PageState::ALL {
+            self.add(state, other.get(state));
+        }
+    }
+
+    pub fn resident(&self) -> u64 {
+        self.anon + self.file + self.thp_anon + self.thp_file
+    }
+
+    fn slot(&mut self, state: PageState) -> &mut u64 {
+        match state {
+            PageState::Absent => &mut self.absent,
+            PageState::Anon => &mut self.anon,
+            PageState::File => &mut self.file,
+            PageState::ThpAnon => &mut self.thp_anon,
+            PageState::ThpFile => &mut self.thp_file,
+            PageState::Swapped => &mut self.swapped,
+        }
+    }
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    /// The pathname column: a file, `[heap]`, `[stack]`, ... or empty for anonymous memory.
+    pub path: String,
+}
+
+/// A run of consecutive pages in the same state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub state: PageState,
+    pub pages: u64,
+}
+
+/// A mapping and the state of each of its pages.
+#[derive(Clone, Debug, Serialize)]
+pub struct MappingPages {
+    #[serde(flatten)]
+    pub mapping: Mapping,
+    #[serde(rename = "pages")]
+    pub counts: PageCounts,
+    #[serde(skip)]
+    pub runs: Vec<Run>,
+}
+
+impl MappingPages {
+    pub fn new(mapping: Mapping) -> Self {
+        MappingPages {
+            mapping,
+            counts: PageCounts::default(),
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, state: PageState, pages: u64) {
+        if pages == 0 {
+            return;
+        }
+        self.counts.add(state, pages);
+        match self.runs.last_mut() {
+            Some(run) if run.state == state => run.pages += pages,
+            _ => self.runs.push(Run { state, pages }),
+        }
+    }
+}
+
+/// The whole address space of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct PageMap {
+    pub pid: i32,
+    pub page_size: u64,
+    pub mappings: Vec<MappingPages>,
+    pub totals: PageCounts,
+    /// What could not be known (for instance huge pages without root), said once, with the reason.
+    pub limitations: Vec<String>,
+}
+
+impl PageMap {
+    /// The state of the page holding `addr`, if a mapping covers it.
+    pub fn state_at(&self, addr: u64) -> Option<PageState> {
+        let i = self.mappings.partition_point(|m| m.mapping.end <= addr);
+        let m = self.mappings.get(i)?;
+        if addr < m.mapping.start {
+            return None;
+        }
+        let mut page = (addr - m.mapping.start) / self.page_size;
+        for run in &m.runs {
+            if page < run.pages {
+                return Some(run.state);
+            }
+            page -= run.pages;
+        }
+        None
+    }
+}
