@@ -49,7 +49,7 @@ impl Target {
             .map(|m| Mapping {
                 start: m.address.0,
                 end: m.address.1,
-                perms: m.perms.as_str().to_string(),
+                perms: m.perms.as_str(),
                 offset: m.offset,
                 path: path_column(&m.pathname),
             })
@@ -59,6 +59,15 @@ impl Target {
             self.ensure_alive()?;
         }
         Ok(mappings)
+    }
+
+    /// The C library the target has mapped, as a path this process can open, and the mapping's
+    /// own path. `None` for static or non-glibc programs.
+    pub fn libc(&self, maps: &[Mapping]) -> Option<(PathBuf, String)> {
+        maps.iter()
+            .filter(|m| m.offset == 0)
+            .find(|m| is_glibc_name(&m.path))
+            .map(|m| (self.root_path(Path::new(&m.path)), m.path.clone()))
     }
 
     /// Called after a read failed or returned nothing: turns "the process went away" into the
@@ -87,6 +96,12 @@ impl Target {
     pub(crate) fn process(&self) -> &Process {
         &self.process
     }
+}
+
+/// `libc.so.6` (glibc ≥ 2.34 and most distributions before) or `libc-2.NN.so`.
+fn is_glibc_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
 }
 
 fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {

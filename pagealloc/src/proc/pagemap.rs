@@ -8,7 +8,7 @@ use procfs::process::{MemoryPageFlags, PageInfo, PageMap as PagemapFile, Pfn};
 
 use super::Target;
 use crate::error::Result;
-use crate::state::pages::{MappingPages, PageCounts, PageMap, PageState};
+use crate::state::pages::{Mapping, MappingPages, PageCounts, PageMap, PageState};
 
 /// Pages read from pagemap per call: bounds memory for huge mappings (64 Ki entries = 512 KiB).
 const CHUNK_PAGES: u64 = 64 * 1024;
@@ -57,8 +57,13 @@ impl<'t> PageReader<'t> {
     }
 
     /// The page map of every mapping of the target.
-    pub fn read_all(mut self) -> Result<PageMap> {
+    pub fn read_all(self) -> Result<PageMap> {
         let maps = self.target.maps()?;
+        self.read_mappings(maps)
+    }
+
+    /// The page map of `maps`. A mapping that vanished since `maps` was read reads as absent.
+    pub fn read_mappings(mut self, maps: Vec<Mapping>) -> Result<PageMap> {
         let mut mappings = Vec::with_capacity(maps.len());
         let mut totals = PageCounts::default();
         for mapping in maps {

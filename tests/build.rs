@@ -1,0 +1,36 @@
+//! Compiles the C fixtures into OUT_DIR and tells the tests where they are (FIXTURE_<NAME>).
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    println!("cargo:rerun-if-changed=fixtures");
+    for entry in std::fs::read_dir("fixtures").expect("tests/fixtures exists") {
+        let path = entry.expect("readable fixtures dir").path();
+        if path.extension().is_none_or(|e| e != "c") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let binary = Path::new(&out).join(&name);
+        // -fno-builtin-*: gcc would otherwise remove malloc/free pairs the fixtures rely on.
+        let status = Command::new("gcc")
+            .args(["-O1", "-g", "-Wall", "-Werror", "-pthread"])
+            .args([
+                "-fno-builtin-malloc",
+                "-fno-builtin-free",
+                "-fno-builtin-calloc",
+            ])
+            .args(["-fno-builtin-realloc"])
+            .arg("-o")
+            .arg(&binary)
+            .arg(&path)
+            .status()
+            .expect("gcc is needed to build the test fixtures (cargo xtask setup installs it)");
+        assert!(status.success(), "gcc failed on {}", path.display());
+        println!(
+            "cargo:rustc-env=FIXTURE_{}={}",
+            name.to_uppercase(),
+            binary.display()
+        );
+    }
+}
