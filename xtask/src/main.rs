@@ -1,1 +1,120 @@
-fn main() {}
+//! `cargo xtask <task>`: set-up, demo, test and bench for pagealloc.
+//!
+//! Every task first runs `setup`, which checks each prerequisite and installs what is missing,
+//! idempotently, printing one line per step.
+mod setup;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install the toolchains, bpf-linker and Debian packages pagealloc needs.
+    Setup,
+    /// Set up, build, start the demo workload and show it with pagealloc.
+    Demo {
+        /// Extra arguments for `pagealloc snapshot`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run the whole test suite (root tests are skipped, and named, without root).
+    Test {
+        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    setup::run()?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::Demo { args } => demo(&root, &args),
+        Task::Test { args } => test(&args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, inheriting the terminal; fails with the command line if it fails.
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn demo(root: &Path, args: &[String]) -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
+    let workload = root.join("target/demo/workload");
+    std::fs::create_dir_all(workload.parent().unwrap())?;
+    run(Command::new("gcc")
+        .args([
+            "-O1",
+            "-pthread",
+            "-fno-builtin-malloc",
+            "-fno-builtin-free",
+            "-o",
+        ])
+        .arg(&workload)
+        .arg(root.join("xtask/demo/workload.c")))?;
+    let mut child = Command::new(&workload)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the demo workload")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("the demo workload did not start: {line:?}");
+    }
+    println!("demo workload running as pid {}", child.id());
+    let result = run(Command::new(root.join("target/release/pagealloc"))
+        .arg("snapshot")
+        .arg(child.id().to_string())
+        .args(args));
+    drop(child.stdin.take()); // the workload exits when its stdin closes
+    child.wait()?;
+    result
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // The end-to-end tests run the binary as a user would: build it first.
+    run(cargo().args(["build", "--package", "pagealloc"]))?;
+    let mut command = cargo();
+    command.args(["test", "--workspace", "--"]);
+    command.args(args);
+    if !setup::is_root() {
+        println!(
+            "xtask: not root: skipping the tests named root_* (they load eBPF programs, read \
+             /proc/kpageflags, switch users or add swap). Run as root to run them; CI does."
+        );
+        command.args(["--skip", "root_"]);
+    }
+    run(&mut command)
+}

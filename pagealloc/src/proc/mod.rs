@@ -128,6 +128,7 @@ fn path_column(path: &MMapPath) -> String {
         MMapPath::Rollup => "[rollup]".into(),
         MMapPath::Anonymous => String::new(),
         MMapPath::Vsys(key) => format!("/SYSV{key:08x}"),
-        MMapPath::Other(other) => other.clone(),
+        // procfs strips the brackets of pseudo-paths it does not know (`[vvar_vclock]`).
+        MMapPath::Other(other) => format!("[{other}]"),
     }
 }
