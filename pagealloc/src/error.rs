@@ -25,6 +25,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The C library's debug info is missing: the page map works, the heap map does not.
+    #[error("heap map unavailable: {0}")]
+    NoDebugInfo(String),
+    /// Static, musl, or otherwise not glibc's malloc.
+    #[error("heap map unavailable: {0}")]
+    NotGlibc(String),
+    /// The heap could not be walked (unreadable arena, unknown layout).
+    #[error("heap map unavailable: {0}")]
+    Heap(String),
     #[error("{0}")]
     Other(String),
 }
@@ -39,6 +48,9 @@ impl Error {
             Error::PermissionDenied { .. } => 5,
             Error::Zombie { .. } => 6,
             Error::KernelThread { .. } => 7,
+            Error::NoDebugInfo(_) => 8,
+            Error::NotGlibc(_) => 9,
+            Error::Heap(_) => 10,
         }
     }
 

@@ -1,8 +1,10 @@
-//! pagealloc: where a running process's memory is, page by page.
+//! pagealloc: where a running process's memory is, page by page and chunk by chunk.
 //!
-//! Data flows one way: sources (`proc`, `trace`) fill plain data (`state`), which outputs
-//! (`render`) only read.
+//! Data flows one way: sources (`proc`, `debuginfo`, `glibc`, `trace`) fill plain data
+//! (`state`), which outputs (`render`) only read.
+pub mod debuginfo;
 pub mod error;
+pub mod glibc;
 pub mod proc;
 pub mod render;
 pub mod state;
@@ -10,10 +12,138 @@ pub mod trace;
 
 pub use error::{Error, Result};
 
-use state::pages::PageMap;
+use serde::Serialize;
+
+use debuginfo::{DebugInfoError, DebugOptions};
+use proc::Target;
+use proc::memory::ProcessMemory;
+use proc::pagemap::PageReader;
+use state::heap::HeapMap;
+use state::pages::{Mapping, PageMap};
 
 /// The page map of process `pid`, read once.
 pub fn page_map(pid: i32) -> Result<PageMap> {
-    let target = proc::Target::open(pid)?;
-    proc::pagemap::PageReader::open(&target)?.read_all()
+    let target = Target::open(pid)?;
+    PageReader::open(&target)?.read_all()
+}
+
+/// Which C library the heap map was read with (JSON `libc`).
+#[derive(Clone, Debug, Serialize)]
+pub struct LibcInfo {
+    /// The path as the target sees it.
+    pub path: String,
+    pub build_id: String,
+    pub debug_file: String,
+    pub version: Option<String>,
+}
+
+/// One look at a process: its page map and, where glibc's debug info allows, its heap map.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    #[serde(flatten)]
+    pub pages: PageMap,
+    pub libc: Option<LibcInfo>,
+    pub heap: Option<HeapMap>,
+    /// Why there is no heap map, when there is none.
+    pub heap_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotOptions {
+    /// Walk the heap too (needs glibc's debug info).
+    pub heap: bool,
+    /// Hold the target still while reading (ptrace).
+    pub stop: bool,
+    pub debug: DebugOptions,
+}
+
+/// Reads a snapshot. A heap that cannot be walked does not lose the page map: the snapshot comes
+/// back with `heap_error` set, together with the error (for the exit code).
+pub fn snapshot(pid: i32, options: &SnapshotOptions) -> Result<(Snapshot, Option<Error>)> {
+    let target = Target::open(pid)?;
+    let _frozen = if options.stop {
+        Some(proc::freeze::Frozen::freeze(pid)?)
+    } else {
+        None
+    };
+    let maps = target.maps()?;
+    let pages = PageReader::open(&target)?.read_mappings(maps.clone())?;
+    let mut snapshot = Snapshot {
+        pages,
+        libc: None,
+        heap: None,
+        heap_error: None,
+    };
+    if !options.heap {
+        return Ok((snapshot, None));
+    }
+    let heap = heap_map(&target, &maps, &snapshot.pages, &options.debug);
+    // The walk reads memory that vanishes with the process: say so rather than "corrupt heap".
+    target.ensure_alive()?;
+    match heap {
+        Ok((heap, libc)) => {
+            snapshot.heap = Some(heap);
+            snapshot.libc = Some(libc);
+            Ok((snapshot, None))
+        }
+        Err(error) => {
+            snapshot.heap_error = Some(error.to_string());
+            Ok((snapshot, Some(error)))
+        }
+    }
+}
+
+/// Walks the target's glibc heap.
+pub fn heap_map(
+    target: &Target,
+    maps: &[Mapping],
+    pages: &PageMap,
+    options: &DebugOptions,
+) -> Result<(HeapMap, LibcInfo)> {
+    let (libc_host_path, libc_path) = target.libc(maps).ok_or_else(|| {
+        Error::NotGlibc(format!(
+            "process {} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
+             reads glibc's malloc only; the page map still applies",
+            target.pid
+        ))
+    })?;
+    let info = debuginfo::load(&libc_host_path, options).map_err(debug_info_error)?;
+    let offsets = glibc::layout::Offsets::new(&info.layout).map_err(debug_info_error)?;
+    let load_base = maps
+        .iter()
+        .filter(|m| m.path == libc_path)
+        .map(|m| m.start - m.offset)
+        .min()
+        .ok_or_else(|| Error::Heap("the libc mapping vanished".into()))?;
+    let bias = load_base - (info.layout.symbols.first_load_vaddr & !(pages.page_size - 1));
+    let symbols = &info.layout.symbols;
+    let memory = ProcessMemory::new(target.pid, pages);
+    let walked = glibc::walker::walk(&glibc::walker::Target {
+        memory: &memory,
+        offsets: &offsets,
+        main_arena: bias + symbols.main_arena,
+        mp: bias + symbols.mp_,
+        tcache_key: symbols.tcache_key.map(|k| bias + k),
+        mappings: maps,
+    })
+    .map_err(|e| Error::Heap(e.to_string()))?;
+    let libc = LibcInfo {
+        path: libc_path,
+        build_id: info.build_id,
+        debug_file: info.debug_file.display().to_string(),
+        version: info.layout.glibc_version.clone(),
+    };
+    Ok((walked, libc))
+}
+
+fn debug_info_error(error: DebugInfoError) -> Error {
+    if error.is_missing_debug_info() {
+        return Error::NoDebugInfo(error.to_string());
+    }
+    match error {
+        DebugInfoError::NotGlibc { .. }
+        | DebugInfoError::MissingSymbol { .. }
+        | DebugInfoError::MissingStruct { .. } => Error::NotGlibc(error.to_string()),
+        other => Error::Heap(other.to_string()),
+    }
 }

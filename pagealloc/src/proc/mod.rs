@@ -1,4 +1,6 @@
 //! Readers of `/proc`: the target process, its mappings and its page tables.
+pub mod freeze;
+pub mod memory;
 pub mod pagemap;
 
 use std::path::{Path, PathBuf};

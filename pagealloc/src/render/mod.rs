@@ -1,5 +1,6 @@
 //! Outputs: terminal pictures and JSON. They read the state; they never change it.
 pub mod canvas;
+pub mod heap;
 pub mod json;
 pub mod pages;
 

@@ -1,0 +1,178 @@
+//! What pagealloc needs from the libc ELF itself: build-id, debug link, first `PT_LOAD`,
+//! whether it is glibc, and its version banner.
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+
+use super::DebugInfoError;
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DebugInfoError> {
+    fs::read(path).map_err(|e| DebugInfoError::io(path, e))
+}
+
+/// Parses `data` as an ELF file; anything else is `NotElf`.
+pub(crate) fn parse<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<'d>, DebugInfoError> {
+    let not_elf = |reason: String| DebugInfoError::NotElf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !data.starts_with(b"\x7fELF") {
+        return Err(not_elf("no ELF magic number".into()));
+    }
+    let obj = object::File::parse(data).map_err(|e| not_elf(e.to_string()))?;
+    if obj.format() != object::BinaryFormat::Elf {
+        return Err(not_elf(format!("{:?} file", obj.format())));
+    }
+    Ok(obj)
+}
+
+/// The GNU build-id note's bytes, if the file has one.
+pub(crate) fn build_id(obj: &object::File<'_>) -> Option<Vec<u8>> {
+    obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Facts about the libc, read once from its file.
+pub(crate) struct LibcFacts {
+    pub path: PathBuf,
+    /// The whole file, kept for DWARF it may carry itself.
+    pub data: Vec<u8>,
+    pub build_id: Option<Vec<u8>>,
+    /// `.gnu_debuglink`: file name and CRC32 of the debug file.
+    pub debuglink: Option<(Vec<u8>, u32)>,
+    pub first_load_vaddr: u64,
+    /// The file has a `.debug_info` section.
+    pub has_dwarf: bool,
+    pub glibc_version: Option<String>,
+    /// Err(reason) if the file is not a shared glibc.
+    glibc: Result<(), String>,
+}
+
+impl LibcFacts {
+    pub fn read(path: &Path) -> Result<Self, DebugInfoError> {
+        let data = read_file(path)?;
+        let obj = parse(path, &data)?;
+        let first_load_vaddr =
+            obj.segments()
+                .next()
+                .map(|s| s.address())
+                .ok_or_else(|| DebugInfoError::NotElf {
+                    path: path.to_path_buf(),
+                    reason: "no PT_LOAD segment: not a loadable program or library".into(),
+                })?;
+        let build_id = build_id(&obj);
+        let debuglink = obj
+            .gnu_debuglink()
+            .ok()
+            .flatten()
+            .map(|(name, crc)| (name.to_vec(), crc));
+        let has_dwarf = obj.section_by_name(".debug_info").is_some();
+        let glibc = glibc_check(&obj);
+        let glibc_version = obj
+            .section_by_name(".rodata")
+            .and_then(|s| s.data().ok())
+            .and_then(banner_version);
+        drop(obj);
+        Ok(LibcFacts {
+            path: path.to_path_buf(),
+            data,
+            build_id,
+            debuglink,
+            first_load_vaddr,
+            has_dwarf,
+            glibc_version,
+            glibc,
+        })
+    }
+
+    /// `NotGlibc` unless the file is a shared glibc.
+    pub fn check_glibc(&self) -> Result<(), DebugInfoError> {
+        self.glibc
+            .clone()
+            .map_err(|reason| DebugInfoError::NotGlibc {
+                path: self.path.clone(),
+                reason,
+            })
+    }
+
+    pub fn build_id_hex(&self) -> String {
+        self.build_id.as_deref().map(hex).unwrap_or_default()
+    }
+
+    /// The NUL-terminated string at link-time address `vaddr` of the libc (for
+    /// `__libc_version`, when the banner was not found).
+    pub fn c_string_at(&self, vaddr: u64) -> Option<String> {
+        let obj = object::File::parse(&*self.data).ok()?;
+        let section = obj
+            .sections()
+            .find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
+        let data = section.data().ok()?;
+        let start = usize::try_from(vaddr - section.address()).ok()?;
+        let rest = data.get(start..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        String::from_utf8(rest[..end].to_vec()).ok()
+    }
+}
+
+/// Whether `obj` is glibc's shared C library, or why not.
+fn glibc_check(obj: &object::File<'_>) -> Result<(), String> {
+    let mut any_dynamic = false;
+    let mut defines_malloc = false;
+    let mut defines_glibc_marker = false;
+    for sym in obj.dynamic_symbols() {
+        any_dynamic = true;
+        if sym.is_undefined() {
+            continue;
+        }
+        match sym.name_bytes() {
+            Ok(b"malloc") => defines_malloc = true,
+            Ok(b"gnu_get_libc_version") => defines_glibc_marker = true,
+            _ => {}
+        }
+    }
+    if !any_dynamic {
+        return Err(
+            "it has no dynamic symbol table: it is a statically linked program (or not a \
+             library at all), not a shared C library. pagealloc reads heaps through glibc's \
+             shared libc.so.6; a static binary (glibc or musl) carries its own malloc and is \
+             not supported"
+                .into(),
+        );
+    }
+    if !defines_malloc {
+        return Err(
+            "it does not define malloc: it is a program or library that uses a C library, \
+             not the C library itself"
+                .into(),
+        );
+    }
+    if !defines_glibc_marker {
+        return Err(
+            "it defines malloc but not gnu_get_libc_version: it looks like musl or another \
+             C library, whose heap pagealloc cannot read"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// "2.36" from glibc's banner "GNU C Library (...) stable release version 2.36.".
+pub(crate) fn banner_version(rodata: &[u8]) -> Option<String> {
+    const BANNER: &[u8] = b"GNU C Library";
+    const VERSION: &[u8] = b"version ";
+    let start = rodata.windows(BANNER.len()).position(|w| w == BANNER)?;
+    let banner = &rodata[start..];
+    let banner = &banner[..banner.iter().position(|&b| b == 0).unwrap_or(banner.len())];
+    let at = banner.windows(VERSION.len()).position(|w| w == VERSION)? + VERSION.len();
+    let version: String = banner[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|&b| char::from(b))
+        .collect();
+    let version = version.trim_end_matches('.');
+    (!version.is_empty() && version.contains('.')).then(|| version.to_string())
+}

@@ -1,0 +1,97 @@
+//! The offsets and constants the walker uses, derived from the DWARF layouts (never hard-coded).
+use crate::debuginfo::{DebugInfoError, MallocLayout};
+
+#[derive(Clone, Debug)]
+pub struct Offsets {
+    /// SIZE_SZ: the size of a chunk's size word.
+    pub size_sz: u64,
+    /// MALLOC_ALIGNMENT (2 * SIZE_SZ).
+    pub alignment: u64,
+    /// MINSIZE: the smallest chunk.
+    pub min_size: u64,
+    /// sizeof(struct malloc_chunk): the part of a free chunk malloc_trim keeps.
+    pub chunk_struct_size: u64,
+    pub chunk_size: u64,
+    pub chunk_fd: u64,
+    pub chunk_bk: u64,
+    pub state_size: u64,
+    pub state_fastbins: u64,
+    pub state_fastbin_count: u64,
+    pub state_top: u64,
+    pub state_bins: u64,
+    pub state_bin_count: u64,
+    pub state_next: u64,
+    pub state_system_mem: u64,
+    pub heap_info_size: u64,
+    pub heap_info_ar_ptr: u64,
+    pub heap_info_prev: u64,
+    pub heap_info_size_field: u64,
+    pub mp_sbrk_base: u64,
+    pub mp_n_mmaps: u64,
+    pub mp_mmapped_mem: u64,
+    /// `mp_.hp_pagesize` (glibc ≥ 2.35): heaps are 4 huge pages when set.
+    pub mp_hp_pagesize: Option<u64>,
+    /// Offset of `tcache_entry.key` from the user pointer (glibc ≥ 2.29).
+    pub tcache_key: Option<u64>,
+    /// glibc ≥ 2.32 protects tcache and fastbin links: stored = (address >> 12) ^ pointer.
+    pub safe_linking: bool,
+}
+
+/// HEAP_MAX_SIZE on LP64: 2 * DEFAULT_MMAP_THRESHOLD_MAX = 2 * 4 MiB * sizeof(long).
+pub fn default_heap_max_size(size_sz: u64) -> u64 {
+    2 * 4 * 1024 * 1024 * size_sz
+}
+
+impl Offsets {
+    pub fn new(layout: &MallocLayout) -> Result<Offsets, DebugInfoError> {
+        let chunk = &layout.malloc_chunk;
+        let state = &layout.malloc_state;
+        let heap = &layout.heap_info;
+        let mp = &layout.malloc_par;
+        let size_sz = chunk.field("mchunk_size")?.size;
+        let alignment = 2 * size_sz;
+        let fd_nextsize = chunk.offset("fd_nextsize")?;
+        let fastbins = state.field("fastbinsY")?;
+        let bins = state.field("bins")?;
+        let version = layout
+            .glibc_version
+            .as_deref()
+            .and_then(|v| {
+                let (major, minor) = v.split_once('.')?;
+                Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+            })
+            .unwrap_or((2, 32));
+        Ok(Offsets {
+            size_sz,
+            alignment,
+            // MINSIZE = (offsetof(malloc_chunk, fd_nextsize) + MALLOC_ALIGN_MASK) & ~MASK
+            min_size: (fd_nextsize + alignment - 1) & !(alignment - 1),
+            chunk_struct_size: chunk.size,
+            chunk_size: chunk.offset("mchunk_size")?,
+            chunk_fd: chunk.offset("fd")?,
+            chunk_bk: chunk.offset("bk")?,
+            state_size: state.size,
+            state_fastbins: fastbins.offset,
+            state_fastbin_count: fastbins.array_len.unwrap_or(0),
+            state_top: state.offset("top")?,
+            state_bins: bins.offset,
+            state_bin_count: bins.array_len.unwrap_or(0),
+            state_next: state.offset("next")?,
+            state_system_mem: state.offset("system_mem")?,
+            heap_info_size: heap.size,
+            heap_info_ar_ptr: heap.offset("ar_ptr")?,
+            heap_info_prev: heap.offset("prev")?,
+            heap_info_size_field: heap.offset("size")?,
+            mp_sbrk_base: mp.offset("sbrk_base")?,
+            mp_n_mmaps: mp.offset("n_mmaps")?,
+            mp_mmapped_mem: mp.offset("mmapped_mem")?,
+            mp_hp_pagesize: mp.field("hp_pagesize").ok().map(|f| f.offset),
+            tcache_key: layout
+                .tcache_entry
+                .as_ref()
+                .and_then(|e| e.field("key").ok())
+                .map(|f| f.offset),
+            safe_linking: version >= (2, 32),
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! glibc malloc: its layouts (from DWARF) and the arena walker.
+pub mod layout;
+pub mod walker;

@@ -1,0 +1,249 @@
+//! The heap map: glibc malloc's arenas at chunk granularity, and what each chunk is used for.
+//!
+//! Each heap segment keeps one byte per 16-byte granule (the chunk state, plus a mark on the
+//! first granule of each chunk), so a malloc or free event can later update it in place and the
+//! renderers can draw it without the chunks themselves.
+use serde::Serialize;
+
+/// malloc's allocation unit on x86-64 (MALLOC_ALIGNMENT).
+pub const GRANULE: u64 = 16;
+/// Set on the first granule of each chunk.
+pub const CHUNK_START: u8 = 0x80;
+
+/// What a chunk (or a granule of it) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ChunkState {
+    /// Could not be read consistently (the target changed it, or a page was not resident).
+    Unknown = 0,
+    /// Held by the program.
+    Live = 1,
+    /// Freed into a thread's tcache: free for the program, in use for malloc.
+    Tcache = 2,
+    /// Freed into a fastbin.
+    Fastbin = 3,
+    /// Free in the unsorted, small or large bins.
+    Bin = 4,
+    /// The arena's top chunk (the wilderness).
+    Top = 5,
+    /// malloc's own structures: heap_info, malloc_state, fenceposts, alignment padding.
+    Overhead = 6,
+}
+
+impl ChunkState {
+    pub const ALL: [ChunkState; 7] = [
+        ChunkState::Live,
+        ChunkState::Tcache,
+        ChunkState::Fastbin,
+        ChunkState::Bin,
+        ChunkState::Top,
+        ChunkState::Overhead,
+        ChunkState::Unknown,
+    ];
+
+    pub fn from_granule(granule: u8) -> ChunkState {
+        match granule & !CHUNK_START {
+            1 => ChunkState::Live,
+            2 => ChunkState::Tcache,
+            3 => ChunkState::Fastbin,
+            4 => ChunkState::Bin,
+            5 => ChunkState::Top,
+            6 => ChunkState::Overhead,
+            _ => ChunkState::Unknown,
+        }
+    }
+
+    /// Not held by the program (cached or free in malloc).
+    pub fn is_free(self) -> bool {
+        matches!(
+            self,
+            ChunkState::Tcache | ChunkState::Fastbin | ChunkState::Bin | ChunkState::Top
+        )
+    }
+}
+
+/// The public per-arena figures (JSON field names are part of the schema).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeapFigures {
+    /// `malloc_state.system_mem`: bytes this arena got from the system.
+    pub system_bytes: u64,
+    pub live_chunks: u64,
+    pub live_bytes: u64,
+    pub tcache_chunks: u64,
+    pub tcache_bytes: u64,
+    pub fastbin_chunks: u64,
+    pub fastbin_bytes: u64,
+    pub bin_chunks: u64,
+    pub bin_bytes: u64,
+    pub top_bytes: u64,
+    pub overhead_bytes: u64,
+    pub unknown_bytes: u64,
+    /// Bytes of free and cached chunk interiors (after the 16-byte header) on resident pages:
+    /// memory the process pays for and does not use.
+    pub free_resident_bytes: u64,
+    /// Whole resident pages inside free chunks (bins, fastbins, top): what `malloc_trim(0)`
+    /// could give back.
+    pub trimmable_bytes: u64,
+    /// The largest chunk in the bins or fastbins (top excluded).
+    pub largest_free_bytes: u64,
+    /// 1 − largest free chunk / all free bytes in bins and fastbins: 0 = one hole, →1 = dust.
+    pub fragmentation: f64,
+}
+
+impl HeapFigures {
+    /// Counts one chunk of `bytes` in `state`.
+    pub fn count(&mut self, state: ChunkState, bytes: u64) {
+        match state {
+            ChunkState::Live => {
+                self.live_chunks += 1;
+                self.live_bytes += bytes;
+            }
+            ChunkState::Tcache => {
+                self.tcache_chunks += 1;
+                self.tcache_bytes += bytes;
+            }
+            ChunkState::Fastbin => {
+                self.fastbin_chunks += 1;
+                self.fastbin_bytes += bytes;
+            }
+            ChunkState::Bin => {
+                self.bin_chunks += 1;
+                self.bin_bytes += bytes;
+            }
+            ChunkState::Top => self.top_bytes += bytes,
+            ChunkState::Overhead => self.overhead_bytes += bytes,
+            ChunkState::Unknown => self.unknown_bytes += bytes,
+        }
+        if matches!(state, ChunkState::Fastbin | ChunkState::Bin) {
+            self.largest_free_bytes = self.largest_free_bytes.max(bytes);
+        }
+    }
+
+    /// Takes one chunk of `bytes` out of `state` (it is being recounted in another state).
+    pub fn uncount(&mut self, state: ChunkState, bytes: u64) {
+        let (chunks, total) = match state {
+            ChunkState::Live => (&mut self.live_chunks, &mut self.live_bytes),
+            ChunkState::Tcache => (&mut self.tcache_chunks, &mut self.tcache_bytes),
+            ChunkState::Fastbin => (&mut self.fastbin_chunks, &mut self.fastbin_bytes),
+            ChunkState::Bin => (&mut self.bin_chunks, &mut self.bin_bytes),
+            ChunkState::Top => (&mut 0, &mut self.top_bytes),
+            ChunkState::Overhead => (&mut 0, &mut self.overhead_bytes),
+            ChunkState::Unknown => (&mut 0, &mut self.unknown_bytes),
+        };
+        *chunks = chunks.saturating_sub(1);
+        *total = total.saturating_sub(bytes);
+    }
+
+    /// What glibc's `mallinfo2().fordblks` counts: top, fastbins and bins.
+    pub fn free_bytes(&self) -> u64 {
+        self.top_bytes + self.fastbin_bytes + self.bin_bytes
+    }
+
+    pub fn finish(&mut self) {
+        let holes = self.fastbin_bytes + self.bin_bytes;
+        self.fragmentation = if holes == 0 {
+            0.0
+        } else {
+            1.0 - self.largest_free_bytes as f64 / holes as f64
+        };
+    }
+
+    pub fn add(&mut self, other: &HeapFigures) {
+        self.system_bytes += other.system_bytes;
+        self.live_chunks += other.live_chunks;
+        self.live_bytes += other.live_bytes;
+        self.tcache_chunks += other.tcache_chunks;
+        self.tcache_bytes += other.tcache_bytes;
+        self.fastbin_chunks += other.fastbin_chunks;
+        self.fastbin_bytes += other.fastbin_bytes;
+        self.bin_chunks += other.bin_chunks;
+        self.bin_bytes += other.bin_bytes;
+        self.top_bytes += other.top_bytes;
+        self.overhead_bytes += other.overhead_bytes;
+        self.unknown_bytes += other.unknown_bytes;
+        self.free_resident_bytes += other.free_resident_bytes;
+        self.trimmable_bytes += other.trimmable_bytes;
+        self.largest_free_bytes = self.largest_free_bytes.max(other.largest_free_bytes);
+        self.finish();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Arena {
+    /// Address of the arena's `malloc_state`.
+    pub address: u64,
+    pub main: bool,
+    /// The memory the arena's chunks live in: the brk heap for the main arena, 64 MiB-aligned
+    /// heaps (heap_info) for the others, newest first.
+    pub heaps: Vec<AddressRange>,
+    #[serde(flatten)]
+    pub figures: HeapFigures,
+}
+
+/// One contiguous run of chunks (a heap of an arena) and the state of each granule.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub start: u64,
+    pub end: u64,
+    /// Index into `HeapMap::arenas`.
+    pub arena: usize,
+    /// One byte per granule: a [`ChunkState`] value, `| CHUNK_START` on a chunk's first granule.
+    pub granules: Vec<u8>,
+    /// Whether each page of the segment was resident when read.
+    pub resident: Vec<bool>,
+}
+
+impl Segment {
+    pub fn new(start: u64, end: u64, arena: usize, page_size: u64) -> Segment {
+        Segment {
+            start,
+            end,
+            arena,
+            granules: vec![ChunkState::Unknown as u8; ((end - start) / GRANULE) as usize],
+            resident: vec![false; (end - start).div_ceil(page_size) as usize],
+        }
+    }
+
+    /// Marks the chunk at `addr` of `size` bytes (both inside the segment).
+    pub fn mark(&mut self, addr: u64, size: u64, state: ChunkState) {
+        let first = ((addr - self.start) / GRANULE) as usize;
+        let last = (first + (size / GRANULE) as usize).min(self.granules.len());
+        if first >= last {
+            return;
+        }
+        self.granules[first..last].fill(state as u8);
+        self.granules[first] |= CHUNK_START;
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MmappedChunk {
+    pub address: u64,
+    /// The mapping's size as glibc accounts it in `mp_.mmapped_mem` (prev_size + chunk size).
+    pub bytes: u64,
+}
+
+/// Every arena of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeapMap {
+    pub arenas: Vec<Arena>,
+    pub mmapped_chunks: u64,
+    pub mmapped_bytes: u64,
+    pub totals: HeapFigures,
+    /// Inconsistencies met and cross-checks that failed, each said once.
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    pub mmapped: Vec<MmappedChunk>,
+    #[serde(skip)]
+    pub segments: Vec<Segment>,
+}
