@@ -11,7 +11,17 @@ fn main() {
             continue;
         }
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
-        let binary = Path::new(&out).join(&name);
+        compile(&out, &path, &name, &[]);
+        if name == "pages" {
+            // A static program: no libc.so.6 to read a heap through.
+            compile(&out, &path, "pages_static", &["-static"]);
+        }
+    }
+}
+
+fn compile(out: &str, path: &Path, name: &str, extra: &[&str]) {
+    {
+        let binary = Path::new(out).join(name);
         // -fno-builtin-*: gcc would otherwise remove malloc/free pairs the fixtures rely on.
         let status = Command::new("gcc")
             .args(["-O1", "-g", "-Wall", "-Werror", "-pthread"])
@@ -21,6 +31,7 @@ fn main() {
                 "-fno-builtin-calloc",
             ])
             .args(["-fno-builtin-realloc"])
+            .args(extra)
             .arg("-o")
             .arg(&binary)
             .arg(&path)

@@ -1,0 +1,287 @@
+//! The heap walk against the fixture's own mallinfo2() and the chunks it knows it holds.
+use std::path::Path;
+use std::process::Command;
+
+use pagealloc_tests::*;
+use serde_json::Value;
+
+/// libc's own internal allocations (each thread's tcache_perthread_struct, ...).
+const LIBC_INTERNAL_BYTES: u64 = 64 * 1024;
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+fn check_against_mallinfo(fixture: &Fixture, doc: &Value) {
+    let heap = &doc["heap"];
+    let arenas = heap["arenas"].as_array().expect("heap.arenas");
+    let totals = &heap["totals"];
+    assert!(
+        heap["notes"].as_array().unwrap().is_empty(),
+        "{}",
+        heap["notes"]
+    );
+    assert!(
+        arenas.len() >= 5,
+        "main + 4 thread arenas, got {}",
+        arenas.len()
+    );
+    assert!(
+        arenas
+            .iter()
+            .any(|a| a["heaps"].as_array().unwrap().len() >= 2),
+        "one thread arena grew past 64 MiB into several heaps"
+    );
+
+    let sum = |key: &str| arenas.iter().map(|a| n(a, key)).sum::<u64>();
+    for key in [
+        "system_bytes",
+        "live_bytes",
+        "bin_bytes",
+        "tcache_chunks",
+        "unknown_bytes",
+    ] {
+        assert_eq!(
+            sum(key),
+            n(totals, key),
+            "totals.{key} is the sum over arenas"
+        );
+    }
+    assert_eq!(n(totals, "system_bytes"), fixture.get("arena"));
+    assert_eq!(
+        n(totals, "top_bytes") + n(totals, "fastbin_bytes") + n(totals, "bin_bytes"),
+        fixture.get("fordblks")
+    );
+    assert_eq!(n(totals, "fastbin_bytes"), fixture.get("fsmblks"));
+    assert_eq!(n(totals, "fastbin_chunks"), fixture.get("smblks"));
+    // ordblks counts every bin chunk plus one top per arena.
+    assert_eq!(
+        n(totals, "bin_chunks") + arenas.len() as u64,
+        fixture.get("ordblks")
+    );
+    assert_eq!(
+        n(totals, "live_bytes")
+            + n(totals, "tcache_bytes")
+            + n(totals, "overhead_bytes")
+            + n(totals, "unknown_bytes"),
+        fixture.get("uordblks")
+    );
+    assert_eq!(
+        n(totals, "unknown_bytes"),
+        0,
+        "a quiet target is read completely"
+    );
+    assert_eq!(n(heap, "mmapped_chunks"), fixture.get("hblks"));
+    assert_eq!(n(heap, "mmapped_bytes"), fixture.get("hblkhd"));
+    assert_eq!(n(heap, "mmapped_chunks"), fixture.get("mmapped_chunks"));
+    assert_eq!(n(heap, "mmapped_bytes"), fixture.get("mmapped_bytes"));
+
+    let (live, held) = (n(totals, "live_bytes"), fixture.get("held_bytes"));
+    assert!(live >= held, "live {live} < held {held}");
+    assert!(
+        live - held <= LIBC_INTERNAL_BYTES,
+        "live exceeds held by {}",
+        live - held
+    );
+    assert!(n(totals, "live_chunks") >= fixture.get("held_chunks"));
+    assert!(fixture.get("held_chunks") >= 80_000);
+    assert!(
+        n(totals, "live_chunks") + n(totals, "bin_chunks") + n(totals, "tcache_chunks") >= 100_000
+    );
+    for key in ["tcache_chunks", "fastbin_chunks", "bin_chunks"] {
+        assert!(n(totals, key) > 0, "the fixture's frees reach {key}");
+    }
+    // Half of the big chunks were never written: free pages that cost nothing are not counted.
+    assert!(n(totals, "trimmable_bytes") > 0);
+    assert!(n(totals, "free_resident_bytes") >= n(totals, "trimmable_bytes"));
+    assert!(
+        n(totals, "free_resident_bytes")
+            < n(totals, "fastbin_bytes")
+                + n(totals, "bin_bytes")
+                + n(totals, "top_bytes")
+                + n(totals, "tcache_bytes")
+    );
+    assert!(n(totals, "largest_free_bytes") >= 60_000);
+
+    let libc = &doc["libc"];
+    assert!(libc["path"].as_str().unwrap().ends_with("libc.so.6"));
+    assert_eq!(libc["build_id"].as_str().unwrap().len(), 40);
+    assert!(Path::new(libc["debug_file"].as_str().unwrap()).exists());
+}
+
+#[test]
+fn root_heap_walk_matches_mallinfo() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+    check_against_mallinfo(&fixture, &snapshot_json(fixture.pid(), &[]));
+}
+
+#[test]
+fn root_heap_walk_matches_mallinfo_with_stop() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+    check_against_mallinfo(&fixture, &snapshot_json(fixture.pid(), &["--stop"]));
+    // Resumed afterwards: it still answers.
+    let state = procfs::process::Process::new(fixture.pid())
+        .unwrap()
+        .stat()
+        .unwrap()
+        .state;
+    assert_ne!(state, 't', "the target is no longer traced-stopped");
+}
+
+/// Resident pages of the target by its own pagemap, independently of pagealloc.
+fn present_pages(pid: i32) -> u64 {
+    let process = procfs::process::Process::new(pid).unwrap();
+    let mut pagemap = process.pagemap().unwrap();
+    let mut present = 0;
+    for map in process.maps().unwrap() {
+        if map.pathname == procfs::process::MMapPath::Vsyscall {
+            continue;
+        }
+        let (start, end) = (map.address.0 / 4096, map.address.1 / 4096);
+        for info in pagemap
+            .get_range_info(start as usize..end as usize)
+            .unwrap()
+        {
+            if let procfs::process::PageInfo::MemoryPage(f) = info {
+                present += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64;
+            }
+        }
+    }
+    present
+}
+
+fn vm_rss(pid: i32) -> u64 {
+    procfs::process::Process::new(pid)
+        .unwrap()
+        .status()
+        .unwrap()
+        .vmrss
+        .unwrap()
+}
+
+#[test]
+fn root_snapshot_leaves_residency_unchanged() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+    let pid = fixture.pid();
+    let before = (present_pages(pid), vm_rss(pid));
+    let doc = snapshot_json(pid, &[]);
+    // The heap has never-touched pages inside (half of the big chunks): they were not read.
+    let absent_in_heaps: u64 = doc["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            doc["heap"]["arenas"].as_array().unwrap().iter().any(|a| {
+                a["heaps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| n(h, "start") < n(m, "end") && n(m, "start") < n(h, "end"))
+            })
+        })
+        .map(|m| n(&m["pages"], "absent"))
+        .sum();
+    assert!(
+        absent_in_heaps > 1000,
+        "heaps hold untouched pages ({absent_in_heaps})"
+    );
+    let after = (present_pages(pid), vm_rss(pid));
+    assert_eq!(before, after, "(present pages, VmRSS kB) before and after");
+}
+
+#[test]
+fn root_heap_text_shows_summary_and_maps() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+    let pid = fixture.pid().to_string();
+    let output = pagealloc(&[
+        "snapshot",
+        &pid,
+        "--heap-only",
+        "--color",
+        "never",
+        "--arena",
+        "1",
+    ]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("free but resident:"));
+    assert!(text.contains("malloc_trim(0) could return"));
+    assert!(
+        !text.contains("one pixel = one 4 KiB page"),
+        "--heap-only hides the page map"
+    );
+    let drawn: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" arena ") && l.contains("one pixel = 128 bytes"))
+        .collect();
+    assert!(
+        !drawn.is_empty() && drawn.iter().all(|l| l.contains("arena 1 ")),
+        "{drawn:?}"
+    );
+    let pages_only = pagealloc(&["snapshot", &pid, "--pages-only", "--color", "never"]);
+    let pages_only = String::from_utf8(pages_only.stdout).unwrap();
+    assert!(!pages_only.contains("free but resident:"));
+}
+
+#[test]
+fn static_binary_has_no_heap_map_but_a_page_map() {
+    let fixture = Fixture::spawn(
+        fixture_path!("PAGES_STATIC"),
+        &[std::env::temp_dir().to_str().unwrap()],
+    );
+    let output = pagealloc(&["snapshot", &fixture.pid().to_string(), "--color", "never"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("static or musl"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("# anonymous"),
+        "page map shown"
+    );
+}
+
+#[test]
+fn root_missing_debug_info_is_explained() {
+    require_root();
+    // A copy of libc whose build-id matches no debug file.
+    let dir = std::env::temp_dir().join(format!("pagealloc-nodebug-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut libc = std::fs::read("/usr/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    // Note header: namesz 4, descsz 20, type NT_GNU_BUILD_ID (3), "GNU\0", then the id.
+    let header = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    let note = libc
+        .windows(16)
+        .position(|w| w == header)
+        .expect("build-id note");
+    libc[note + 16] ^= 0xff;
+    std::fs::write(dir.join("libc.so.6"), &libc).unwrap();
+    let fixture = Fixture::spawn_with(
+        Command::new(fixture_path!("MALLOC_CALLS"))
+            .arg("1")
+            .env("LD_LIBRARY_PATH", &dir),
+    );
+    let output = pagealloc(&[
+        "snapshot",
+        &fixture.pid().to_string(),
+        "--format",
+        "json",
+        "--no-cache",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("libc6-dbg") && stderr.contains("DEBUGINFOD_URLS"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("the page map is still written");
+    assert!(doc["mappings"].as_array().unwrap().len() > 5);
+    assert!(doc["heap"].is_null());
+    assert!(doc["heap_error"].as_str().unwrap().contains("libc6-dbg"));
+    drop(fixture);
+    let _ = std::fs::remove_dir_all(&dir);
+}
