@@ -70,19 +70,26 @@ const WANTED: &[Want] = &[
 ];
 
 /// The layout of the libc described by `facts`, from the debug file `path` whose bytes are
-/// `data` (which may be the libc itself).
+/// `data` (which may be the libc itself), and the dwz supplementary file its
+/// `.gnu_debugaltlink` names, if it has one.
 pub(crate) fn extract_layout(
     facts: &LibcFacts,
     path: &Path,
     data: &[u8],
+    sup: Option<(&Path, &[u8])>,
 ) -> Result<MallocLayout, DebugInfoError> {
     let obj = elf::parse(path, data)?;
     // Symbols first: they are cheap, and their absence says "not glibc's malloc" at once.
     let syms = find_symbols(&obj, facts)?;
-    let mut structs = extract_structs(&obj).map_err(|e| DebugInfoError::Dwarf {
-        path: path.to_path_buf(),
-        message: e.0,
-    })?;
+    let sup_obj = match sup {
+        Some((sup_path, sup_data)) => Some(elf::parse(sup_path, sup_data)?),
+        None => None,
+    };
+    let mut structs =
+        extract_structs(&obj, sup_obj.as_ref()).map_err(|e| DebugInfoError::Dwarf {
+            path: path.to_path_buf(),
+            message: e.0,
+        })?;
     let mut take = |name: &str| {
         structs
             .remove(name)
@@ -167,16 +174,34 @@ fn fail<T>(msg: impl Into<String>) -> DResult<T> {
     Err(DwarfError(msg.into()))
 }
 
-/// The wanted structs found in `obj`'s DWARF, by canonical name.
+/// The wanted structs found in `obj`'s DWARF (with its dwz supplementary file `sup`, which
+/// holds the types and strings that `DW_FORM_GNU_ref_alt`/`strp_alt` point to), by canonical
+/// name.
 pub(crate) fn extract_structs(
     obj: &object::File<'_>,
+    sup: Option<&object::File<'_>>,
 ) -> DResult<HashMap<&'static str, StructLayout>> {
     let endian = if obj.is_little_endian() {
         RunTimeEndian::Little
     } else {
         RunTimeEndian::Big
     };
-    let load = |id: SectionId| -> DResult<Cow<'_, [u8]>> {
+    let sections = load_sections(obj)?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
+    let sup_sections = sup.map(load_sections).transpose()?;
+    let sup_dwarf = sup_sections
+        .as_ref()
+        .map(|sections| sections.borrow(|s| EndianSlice::new(s, endian)));
+    Extractor {
+        main: &dwarf,
+        sup: sup_dwarf.as_ref(),
+    }
+    .run()
+}
+
+/// The sections names and types need, decompressed; the others empty.
+fn load_sections<'o>(obj: &'o object::File<'_>) -> DResult<gimli::DwarfSections<Cow<'o, [u8]>>> {
+    let load = |id: SectionId| -> DResult<Cow<'o, [u8]>> {
         let needed = matches!(
             id,
             SectionId::DebugInfo
@@ -192,13 +217,13 @@ pub(crate) fn extract_structs(
             _ => Ok(Cow::Borrowed(&[])),
         }
     };
-    let sections = gimli::DwarfSections::load(load)?;
-    let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
-    Extractor { dwarf: &dwarf }.run()
+    gimli::DwarfSections::load(load)
 }
 
 /// One unit, ready to read entries from.
 struct UnitCtx<'a> {
+    /// The unit is in the supplementary file.
+    in_sup: bool,
     header: UnitHeader<R<'a>>,
     abbrevs: Arc<Abbreviations>,
     str_offsets_base: DebugStrOffsetsBase<usize>,
@@ -227,10 +252,22 @@ impl TypeInfo {
 const MAX_DEPTH: u32 = 64;
 
 struct Extractor<'d, 'a> {
-    dwarf: &'d gimli::Dwarf<R<'a>>,
+    main: &'d gimli::Dwarf<R<'a>>,
+    sup: Option<&'d gimli::Dwarf<R<'a>>>,
 }
 
-impl<'a> Extractor<'_, 'a> {
+impl<'d, 'a> Extractor<'d, 'a> {
+    fn file(&self, in_sup: bool) -> DResult<&'d gimli::Dwarf<R<'a>>> {
+        match (in_sup, self.sup) {
+            (false, _) => Ok(self.main),
+            (true, Some(sup)) => Ok(sup),
+            (true, None) => fail(
+                "the debug info refers to a dwz supplementary file (.gnu_debugaltlink) that is \
+                 not loaded",
+            ),
+        }
+    }
+
     fn run(&self) -> DResult<HashMap<&'static str, StructLayout>> {
         let mut found = HashMap::new();
         let all_found = |found: &HashMap<&str, StructLayout>| {
@@ -241,16 +278,21 @@ impl<'a> Extractor<'_, 'a> {
                 .iter()
                 .all(|w| !w.required || found.contains_key(w.canonical))
         };
-        // Pass 1: the malloc.c unit(s). Pass 2: everything else, only if a required struct is
-        // still missing (a glibc without tcache legitimately lacks the optional ones).
+        // Pass 1: the malloc.c unit(s). Pass 2: everything else, including the partial units
+        // of a dwz supplementary file, only if a required struct is still missing (a glibc
+        // without tcache legitimately lacks the optional ones).
         let mut saw_malloc_unit = false;
-        for malloc_pass in [true, false] {
+        let mut passes = vec![(true, false), (false, false)];
+        if self.sup.is_some() {
+            passes.push((false, true));
+        }
+        for (malloc_pass, in_sup) in passes {
             if !malloc_pass && saw_malloc_unit && required_found(&found) {
                 break;
             }
-            let mut units = self.dwarf.units();
+            let mut units = self.file(in_sup)?.units();
             while let Some(header) = units.next()? {
-                let unit = self.unit(header)?;
+                let unit = self.unit(in_sup, header)?;
                 let is_malloc = unit.name.is_some_and(is_malloc_unit_name);
                 if is_malloc != malloc_pass {
                     continue;
@@ -265,9 +307,10 @@ impl<'a> Extractor<'_, 'a> {
         Ok(found)
     }
 
-    fn unit(&self, header: UnitHeader<R<'a>>) -> DResult<UnitCtx<'a>> {
-        let abbrevs = self.dwarf.abbreviations(&header)?;
+    fn unit(&self, in_sup: bool, header: UnitHeader<R<'a>>) -> DResult<UnitCtx<'a>> {
+        let abbrevs = self.file(in_sup)?.abbreviations(&header)?;
         let mut unit = UnitCtx {
+            in_sup,
             header,
             abbrevs,
             str_offsets_base: DebugStrOffsetsBase(0),
@@ -297,32 +340,37 @@ impl<'a> Extractor<'_, 'a> {
         Ok(unit)
     }
 
-    /// The unit whose entries contain `offset` (for references across units).
+    /// The unit of the main or supplementary file whose entries contain `offset` (for
+    /// references across units).
     fn unit_containing(
         &self,
+        in_sup: bool,
         offset: gimli::DebugInfoOffset<usize>,
     ) -> DResult<(UnitCtx<'a>, UnitOffset)> {
-        let mut units = self.dwarf.units();
+        let mut units = self.file(in_sup)?.units();
         while let Some(header) = units.next()? {
             if let Some(unit_offset) = offset.to_unit_offset(&header) {
-                return Ok((self.unit(header)?, unit_offset));
+                return Ok((self.unit(in_sup, header)?, unit_offset));
             }
         }
         fail(format!("reference to <{:#x}> outside every unit", offset.0))
     }
 
     fn string(&self, unit: &UnitCtx<'a>, value: AttributeValue<R<'a>>) -> Option<&'a [u8]> {
+        let file = self.file(unit.in_sup).ok()?;
         let s = match value {
             AttributeValue::String(s) => s,
-            AttributeValue::DebugStrRef(o) => self.dwarf.debug_str.get_str(o).ok()?,
-            AttributeValue::DebugLineStrRef(o) => self.dwarf.debug_line_str.get_str(o).ok()?,
+            AttributeValue::DebugStrRef(o) => file.debug_str.get_str(o).ok()?,
+            AttributeValue::DebugStrRefSup(o) if !unit.in_sup => {
+                self.sup?.debug_str.get_str(o).ok()?
+            }
+            AttributeValue::DebugLineStrRef(o) => file.debug_line_str.get_str(o).ok()?,
             AttributeValue::DebugStrOffsetsIndex(i) => {
-                let o = self
-                    .dwarf
+                let o = file
                     .debug_str_offsets
                     .get_str_offset(unit.header.format(), unit.str_offsets_base, i)
                     .ok()?;
-                self.dwarf.debug_str.get_str(o).ok()?
+                file.debug_str.get_str(o).ok()?
             }
             _ => return None,
         };
@@ -396,12 +444,13 @@ impl<'a> Extractor<'_, 'a> {
             AttributeValue::DebugInfoRef(offset) => match offset.to_unit_offset(&unit.header) {
                 Some(offset) => Ok((None, offset)),
                 None => {
-                    let (other, offset) = self.unit_containing(offset)?;
+                    let (other, offset) = self.unit_containing(unit.in_sup, offset)?;
                     Ok((Some(other), offset))
                 }
             },
-            AttributeValue::DebugInfoRefSup(_) => {
-                fail("type in a dwz supplementary file (.gnu_debugaltlink), which is not supported")
+            AttributeValue::DebugInfoRefSup(offset) if !unit.in_sup => {
+                let (other, offset) = self.unit_containing(true, offset)?;
+                Ok((Some(other), offset))
             }
             AttributeValue::DebugTypesRef(_) => {
                 fail("type in a .debug_types type unit, which is not supported")

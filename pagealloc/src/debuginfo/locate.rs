@@ -4,12 +4,18 @@
 //! A candidate is used only if it is the libc's: same build-id (for build-id paths and
 //! downloads; for debug links too when both files have one) or matching CRC (debug links).
 //! Candidates that exist but do not match are noted and skipped.
+//!
+//! A debug file processed by dwz (Fedora's are) keeps the types it shares with other files in
+//! a supplementary file named by its `.gnu_debugaltlink`; that one is looked for the same way
+//! (at the name given, by build-id, then debuginfod) and must carry the build-id the link gives.
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use object::Object;
 
 use super::debuginfod::{self, Failure};
 use super::dwarf;
@@ -29,183 +35,180 @@ enum Check {
     Crc(u32),
 }
 
-struct Search<'f> {
+/// One search for the debug file of one libc, with what it looked at and why it rejected it.
+pub(crate) struct Finder<'f> {
     facts: &'f LibcFacts,
+    options: &'f DebugOptions,
+    cache_dir: Option<PathBuf>,
+    /// `/proc/PID/root` if the libc was named through it.
+    proc_root: Option<PathBuf>,
+    /// The libc's path inside that root (or its absolute path).
+    inner_path: PathBuf,
+    /// The extra debug dirs, `/usr/lib/debug`, and the process root's `/usr/lib/debug`.
+    debug_dirs: Vec<PathBuf>,
     libc_id: Option<(u64, u64)>,
     tried: Vec<PathBuf>,
     notes: Vec<String>,
     /// The first failure to extract from a file that did belong to the libc.
     extract_error: Option<DebugInfoError>,
+    /// The first debuginfod failure other than "not found".
+    debuginfod_failure: Option<(String, String)>,
+    /// Where downloads go, once decided.
+    store_dir: Option<Option<PathBuf>>,
 }
 
 type Found = (PathBuf, MallocLayout);
 
-pub(crate) fn find_and_extract(
-    facts: &LibcFacts,
-    options: &DebugOptions,
-    cache_dir: Option<&Path>,
-) -> Result<Found, DebugInfoError> {
-    if let Some(path) = &options.debug_file {
-        return explicit(facts, path);
-    }
-    let mut search = Search {
-        facts,
-        libc_id: fs::metadata(&facts.path).ok().map(|m| (m.dev(), m.ino())),
-        tried: Vec::new(),
-        notes: Vec::new(),
-        extract_error: None,
-    };
-
-    if facts.has_dwarf {
-        match dwarf::extract_layout(facts, &facts.path, &facts.data) {
-            Ok(layout) => return Ok((facts.path.clone(), layout)),
-            Err(e) => {
-                log::debug!(
-                    "{} carries DWARF, but not malloc's: {e}",
-                    facts.path.display()
-                );
-                search.tried.push(facts.path.clone());
-            }
+impl<'f> Finder<'f> {
+    pub fn new(facts: &'f LibcFacts, options: &'f DebugOptions, cache_dir: Option<&Path>) -> Self {
+        let (proc_root, inner_path) = split_proc_root(&facts.path);
+        let mut debug_dirs = options.extra_debug_dirs.clone();
+        debug_dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
+        if let Some(root) = &proc_root {
+            debug_dirs.push(root.join(SYSTEM_DEBUG_DIR.trim_start_matches('/')));
+        }
+        Finder {
+            facts,
+            options,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            proc_root,
+            inner_path,
+            debug_dirs,
+            libc_id: fs::metadata(&facts.path).ok().map(|m| (m.dev(), m.ino())),
+            tried: Vec::new(),
+            notes: Vec::new(),
+            extract_error: None,
+            debuginfod_failure: None,
+            store_dir: None,
         }
     }
 
-    let build_id = facts.build_id_hex();
-    let (proc_root, inner_path) = split_proc_root(&facts.path);
-    let mut debug_dirs: Vec<PathBuf> = options.extra_debug_dirs.clone();
-    debug_dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
-    if let Some(root) = &proc_root {
-        debug_dirs.push(root.join(SYSTEM_DEBUG_DIR.trim_start_matches('/')));
-    }
+    /// Searches in order and extracts from the first file that belongs to the libc.
+    pub fn find_and_extract(mut self) -> Result<Found, DebugInfoError> {
+        if let Some(path) = &self.options.debug_file {
+            return self.explicit(path);
+        }
+        let facts = self.facts;
 
-    if build_id.len() > 2 {
-        let (head, rest) = build_id.split_at(2);
-        for dir in &debug_dirs {
-            let path = dir
-                .join(".build-id")
-                .join(head)
-                .join(format!("{rest}.debug"));
-            if let Some(found) = search.try_candidate(&path, Check::BuildId) {
-                return Ok(found);
+        if facts.has_dwarf {
+            match self.extract(&facts.path, &facts.data) {
+                Ok(layout) => return Ok((facts.path.clone(), layout)),
+                Err(e) => {
+                    log::debug!(
+                        "{} carries DWARF, but not malloc's: {e}",
+                        facts.path.display()
+                    );
+                    self.tried.push(facts.path.clone());
+                }
             }
         }
-    }
 
-    if let Some((name, crc)) = &facts.debuglink {
-        for path in debuglink_candidates(
-            OsStr::from_bytes(name),
-            &facts.path,
-            &inner_path,
-            proc_root.as_deref(),
-            &options.extra_debug_dirs,
-        ) {
-            if let Some(found) = search.try_candidate(&path, Check::Crc(*crc)) {
-                return Ok(found);
-            }
-        }
-    }
-
-    let mut debuginfod_failure = None;
-    if !build_id.is_empty() {
-        let urls = debuginfod::urls(options.debuginfod_urls.as_deref());
-        let store_dir = match cache_dir {
-            Some(dir) => Some(dir.to_path_buf()),
-            None if !urls.is_empty() => private_temp_dir(),
-            None => None,
-        };
-        if let Some(store_dir) = store_dir {
-            let stored = debuginfod::stored_path(&store_dir, &build_id);
-            // An earlier download.
-            if stored.is_file() {
-                if let Some(found) = search.try_candidate(&stored, Check::BuildId) {
+        let build_id = facts.build_id_hex();
+        if build_id.len() > 2 {
+            for dir in self.debug_dirs.clone() {
+                let path = build_id_path(&dir, &build_id);
+                if let Some(found) = self.try_candidate(&path, Check::BuildId) {
                     return Ok(found);
                 }
-                debuginfod::discard(&stored);
             }
-            let timeout = options
-                .debuginfod_timeout
-                .unwrap_or(debuginfod::DEFAULT_TIMEOUT);
-            for url in &urls {
-                match debuginfod::download(url, &build_id, &stored, timeout) {
-                    Ok(()) => {
-                        search.tried.retain(|p| p != &stored);
-                        if let Some(found) = search.try_candidate(&stored, Check::BuildId) {
-                            return Ok(found);
-                        }
-                        debuginfod::discard(&stored);
-                    }
-                    Err(Failure::NotFound { url }) => {
-                        search
-                            .notes
-                            .push(format!("debuginfod server {url}: not found (404)"));
-                    }
-                    Err(Failure::Failed { url, reason }) => {
-                        search
-                            .notes
-                            .push(format!("debuginfod server {url}: {reason}"));
-                        debuginfod_failure.get_or_insert((url, reason));
-                    }
+        }
+
+        if let Some((name, crc)) = &facts.debuglink {
+            for path in debuglink_candidates(
+                OsStr::from_bytes(name),
+                &facts.path,
+                &self.inner_path,
+                self.proc_root.as_deref(),
+                &self.options.extra_debug_dirs,
+            ) {
+                if let Some(found) = self.try_candidate(&path, Check::Crc(*crc)) {
+                    return Ok(found);
                 }
             }
         }
-    }
 
-    let Search {
-        tried,
-        notes,
-        extract_error,
-        ..
-    } = search;
-    if let Some(e) = extract_error {
-        return Err(e);
-    }
-    if build_id.is_empty() {
-        return Err(DebugInfoError::NoBuildId {
-            libc: facts.path.clone(),
-            tried,
-        });
-    }
-    if let Some((url, reason)) = debuginfod_failure {
-        return Err(DebugInfoError::Debuginfod {
-            build_id,
-            url,
-            reason,
-            tried,
-        });
-    }
-    Err(DebugInfoError::NoDebugInfo {
-        libc: facts.path.clone(),
-        build_id,
-        tried,
-        notes,
-    })
-}
-
-/// `--debug-file`: used as is, unless its build-id says it belongs to another build.
-fn explicit(facts: &LibcFacts, path: &Path) -> Result<Found, DebugInfoError> {
-    let data = elf::read_file(path)?;
-    let found_id = elf::build_id(&elf::parse(path, &data)?);
-    match (&facts.build_id, found_id) {
-        (Some(expected), Some(found)) if *expected != found => {
-            return Err(DebugInfoError::BuildIdMismatch {
-                file: path.to_path_buf(),
-                expected: elf::hex(expected),
-                found: elf::hex(&found),
-            });
+        if !build_id.is_empty() {
+            if let Some(found) =
+                self.debuginfod(&build_id, |f, path| f.try_candidate(path, Check::BuildId))
+            {
+                return Ok(found);
+            }
         }
-        (Some(_), None) => log::warn!(
-            "{} has no build-id: cannot check that it belongs to {}",
-            path.display(),
-            facts.path.display()
-        ),
-        _ => {}
+        Err(self.failure(build_id))
     }
-    let layout = dwarf::extract_layout(facts, path, &data)?;
-    Ok((path.to_path_buf(), layout))
-}
 
-impl Search<'_> {
+    /// The error that ends a search that found nothing usable.
+    fn failure(self, build_id: String) -> DebugInfoError {
+        if let Some(e) = self.extract_error {
+            return e;
+        }
+        if build_id.is_empty() {
+            return DebugInfoError::NoBuildId {
+                libc: self.facts.path.clone(),
+                tried: self.tried,
+            };
+        }
+        if let Some((url, reason)) = self.debuginfod_failure {
+            return DebugInfoError::Debuginfod {
+                build_id,
+                url,
+                reason,
+                tried: self.tried,
+            };
+        }
+        DebugInfoError::NoDebugInfo {
+            libc: self.facts.path.clone(),
+            build_id,
+            tried: self.tried,
+            notes: self.notes,
+        }
+    }
+
+    /// `--debug-file`: used as is, unless its build-id says it belongs to another build.
+    pub fn explicit(&mut self, path: &Path) -> Result<Found, DebugInfoError> {
+        let data = elf::read_file(path)?;
+        let found_id = elf::build_id(&elf::parse(path, &data)?);
+        match (&self.facts.build_id, found_id) {
+            (Some(expected), Some(found)) if *expected != found => {
+                return Err(DebugInfoError::BuildIdMismatch {
+                    file: path.to_path_buf(),
+                    expected: elf::hex(expected),
+                    found: elf::hex(&found),
+                });
+            }
+            (Some(_), None) => log::warn!(
+                "{} has no build-id: cannot check that it belongs to {}",
+                path.display(),
+                self.facts.path.display()
+            ),
+            _ => {}
+        }
+        let layout = self.extract(path, &data)?;
+        Ok((path.to_path_buf(), layout))
+    }
+
     /// The layout from `path` if it exists, belongs to the libc and has malloc's DWARF.
     fn try_candidate(&mut self, path: &Path, check: Check) -> Option<Found> {
+        let expected = self.facts.build_id.clone();
+        let data = self.read_candidate(path, expected.as_deref(), check)?;
+        match self.extract(path, &data) {
+            Ok(layout) => Some((path.to_path_buf(), layout)),
+            Err(e) => {
+                self.notes.push(format!("{}: {e}", path.display()));
+                self.extract_error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    /// The bytes of `path` if it exists, is not the libc, and passes `check` against the
+    /// build-id `expected`.
+    fn read_candidate(
+        &mut self,
+        path: &Path,
+        expected: Option<&[u8]>,
+        check: Check,
+    ) -> Option<Vec<u8>> {
         if self.tried.iter().any(|p| p == path) {
             return None;
         }
@@ -228,7 +231,6 @@ impl Search<'_> {
                 return None;
             }
         };
-        let expected = self.facts.build_id.as_deref();
         let mismatch = match (check, expected, found_id.as_deref()) {
             (_, Some(e), Some(f)) if e != f => Some(format!("its build-id is {}", elf::hex(f))),
             (Check::BuildId, _, None) => Some("it has no build-id".to_string()),
@@ -242,20 +244,155 @@ impl Search<'_> {
         if let Some(why) = mismatch {
             log::info!("skipping {}: {why}", path.display());
             self.notes.push(format!(
-                "{} is not this libc's debug file: {why}",
+                "{} belongs to another build: {why}",
                 path.display()
             ));
             return None;
         }
-        match dwarf::extract_layout(self.facts, path, &data) {
-            Ok(layout) => Some((path.to_path_buf(), layout)),
-            Err(e) => {
-                self.notes.push(format!("{}: {e}", path.display()));
-                self.extract_error.get_or_insert(e);
-                None
+        Some(data)
+    }
+
+    /// Extracts the layout from the debug file `path`, with its dwz supplementary file if
+    /// its `.gnu_debugaltlink` names one.
+    fn extract(&mut self, path: &Path, data: &[u8]) -> Result<MallocLayout, DebugInfoError> {
+        let altlink = elf::parse(path, data)?
+            .gnu_debugaltlink()
+            .ok()
+            .flatten()
+            .map(|(name, id)| (name.to_vec(), id.to_vec()));
+        match altlink {
+            None => dwarf::extract_layout(self.facts, path, data, None),
+            Some((name, id)) => {
+                let (sup_path, sup_data) = self.find_sup(path, &name, &id)?;
+                log::debug!("dwz supplementary file {}", sup_path.display());
+                dwarf::extract_layout(self.facts, path, data, Some((&sup_path, &sup_data)))
             }
         }
     }
+
+    /// The dwz supplementary file `name` with build-id `id` that the debug file `debug_path`
+    /// refers to: at `name` (relative to the debug file's real directory), by build-id in
+    /// the debug dirs, then from debuginfod.
+    pub fn find_sup(
+        &mut self,
+        debug_path: &Path,
+        name: &[u8],
+        id: &[u8],
+    ) -> Result<(PathBuf, Vec<u8>), DebugInfoError> {
+        let name_path = Path::new(OsStr::from_bytes(name));
+        let mut candidates = Vec::new();
+        if let Ok(relative) = name_path.strip_prefix("/") {
+            if let Some(root) = &self.proc_root {
+                candidates.push(root.join(relative));
+            }
+            candidates.push(name_path.to_path_buf());
+        } else {
+            // `.build-id/xx/rest.debug` is usually a symlink: the name is relative to where it
+            // points. (Resolved by hand: canonicalize would leave a /proc/PID/root.)
+            if let Ok(target) = fs::read_link(debug_path) {
+                let real = match (target.strip_prefix("/"), &self.proc_root) {
+                    (Ok(relative), Some(root)) => root.join(relative),
+                    (Ok(_), None) => target,
+                    (Err(_), _) => debug_path.parent().unwrap_or(Path::new("/")).join(target),
+                };
+                if let Some(dir) = real.parent() {
+                    candidates.push(dir.join(name_path));
+                }
+            }
+            if let Some(dir) = debug_path.parent() {
+                candidates.push(dir.join(name_path));
+            }
+        }
+        let hex_id = elf::hex(id);
+        if hex_id.len() > 2 {
+            candidates.extend(self.debug_dirs.iter().map(|d| build_id_path(d, &hex_id)));
+        }
+        let first_tried = self.tried.len();
+        for path in candidates {
+            if let Some(data) = self.read_candidate(&path, Some(id), Check::BuildId) {
+                return Ok((path, data));
+            }
+        }
+        let from_debuginfod = self.debuginfod(&hex_id, |f, path| {
+            f.read_candidate(path, Some(id), Check::BuildId)
+                .map(|data| (path.to_path_buf(), data))
+        });
+        if let Some(found) = from_debuginfod {
+            return Ok(found);
+        }
+        Err(DebugInfoError::NoDebugInfo {
+            libc: self.facts.path.clone(),
+            build_id: self.facts.build_id_hex(),
+            tried: self.tried[first_tried..].to_vec(),
+            notes: vec![format!(
+                "its debug file {} keeps part of its DWARF in the dwz supplementary file {} \
+                 (build-id {hex_id}), which was not found",
+                debug_path.display(),
+                name_path.display()
+            )],
+        })
+    }
+
+    /// The debuginfod file for `build_id` that `accept` takes: an earlier download, else a
+    /// new one from each server in turn.
+    fn debuginfod<T>(
+        &mut self,
+        build_id: &str,
+        mut accept: impl FnMut(&mut Self, &Path) -> Option<T>,
+    ) -> Option<T> {
+        let urls = debuginfod::urls(self.options.debuginfod_urls.as_deref());
+        let store_dir = self.store_dir(!urls.is_empty())?;
+        let stored = debuginfod::stored_path(&store_dir, build_id);
+        if stored.is_file() {
+            if let Some(found) = accept(self, &stored) {
+                return Some(found);
+            }
+            debuginfod::discard(&stored);
+        }
+        let timeout = self
+            .options
+            .debuginfod_timeout
+            .unwrap_or(debuginfod::DEFAULT_TIMEOUT);
+        for url in &urls {
+            match debuginfod::download(url, build_id, &stored, timeout) {
+                Ok(()) => {
+                    self.tried.retain(|p| p != &stored);
+                    if let Some(found) = accept(self, &stored) {
+                        return Some(found);
+                    }
+                    debuginfod::discard(&stored);
+                }
+                Err(Failure::NotFound { url }) => {
+                    self.notes
+                        .push(format!("debuginfod server {url}: not found (404)"));
+                }
+                Err(Failure::Failed { url, reason }) => {
+                    self.notes
+                        .push(format!("debuginfod server {url}: {reason}"));
+                    self.debuginfod_failure.get_or_insert((url, reason));
+                }
+            }
+        }
+        None
+    }
+
+    /// The cache dir; without one, a private temporary directory if `needed`.
+    fn store_dir(&mut self, needed: bool) -> Option<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        if !needed {
+            return None;
+        }
+        self.store_dir.get_or_insert_with(private_temp_dir).clone()
+    }
+}
+
+fn build_id_path(dir: &Path, build_id: &str) -> PathBuf {
+    let (head, rest) = build_id.split_at(2);
+    dir.join(".build-id")
+        .join(head)
+        .join(format!("{rest}.debug"))
 }
 
 /// `/proc/PID/root/usr/lib/libc.so.6` -> (`/proc/PID/root`, `/usr/lib/libc.so.6`): a process in

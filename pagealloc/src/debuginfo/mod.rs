@@ -6,7 +6,8 @@
 //! a process's `libc.so.6`, [`load`] finds its separate debug info (explicit file, embedded
 //! DWARF, `/usr/lib/debug/.build-id`, `.gnu_debuglink`, then debuginfod), extracts the struct
 //! layouts and the link-time addresses of the static symbols, and caches the result per
-//! build-id as JSON so that later runs do not parse DWARF again.
+//! build-id as JSON so that later runs do not parse DWARF again. dwz supplementary files
+//! (`.gnu_debugaltlink`, as in Fedora's debuginfo) are followed.
 //!
 //! Submodules: `elf` reads the facts pagealloc needs from the libc ELF, `locate` finds the
 //! debug file, `dwarf` extracts the layouts, `cache` stores them and `debuginfod` downloads
@@ -280,7 +281,8 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
         });
     }
 
-    let (debug_file, layout) = locate::find_and_extract(&facts, options, cache_dir.as_deref())?;
+    let (debug_file, layout) =
+        locate::Finder::new(&facts, options, cache_dir.as_deref()).find_and_extract()?;
     if let Some(cache) = &layout_cache {
         cache.write(&debug_file, &layout);
     }
@@ -292,11 +294,14 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
     })
 }
 
-/// The layout of `libc` read from `debug_file`, with no search and no cache. The build-ids are
-/// not compared.
+/// The layout of `libc` read from `debug_file`, with no search and no cache (except for a dwz
+/// supplementary file the debug file refers to, looked for as [`load`] does). A debug file
+/// whose build-id differs from the libc's is refused.
 pub fn load_uncached(libc: &Path, debug_file: &Path) -> Result<MallocLayout, DebugInfoError> {
     let facts = elf::LibcFacts::read(libc)?;
     facts.check_glibc()?;
-    let data = elf::read_file(debug_file)?;
-    dwarf::extract_layout(&facts, debug_file, &data)
+    let options = DebugOptions::default();
+    let cache_dir = cache::resolve_dir(None);
+    let mut finder = locate::Finder::new(&facts, &options, cache_dir.as_deref());
+    finder.explicit(debug_file).map(|(_, layout)| layout)
 }
