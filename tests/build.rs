@@ -19,29 +19,23 @@ fn main() {
     }
 }
 
-fn compile(out: &str, path: &Path, name: &str, extra: &[&str]) {
-    {
-        let binary = Path::new(out).join(name);
-        // -fno-builtin-*: gcc would otherwise remove malloc/free pairs the fixtures rely on.
-        let status = Command::new("gcc")
-            .args(["-O1", "-g", "-Wall", "-Werror", "-pthread"])
-            .args([
-                "-fno-builtin-malloc",
-                "-fno-builtin-free",
-                "-fno-builtin-calloc",
-            ])
-            .args(["-fno-builtin-realloc"])
-            .args(extra)
-            .arg("-o")
-            .arg(&binary)
-            .arg(&path)
-            .status()
-            .expect("gcc is needed to build the test fixtures (cargo xtask setup installs it)");
-        assert!(status.success(), "gcc failed on {}", path.display());
-        println!(
-            "cargo:rustc-env=FIXTURE_{}={}",
-            name.to_uppercase(),
-            binary.display()
-        );
-    }
+fn compile(out: &str, source: &Path, name: &str, extra: &[&str]) {
+    let binary = Path::new(out).join(name);
+    // -fno-builtin-*: gcc would otherwise remove malloc/free pairs the fixtures rely on.
+    let status = Command::new("gcc")
+        .args(["-O1", "-g", "-Wall", "-Werror", "-pthread"])
+        .args(["-fno-builtin-malloc", "-fno-builtin-free"])
+        .args(["-fno-builtin-calloc", "-fno-builtin-realloc"])
+        .args(extra)
+        .arg("-o")
+        .arg(&binary)
+        .arg(source)
+        .status()
+        .expect("gcc is needed to build the test fixtures (cargo xtask setup installs it)");
+    assert!(status.success(), "gcc failed on {}", source.display());
+    println!(
+        "cargo:rustc-env=FIXTURE_{}={}",
+        name.to_uppercase(),
+        binary.display()
+    );
 }

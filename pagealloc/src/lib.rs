@@ -66,8 +66,10 @@ pub fn snapshot(pid: i32, options: &SnapshotOptions) -> Result<(Snapshot, Option
     } else {
         None
     };
+    let started = std::time::Instant::now();
     let maps = target.maps()?;
     let pages = PageReader::open(&target)?.read_mappings(maps.clone())?;
+    log::debug!("page map read in {:?}", started.elapsed());
     let mut snapshot = Snapshot {
         pages,
         libc: None,
@@ -107,7 +109,13 @@ pub fn heap_map(
             target.pid
         ))
     })?;
+    let started = std::time::Instant::now();
     let info = debuginfo::load(&libc_host_path, options).map_err(debug_info_error)?;
+    log::debug!(
+        "malloc layout loaded in {:?} (cached: {})",
+        started.elapsed(),
+        info.from_cache
+    );
     let offsets = glibc::layout::Offsets::new(&info.layout).map_err(debug_info_error)?;
     let load_base = maps
         .iter()
@@ -127,6 +135,7 @@ pub fn heap_map(
         mappings: maps,
     })
     .map_err(|e| Error::Heap(e.to_string()))?;
+    log::debug!("heap walked in {:?}", started.elapsed());
     let libc = LibcInfo {
         path: libc_path,
         build_id: info.build_id,

@@ -189,7 +189,7 @@ fn colour_follows_flag_and_no_color() {
     let touched = fixture.get("touched");
     let lines = drawn_lines(&coloured, touched);
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0].matches('▀').count(), 64.min(80));
+    assert_eq!(lines[0].matches('▀').count(), 64);
 }
 
 #[test]

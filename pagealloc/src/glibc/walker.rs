@@ -4,12 +4,11 @@
 //! The target may be running: every pointer, size and alignment is checked, every loop is
 //! bounded, a spot that looks inconsistent is read again once, and what stays inconsistent is
 //! counted as `unknown`, never guessed.
-use std::collections::HashSet;
-
 use super::layout::{Offsets, default_heap_max_size};
-use crate::proc::memory::{Memory, ReadError};
+use crate::proc::memory::{ImageBuffer, Memory, ReadError};
 use crate::state::heap::{
-    AddressRange, Arena, CHUNK_START, ChunkState, HeapFigures, HeapMap, MmappedChunk, Segment,
+    AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapMap, MmappedChunk,
+    Segment,
 };
 use crate::state::pages::Mapping;
 
@@ -54,58 +53,101 @@ fn reason(e: ReadError) -> &'static str {
 /// A heap segment's bytes as read (zeros where pages were not resident).
 struct Image {
     start: u64,
-    bytes: Vec<u8>,
+    bytes: ImageBuffer,
+    /// Whether each page was resident and read.
+    resident: Vec<bool>,
     page_size: u64,
+    page_shift: u32,
 }
 
+/// Reads of at most this size are spread over two threads (this many bytes per piece).
+const READ_PIECE: u64 = 8 << 20;
+
 impl Image {
-    fn read(memory: &dyn Memory, segment: &mut Segment) -> Image {
+    fn read(memory: &dyn Memory, start: u64, end: u64) -> Image {
         let page_size = memory.page_size();
         let mut image = Image {
-            start: segment.start,
-            bytes: vec![0; (segment.end - segment.start) as usize],
+            start,
+            bytes: ImageBuffer::zeroed((end - start) as usize),
+            resident: vec![false; (end - start).div_ceil(page_size) as usize],
             page_size,
+            page_shift: page_size.trailing_zeros(),
         };
-        image.load(memory, segment, segment.start, segment.end);
+        image.load(memory, start, end);
         image
     }
 
-    /// (Re-)reads the resident pages of `from..to`, in runs: one read per run, not per chunk.
-    fn load(&mut self, memory: &dyn Memory, segment: &mut Segment, from: u64, to: u64) {
+    /// (Re-)reads the resident pages of `from..to`: one read per run of resident pages (in
+    /// pieces, half of them on a second thread), never one per chunk.
+    fn load(&mut self, memory: &dyn Memory, from: u64, to: u64) {
         let page = self.page_size;
-        let first = (from - self.start) / page;
-        let last = (to - self.start).div_ceil(page);
+        let first = ((from - self.start) / page) as usize;
+        let last = (to - self.start).div_ceil(page) as usize;
+        let mut pieces: Vec<(usize, usize)> = Vec::new(); // page ranges
         let mut index = first;
         while index < last {
-            if !memory.is_resident(self.start + index * page) {
-                segment.resident[index as usize] = false;
-                index += 1;
-                continue;
+            let resident = memory.is_resident(self.start + index as u64 * page);
+            self.resident[index] = resident;
+            if resident {
+                let piece_pages = (READ_PIECE / page) as usize;
+                match pieces.last_mut() {
+                    Some(last) if last.1 == index && last.1 - last.0 < piece_pages => last.1 += 1,
+                    _ => pieces.push((index, index + 1)),
+                }
             }
-            let mut end = index + 1;
-            while end < last && memory.is_resident(self.start + end * page) {
-                end += 1;
-            }
-            let lo = (index * page) as usize;
-            let hi = ((end * page) as usize).min(self.bytes.len());
-            let ok = memory
-                .read(self.start + lo as u64, &mut self.bytes[lo..hi])
-                .is_ok();
-            segment.resident[index as usize..end as usize].fill(ok);
-            index = end;
+            index += 1;
+        }
+        // Disjoint slices of the buffer, one per piece.
+        let mut jobs: Vec<(u64, &mut [u8], (usize, usize))> = Vec::with_capacity(pieces.len());
+        let mut rest: &mut [u8] = &mut self.bytes;
+        let mut consumed = 0;
+        for &(lo, hi) in &pieces {
+            let lo_byte = lo * page as usize;
+            let hi_byte = (hi * page as usize).min(consumed + rest.len());
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(lo_byte - consumed);
+            let (slice, tail) = tail.split_at_mut(hi_byte - lo_byte);
+            rest = tail;
+            consumed = hi_byte;
+            jobs.push((self.start + lo_byte as u64, slice, (lo, hi)));
+        }
+        let read = |jobs: &mut [(u64, &mut [u8], (usize, usize))]| -> Vec<(usize, usize)> {
+            jobs.iter_mut()
+                .filter_map(|(addr, slice, range)| {
+                    memory.read(*addr, slice).is_err().then_some(*range)
+                })
+                .collect()
+        };
+        let half = jobs.len() / 2;
+        let (a, b) = jobs.split_at_mut(half);
+        let failed: Vec<(usize, usize)> = if a.is_empty() {
+            read(b)
+        } else {
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| read(b));
+                let mut failed = read(a);
+                failed.extend(other.join().unwrap_or_default());
+                failed
+            })
+        };
+        for (lo, hi) in failed {
+            self.resident[lo..hi].fill(false);
         }
     }
 
     /// The word at `addr`, if it lies in the image on a page that was read.
-    fn word(&self, segment: &Segment, addr: u64) -> Option<u64> {
+    fn word(&self, addr: u64) -> Option<u64> {
         let offset = addr.checked_sub(self.start)?;
         if offset + 8 > self.bytes.len() as u64
-            || !segment.resident[(offset / self.page_size) as usize]
+            || !self.resident[(offset >> self.page_shift) as usize]
         {
             return None;
         }
         let o = offset as usize;
         Some(u64::from_ne_bytes(self.bytes[o..o + 8].try_into().unwrap()))
+    }
+
+    fn is_resident(&self, addr: u64) -> bool {
+        self.resident[((addr - self.start) >> self.page_shift) as usize]
     }
 }
 
@@ -115,6 +157,15 @@ struct ArenaHeader {
     system_mem: u64,
     fastbins: Vec<u64>,
     bins_address: u64,
+    /// The `fd` word of each bin.
+    bins: Vec<u64>,
+}
+
+/// The image holding `addr`.
+fn image_of(images: &[Image], addr: u64) -> Option<&Image> {
+    images
+        .iter()
+        .find(|i| addr >= i.start && addr - i.start < i.bytes.len() as u64)
 }
 
 struct Walker<'a> {
@@ -153,7 +204,7 @@ impl<'a> Walker<'a> {
     }
 
     fn aligned(&self, addr: u64) -> bool {
-        addr % self.o.alignment == 0
+        addr.is_multiple_of(self.o.alignment)
     }
 
     fn walk(&mut self) -> Result<HeapMap, WalkError> {
@@ -194,13 +245,40 @@ impl<'a> Walker<'a> {
             } else {
                 self.arena_heaps(header, heap_max)
             };
+            let mut images = Vec::with_capacity(heaps.len());
             for (start, end, first_chunk) in &heaps {
                 let mut segment = Segment::new(*start, *end, index, self.t.memory.page_size());
-                self.walk_segment(&mut segment, *first_chunk, header.top, &mut figures);
+                images.push(self.walk_segment(
+                    &mut segment,
+                    *first_chunk,
+                    header.top,
+                    &mut figures,
+                ));
                 segments.push(segment);
             }
-            self.fastbins(header, &mut segments[first_segment..], &mut figures);
-            self.check_bins(header, &segments[first_segment..], &figures);
+            log::debug!("arena {:#x} walked", header.address);
+            // The lists are followed through the images just read, not with a read per chunk;
+            // the bins (a cross-check) on a second thread while the fastbins are recounted.
+            let expected = (figures.bin_chunks, figures.bin_bytes);
+            let bins_note = std::thread::scope(|scope| {
+                let bins = scope.spawn(|| check_bins(o, header, &images, expected));
+                self.fastbins(
+                    header,
+                    &mut segments[first_segment..],
+                    &images,
+                    &mut figures,
+                );
+                bins.join().unwrap_or(None)
+            });
+            if let Some(note) = bins_note {
+                self.note(note);
+            }
+            log::debug!("arena {:#x}: fastbins and bins followed", header.address);
+            for (segment, image) in segments[first_segment..].iter_mut().zip(&mut images) {
+                segment.resident = std::mem::take(&mut image.resident);
+            }
+            // Unmapping a gigabyte image takes tens of milliseconds: not on the caller's time.
+            std::thread::spawn(move || drop(images));
             figures.finish();
             arenas.push(Arena {
                 address: header.address,
@@ -293,6 +371,9 @@ impl<'a> Walker<'a> {
                 .map(|i| word(o.state_fastbins + i * o.size_sz))
                 .collect(),
             bins_address: address + o.state_bins,
+            bins: (0..o.state_bin_count / 2)
+                .map(|i| word(o.state_bins + 2 * i * o.size_sz))
+                .collect(),
         })
     }
 
@@ -371,12 +452,20 @@ impl<'a> Walker<'a> {
         first: u64,
         top: u64,
         figures: &mut HeapFigures,
-    ) {
+    ) -> Image {
         let o = self.o;
-        let mut image = Image::read(self.t.memory, segment);
+        let started = std::time::Instant::now();
+        let mut image = Image::read(self.t.memory, segment.start, segment.end);
+        log::debug!(
+            "read {} KiB of heap at {:#x} in {:?}",
+            (segment.end - segment.start) / 1024,
+            segment.start,
+            started.elapsed()
+        );
         if first > segment.start {
             self.count(
                 segment,
+                &image,
                 figures,
                 segment.start,
                 first - segment.start,
@@ -388,17 +477,24 @@ impl<'a> Walker<'a> {
         while p < segment.end {
             if p == top {
                 let size = image
-                    .word(segment, p + o.chunk_size)
+                    .word(p + o.chunk_size)
                     .map(|w| w & !FLAG_BITS)
                     .filter(|&s| s >= o.min_size && s <= segment.end - p);
                 match size {
                     Some(size) => {
-                        self.count(segment, figures, p, size, ChunkState::Top);
+                        self.count(segment, &image, figures, p, size, ChunkState::Top);
                         p += size;
                     }
                     None => {
                         self.note(format!("the top chunk at {top:#x} is inconsistent"));
-                        self.count(segment, figures, p, segment.end - p, ChunkState::Unknown);
+                        self.count(
+                            segment,
+                            &image,
+                            figures,
+                            p,
+                            segment.end - p,
+                            ChunkState::Unknown,
+                        );
                         p = segment.end;
                     }
                 }
@@ -407,18 +503,18 @@ impl<'a> Walker<'a> {
             match self.classify(&image, segment, p, top) {
                 Some(Chunk::Fencepost(size)) => {
                     let size = size.min(segment.end - p);
-                    self.count(segment, figures, p, size, ChunkState::Overhead);
+                    self.count(segment, &image, figures, p, size, ChunkState::Overhead);
                     p += size;
                 }
                 Some(Chunk::Regular(size, state)) => {
-                    self.count(segment, figures, p, size, state);
+                    self.count(segment, &image, figures, p, size, state);
                     p += size;
                     retried = false;
                 }
                 None if !retried => {
                     // The target may have been changing this spot: read it again, once.
                     let to = (p + REREAD_BYTES).min(segment.end);
-                    image.load(self.t.memory, segment, p, to);
+                    image.load(self.t.memory, p, to);
                     retried = true;
                 }
                 None => {
@@ -432,24 +528,19 @@ impl<'a> Walker<'a> {
                          {} bytes up to {stop:#x} are unknown; --stop gives a consistent view",
                         stop - p
                     ));
-                    self.count(segment, figures, p, stop - p, ChunkState::Unknown);
+                    self.count(segment, &image, figures, p, stop - p, ChunkState::Unknown);
                     p = stop;
                     retried = false;
                 }
             }
         }
-        if p > segment.end {
-            self.note(format!(
-                "a chunk runs past the end of the heap at {:#x}",
-                segment.end
-            ));
-        }
+        image
     }
 
     /// Classifies the chunk at `p`; None if its header is unreadable or makes no sense.
     fn classify(&self, image: &Image, segment: &Segment, p: u64, top: u64) -> Option<Chunk> {
         let o = self.o;
-        let size = image.word(segment, p + o.chunk_size)? & !FLAG_BITS;
+        let size = image.word(p + o.chunk_size)? & !FLAG_BITS;
         // Old heaps end with two fenceposts: a chunk of just a header, then one of size 0.
         if size == 0 {
             return Some(Chunk::Fencepost(segment.end - p));
@@ -457,17 +548,17 @@ impl<'a> Walker<'a> {
         if size == 2 * o.size_sz {
             return Some(Chunk::Fencepost(size));
         }
-        if size < o.min_size || size % o.alignment != 0 || size > segment.end - p {
+        if size < o.min_size || !size.is_multiple_of(o.alignment) || size > segment.end - p {
             return None;
         }
         let next = p + size;
         if next > top && p < top {
             return None; // a chunk cannot straddle top
         }
-        let next_size = image.word(segment, next + o.chunk_size)?;
+        let next_size = image.word(next + o.chunk_size)?;
         let state = if next_size & PREV_INUSE == 0 {
             ChunkState::Bin
-        } else if self.is_tcache(image, segment, p) {
+        } else if self.is_tcache(image, p) {
             ChunkState::Tcache
         } else {
             ChunkState::Live
@@ -476,16 +567,16 @@ impl<'a> Walker<'a> {
     }
 
     /// tcache entries carry `key == tcache_key` and a (protected) link to another entry.
-    fn is_tcache(&self, image: &Image, segment: &Segment, p: u64) -> bool {
+    fn is_tcache(&self, image: &Image, p: u64) -> bool {
         let (Some(key), Some(key_offset)) = (self.tcache_key, self.o.tcache_key) else {
             return false;
         };
         let user = p + 2 * self.o.size_sz;
-        if image.word(segment, user + key_offset) != Some(key) {
+        if image.word(user + key_offset) != Some(key) {
             return false;
         }
         image
-            .word(segment, user)
+            .word(user)
             .is_some_and(|next| self.aligned(self.reveal(user, next)))
     }
 
@@ -501,6 +592,7 @@ impl<'a> Walker<'a> {
     fn count(
         &self,
         segment: &mut Segment,
+        image: &Image,
         figures: &mut HeapFigures,
         addr: u64,
         size: u64,
@@ -508,12 +600,12 @@ impl<'a> Walker<'a> {
     ) {
         segment.mark(addr, size, state);
         figures.count(state, size);
-        self.count_residency(segment, figures, addr, size, state);
+        self.count_residency(image, figures, addr, size, state);
     }
 
     fn count_residency(
         &self,
-        segment: &Segment,
+        image: &Image,
         figures: &mut HeapFigures,
         addr: u64,
         size: u64,
@@ -525,7 +617,7 @@ impl<'a> Walker<'a> {
         let page = self.t.memory.page_size();
         let interior = addr + 2 * self.o.size_sz;
         let end = addr + size;
-        let resident = |a: u64| segment.resident[((a - segment.start) / page) as usize];
+        let resident = |a: u64| image.is_resident(a);
         let mut pos = interior;
         while pos < end {
             let page_end = ((pos / page) + 1) * page;
@@ -548,103 +640,82 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Recounts the chunks on each fastbin list (they look in use to the walk).
+    /// Recounts the chunks on each fastbin list (they look in use to the walk). A chunk met
+    /// twice is no longer "in use" the second time, so a cycle ends the list.
     fn fastbins(
         &mut self,
         header: &ArenaHeader,
         segments: &mut [Segment],
+        images: &[Image],
         figures: &mut HeapFigures,
     ) {
-        let o = self.o;
-        let budget: u64 = segments
+        // The lists are followed side by side, a step each in turn: their loads are independent,
+        // so the memory system serves several at once.
+        let mut cursors: Vec<u64> = header
+            .fastbins
             .iter()
-            .map(|s| (s.end - s.start) / o.min_size)
-            .sum();
-        let mut seen = HashSet::new();
-        for &head in &header.fastbins {
-            let mut chunk = head;
-            while chunk != 0 {
-                if !seen.insert(chunk) || seen.len() as u64 > budget {
-                    self.note(format!(
-                        "a fastbin of arena {:#x} has a cycle",
-                        header.address
-                    ));
-                    break;
+            .copied()
+            .filter(|&c| c != 0)
+            .collect();
+        while !cursors.is_empty() {
+            cursors.retain_mut(|chunk| {
+                match self.fastbin_step(header, segments, images, figures, *chunk) {
+                    Some(next) if next != 0 => {
+                        *chunk = next;
+                        true
+                    }
+                    _ => false,
                 }
-                let Some(segment) = segments.iter_mut().find(|s| s.contains(chunk)) else {
-                    self.note(format!(
-                        "a fastbin of arena {:#x} points outside its heaps ({chunk:#x})",
-                        header.address
-                    ));
-                    break;
-                };
-                let granule = ((chunk - segment.start) / 16) as usize;
-                let (Ok(size_word), Ok(stored)) = (
-                    self.t.memory.read_u64(chunk + o.chunk_size),
-                    self.t.memory.read_u64(chunk + o.chunk_fd),
-                ) else {
-                    self.note(format!("fastbin chunk {chunk:#x} is unreadable"));
-                    break;
-                };
-                let size = size_word & !FLAG_BITS;
-                if !self.aligned(chunk)
-                    || segment.granules[granule] != CHUNK_START | ChunkState::Live as u8
-                {
-                    self.note(format!(
-                        "fastbin chunk {chunk:#x} is not a chunk in use to the walk: the target \
-                         changed during the snapshot"
-                    ));
-                    break;
-                }
-                figures.uncount(ChunkState::Live, size);
-                self.count(segment, figures, chunk, size, ChunkState::Fastbin);
-                chunk = self.reveal(chunk + o.chunk_fd, stored);
-            }
+            });
         }
     }
 
-    /// Cross-checks the walk against the bins: the chunks on the lists must be those it found free.
-    fn check_bins(&mut self, header: &ArenaHeader, segments: &[Segment], figures: &HeapFigures) {
+    /// Recounts fastbin chunk `chunk`; returns the next one on its list (0 at the end), or None
+    /// if the list cannot be followed further.
+    fn fastbin_step(
+        &mut self,
+        header: &ArenaHeader,
+        segments: &mut [Segment],
+        images: &[Image],
+        figures: &mut HeapFigures,
+        chunk: u64,
+    ) -> Option<u64> {
         let o = self.o;
-        let budget: u64 = segments
-            .iter()
-            .map(|s| (s.end - s.start) / o.min_size)
-            .sum();
-        let (mut chunks, mut bytes) = (0u64, 0u64);
-        let bins = o.state_bin_count / 2;
-        'bins: for bin in 0..bins {
-            // bin_at(i): a fake chunk whose fd/bk are the bin's two words.
-            let head = header.bins_address + bin * 2 * o.size_sz - o.chunk_fd;
-            let Ok(mut chunk) = self.t.memory.read_u64(head + o.chunk_fd) else {
-                break;
-            };
-            while chunk != head {
-                chunks += 1;
-                if chunks > budget || !self.aligned(chunk) {
-                    self.note(format!(
-                        "a bin of arena {:#x} is corrupt or cyclic",
-                        header.address
-                    ));
-                    break 'bins;
-                }
-                let (Ok(size), Ok(next)) = (
-                    self.t.memory.read_u64(chunk + o.chunk_size),
-                    self.t.memory.read_u64(chunk + o.chunk_fd),
-                ) else {
-                    self.note(format!("bin chunk {chunk:#x} is unreadable"));
-                    break 'bins;
-                };
-                bytes += size & !FLAG_BITS;
-                chunk = next;
-            }
-        }
-        if chunks != figures.bin_chunks || bytes != figures.bin_bytes {
+        let Some(index) = segments.iter().position(|s| s.contains(chunk)) else {
             self.note(format!(
-                "arena {:#x}: the bins hold {chunks} chunks of {bytes} bytes, the walk found {} \
-                 free chunks of {} bytes: the target changed during the snapshot",
-                header.address, figures.bin_chunks, figures.bin_bytes
+                "a fastbin of arena {:#x} points outside its heaps ({chunk:#x})",
+                header.address
             ));
+            return None;
+        };
+        let (Some(size_word), Some(stored)) = (
+            images[index].word(chunk + o.chunk_size),
+            images[index].word(chunk + o.chunk_fd),
+        ) else {
+            self.note(format!("fastbin chunk {chunk:#x} is unreadable"));
+            return None;
+        };
+        let segment = &mut segments[index];
+        let granule = ((chunk - segment.start) / GRANULE) as usize;
+        if !self.aligned(chunk) || segment.granules[granule] != CHUNK_START | ChunkState::Live as u8
+        {
+            self.note(format!(
+                "fastbin chunk {chunk:#x} is not a chunk in use to the walk: the list is \
+                 cyclic, or the target changed during the snapshot"
+            ));
+            return None;
         }
+        let size = size_word & !FLAG_BITS;
+        figures.uncount(ChunkState::Live, size);
+        self.count(
+            segment,
+            &images[index],
+            figures,
+            chunk,
+            size,
+            ChunkState::Fastbin,
+        );
+        Some(self.reveal(chunk + o.chunk_fd, stored))
     }
 
     /// mmapped chunks are linked from nowhere: look for their headers at the start of anonymous
@@ -702,6 +773,59 @@ impl<'a> Walker<'a> {
         }
         None
     }
+}
+
+/// Cross-checks the walk against the bins: the chunks on the lists must be those it found free
+/// (`expected`: chunks and bytes). Returns what disagrees.
+fn check_bins(
+    o: &Offsets,
+    header: &ArenaHeader,
+    images: &[Image],
+    expected: (u64, u64),
+) -> Option<String> {
+    let budget: u64 = images
+        .iter()
+        .map(|i| i.bytes.len() as u64 / o.min_size)
+        .sum();
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    // (head, cursor) per bin. bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the
+    // bin's two words. Followed side by side, as the fastbins.
+    let mut cursors: Vec<(u64, u64)> = (0..o.state_bin_count / 2)
+        .map(|bin| {
+            let head = header.bins_address + bin * 2 * o.size_sz - o.chunk_fd;
+            (head, header.bins[bin as usize])
+        })
+        .filter(|(head, first)| head != first)
+        .collect();
+    while !cursors.is_empty() {
+        for (head, chunk) in cursors.iter_mut() {
+            chunks += 1;
+            let words = image_of(images, *chunk).and_then(|image| {
+                Some((
+                    image.word(*chunk + o.chunk_size)?,
+                    image.word(*chunk + o.chunk_fd)?,
+                ))
+            });
+            let Some((size, next)) =
+                words.filter(|_| chunks <= budget && *chunk % o.alignment == 0)
+            else {
+                return Some(format!(
+                    "a bin of arena {:#x} is corrupt or cyclic at {:#x}",
+                    header.address, *chunk
+                ));
+            };
+            bytes += size & !FLAG_BITS;
+            *chunk = if next == *head { 0 } else { next };
+        }
+        cursors.retain(|&(_, chunk)| chunk != 0);
+    }
+    (expected != (chunks, bytes)).then(|| {
+        format!(
+            "arena {:#x}: the bins hold {chunks} chunks of {bytes} bytes, the walk found {} free \
+             chunks of {} bytes: the target changed during the snapshot",
+            header.address, expected.0, expected.1
+        )
+    })
 }
 
 enum Chunk {

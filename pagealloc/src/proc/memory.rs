@@ -21,7 +21,7 @@ pub enum ReadError {
 }
 
 /// A source of the target's bytes.
-pub trait Memory {
+pub trait Memory: Sync {
     /// Fills `buf` from `addr`, or fails without side effects on the target.
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
 
@@ -160,5 +160,68 @@ impl Memory for ImageMemory {
 
     fn page_size(&self) -> u64 {
         4096
+    }
+}
+
+/// A zeroed byte buffer for large heap images: its own mapping, so that several threads can
+/// fault in and fill disjoint parts of it at once.
+pub struct ImageBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl ImageBuffer {
+    pub fn zeroed(len: usize) -> ImageBuffer {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+        let Some(size) = std::num::NonZeroUsize::new(len) else {
+            return ImageBuffer {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+            };
+        };
+        // SAFETY: a fresh private anonymous mapping, owned by this buffer until drop.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .unwrap_or_else(|e| panic!("cannot map {len} bytes for a heap image: {e}"));
+
+        ImageBuffer {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+}
+
+// SAFETY: the buffer owns its mapping like a Vec<u8> owns its allocation; access goes through
+// &self / &mut self, so the usual borrow rules make sharing and sending sound.
+unsafe impl Send for ImageBuffer {}
+unsafe impl Sync for ImageBuffer {}
+
+impl std::ops::Deref for ImageBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is our mapping (or len is 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for ImageBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ImageBuffer {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping the mapping made in zeroed(), once.
+            let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
+        }
     }
 }

@@ -89,14 +89,24 @@ impl Target {
         proc_error(self.pid, what, error)
     }
 
+    /// The error for a failed read of `what` through std::io.
+    pub fn io_error(&self, what: &str, error: std::io::Error) -> Error {
+        if self.ensure_alive().is_err() {
+            return Error::ProcessExited { pid: self.pid };
+        }
+        match error.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                pid: self.pid,
+                what: what.to_string(),
+            },
+            _ => Error::io(format!("reading {what} of process {}", self.pid), error),
+        }
+    }
+
     /// A path inside the target's mount namespace (so files of containers resolve).
     pub fn root_path(&self, path: &Path) -> PathBuf {
         let relative = path.strip_prefix("/").unwrap_or(path);
         PathBuf::from(format!("/proc/{}/root", self.pid)).join(relative)
-    }
-
-    pub(crate) fn process(&self) -> &Process {
-        &self.process
     }
 }
 

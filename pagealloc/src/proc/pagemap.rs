@@ -2,9 +2,15 @@
 //!
 //! pagemap says present / swapped / file-or-shared per page and, with CAP_SYS_ADMIN, the frame
 //! number; kpageflags (root only) says whether that frame belongs to a huge page or large folio.
-use procfs::KPageFlags;
+//!
+//! Both files are read with one positioned read per span (procfs's readers go through an 8 KiB
+//! buffer that a seek discards, which makes scattered frame lookups read 1024 entries each);
+//! procfs decodes the entries.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
 use procfs::PhysicalPageFlags;
-use procfs::process::{MemoryPageFlags, PageInfo, PageMap as PagemapFile, Pfn};
+use procfs::process::{MemoryPageFlags, PageInfo};
 
 use super::Target;
 use crate::error::Result;
@@ -12,13 +18,17 @@ use crate::state::pages::{Mapping, MappingPages, PageCounts, PageMap, PageState}
 
 /// Pages read from pagemap per call: bounds memory for huge mappings (64 Ki entries = 512 KiB).
 const CHUNK_PAGES: u64 = 64 * 1024;
-/// Frames closer than this are read from kpageflags in one span rather than one read each.
-const PFN_GAP: u64 = 256;
+/// Frames closer than this are read from kpageflags in one span rather than one read each: the
+/// kernel's cost per entry against the cost of a system call.
+const PFN_GAP: u64 = 16;
+const ENTRY: usize = 8;
 
 pub struct PageReader<'t> {
     target: &'t Target,
-    pagemap: PagemapFile,
-    kpageflags: Option<KPageFlags>,
+    pagemap: File,
+    kpageflags: Option<File>,
+    /// Reused read buffer.
+    entries: Vec<u8>,
     page_size: u64,
     limitations: Vec<String>,
     /// A resident page came without its frame number (no CAP_SYS_ADMIN).
@@ -27,12 +37,10 @@ pub struct PageReader<'t> {
 
 impl<'t> PageReader<'t> {
     pub fn open(target: &'t Target) -> Result<Self> {
-        let pagemap = target
-            .process()
-            .pagemap()
-            .map_err(|e| target.read_error("pagemap", e))?;
+        let pagemap = File::open(format!("/proc/{}/pagemap", target.pid))
+            .map_err(|e| target.io_error("pagemap", e))?;
         let mut limitations = Vec::new();
-        let kpageflags = match KPageFlags::new() {
+        let kpageflags = match File::open("/proc/kpageflags") {
             Ok(k) => Some(k),
             Err(e) => {
                 limitations.push(format!(
@@ -49,6 +57,7 @@ impl<'t> PageReader<'t> {
             page_size: procfs::page_size(),
             limitations,
             frames_hidden: false,
+            entries: Vec::new(),
         })
     }
 
@@ -113,13 +122,15 @@ impl<'t> PageReader<'t> {
 
     /// The state of pages `first..end` (page indices, not addresses).
     pub fn states(&mut self, first: u64, end: u64) -> Result<Vec<PageState>> {
-        let infos = self
-            .pagemap
-            .get_range_info(first as usize..end as usize)
-            .map_err(|e| self.target.read_error("pagemap", e))?;
-        let mut states = Vec::with_capacity(infos.len());
+        let count = (end - first) as usize;
+        self.entries.resize(count * ENTRY, 0);
+        self.pagemap
+            .read_exact_at(&mut self.entries, first * ENTRY as u64)
+            .map_err(|e| self.target.io_error("pagemap", e))?;
+        let mut states = Vec::with_capacity(count);
         let mut frames = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
+        for (i, entry) in self.entries.chunks_exact(ENTRY).enumerate() {
+            let info = PageInfo::parse_info(u64::from_ne_bytes(entry.try_into().unwrap()));
             states.push(match info {
                 PageInfo::SwapPage(_) => PageState::Swapped,
                 PageInfo::MemoryPage(flags) if !flags.contains(MemoryPageFlags::PRESENT) => {
@@ -138,7 +149,7 @@ impl<'t> PageReader<'t> {
                 }
             });
         }
-        if let Some(kpageflags) = self.kpageflags.as_mut() {
+        if let Some(kpageflags) = &self.kpageflags {
             mark_huge(kpageflags, &mut frames, &mut states);
         }
         Ok(states)
@@ -146,7 +157,21 @@ impl<'t> PageReader<'t> {
 }
 
 /// Upgrades resident pages whose frame is part of a huge page or large folio, of any size.
-fn mark_huge(kpageflags: &mut KPageFlags, frames: &mut [(usize, u64)], states: &mut [PageState]) {
+///
+/// A large folio mapped here spans consecutive pages with consecutive frames, so only pages whose
+/// frame continues a neighbour's are looked up: a process of small pages costs few lookups.
+/// (A single page of a large folio mapped on its own is shown as a small page: to this mapping
+/// it is one.)
+fn mark_huge(kpageflags: &File, frames: &mut Vec<(usize, u64)>, states: &mut [PageState]) {
+    let contiguous = |a: &(usize, u64), b: &(usize, u64)| b.0 == a.0 + 1 && b.1 == a.1 + 1;
+    let candidates: Vec<bool> = (0..frames.len())
+        .map(|i| {
+            (i > 0 && contiguous(&frames[i - 1], &frames[i]))
+                || (i + 1 < frames.len() && contiguous(&frames[i], &frames[i + 1]))
+        })
+        .collect();
+    let mut keep = candidates.into_iter();
+    frames.retain(|_| keep.next().unwrap_or(false));
     frames.sort_unstable_by_key(|&(_, pfn)| pfn);
     let huge = PhysicalPageFlags::THP
         | PhysicalPageFlags::COMPOUND_HEAD
@@ -159,10 +184,16 @@ fn mark_huge(kpageflags: &mut KPageFlags, frames: &mut [(usize, u64)], states: &
             span_end += 1;
         }
         let (low, high) = (frames[span_start].1, frames[span_end - 1].1);
+        let mut bytes = vec![0u8; (high + 1 - low) as usize * ENTRY];
         // A frame kpageflags cannot describe (outside RAM) is left as plain resident.
-        if let Ok(flags) = kpageflags.get_range_info(Pfn(low), Pfn(high + 1)) {
+        if kpageflags
+            .read_exact_at(&mut bytes, low * ENTRY as u64)
+            .is_ok()
+        {
             for &(index, pfn) in &frames[span_start..span_end] {
-                if flags[(pfn - low) as usize].intersects(huge) {
+                let at = (pfn - low) as usize * ENTRY;
+                let word = u64::from_ne_bytes(bytes[at..at + ENTRY].try_into().unwrap());
+                if PhysicalPageFlags::parse_info(word).intersects(huge) {
                     states[index] = match states[index] {
                         PageState::File => PageState::ThpFile,
                         _ => PageState::ThpAnon,

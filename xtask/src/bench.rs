@@ -1,0 +1,174 @@
+//! `cargo xtask bench snapshot`: pagealloc's snapshot of a ~1 GiB, ~10 million chunk heap, side
+//! by side with the floor (merely reading that heap's present pages), medians of several runs.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run};
+
+const RUNS: usize = 7;
+const PAGE: u64 = 4096;
+
+pub fn snapshot(root: &Path, chunks: u64) -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
+    let workload = root.join("target/bench/bigheap");
+    std::fs::create_dir_all(workload.parent().unwrap())?;
+    run(Command::new("gcc")
+        .args(["-O2", "-fno-builtin-malloc", "-fno-builtin-free", "-o"])
+        .arg(&workload)
+        .arg(root.join("xtask/bench/bigheap.c")))?;
+    println!("bench: building a heap of {chunks} chunks...");
+    let mut child = Command::new(&workload)
+        .arg(chunks.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let result = measure(root, &mut child);
+    drop(child.stdin.take());
+    child.wait()?;
+    result
+}
+
+fn measure(root: &Path, child: &mut Child) -> Result<()> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("the bench workload did not start: {line:?}");
+    }
+    let pid = child.id();
+    let pagealloc = root.join("target/release/pagealloc");
+    let snapshot_once = || -> Result<Duration> {
+        let start = Instant::now();
+        let out = Command::new(&pagealloc)
+            .args(["snapshot", &pid.to_string(), "--format", "json"])
+            .stdout(Stdio::null())
+            .status()?;
+        let elapsed = start.elapsed();
+        if !out.success() {
+            bail!("pagealloc snapshot failed: {out}");
+        }
+        Ok(elapsed)
+    };
+    // Warm the layout cache and the page cache of the binary: not what is measured.
+    snapshot_once()?;
+    let (heap_start, heap_end) = heap_range(pid)?;
+    let mut snapshot = Vec::new();
+    let mut floor = Vec::new();
+    let mut bytes = 0;
+    // The floor reads into a buffer faulted in beforehand: the cost of the reads alone.
+    let mut buffer = vec![1u8; (heap_end - heap_start) as usize];
+    // Interleaved, so that both see the same machine load.
+    for _ in 0..RUNS {
+        snapshot.push(snapshot_once()?);
+        let start = Instant::now();
+        bytes = read_present(pid, heap_start, heap_end, &mut buffer)?;
+        floor.push(start.elapsed());
+    }
+    let (snapshot, floor) = (median(snapshot), median(floor));
+    println!(
+        "bench snapshot: heap {:.0} MiB, {:.0} MiB present; medians of {RUNS} interleaved runs",
+        (heap_end - heap_start) as f64 / 1048576.0,
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "  pagealloc snapshot --format json   {:>8.3} s",
+        snapshot.as_secs_f64()
+    );
+    println!(
+        "  floor: read the present heap pages {:>8.3} s",
+        floor.as_secs_f64()
+    );
+    println!(
+        "  ratio snapshot / floor             {:>8.2}",
+        snapshot.as_secs_f64() / floor.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn heap_range(pid: u32) -> Result<(u64, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .context("the workload has no [heap]")?;
+    let range = line.split_whitespace().next().unwrap();
+    let (start, end) = range.split_once('-').unwrap();
+    Ok((
+        u64::from_str_radix(start, 16)?,
+        u64::from_str_radix(end, 16)?,
+    ))
+}
+
+/// The floor: which pages are present (pagemap), then one read per run of present pages.
+fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8]) -> Result<u64> {
+    let pages = ((end - start) / PAGE) as usize;
+    let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
+    pagemap.seek(SeekFrom::Start(start / PAGE * 8))?;
+    let mut entries = vec![0u8; pages * 8];
+    pagemap.read_exact(&mut entries)?;
+    let present: Vec<bool> = entries
+        .chunks_exact(8)
+        .map(|e| u64::from_ne_bytes(e.try_into().unwrap()) >> 63 == 1)
+        .collect();
+    let mut total = 0;
+    let mut i = 0;
+    while i < pages {
+        if !present[i] {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < pages && present[j] {
+            j += 1;
+        }
+        let local = libc_iovec(&mut buffer[i * PAGE as usize..j * PAGE as usize]);
+        let remote = Iovec {
+            base: (start + i as u64 * PAGE) as *mut u8,
+            len: (j - i) * PAGE as usize,
+        };
+        // SAFETY: both vectors describe valid buffers of the given lengths.
+        let n = unsafe { process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            bail!(
+                "process_vm_readv failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        total += n as u64;
+        i = j;
+    }
+    Ok(total)
+}
+
+#[repr(C)]
+struct Iovec {
+    base: *mut u8,
+    len: usize,
+}
+
+fn libc_iovec(buffer: &mut [u8]) -> Iovec {
+    Iovec {
+        base: buffer.as_mut_ptr(),
+        len: buffer.len(),
+    }
+}
+
+unsafe extern "C" {
+    fn process_vm_readv(
+        pid: i32,
+        local: *const Iovec,
+        liovcnt: u64,
+        remote: *const Iovec,
+        riovcnt: u64,
+        flags: u64,
+    ) -> isize;
+}
