@@ -285,3 +285,45 @@ fn root_missing_debug_info_is_explained() {
     drop(fixture);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn state(pid: i32) -> char {
+    procfs::process::Process::new(pid)
+        .unwrap()
+        .stat()
+        .unwrap()
+        .state
+}
+
+/// `--stop` holds the target with ptrace: when pagealloc dies in any way, the kernel lets go.
+#[test]
+fn root_stop_resumes_the_target_when_pagealloc_is_killed() {
+    require_root();
+    for signal in [libc::SIGINT, libc::SIGKILL] {
+        let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+        let pid = fixture.pid();
+        let mut snapshot = pagealloc_command(&["snapshot", &pid.to_string(), "--stop"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait (bounded) until the walk holds the target in a tracing stop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while state(pid) != 't' {
+            assert!(
+                snapshot.try_wait().unwrap().is_none(),
+                "the snapshot ended first"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the target was never stopped"
+            );
+            std::thread::yield_now();
+        }
+        unsafe { libc::kill(snapshot.id() as i32, signal) };
+        snapshot.wait().unwrap();
+        let after = state(pid);
+        assert!(
+            after != 't' && after != 'T',
+            "signal {signal}: target left in state {after}"
+        );
+    }
+}

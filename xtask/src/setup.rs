@@ -19,7 +19,14 @@ pub fn run() -> Result<()> {
         "bpf-linker built against the nightly rustc's libLLVM",
         bpf_linker,
     )?;
-    step("gcc (builds the test fixtures and the demo workload)", gcc)?;
+    step(
+        "gcc (builds the test fixtures and the demo workload)",
+        || debian_tool("gcc", &["gcc", "libc6-dev"]),
+    )?;
+    step(
+        "dwz (tests debug files that share types through .gnu_debugaltlink)",
+        || debian_tool("dwz", &["dwz"]),
+    )?;
     step(
         "glibc debug info (libc6-dbg: struct layouts for the heap walker)",
         libc_debug_info,
@@ -239,20 +246,15 @@ fn apt_install(packages: &[&str], reinstall: bool) -> Result<()> {
     exec("apt-get", &args)
 }
 
-fn gcc() -> Result<Outcome> {
-    if let Ok(version) = output("gcc", &["--version"]) {
-        return Ok(Outcome::Present(
-            version.lines().next().unwrap_or("").to_string(),
-        ));
+/// A command from Debian packages: present if `TOOL --version` answers.
+fn debian_tool(tool: &str, packages: &[&str]) -> Result<Outcome> {
+    let version =
+        || output(tool, &["--version"]).map(|v| v.lines().next().unwrap_or("").to_string());
+    if let Ok(version) = version() {
+        return Ok(Outcome::Present(version));
     }
-    apt_install(&["gcc", "libc6-dev"], false)?;
-    Ok(Outcome::Installed(
-        output("gcc", &["--version"])?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
-    ))
+    apt_install(packages, false)?;
+    Ok(Outcome::Installed(version()?))
 }
 
 /// The debug file of the C library xtask itself runs on (the system's glibc), by build-id.
