@@ -143,7 +143,7 @@ fn root_text_map_draws_each_page() {
         [
             format!("{huge:>12x}  {}", "H".repeat(80)),
             format!(
-                "{:>12}  ⋮ 11 more lines like the one above, up to {:x}",
+                "{:>12}  ┆ 11 more lines like the one above, up to {:x}",
                 "",
                 huge + 960 * PAGE
             ),

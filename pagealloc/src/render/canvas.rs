@@ -153,7 +153,7 @@ impl<P: Pixel> LineWriter<'_, '_, P> {
         if self.repeats > 0 {
             let _ = writeln!(
                 self.canvas.out,
-                "{:>12}  ⋮ {} more line{} like the one above, up to {:x}",
+                "{:>12}  ┆ {} more line{} like the one above, up to {:x}",
                 "",
                 self.repeats,
                 if self.repeats == 1 { "" } else { "s" },
