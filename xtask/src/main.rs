@@ -132,9 +132,42 @@ fn test(args: &[String]) -> Result<()> {
     if !setup::is_root() {
         println!(
             "xtask: not root: skipping the tests named root_* (they load eBPF programs, read \
-             /proc/kpageflags, switch users or add swap). Run as root to run them; CI does."
+             /proc/kpageflags, switch users, add swap or ptrace). Run as root to run them; CI does."
         );
         command.args(["--skip", "root_"]);
     }
-    run(&mut command)
+    // Pass the output through and add up the test binaries' results into one closing line.
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                result
+                    .split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
