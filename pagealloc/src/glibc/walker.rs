@@ -231,65 +231,22 @@ impl<'a> Walker<'a> {
         };
 
         let headers = self.arenas()?;
-        let mut arenas = Vec::with_capacity(headers.len());
         let mut segments: Vec<Segment> = Vec::new();
-        for (index, header) in headers.iter().enumerate() {
-            let main = header.address == self.t.main_arena;
-            let mut figures = HeapFigures {
-                system_bytes: header.system_mem,
-                ..HeapFigures::default()
-            };
-            let first_segment = segments.len();
-            let heaps = if main {
-                self.main_heap(header, sbrk_base)
-            } else {
-                self.arena_heaps(header, heap_max)
-            };
-            let mut images = Vec::with_capacity(heaps.len());
-            for (start, end, first_chunk) in &heaps {
-                let mut segment = Segment::new(*start, *end, index, self.t.memory.page_size());
-                images.push(self.walk_segment(
-                    &mut segment,
-                    *first_chunk,
-                    header.top,
-                    &mut figures,
-                ));
-                segments.push(segment);
-            }
-            log::debug!("arena {:#x} walked", header.address);
-            // The lists are followed through the images just read, not with a read per chunk;
-            // the bins (a cross-check) on a second thread while the fastbins are recounted.
-            let expected = (figures.bin_chunks, figures.bin_bytes);
-            let bins_note = std::thread::scope(|scope| {
-                let bins = scope.spawn(|| check_bins(o, header, &images, expected));
-                self.fastbins(
-                    header,
-                    &mut segments[first_segment..],
-                    &images,
-                    &mut figures,
-                );
-                bins.join().unwrap_or(None)
-            });
-            if let Some(note) = bins_note {
-                self.note(note);
-            }
-            log::debug!("arena {:#x}: fastbins and bins followed", header.address);
-            for (segment, image) in segments[first_segment..].iter_mut().zip(&mut images) {
-                segment.resident = std::mem::take(&mut image.resident);
-            }
-            // Unmapping a gigabyte image takes tens of milliseconds: not on the caller's time.
-            std::thread::spawn(move || drop(images));
-            figures.finish();
-            arenas.push(Arena {
-                address: header.address,
-                main,
-                heaps: heaps
-                    .iter()
-                    .map(|&(start, end, _)| AddressRange { start, end })
-                    .collect(),
-                figures,
-            });
-        }
+        let mut images = Vec::new();
+        let arenas: Vec<Arena> = headers
+            .iter()
+            .enumerate()
+            .map(|(index, header)| {
+                let heaps = if header.address == self.t.main_arena {
+                    self.main_heap(header, sbrk_base)
+                } else {
+                    self.arena_heaps(header, heap_max)
+                };
+                self.walk_arena(index, header, heaps, &mut segments, &mut images)
+            })
+            .collect();
+        // Unmapping a gigabyte of images takes tens of milliseconds: not on the caller's time.
+        std::thread::spawn(move || drop(images));
 
         let mmapped = self.mmapped_chunks(&segments);
         let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
@@ -317,6 +274,61 @@ impl<'a> Walker<'a> {
             mmapped,
             segments,
         })
+    }
+
+    /// Walks every heap of one arena, then follows its fastbins and bins through the images
+    /// just read (not with a read per chunk), the bins (a cross-check) on a second thread while
+    /// the fastbins are recounted. The images are handed back for the caller to drop.
+    fn walk_arena(
+        &mut self,
+        index: usize,
+        header: &ArenaHeader,
+        heaps: Vec<(u64, u64, u64)>,
+        segments: &mut Vec<Segment>,
+        images: &mut Vec<Image>,
+    ) -> Arena {
+        let o = self.o;
+        let mut figures = HeapFigures {
+            system_bytes: header.system_mem,
+            ..HeapFigures::default()
+        };
+        let first = segments.len();
+        let mut arena_images = Vec::with_capacity(heaps.len());
+        for &(start, end, first_chunk) in &heaps {
+            let mut segment = Segment::new(start, end, index, self.t.memory.page_size());
+            arena_images.push(self.walk_segment(
+                &mut segment,
+                first_chunk,
+                header.top,
+                &mut figures,
+            ));
+            segments.push(segment);
+        }
+        log::debug!("arena {:#x} walked", header.address);
+        let expected = (figures.bin_chunks, figures.bin_bytes);
+        let bins_note = std::thread::scope(|scope| {
+            let bins = scope.spawn(|| check_bins(o, header, &arena_images, expected));
+            self.fastbins(header, &mut segments[first..], &arena_images, &mut figures);
+            bins.join().unwrap_or(None)
+        });
+        if let Some(note) = bins_note {
+            self.note(note);
+        }
+        log::debug!("arena {:#x}: fastbins and bins followed", header.address);
+        for (segment, image) in segments[first..].iter_mut().zip(&mut arena_images) {
+            segment.resident = std::mem::take(&mut image.resident);
+        }
+        images.extend(arena_images);
+        figures.finish();
+        Arena {
+            address: header.address,
+            main: header.address == self.t.main_arena,
+            heaps: heaps
+                .iter()
+                .map(|&(start, end, _)| AddressRange { start, end })
+                .collect(),
+            figures,
+        }
     }
 
     /// The arena ring, from `main_arena` along `next`.
