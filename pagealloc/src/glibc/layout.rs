@@ -51,7 +51,8 @@ impl Offsets {
         let size_sz = chunk.field("mchunk_size")?.size;
         let alignment = 2 * size_sz;
         let fd_nextsize = chunk.offset("fd_nextsize")?;
-        let fastbins = state.field("fastbinsY")?;
+        // glibc 2.43 removed the fastbins: no list to follow, nothing to recount.
+        let fastbins = state.field("fastbinsY").ok();
         let bins = state.field("bins")?;
         let version = layout
             .glibc_version
@@ -71,8 +72,8 @@ impl Offsets {
             chunk_fd: chunk.offset("fd")?,
             chunk_bk: chunk.offset("bk")?,
             state_size: state.size,
-            state_fastbins: fastbins.offset,
-            state_fastbin_count: fastbins.array_len.unwrap_or(0),
+            state_fastbins: fastbins.map_or(0, |f| f.offset),
+            state_fastbin_count: fastbins.and_then(|f| f.array_len).unwrap_or(0),
             state_top: state.offset("top")?,
             state_bins: bins.offset,
             state_bin_count: bins.array_len.unwrap_or(0),
