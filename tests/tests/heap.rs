@@ -327,3 +327,43 @@ fn root_stop_resumes_the_target_when_pagealloc_is_killed() {
         );
     }
 }
+
+/// A heap that changes while it is read: the snapshot still succeeds, accounts for every byte of
+/// every heap exactly once (what it could not read consistently as `unknown`), and says so.
+#[test]
+fn root_heap_under_churn_is_accounted_for() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("CHURN"), &[]);
+    for _ in 0..5 {
+        let doc = snapshot_json(fixture.pid(), &[]);
+        for arena in doc["heap"]["arenas"].as_array().unwrap() {
+            let heap_bytes: u64 = arena["heaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| n(h, "end") - n(h, "start"))
+                .sum();
+            let accounted: u64 = [
+                "live_bytes",
+                "tcache_bytes",
+                "fastbin_bytes",
+                "bin_bytes",
+                "top_bytes",
+                "overhead_bytes",
+                "unknown_bytes",
+            ]
+            .iter()
+            .map(|key| n(arena, key))
+            .sum();
+            assert_eq!(accounted, heap_bytes, "arena {}", arena["address"]);
+        }
+    }
+    // With --stop the same heap is read consistently.
+    let doc = snapshot_json(fixture.pid(), &["--stop"]);
+    assert_eq!(
+        n(&doc["heap"]["totals"], "unknown_bytes"),
+        0,
+        "{}",
+        doc["heap"]["notes"]
+    );
+}

@@ -486,6 +486,8 @@ impl<'a> Walker<'a> {
         }
         let mut p = first;
         let mut retried = false;
+        // The last chunk counted: its size led to `p`, so it is read again when `p` is bad.
+        let mut last: Option<(u64, u64, ChunkState)> = None;
         while p < segment.end {
             if p == top {
                 let size = image
@@ -520,11 +522,17 @@ impl<'a> Walker<'a> {
                 }
                 Some(Chunk::Regular(size, state)) => {
                     self.count(segment, &image, figures, p, size, state);
+                    last = Some((p, size, state));
                     p += size;
                     retried = false;
                 }
                 None if !retried => {
-                    // The target may have been changing this spot: read it again, once.
+                    // The target may have been changing this spot: read it again, once, from the
+                    // chunk whose (perhaps stale) size led here.
+                    if let Some((addr, size, state)) = last.take() {
+                        self.uncount(&image, figures, addr, size, state);
+                        p = addr;
+                    }
                     let to = (p + REREAD_BYTES).min(segment.end);
                     image.load(self.t.memory, p, to);
                     retried = true;
@@ -612,10 +620,13 @@ impl<'a> Walker<'a> {
     ) {
         segment.mark(addr, size, state);
         figures.count(state, size);
-        self.count_residency(image, figures, addr, size, state);
+        let (resident, trimmable) = self.residency(image, addr, size, state);
+        figures.free_resident_bytes += resident;
+        figures.trimmable_bytes += trimmable;
     }
 
-    fn count_residency(
+    /// Takes back a chunk counted by [`Self::count`] (its granules are marked anew by the walk).
+    fn uncount(
         &self,
         image: &Image,
         figures: &mut HeapFigures,
@@ -623,33 +634,43 @@ impl<'a> Walker<'a> {
         size: u64,
         state: ChunkState,
     ) {
+        figures.uncount(state, size);
+        let (resident, trimmable) = self.residency(image, addr, size, state);
+        figures.free_resident_bytes -= resident;
+        figures.trimmable_bytes -= trimmable;
+    }
+
+    /// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
+    /// pages `malloc_trim(0)` could release from it.
+    fn residency(&self, image: &Image, addr: u64, size: u64, state: ChunkState) -> (u64, u64) {
         if !state.is_free() {
-            return;
+            return (0, 0);
         }
         let page = self.t.memory.page_size();
-        let interior = addr + 2 * self.o.size_sz;
         let end = addr + size;
-        let resident = |a: u64| image.is_resident(a);
-        let mut pos = interior;
+        let mut resident = 0;
+        let mut pos = addr + 2 * self.o.size_sz;
         while pos < end {
-            let page_end = ((pos / page) + 1) * page;
-            let stop = page_end.min(end);
-            if resident(pos) {
-                figures.free_resident_bytes += stop - pos;
+            let stop = ((pos / page) + 1) * page;
+            let stop = stop.min(end);
+            if image.is_resident(pos) {
+                resident += stop - pos;
             }
             pos = stop;
         }
-        if state == ChunkState::Tcache {
-            return; // tcache chunks stay cached: malloc_trim does not release them
-        }
-        // malloc_trim keeps the malloc_chunk struct at the front and releases whole pages.
-        let mut pos = (addr + self.o.chunk_struct_size).next_multiple_of(page);
-        while pos + page <= end {
-            if resident(pos) {
-                figures.trimmable_bytes += page;
+        let mut trimmable = 0;
+        // tcache chunks stay cached: malloc_trim does not release them. It keeps the
+        // malloc_chunk struct at the front of the others and releases their whole pages.
+        if state != ChunkState::Tcache {
+            let mut pos = (addr + self.o.chunk_struct_size).next_multiple_of(page);
+            while pos + page <= end {
+                if image.is_resident(pos) {
+                    trimmable += page;
+                }
+                pos += page;
             }
-            pos += page;
         }
+        (resident, trimmable)
     }
 
     /// Recounts the chunks on each fastbin list (they look in use to the walk). A chunk met
