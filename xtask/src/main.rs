@@ -122,6 +122,21 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     result
 }
 
+/// The names of the tests that need root (`cargo test -- --list` lines `name: test`).
+fn root_tests() -> Result<Vec<String>> {
+    let out = cargo().args(["test", "--quiet", "--", "--list"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .filter(|name| {
+            name.rsplit("::")
+                .next()
+                .is_some_and(|n| n.starts_with("root_"))
+        })
+        .map(str::to_string)
+        .collect())
+}
+
 fn test(args: &[String]) -> Result<()> {
     // The end-to-end tests run the binary as a user would: build it first.
     run(cargo().args(["build", "--package", "pagealloc"]))?;
@@ -134,6 +149,9 @@ fn test(args: &[String]) -> Result<()> {
             "xtask: not root: skipping the tests named root_* (they load eBPF programs, read \
              /proc/kpageflags, switch users, add swap or ptrace). Run as root to run them; CI does."
         );
+        for name in root_tests()? {
+            println!("xtask: skipped {name}");
+        }
         command.args(["--skip", "root_"]);
     }
     // Pass the output through and add up the test binaries' results into one closing line.
