@@ -93,27 +93,11 @@ pub struct HeapFigures {
 impl HeapFigures {
     /// Counts one chunk of `bytes` in `state`.
     pub fn count(&mut self, state: ChunkState, bytes: u64) {
-        match state {
-            ChunkState::Live => {
-                self.live_chunks += 1;
-                self.live_bytes += bytes;
-            }
-            ChunkState::Tcache => {
-                self.tcache_chunks += 1;
-                self.tcache_bytes += bytes;
-            }
-            ChunkState::Fastbin => {
-                self.fastbin_chunks += 1;
-                self.fastbin_bytes += bytes;
-            }
-            ChunkState::Bin => {
-                self.bin_chunks += 1;
-                self.bin_bytes += bytes;
-            }
-            ChunkState::Top => self.top_bytes += bytes,
-            ChunkState::Overhead => self.overhead_bytes += bytes,
-            ChunkState::Unknown => self.unknown_bytes += bytes,
+        let (chunks, total) = self.slots(state);
+        if let Some(chunks) = chunks {
+            *chunks += 1;
         }
+        *total += bytes;
         if matches!(state, ChunkState::Fastbin | ChunkState::Bin) {
             self.largest_free_bytes = self.largest_free_bytes.max(bytes);
         }
@@ -121,17 +105,24 @@ impl HeapFigures {
 
     /// Takes one chunk of `bytes` out of `state` (it is being recounted in another state).
     pub fn uncount(&mut self, state: ChunkState, bytes: u64) {
-        let (chunks, total) = match state {
-            ChunkState::Live => (&mut self.live_chunks, &mut self.live_bytes),
-            ChunkState::Tcache => (&mut self.tcache_chunks, &mut self.tcache_bytes),
-            ChunkState::Fastbin => (&mut self.fastbin_chunks, &mut self.fastbin_bytes),
-            ChunkState::Bin => (&mut self.bin_chunks, &mut self.bin_bytes),
-            ChunkState::Top => (&mut 0, &mut self.top_bytes),
-            ChunkState::Overhead => (&mut 0, &mut self.overhead_bytes),
-            ChunkState::Unknown => (&mut 0, &mut self.unknown_bytes),
-        };
-        *chunks = chunks.saturating_sub(1);
+        let (chunks, total) = self.slots(state);
+        if let Some(chunks) = chunks {
+            *chunks = chunks.saturating_sub(1);
+        }
         *total = total.saturating_sub(bytes);
+    }
+
+    /// The chunk counter (states that count chunks) and the byte counter of `state`.
+    fn slots(&mut self, state: ChunkState) -> (Option<&mut u64>, &mut u64) {
+        match state {
+            ChunkState::Live => (Some(&mut self.live_chunks), &mut self.live_bytes),
+            ChunkState::Tcache => (Some(&mut self.tcache_chunks), &mut self.tcache_bytes),
+            ChunkState::Fastbin => (Some(&mut self.fastbin_chunks), &mut self.fastbin_bytes),
+            ChunkState::Bin => (Some(&mut self.bin_chunks), &mut self.bin_bytes),
+            ChunkState::Top => (None, &mut self.top_bytes),
+            ChunkState::Overhead => (None, &mut self.overhead_bytes),
+            ChunkState::Unknown => (None, &mut self.unknown_bytes),
+        }
     }
 
     /// What glibc's `mallinfo2().fordblks` counts: top, fastbins and bins.
