@@ -149,6 +149,10 @@ impl Image {
     fn is_resident(&self, addr: u64) -> bool {
         self.resident[((addr - self.start) >> self.page_shift) as usize]
     }
+
+    fn covers(&self, addr: u64) -> bool {
+        addr >= self.start && addr - self.start < self.bytes.len() as u64
+    }
 }
 
 struct ArenaHeader {
@@ -163,9 +167,7 @@ struct ArenaHeader {
 
 /// The image holding `addr`.
 fn image_of(images: &[Image], addr: u64) -> Option<&Image> {
-    images
-        .iter()
-        .find(|i| addr >= i.start && addr - i.start < i.bytes.len() as u64)
+    images.iter().find(|i| i.covers(addr))
 }
 
 struct Walker<'a> {
@@ -276,9 +278,8 @@ impl<'a> Walker<'a> {
         })
     }
 
-    /// Walks every heap of one arena, then follows its fastbins and bins through the images
-    /// just read (not with a read per chunk), the bins (a cross-check) on a second thread while
-    /// the fastbins are recounted. The images are handed back for the caller to drop.
+    /// Reads and walks every heap of one arena and follows its fastbins and bins (through the
+    /// images read, not with a read per chunk). The images are handed back for the caller to drop.
     fn walk_arena(
         &mut self,
         index: usize,
@@ -292,29 +293,60 @@ impl<'a> Walker<'a> {
             system_bytes: header.system_mem,
             ..HeapFigures::default()
         };
+        let arena_images: Vec<Image> = heaps
+            .iter()
+            .map(|&(start, end, _)| {
+                let started = std::time::Instant::now();
+                let image = Image::read(self.t.memory, start, end);
+                log::debug!(
+                    "read {} KiB of heap at {start:#x} in {:?}",
+                    (end - start) / 1024,
+                    started.elapsed()
+                );
+                image
+            })
+            .collect();
+        // The fastbin and bin lists are followed through the images on a second thread while
+        // the heaps are walked (re-reads during the walk leave the images as they are).
         let first = segments.len();
-        let mut arena_images = Vec::with_capacity(heaps.len());
-        for &(start, end, first_chunk) in &heaps {
-            let mut segment = Segment::new(start, end, index, self.t.memory.page_size());
-            arena_images.push(self.walk_segment(
-                &mut segment,
-                first_chunk,
-                header.top,
-                &mut figures,
-            ));
-            segments.push(segment);
-        }
-        log::debug!("arena {:#x} walked", header.address);
-        let expected = (figures.bin_chunks, figures.bin_bytes);
-        let bins_note = std::thread::scope(|scope| {
-            let bins = scope.spawn(|| check_bins(o, header, &arena_images, expected));
-            self.fastbins(header, &mut segments[first..], &arena_images, &mut figures);
-            bins.join().unwrap_or(None)
+        let lists = std::thread::scope(|scope| {
+            let lists = scope.spawn(|| follow_free_lists(o, header, &arena_images));
+            for (&(start, end, first_chunk), image) in heaps.iter().zip(&arena_images) {
+                let mut segment = Segment::new(start, end, index, self.t.memory.page_size());
+                self.walk_segment(&mut segment, image, first_chunk, header.top, &mut figures);
+                segments.push(segment);
+            }
+            log::debug!("arena {:#x} walked", header.address);
+            lists.join().unwrap_or_else(|_| Lists {
+                broken: vec!["following the free lists failed".into()],
+                ..Lists::default()
+            })
         });
-        if let Some(note) = bins_note {
-            self.note(note);
+        for why in &lists.broken {
+            self.note(why.clone());
+        }
+        self.apply_fastbins(
+            header,
+            lists.fastbin_chunks,
+            &mut segments[first..],
+            &arena_images,
+            &mut figures,
+        );
+        if lists.broken.is_empty()
+            && (lists.bin_chunks, lists.bin_bytes) != (figures.bin_chunks, figures.bin_bytes)
+        {
+            self.note(format!(
+                "arena {:#x}: the bins hold {} chunks of {} bytes, the walk found {} free chunks \
+                 of {} bytes: the target changed during the snapshot",
+                header.address,
+                lists.bin_chunks,
+                lists.bin_bytes,
+                figures.bin_chunks,
+                figures.bin_bytes
+            ));
         }
         log::debug!("arena {:#x}: fastbins and bins followed", header.address);
+        let mut arena_images = arena_images;
         for (segment, image) in segments[first..].iter_mut().zip(&mut arena_images) {
             segment.resident = std::mem::take(&mut image.resident);
         }
@@ -461,23 +493,17 @@ impl<'a> Walker<'a> {
     fn walk_segment(
         &mut self,
         segment: &mut Segment,
+        image: &Image,
         first: u64,
         top: u64,
         figures: &mut HeapFigures,
-    ) -> Image {
+    ) {
         let o = self.o;
-        let started = std::time::Instant::now();
-        let mut image = Image::read(self.t.memory, segment.start, segment.end);
-        log::debug!(
-            "read {} KiB of heap at {:#x} in {:?}",
-            (segment.end - segment.start) / 1024,
-            segment.start,
-            started.elapsed()
-        );
+        let mut view = View { image, fresh: None };
         if first > segment.start {
             self.count(
                 segment,
-                &image,
+                &view,
                 figures,
                 segment.start,
                 first - segment.start,
@@ -490,20 +516,20 @@ impl<'a> Walker<'a> {
         let mut last: Option<(u64, u64, ChunkState)> = None;
         while p < segment.end {
             if p == top {
-                let size = image
+                let size = view
                     .word(p + o.chunk_size)
                     .map(|w| w & !FLAG_BITS)
                     .filter(|&s| s >= o.min_size && s <= segment.end - p);
                 match size {
                     Some(size) => {
-                        self.count(segment, &image, figures, p, size, ChunkState::Top);
+                        self.count(segment, &view, figures, p, size, ChunkState::Top);
                         p += size;
                     }
                     None => {
                         self.note(format!("the top chunk at {top:#x} is inconsistent"));
                         self.count(
                             segment,
-                            &image,
+                            &view,
                             figures,
                             p,
                             segment.end - p,
@@ -514,14 +540,14 @@ impl<'a> Walker<'a> {
                 }
                 continue;
             }
-            match self.classify(&image, segment, p, top) {
+            match self.classify(&view, segment, p, top) {
                 Some(Chunk::Fencepost(size)) => {
                     let size = size.min(segment.end - p);
-                    self.count(segment, &image, figures, p, size, ChunkState::Overhead);
+                    self.count(segment, &view, figures, p, size, ChunkState::Overhead);
                     p += size;
                 }
                 Some(Chunk::Regular(size, state)) => {
-                    self.count(segment, &image, figures, p, size, state);
+                    self.count(segment, &view, figures, p, size, state);
                     last = Some((p, size, state));
                     p += size;
                     retried = false;
@@ -530,11 +556,13 @@ impl<'a> Walker<'a> {
                     // The target may have been changing this spot: read it again, once, from the
                     // chunk whose (perhaps stale) size led here.
                     if let Some((addr, size, state)) = last.take() {
-                        self.uncount(&image, figures, addr, size, state);
+                        self.uncount(&view, figures, addr, size, state);
                         p = addr;
                     }
+                    let page = self.t.memory.page_size();
+                    let from = p - (p - segment.start) % page;
                     let to = (p + REREAD_BYTES).min(segment.end);
-                    image.load(self.t.memory, p, to);
+                    view.fresh = Some(Image::read(self.t.memory, from, to));
                     retried = true;
                 }
                 None => {
@@ -548,19 +576,18 @@ impl<'a> Walker<'a> {
                          {} bytes up to {stop:#x} are unknown; --stop gives a consistent view",
                         stop - p
                     ));
-                    self.count(segment, &image, figures, p, stop - p, ChunkState::Unknown);
+                    self.count(segment, &view, figures, p, stop - p, ChunkState::Unknown);
                     p = stop;
                     retried = false;
                 }
             }
         }
-        image
     }
 
     /// Classifies the chunk at `p`; None if its header is unreadable or makes no sense.
-    fn classify(&self, image: &Image, segment: &Segment, p: u64, top: u64) -> Option<Chunk> {
+    fn classify(&self, view: &View, segment: &Segment, p: u64, top: u64) -> Option<Chunk> {
         let o = self.o;
-        let size = image.word(p + o.chunk_size)? & !FLAG_BITS;
+        let size = view.word(p + o.chunk_size)? & !FLAG_BITS;
         // Old heaps end with two fenceposts: a chunk of just a header, then one of size 0.
         if size == 0 {
             return Some(Chunk::Fencepost(segment.end - p));
@@ -575,10 +602,10 @@ impl<'a> Walker<'a> {
         if next > top && p < top {
             return None; // a chunk cannot straddle top
         }
-        let next_size = image.word(next + o.chunk_size)?;
+        let next_size = view.word(next + o.chunk_size)?;
         let state = if next_size & PREV_INUSE == 0 {
             ChunkState::Bin
-        } else if self.is_tcache(image, p) {
+        } else if self.is_tcache(view, p) {
             ChunkState::Tcache
         } else {
             ChunkState::Live
@@ -587,32 +614,22 @@ impl<'a> Walker<'a> {
     }
 
     /// tcache entries carry `key == tcache_key` and a (protected) link to another entry.
-    fn is_tcache(&self, image: &Image, p: u64) -> bool {
+    fn is_tcache(&self, view: &View, p: u64) -> bool {
         let (Some(key), Some(key_offset)) = (self.tcache_key, self.o.tcache_key) else {
             return false;
         };
         let user = p + 2 * self.o.size_sz;
-        if image.word(user + key_offset) != Some(key) {
+        if view.word(user + key_offset) != Some(key) {
             return false;
         }
-        image
-            .word(user)
-            .is_some_and(|next| self.aligned(self.reveal(user, next)))
-    }
-
-    /// Undoes safe-linking: the link stored at `position` is `(position >> 12) ^ pointer`.
-    fn reveal(&self, position: u64, stored: u64) -> u64 {
-        if self.o.safe_linking {
-            (position >> 12) ^ stored
-        } else {
-            stored
-        }
+        view.word(user)
+            .is_some_and(|next| self.aligned(reveal(self.o, user, next)))
     }
 
     fn count(
         &self,
         segment: &mut Segment,
-        image: &Image,
+        view: &View,
         figures: &mut HeapFigures,
         addr: u64,
         size: u64,
@@ -620,7 +637,7 @@ impl<'a> Walker<'a> {
     ) {
         segment.mark(addr, size, state);
         figures.count(state, size);
-        let (resident, trimmable) = self.residency(image, addr, size, state);
+        let (resident, trimmable) = self.residency(view, addr, size, state);
         figures.free_resident_bytes += resident;
         figures.trimmable_bytes += trimmable;
     }
@@ -628,32 +645,32 @@ impl<'a> Walker<'a> {
     /// Takes back a chunk counted by [`Self::count`] (its granules are marked anew by the walk).
     fn uncount(
         &self,
-        image: &Image,
+        view: &View,
         figures: &mut HeapFigures,
         addr: u64,
         size: u64,
         state: ChunkState,
     ) {
         figures.uncount(state, size);
-        let (resident, trimmable) = self.residency(image, addr, size, state);
-        figures.free_resident_bytes -= resident;
-        figures.trimmable_bytes -= trimmable;
+        let (resident, trimmable) = self.residency(view, addr, size, state);
+        figures.free_resident_bytes = figures.free_resident_bytes.saturating_sub(resident);
+        figures.trimmable_bytes = figures.trimmable_bytes.saturating_sub(trimmable);
     }
 
     /// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
     /// pages `malloc_trim(0)` could release from it.
-    fn residency(&self, image: &Image, addr: u64, size: u64, state: ChunkState) -> (u64, u64) {
+    fn residency(&self, view: &View, addr: u64, size: u64, state: ChunkState) -> (u64, u64) {
         if !state.is_free() {
             return (0, 0);
         }
-        let page = self.t.memory.page_size();
+        // Page sizes are powers of two: masks, not divisions (this runs for every free chunk).
+        let mask = self.t.memory.page_size() - 1;
         let end = addr + size;
         let mut resident = 0;
         let mut pos = addr + 2 * self.o.size_sz;
         while pos < end {
-            let stop = ((pos / page) + 1) * page;
-            let stop = stop.min(end);
-            if image.is_resident(pos) {
+            let stop = ((pos | mask) + 1).min(end);
+            if view.is_resident(pos) {
                 resident += stop - pos;
             }
             pos = stop;
@@ -662,93 +679,63 @@ impl<'a> Walker<'a> {
         // tcache chunks stay cached: malloc_trim does not release them. It keeps the
         // malloc_chunk struct at the front of the others and releases their whole pages.
         if state != ChunkState::Tcache {
-            let mut pos = (addr + self.o.chunk_struct_size).next_multiple_of(page);
-            while pos + page <= end {
-                if image.is_resident(pos) {
-                    trimmable += page;
+            let mut pos = (addr + self.o.chunk_struct_size + mask) & !mask;
+            while pos + mask < end {
+                if view.is_resident(pos) {
+                    trimmable += mask + 1;
                 }
-                pos += page;
+                pos += mask + 1;
             }
         }
         (resident, trimmable)
     }
 
-    /// Recounts the chunks on each fastbin list (they look in use to the walk). A chunk met
-    /// twice is no longer "in use" the second time, so a cycle ends the list.
-    fn fastbins(
+    /// Recounts the chunks found on the fastbin lists: they look in use to the walk.
+    fn apply_fastbins(
         &mut self,
         header: &ArenaHeader,
+        mut chunks: Vec<(u64, u64)>,
         segments: &mut [Segment],
         images: &[Image],
         figures: &mut HeapFigures,
     ) {
-        // The lists are followed side by side, a step each in turn: their loads are independent,
-        // so the memory system serves several at once.
-        let mut cursors: Vec<u64> = header
-            .fastbins
-            .iter()
-            .copied()
-            .filter(|&c| c != 0)
-            .collect();
-        while !cursors.is_empty() {
-            cursors.retain_mut(|chunk| {
-                match self.fastbin_step(header, segments, images, figures, *chunk) {
-                    Some(next) if next != 0 => {
-                        *chunk = next;
-                        true
-                    }
-                    _ => false,
-                }
-            });
+        // In address order the granule map is touched in order too.
+        chunks.sort_unstable();
+        for (i, &(chunk, size)) in chunks.iter().enumerate() {
+            if i > 0 && chunks[i - 1].0 == chunk {
+                continue; // on two lists (or twice on one): counted once, the list noted
+            }
+            let Some(index) = segments.iter().position(|s| s.contains(chunk)) else {
+                continue; // follow_free_lists only returns chunks inside the images
+            };
+            let segment = &mut segments[index];
+            let granule = ((chunk - segment.start) / GRANULE) as usize;
+            // The walk must have found a live chunk of this very size here.
+            let next = granule + (size / GRANULE) as usize;
+            let same_extent = size >= self.o.min_size
+                && size <= segment.end - chunk
+                && segment
+                    .granules
+                    .get(next)
+                    .is_none_or(|g| g & CHUNK_START != 0)
+                && !segment.granules[granule + 1..next]
+                    .iter()
+                    .any(|g| g & CHUNK_START != 0);
+            if segment.granules[granule] != CHUNK_START | ChunkState::Live as u8 || !same_extent {
+                self.note(format!(
+                    "fastbin chunk {chunk:#x} of arena {:#x} is not a chunk in use to the walk: \
+                     the target changed during the snapshot",
+                    header.address
+                ));
+                continue;
+            }
+            figures.uncount(ChunkState::Live, size);
+            let view = View {
+                image: &images[index],
+                fresh: None,
+            };
+            self.count(segment, &view, figures, chunk, size, ChunkState::Fastbin);
         }
-    }
-
-    /// Recounts fastbin chunk `chunk`; returns the next one on its list (0 at the end), or None
-    /// if the list cannot be followed further.
-    fn fastbin_step(
-        &mut self,
-        header: &ArenaHeader,
-        segments: &mut [Segment],
-        images: &[Image],
-        figures: &mut HeapFigures,
-        chunk: u64,
-    ) -> Option<u64> {
-        let o = self.o;
-        let Some(index) = segments.iter().position(|s| s.contains(chunk)) else {
-            self.note(format!(
-                "a fastbin of arena {:#x} points outside its heaps ({chunk:#x})",
-                header.address
-            ));
-            return None;
-        };
-        let (Some(size_word), Some(stored)) = (
-            images[index].word(chunk + o.chunk_size),
-            images[index].word(chunk + o.chunk_fd),
-        ) else {
-            self.note(format!("fastbin chunk {chunk:#x} is unreadable"));
-            return None;
-        };
-        let segment = &mut segments[index];
-        let granule = ((chunk - segment.start) / GRANULE) as usize;
-        if !self.aligned(chunk) || segment.granules[granule] != CHUNK_START | ChunkState::Live as u8
-        {
-            self.note(format!(
-                "fastbin chunk {chunk:#x} is not a chunk in use to the walk: the list is \
-                 cyclic, or the target changed during the snapshot"
-            ));
-            return None;
-        }
-        let size = size_word & !FLAG_BITS;
-        figures.uncount(ChunkState::Live, size);
-        self.count(
-            segment,
-            &images[index],
-            figures,
-            chunk,
-            size,
-            ChunkState::Fastbin,
-        );
-        Some(self.reveal(chunk + o.chunk_fd, stored))
     }
 
     /// mmapped chunks are linked from nowhere: look for their headers at the start of anonymous
@@ -808,57 +795,159 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// Cross-checks the walk against the bins: the chunks on the lists must be those it found free
-/// (`expected`: chunks and bytes). Returns what disagrees.
-fn check_bins(
-    o: &Offsets,
-    header: &ArenaHeader,
-    images: &[Image],
-    expected: (u64, u64),
-) -> Option<String> {
-    let budget: u64 = images
-        .iter()
-        .map(|i| i.bytes.len() as u64 / o.min_size)
-        .sum();
-    let (mut chunks, mut bytes) = (0u64, 0u64);
-    // (head, cursor) per bin. bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the
-    // bin's two words. Followed side by side, as the fastbins.
-    let mut cursors: Vec<(u64, u64)> = (0..o.state_bin_count / 2)
-        .map(|bin| {
-            let head = header.bins_address + bin * 2 * o.size_sz - o.chunk_fd;
-            (head, header.bins[bin as usize])
-        })
-        .filter(|(head, first)| head != first)
-        .collect();
-    while !cursors.is_empty() {
-        for (head, chunk) in cursors.iter_mut() {
-            chunks += 1;
-            let words = image_of(images, *chunk).and_then(|image| {
-                Some((
-                    image.word(*chunk + o.chunk_size)?,
-                    image.word(*chunk + o.chunk_fd)?,
-                ))
-            });
-            let Some((size, next)) =
-                words.filter(|_| chunks <= budget && *chunk % o.alignment == 0)
-            else {
-                return Some(format!(
-                    "a bin of arena {:#x} is corrupt or cyclic at {:#x}",
-                    header.address, *chunk
-                ));
-            };
-            bytes += size & !FLAG_BITS;
-            *chunk = if next == *head { 0 } else { next };
-        }
-        cursors.retain(|&(_, chunk)| chunk != 0);
+/// Undoes safe-linking: the link stored at `position` is `(position >> 12) ^ pointer`.
+fn reveal(o: &Offsets, position: u64, stored: u64) -> u64 {
+    if o.safe_linking {
+        (position >> 12) ^ stored
+    } else {
+        stored
     }
-    (expected != (chunks, bytes)).then(|| {
-        format!(
-            "arena {:#x}: the bins hold {chunks} chunks of {bytes} bytes, the walk found {} free \
-             chunks of {} bytes: the target changed during the snapshot",
-            header.address, expected.0, expected.1
+}
+
+/// Follows several linked lists side by side, one step of each in turn: their loads are
+/// independent, so the memory system serves several at once. `step(list, node)` returns the next
+/// node, None at the end of the list, or why the list cannot be followed further. Each list is
+/// checked for cycles (Brent's algorithm: no extra reads), so a corrupted list ends in bounded
+/// time. Returns why each broken list broke.
+fn follow_lists(
+    starts: Vec<(usize, u64)>,
+    mut step: impl FnMut(usize, u64) -> Result<Option<u64>, String>,
+) -> Vec<String> {
+    struct Cursor {
+        list: usize,
+        node: u64,
+        tortoise: u64,
+        power: u64,
+        steps: u64,
+    }
+    let mut cursors: Vec<Cursor> = starts
+        .into_iter()
+        .map(|(list, node)| Cursor {
+            list,
+            node,
+            tortoise: node,
+            power: 1,
+            steps: 0,
+        })
+        .collect();
+    let mut broken = Vec::new();
+    while !cursors.is_empty() {
+        let mut i = 0;
+        while i < cursors.len() {
+            let c = &mut cursors[i];
+            let next = match step(c.list, c.node) {
+                Ok(Some(next)) if next == c.tortoise => Err(format!("cyclic at {next:#x}")),
+                other => other,
+            };
+            match next {
+                Ok(Some(next)) => {
+                    c.node = next;
+                    c.steps += 1;
+                    if c.steps == c.power {
+                        c.tortoise = next;
+                        c.power *= 2;
+                        c.steps = 0;
+                    }
+                    i += 1;
+                }
+                Ok(None) => {
+                    cursors.swap_remove(i);
+                }
+                Err(why) => {
+                    broken.push(why);
+                    cursors.swap_remove(i);
+                }
+            }
+        }
+    }
+    broken
+}
+
+/// The size word and first link of the chunk at `chunk`, from whichever image holds it.
+fn chunk_words(o: &Offsets, images: &[Image], chunk: u64) -> Result<(u64, u64), String> {
+    image_of(images, chunk)
+        .filter(|_| chunk.is_multiple_of(o.alignment))
+        .and_then(|image| {
+            Some((
+                image.word(chunk + o.chunk_size)?,
+                image.word(chunk + o.chunk_fd)?,
+            ))
+        })
+        .ok_or_else(|| format!("points at {chunk:#x}, not a chunk of its heaps"))
+}
+
+/// What the arena's free lists hold.
+#[derive(Default)]
+struct Lists {
+    /// Every chunk met on a fastbin list, with its size word (read already: no second trip to
+    /// the image, whose pages mostly miss the TLB by then).
+    fastbin_chunks: Vec<(u64, u64)>,
+    /// Chunks and bytes on the bins (unsorted, small, large): the walk must find the same free.
+    bin_chunks: u64,
+    bin_bytes: u64,
+    /// Why lists broke off.
+    broken: Vec<String>,
+}
+
+/// Follows the arena's fastbin and bin lists through the heap images, all side by side.
+fn follow_free_lists(o: &Offsets, header: &ArenaHeader, images: &[Image]) -> Lists {
+    let mut lists = Lists::default();
+    let fastbins = header.fastbins.len();
+    // bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the bin's two words.
+    let bin_head = |bin: usize| header.bins_address + bin as u64 * 2 * o.size_sz - o.chunk_fd;
+    let starts = (header.fastbins.iter().copied().enumerate())
+        .filter(|&(_, head)| head != 0)
+        .chain(
+            (header.bins.iter().copied().enumerate())
+                .filter(|&(bin, first)| first != bin_head(bin))
+                .map(|(bin, first)| (fastbins + bin, first)),
         )
-    })
+        .collect();
+    let broken = follow_lists(starts, |list, chunk| {
+        let (size, link) = chunk_words(o, images, chunk)?;
+        if list < fastbins {
+            lists.fastbin_chunks.push((chunk, size & !FLAG_BITS));
+            let next = reveal(o, chunk + o.chunk_fd, link);
+            Ok((next != 0).then_some(next))
+        } else {
+            lists.bin_chunks += 1;
+            lists.bin_bytes = lists.bin_bytes.saturating_add(size & !FLAG_BITS);
+            Ok((link != bin_head(list - fastbins)).then_some(link))
+        }
+    });
+    lists.broken = broken
+        .into_iter()
+        .map(|why| {
+            format!(
+                "a free list of arena {:#x} is corrupt: {why}",
+                header.address
+            )
+        })
+        .collect();
+    lists
+}
+
+/// What the walk reads: the heap image, and a window read again after an inconsistency.
+struct View<'i> {
+    image: &'i Image,
+    fresh: Option<Image>,
+}
+
+impl View<'_> {
+    fn source(&self, addr: u64) -> &Image {
+        match &self.fresh {
+            Some(fresh) if fresh.covers(addr) => fresh,
+            _ => self.image,
+        }
+    }
+
+    fn word(&self, addr: u64) -> Option<u64> {
+        self.source(addr).word(addr)
+    }
+
+    fn is_resident(&self, addr: u64) -> bool {
+        self.source(addr).is_resident(addr)
+    }
 }
 
 enum Chunk {
