@@ -97,8 +97,15 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
                         text.push_str(&render::pages::render(&snapshot.pages, &style));
                     }
                     if let Some(heap) = &snapshot.heap {
-                        let focus = args.arena;
-                        text.push_str(&render::heap::render(heap, &snapshot, focus, &style));
+                        if let Some(arena) = args.arena.filter(|&a| a >= heap.arenas.len()) {
+                            return Err(pagealloc::Error::Other(format!(
+                                "--arena {arena}: process {} has {} arenas (0 to {})",
+                                args.pid,
+                                heap.arenas.len(),
+                                heap.arenas.len().saturating_sub(1)
+                            )));
+                        }
+                        text.push_str(&render::heap::render(heap, &snapshot, args.arena, &style));
                     }
                     text
                 }

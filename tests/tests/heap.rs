@@ -367,3 +367,16 @@ fn root_heap_under_churn_is_accounted_for() {
         doc["heap"]["notes"]
     );
 }
+
+#[test]
+fn root_arena_out_of_range_is_an_error() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
+    let output = pagealloc(&["snapshot", &fixture.pid().to_string(), "--arena", "99"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--arena 99") && stderr.contains("arenas (0 to"),
+        "{stderr}"
+    );
+}
