@@ -61,14 +61,36 @@ pub struct SnapshotOptions {
 /// back with `heap_error` set, together with the error (for the exit code).
 pub fn snapshot(pid: i32, options: &SnapshotOptions) -> Result<(Snapshot, Option<Error>)> {
     let target = Target::open(pid)?;
-    let _frozen = if options.stop {
-        Some(proc::freeze::Frozen::freeze(pid)?)
-    } else {
-        None
-    };
+    if !options.stop {
+        return read_snapshot(&target, options);
+    }
+    // A thread stopped in the middle of malloc can leave its arena half updated: when the heap
+    // reads inconsistent, let the target run on for a moment and look again.
+    let mut attempt = 1;
+    loop {
+        let frozen = proc::freeze::Frozen::freeze(pid)?;
+        let result = read_snapshot(&target, options);
+        drop(frozen);
+        let consistent = match &result {
+            Ok((snapshot, _)) => snapshot.heap.as_ref().is_none_or(HeapMap::is_consistent),
+            Err(_) => true,
+        };
+        if consistent || attempt == STOP_ATTEMPTS {
+            return result;
+        }
+        log::debug!("heap inconsistent while stopped (attempt {attempt}): looking again");
+        attempt += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Tries of `--stop` before an inconsistent heap is shown as it is.
+const STOP_ATTEMPTS: u32 = 3;
+
+fn read_snapshot(target: &Target, options: &SnapshotOptions) -> Result<(Snapshot, Option<Error>)> {
     let started = std::time::Instant::now();
     let maps = target.maps()?;
-    let pages = PageReader::open(&target)?.read_mappings(maps.clone())?;
+    let pages = PageReader::open(target)?.read_mappings(maps.clone())?;
     log::debug!("page map read in {:?}", started.elapsed());
     let mut snapshot = Snapshot {
         pages,
@@ -79,7 +101,7 @@ pub fn snapshot(pid: i32, options: &SnapshotOptions) -> Result<(Snapshot, Option
     if !options.heap {
         return Ok((snapshot, None));
     }
-    let heap = heap_map(&target, &maps, &snapshot.pages, &options.debug);
+    let heap = heap_map(target, &maps, &snapshot.pages, &options.debug);
     // The walk reads memory that vanishes with the process: say so rather than "corrupt heap".
     target.ensure_alive()?;
     match heap {

@@ -20,6 +20,8 @@ const MAX_ARENAS: usize = 4096;
 const MAX_HEAPS_PER_ARENA: usize = 4096;
 /// A re-read after an inconsistency covers this much from the bad chunk on.
 const REREAD_BYTES: u64 = 64 * 1024;
+/// Re-reads per heap, at most: a target changing everywhere gets `unknown`, not an endless walk.
+const MAX_REREADS: u32 = 1024;
 
 /// What the walker needs to know about the target, all addresses at run time.
 pub struct Target<'a> {
@@ -158,6 +160,7 @@ impl Image {
 struct ArenaHeader {
     address: u64,
     top: u64,
+    next: u64,
     system_mem: u64,
     fastbins: Vec<u64>,
     bins_address: u64,
@@ -219,10 +222,16 @@ impl<'a> Walker<'a> {
             Some(off) => self.read_u64("mp_.hp_pagesize", mp + off)?,
             None => 0,
         };
-        let heap_max = if hp_pagesize == 0 {
-            default_heap_max_size(o.size_sz)
-        } else {
-            4 * hp_pagesize
+        // Heaps are 4 huge pages when the hugetlb tunable is set: a power of two, at most 1 GiB.
+        let heap_max = match hp_pagesize {
+            0 => default_heap_max_size(o.size_sz),
+            p if p.is_power_of_two() && p <= 1 << 30 => 4 * p,
+            p => {
+                self.note(format!(
+                    "mp_.hp_pagesize {p:#x} is corrupt: assuming no huge pages"
+                ));
+                default_heap_max_size(o.size_sz)
+            }
         };
         self.tcache_key = match self.t.tcache_key {
             Some(addr) => Some(self.read_u64("tcache_key", addr)?),
@@ -368,8 +377,16 @@ impl<'a> Walker<'a> {
         let mut headers: Vec<ArenaHeader> = Vec::new();
         let mut address = self.t.main_arena;
         loop {
-            let header = self.arena_header(address)?;
-            let next = self.read_u64("malloc_state.next", address + self.o.state_next)?;
+            let header = match self.arena_header(address) {
+                Ok(header) => header,
+                Err(e) if address == self.t.main_arena => return Err(e),
+                // A new arena whose pages were not resident when the page map was read.
+                Err(e) => {
+                    self.note(format!("{e}: this arena and those after it are not shown"));
+                    break;
+                }
+            };
+            let next = header.next;
             headers.push(header);
             if next == self.t.main_arena {
                 break;
@@ -410,6 +427,7 @@ impl<'a> Walker<'a> {
         Ok(ArenaHeader {
             address,
             top: word(o.state_top),
+            next: word(o.state_next),
             system_mem: word(o.state_system_mem),
             fastbins: (0..o.state_fastbin_count)
                 .map(|i| word(o.state_fastbins + i * o.size_sz))
@@ -426,20 +444,55 @@ impl<'a> Walker<'a> {
         if sbrk_base == 0 || header.top == 0 {
             return Vec::new(); // the main arena never allocated
         }
-        let Ok(top_size) = self.t.memory.read_u64(header.top + self.o.chunk_size) else {
+        let top_size = header
+            .top
+            .checked_add(self.o.chunk_size)
+            .and_then(|at| self.t.memory.read_u64(at).ok());
+        let Some(top_size) = top_size else {
             self.note("the main arena's top chunk is unreadable".into());
             return Vec::new();
         };
-        let end = header.top.saturating_add(top_size & !FLAG_BITS);
-        if header.top < sbrk_base || end - sbrk_base > 1 << 46 {
+        let Some(mapped_end) = self.mapped_end(sbrk_base) else {
+            self.note(format!("sbrk_base {sbrk_base:#x} is not in a mapping"));
+            return Vec::new();
+        };
+        if header.top < sbrk_base || header.top >= mapped_end || !self.aligned(header.top) {
             self.note(format!(
-                "the main arena's top chunk {:#x} is not above sbrk_base {sbrk_base:#x} (the \
-                 main arena is not contiguous): its heap is not shown",
+                "the main arena's top chunk {:#x} is not in its heap from sbrk_base \
+                 {sbrk_base:#x} (corrupt, or the main arena is not contiguous): its heap is not \
+                 shown",
                 header.top
             ));
             return Vec::new();
         }
-        vec![(sbrk_base, end, self.first_chunk_at(sbrk_base))]
+        // The heap ends with top; a top that claims more than is mapped is inconsistent, and
+        // the walk says so when it gets there.
+        let end = header.top.saturating_add(top_size & !FLAG_BITS);
+        if end > mapped_end {
+            self.note(format!(
+                "the main arena's top chunk {:#x} runs past its mapping (to {end:#x})",
+                header.top
+            ));
+        }
+        vec![(
+            sbrk_base,
+            end.min(mapped_end),
+            self.first_chunk_at(sbrk_base),
+        )]
+    }
+
+    /// The end of the mapped memory that contains `addr` (adjacent mappings joined).
+    fn mapped_end(&self, addr: u64) -> Option<u64> {
+        let maps = self.t.mappings;
+        let mut end = maps.iter().find(|m| m.start <= addr && addr < m.end)?.end;
+        // Bounded: each step moves `end` to the end of another mapping.
+        for _ in 0..maps.len() {
+            match maps.iter().find(|m| m.start == end) {
+                Some(next) => end = next.end,
+                None => break,
+            }
+        }
+        Some(end)
     }
 
     /// The first chunk at or after `addr` whose user pointer is aligned.
@@ -462,7 +515,18 @@ impl<'a> Walker<'a> {
                 self.note(format!("heap_info at {heap:#x} is unreadable"));
                 break;
             };
-            if ar_ptr != header.address || size < o.heap_info_size || size > heap_max {
+            if heaps.iter().any(|&(h, _, _)| h == heap) {
+                self.note(format!(
+                    "heap_info.prev of arena {:#x} loops back to {heap:#x}",
+                    header.address
+                ));
+                break;
+            }
+            if ar_ptr != header.address
+                || size < o.heap_info_size
+                || size > heap_max
+                || self.mapped_end(heap).is_none_or(|end| heap + size > end)
+            {
                 self.note(format!(
                     "heap_info at {heap:#x} does not belong to arena {:#x}: the heaps past it \
                      are not shown",
@@ -476,6 +540,12 @@ impl<'a> Walker<'a> {
             } else {
                 heap + o.heap_info_size
             };
+            if first >= heap + size {
+                self.note(format!(
+                    "heap_info.size at {heap:#x} ({size:#x}) leaves no room for chunks"
+                ));
+                break;
+            }
             heaps.push((heap, heap + size, first));
             if prev % heap_max != 0 || heaps.len() >= MAX_HEAPS_PER_ARENA {
                 if prev != 0 {
@@ -511,50 +581,58 @@ impl<'a> Walker<'a> {
             );
         }
         let mut p = first;
-        let mut retried = false;
-        // The last chunk counted: its size led to `p`, so it is read again when `p` is bad.
+        // Where a re-read was last tried: an inconsistency is read again once, not forever.
+        let mut retried_at: Option<u64> = None;
+        let mut rereads = 0;
+        // The chunk counted just before `p`, if a regular one: its size led to `p`, so it is read
+        // again when `p` is bad.
         let mut last: Option<(u64, u64, ChunkState)> = None;
         while p < segment.end {
             if p == top {
+                // Top is the last chunk of its heap: it must end exactly there.
                 let size = view
                     .word(p + o.chunk_size)
                     .map(|w| w & !FLAG_BITS)
                     .filter(|&s| s >= o.min_size && s <= segment.end - p);
                 match size {
-                    Some(size) => {
-                        self.count(segment, &view, figures, p, size, ChunkState::Top);
-                        p += size;
-                    }
-                    None => {
-                        self.note(format!("the top chunk at {top:#x} is inconsistent"));
-                        self.count(
-                            segment,
-                            &view,
-                            figures,
-                            p,
-                            segment.end - p,
-                            ChunkState::Unknown,
-                        );
-                        p = segment.end;
-                    }
+                    Some(size) => self.count(segment, &view, figures, p, size, ChunkState::Top),
+                    None => self.note(format!("the top chunk at {top:#x} is inconsistent")),
                 }
-                continue;
+                let size = size.unwrap_or(0);
+                if p + size < segment.end {
+                    if size > 0 {
+                        self.note(format!(
+                            "the top chunk at {top:#x} does not end its heap at {:#x}",
+                            segment.end
+                        ));
+                    }
+                    self.count(
+                        segment,
+                        &view,
+                        figures,
+                        p + size,
+                        segment.end - p - size,
+                        ChunkState::Unknown,
+                    );
+                }
+                break;
             }
             match self.classify(&view, segment, p, top) {
                 Some(Chunk::Fencepost(size)) => {
-                    let size = size.min(segment.end - p);
                     self.count(segment, &view, figures, p, size, ChunkState::Overhead);
+                    last = None;
                     p += size;
                 }
                 Some(Chunk::Regular(size, state)) => {
                     self.count(segment, &view, figures, p, size, state);
                     last = Some((p, size, state));
                     p += size;
-                    retried = false;
                 }
-                None if !retried => {
+                None if retried_at != Some(p) && rereads < MAX_REREADS => {
                     // The target may have been changing this spot: read it again, once, from the
                     // chunk whose (perhaps stale) size led here.
+                    retried_at = Some(p);
+                    rereads += 1;
                     if let Some((addr, size, state)) = last.take() {
                         self.uncount(&view, figures, addr, size, state);
                         p = addr;
@@ -563,7 +641,6 @@ impl<'a> Walker<'a> {
                     let from = p - (p - segment.start) % page;
                     let to = (p + REREAD_BYTES).min(segment.end);
                     view.fresh = Some(Image::read(self.t.memory, from, to));
-                    retried = true;
                 }
                 None => {
                     let stop = if top > p && top < segment.end {
@@ -577,8 +654,8 @@ impl<'a> Walker<'a> {
                         stop - p
                     ));
                     self.count(segment, &view, figures, p, stop - p, ChunkState::Unknown);
+                    last = None;
                     p = stop;
-                    retried = false;
                 }
             }
         }
@@ -588,11 +665,14 @@ impl<'a> Walker<'a> {
     fn classify(&self, view: &View, segment: &Segment, p: u64, top: u64) -> Option<Chunk> {
         let o = self.o;
         let size = view.word(p + o.chunk_size)? & !FLAG_BITS;
-        // Old heaps end with two fenceposts: a chunk of just a header, then one of size 0.
-        if size == 0 {
-            return Some(Chunk::Fencepost(segment.end - p));
+        // Old heaps end with two fenceposts: a chunk of just a header, then one of size 0 that
+        // covers the last (less than MINSIZE) bytes. Anywhere else such sizes are corrupt.
+        let header = 2 * o.size_sz;
+        let left = segment.end - p;
+        if size == 0 && left < o.min_size + header {
+            return Some(Chunk::Fencepost(left));
         }
-        if size == 2 * o.size_sz {
+        if size == header && left < o.min_size + 2 * header {
             return Some(Chunk::Fencepost(size));
         }
         if size < o.min_size || !size.is_multiple_of(o.alignment) || size > segment.end - p {
@@ -756,10 +836,12 @@ impl<'a> Walker<'a> {
                 let Some((offset, size)) = self.mmapped_header(base, page) else {
                     break;
                 };
-                let total = offset + size;
-                if total % page != 0 || base + total > m.end || size < o.min_size {
+                let fits = offset
+                    .checked_add(size)
+                    .filter(|total| total.is_multiple_of(page) && *total <= m.end - base);
+                let Some(total) = fits.filter(|_| size >= o.min_size) else {
                     break;
-                }
+                };
                 found.push(MmappedChunk {
                     address: base + offset,
                     bytes: total,

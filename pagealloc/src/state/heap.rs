@@ -238,3 +238,10 @@ pub struct HeapMap {
     #[serde(skip)]
     pub segments: Vec<Segment>,
 }
+
+impl HeapMap {
+    /// Read without an inconsistency: nothing unknown, nothing noted.
+    pub fn is_consistent(&self) -> bool {
+        self.totals.unknown_bytes == 0 && self.notes.is_empty()
+    }
+}
