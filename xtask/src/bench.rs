@@ -1,5 +1,6 @@
 //! `cargo xtask bench snapshot`: pagealloc's snapshot of a ~1 GiB, ~10 million chunk heap, side
-//! by side with the floor (merely reading that heap's present pages), medians of several runs.
+//! by side with the floor (merely reading that heap's present pages, the same way pagealloc reads
+//! them, into a buffer faulted in beforehand), medians of several runs.
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -108,58 +109,68 @@ fn heap_range(pid: u32) -> Result<(u64, u64)> {
     ))
 }
 
-/// The floor: which pages are present (pagemap), then one read per run of present pages.
+/// The floor: which pages are present (pagemap), then one read per run of present pages (in
+/// pieces of at most 8 MiB, spread over two threads as pagealloc does), into `buffer`.
 fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8]) -> Result<u64> {
+    const PIECE_PAGES: usize = (8 << 20) / PAGE as usize;
     let pages = ((end - start) / PAGE) as usize;
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
     pagemap.seek(SeekFrom::Start(start / PAGE * 8))?;
     let mut entries = vec![0u8; pages * 8];
     pagemap.read_exact(&mut entries)?;
-    let present: Vec<bool> = entries
-        .chunks_exact(8)
-        .map(|e| u64::from_ne_bytes(e.try_into().unwrap()) >> 63 == 1)
-        .collect();
-    let mut total = 0;
-    let mut i = 0;
-    while i < pages {
-        if !present[i] {
-            i += 1;
-            continue;
+    let present = |i: usize| entries[i * 8 + 7] >> 7 == 1;
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    for i in (0..pages).filter(|&i| present(i)) {
+        match pieces.last_mut() {
+            Some(last) if last.1 == i && last.1 - last.0 < PIECE_PAGES => last.1 += 1,
+            _ => pieces.push((i, i + 1)),
         }
-        let mut j = i;
-        while j < pages && present[j] {
-            j += 1;
-        }
-        let local = libc_iovec(&mut buffer[i * PAGE as usize..j * PAGE as usize]);
-        let remote = Iovec {
-            base: (start + i as u64 * PAGE) as *mut u8,
-            len: (j - i) * PAGE as usize,
-        };
-        // SAFETY: both vectors describe valid buffers of the given lengths.
-        let n = unsafe { process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            bail!(
-                "process_vm_readv failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        total += n as u64;
-        i = j;
     }
-    Ok(total)
+    let mut jobs: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len());
+    let mut rest = buffer;
+    let mut consumed = 0;
+    for &(lo, hi) in &pieces {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(lo * PAGE as usize - consumed);
+        let (slice, tail) = tail.split_at_mut((hi - lo) * PAGE as usize);
+        rest = tail;
+        consumed = hi * PAGE as usize;
+        jobs.push((start + lo as u64 * PAGE, slice));
+    }
+    let read = |jobs: &mut [(u64, &mut [u8])]| -> Result<u64> {
+        let mut total = 0;
+        for (addr, slice) in jobs.iter_mut() {
+            let local = Iovec {
+                base: slice.as_mut_ptr(),
+                len: slice.len(),
+            };
+            let remote = Iovec {
+                base: *addr as *mut u8,
+                len: slice.len(),
+            };
+            // SAFETY: both vectors describe valid buffers of the given lengths.
+            let n = unsafe { process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+            if n < 0 {
+                bail!(
+                    "process_vm_readv failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            total += n as u64;
+        }
+        Ok(total)
+    };
+    let (a, b) = jobs.split_at_mut(pieces.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| read(b));
+        let mine = read(a)?;
+        Ok(mine + other.join().expect("reader thread")?)
+    })
 }
 
 #[repr(C)]
 struct Iovec {
     base: *mut u8,
     len: usize,
-}
-
-fn libc_iovec(buffer: &mut [u8]) -> Iovec {
-    Iovec {
-        base: buffer.as_mut_ptr(),
-        len: buffer.len(),
-    }
 }
 
 unsafe extern "C" {

@@ -66,17 +66,18 @@ struct Image {
 const READ_PIECE: u64 = 8 << 20;
 
 impl Image {
-    fn read(memory: &dyn Memory, start: u64, end: u64) -> Image {
+    /// None if there is no room for the image.
+    fn read(memory: &dyn Memory, start: u64, end: u64) -> Option<Image> {
         let page_size = memory.page_size();
         let mut image = Image {
             start,
-            bytes: ImageBuffer::zeroed((end - start) as usize),
+            bytes: ImageBuffer::zeroed((end - start) as usize)?,
             resident: vec![false; (end - start).div_ceil(page_size) as usize],
             page_size,
             page_shift: page_size.trailing_zeros(),
         };
         image.load(memory, start, end);
-        image
+        Some(image)
     }
 
     /// (Re-)reads the resident pages of `from..to`: one read per run of resident pages (in
@@ -293,7 +294,7 @@ impl<'a> Walker<'a> {
         &mut self,
         index: usize,
         header: &ArenaHeader,
-        heaps: Vec<(u64, u64, u64)>,
+        mut heaps: Vec<(u64, u64, u64)>,
         segments: &mut Vec<Segment>,
         images: &mut Vec<Image>,
     ) -> Arena {
@@ -302,19 +303,24 @@ impl<'a> Walker<'a> {
             system_bytes: header.system_mem,
             ..HeapFigures::default()
         };
-        let arena_images: Vec<Image> = heaps
-            .iter()
-            .map(|&(start, end, _)| {
-                let started = std::time::Instant::now();
-                let image = Image::read(self.t.memory, start, end);
-                log::debug!(
-                    "read {} KiB of heap at {start:#x} in {:?}",
-                    (end - start) / 1024,
-                    started.elapsed()
-                );
-                image
-            })
-            .collect();
+        let mut arena_images = Vec::with_capacity(heaps.len());
+        heaps.retain(|&(start, end, _)| {
+            let started = std::time::Instant::now();
+            let Some(image) = Image::read(self.t.memory, start, end) else {
+                self.note(format!(
+                    "no room to copy the {} bytes of the heap at {start:#x}: it is not shown",
+                    end - start
+                ));
+                return false;
+            };
+            log::debug!(
+                "read {} KiB of heap at {start:#x} in {:?}",
+                (end - start) / 1024,
+                started.elapsed()
+            );
+            arena_images.push(image);
+            true
+        });
         // The fastbin and bin lists are followed through the images on a second thread while
         // the heaps are walked (re-reads during the walk leave the images as they are).
         let first = segments.len();
@@ -640,7 +646,7 @@ impl<'a> Walker<'a> {
                     let page = self.t.memory.page_size();
                     let from = p - (p - segment.start) % page;
                     let to = (p + REREAD_BYTES).min(segment.end);
-                    view.fresh = Some(Image::read(self.t.memory, from, to));
+                    view.fresh = Image::read(self.t.memory, from, to);
                 }
                 None => {
                     let stop = if top > p && top < segment.end {
