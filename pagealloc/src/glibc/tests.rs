@@ -33,16 +33,12 @@ use crate::state::pages::Mapping;
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 
-// Chunk size flags (glibc's malloc.c).
-const PREV_INUSE: u64 = 1;
-const IS_MMAPPED: u64 = 2;
+use super::walker::{FLAG_BITS, IS_MMAPPED, PREV_INUSE};
+/// The third chunk size flag (the walker has no use for it).
 const NON_MAIN_ARENA: u64 = 4;
-const FLAG_BITS: u64 = 7;
 
-// The synthetic process. Everything but the main heap lies below it: the walker takes a main
-// arena top chunk anywhere up to 64 TiB above sbrk_base as the end of the heap, so a corrupted
-// `top` pointing up into another region would only ever test that (as
-// `regression_top_on_a_tcache_link` does), not the rest.
+// The synthetic process. Everything but the main heap lies below it, so that a corrupted `top`
+// pointing up cannot land in another region (`regression_top_on_a_tcache_link` tests that case).
 const LIBC_DATA: u64 = 0x1100_0000_0000;
 const LIBC_DATA_LEN: u64 = 0x2000;
 const MAIN_ARENA: u64 = LIBC_DATA + 0x40;

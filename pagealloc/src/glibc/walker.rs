@@ -12,9 +12,9 @@ use crate::state::heap::{
 };
 use crate::state::pages::Mapping;
 
-const PREV_INUSE: u64 = 1;
-const IS_MMAPPED: u64 = 2;
-const FLAG_BITS: u64 = 7;
+pub(crate) const PREV_INUSE: u64 = 1;
+pub(crate) const IS_MMAPPED: u64 = 2;
+pub(crate) use pagealloc_common::CHUNK_FLAG_BITS as FLAG_BITS;
 /// glibc's default arena_max is 8 per core; this bounds a corrupted `next` ring.
 const MAX_ARENAS: usize = 4096;
 const MAX_HEAPS_PER_ARENA: usize = 4096;
