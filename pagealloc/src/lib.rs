@@ -21,12 +21,6 @@ use proc::pagemap::PageReader;
 use state::heap::HeapMap;
 use state::pages::{Mapping, PageMap};
 
-/// The page map of process `pid`, read once.
-pub fn page_map(pid: i32) -> Result<PageMap> {
-    let target = Target::open(pid)?;
-    PageReader::open(&target)?.read_all()
-}
-
 /// Which C library the heap map was read with (JSON `libc`).
 #[derive(Clone, Debug, Serialize)]
 pub struct LibcInfo {

@@ -62,26 +62,12 @@ impl ResidentRanges {
         ResidentRanges { ranges }
     }
 
-    pub fn from_ranges(mut ranges: Vec<(u64, u64)>) -> Self {
-        ranges.sort_unstable();
-        ResidentRanges { ranges }
-    }
-
     /// Whether all of `start..end` is resident.
     pub fn covers(&self, start: u64, end: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.1 <= start);
         self.ranges
             .get(i)
             .is_some_and(|&(s, e)| s <= start && end <= e)
-    }
-
-    /// The resident parts of `start..end`, in order.
-    pub fn within(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let i = self.ranges.partition_point(|r| r.1 <= start);
-        self.ranges[i..]
-            .iter()
-            .take_while(move |r| r.0 < end)
-            .map(move |&(s, e)| (s.max(start), e.min(end)))
     }
 }
 

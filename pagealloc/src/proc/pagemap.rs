@@ -61,10 +61,6 @@ impl<'t> PageReader<'t> {
         })
     }
 
-    pub fn page_size(&self) -> u64 {
-        self.page_size
-    }
-
     /// The page map of every mapping of the target.
     pub fn read_all(self) -> Result<PageMap> {
         let maps = self.target.maps()?;

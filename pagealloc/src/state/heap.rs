@@ -125,11 +125,6 @@ impl HeapFigures {
         }
     }
 
-    /// What glibc's `mallinfo2().fordblks` counts: top, fastbins and bins.
-    pub fn free_bytes(&self) -> u64 {
-        self.top_bytes + self.fastbin_bytes + self.bin_bytes
-    }
-
     pub fn finish(&mut self) {
         let holes = self.fastbin_bytes + self.bin_bytes;
         self.fragmentation = if holes == 0 {

@@ -148,22 +148,3 @@ pub struct PageMap {
     /// What could not be known (for instance huge pages without root), said once, with the reason.
     pub limitations: Vec<String>,
 }
-
-impl PageMap {
-    /// The state of the page holding `addr`, if a mapping covers it.
-    pub fn state_at(&self, addr: u64) -> Option<PageState> {
-        let i = self.mappings.partition_point(|m| m.mapping.end <= addr);
-        let m = self.mappings.get(i)?;
-        if addr < m.mapping.start {
-            return None;
-        }
-        let mut page = (addr - m.mapping.start) / self.page_size;
-        for run in &m.runs {
-            if page < run.pages {
-                return Some(run.state);
-            }
-            page -= run.pages;
-        }
-        None
-    }
-}
