@@ -216,7 +216,11 @@ fn root_unprivileged_user_sees_what_it_can() {
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
     // The heap of a process of one's own needs no root.
     assert!(doc["heap_error"].is_null(), "{}", doc["heap_error"]);
-    assert!(doc["heap"]["arenas"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(
+        doc["heap"]["arenas"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
     let notes = doc["limitations"].to_string();
     assert!(
         notes.contains("huge pages") && notes.contains("root"),

@@ -117,7 +117,7 @@ impl<'t> PageReader<'t> {
     }
 
     /// The state of pages `first..end` (page indices, not addresses).
-    pub fn states(&mut self, first: u64, end: u64) -> Result<Vec<PageState>> {
+    fn states(&mut self, first: u64, end: u64) -> Result<Vec<PageState>> {
         let count = (end - first) as usize;
         self.entries.resize(count * ENTRY, 0);
         self.pagemap
