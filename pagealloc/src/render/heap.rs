@@ -78,7 +78,7 @@ pub fn render(heap: &HeapMap, snapshot: &Snapshot, arena: Option<usize>, style: 
     let t = &heap.totals;
     canvas.text(&format!(
         "free but resident: {} of {} — malloc_trim(0) could return {}; largest free chunk {}, \
-         fragmentation {:.0}%",
+         fragmentation {:.1}%",
         size(t.free_resident_bytes),
         size(t.system_bytes),
         size(t.trimmable_bytes),
