@@ -1,6 +1,6 @@
 //! `cargo xtask bench snapshot`: pagealloc's snapshot of a ~1 GiB, ~10 million chunk heap, side
-//! by side with the floor (merely reading that heap's present pages, the same way pagealloc reads
-//! them, into a buffer faulted in beforehand), medians of several runs.
+//! by side with the floor (merely reading that heap's present pages into a buffer faulted in
+//! beforehand, by one thread and by two as pagealloc does), medians of several runs.
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -58,35 +58,39 @@ fn measure(root: &Path, child: &mut Child) -> Result<()> {
     snapshot_once()?;
     let (heap_start, heap_end) = heap_range(pid)?;
     let mut snapshot = Vec::new();
-    let mut floor = Vec::new();
+    // The floor, read by one thread and by two as pagealloc does.
+    let mut floors = [Vec::new(), Vec::new()];
     let mut bytes = 0;
     // The floor reads into a buffer faulted in beforehand: the cost of the reads alone.
     let mut buffer = vec![1u8; (heap_end - heap_start) as usize];
-    // Interleaved, so that both see the same machine load.
+    // Interleaved, so that all see the same machine load.
     for _ in 0..RUNS {
         snapshot.push(snapshot_once()?);
-        let start = Instant::now();
-        bytes = read_present(pid, heap_start, heap_end, &mut buffer)?;
-        floor.push(start.elapsed());
+        for (threads, floor) in (1..).zip(floors.iter_mut()) {
+            let start = Instant::now();
+            bytes = read_present(pid, heap_start, heap_end, &mut buffer, threads)?;
+            floor.push(start.elapsed());
+        }
     }
-    let (snapshot, floor) = (median(snapshot), median(floor));
+    let snapshot = median(snapshot);
     println!(
         "bench snapshot: heap {:.0} MiB, {:.0} MiB present; medians of {RUNS} interleaved runs",
         (heap_end - heap_start) as f64 / 1048576.0,
         bytes as f64 / 1048576.0
     );
     println!(
-        "  pagealloc snapshot --format json   {:>8.3} s",
+        "  pagealloc snapshot --format json              {:>8.3} s",
         snapshot.as_secs_f64()
     );
-    println!(
-        "  floor: read the present heap pages {:>8.3} s",
-        floor.as_secs_f64()
-    );
-    println!(
-        "  ratio snapshot / floor             {:>8.2}",
-        snapshot.as_secs_f64() / floor.as_secs_f64()
-    );
+    for (threads, floor) in (1..).zip(floors) {
+        let floor = median(floor);
+        println!(
+            "  floor: read the present heap pages, {threads} thread{} {:>8.3} s   ratio {:.2}",
+            if threads == 1 { " " } else { "s" },
+            floor.as_secs_f64(),
+            snapshot.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -110,8 +114,8 @@ fn heap_range(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// The floor: which pages are present (pagemap), then one read per run of present pages (in
-/// pieces of at most 8 MiB, spread over two threads as pagealloc does), into `buffer`.
-fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8]) -> Result<u64> {
+/// pieces of at most 8 MiB, over one or two threads), into `buffer`.
+fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8], threads: usize) -> Result<u64> {
     const PIECE_PAGES: usize = (8 << 20) / PAGE as usize;
     let pages = ((end - start) / PAGE) as usize;
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
@@ -159,6 +163,9 @@ fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8]) -> Result<u64
         }
         Ok(total)
     };
+    if threads == 1 {
+        return read(&mut jobs);
+    }
     let (a, b) = jobs.split_at_mut(pieces.len() / 2);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| read(b));
