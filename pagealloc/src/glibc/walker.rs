@@ -342,7 +342,7 @@ impl<'a> Walker<'a> {
         }
         self.apply_fastbins(
             header,
-            lists.fastbin_chunks,
+            &lists.fastbin_chunks,
             &mut segments[first..],
             &arena_images,
             &mut figures,
@@ -780,13 +780,11 @@ impl<'a> Walker<'a> {
     fn apply_fastbins(
         &mut self,
         header: &ArenaHeader,
-        mut chunks: Vec<(u64, u64)>,
+        chunks: &[(u64, u64)],
         segments: &mut [Segment],
         images: &[Image],
         figures: &mut HeapFigures,
     ) {
-        // In address order the granule map is touched in order too.
-        chunks.sort_unstable();
         for (i, &(chunk, size)) in chunks.iter().enumerate() {
             if i > 0 && chunks[i - 1].0 == chunk {
                 continue; // on two lists (or twice on one): counted once, the list noted
@@ -968,7 +966,7 @@ fn chunk_words(o: &Offsets, images: &[Image], chunk: u64) -> Result<(u64, u64), 
 #[derive(Default)]
 struct Lists {
     /// Every chunk met on a fastbin list, with its size word (read already: no second trip to
-    /// the image, whose pages mostly miss the TLB by then).
+    /// the image, whose pages mostly miss the TLB by then), in address order.
     fastbin_chunks: Vec<(u64, u64)>,
     /// Chunks and bytes on the bins (unsorted, small, large): the walk must find the same free.
     bin_chunks: u64,
@@ -1003,6 +1001,9 @@ fn follow_free_lists(o: &Offsets, header: &ArenaHeader, images: &[Image]) -> Lis
             Ok((link != bin_head(list - fastbins)).then_some(link))
         }
     });
+    // In address order the recount touches the granule map in order too; sorted here, off the
+    // walk's thread.
+    lists.fastbin_chunks.sort_unstable();
     lists.broken = broken
         .into_iter()
         .map(|why| {
