@@ -81,25 +81,27 @@ impl Target {
         }
     }
 
-    /// The error for a failed read of `what`: gone, forbidden, or an I/O error.
+    /// The error for a failed read of `what` through procfs: gone, forbidden, or an I/O error.
     pub fn read_error(&self, what: &str, error: ProcError) -> Error {
-        if self.ensure_alive().is_err() {
-            return Error::ProcessExited { pid: self.pid };
-        }
-        proc_error(self.pid, what, error)
+        self.unless_gone(proc_error(self.pid, what, error))
     }
 
     /// The error for a failed read of `what` through std::io.
     pub fn io_error(&self, what: &str, error: std::io::Error) -> Error {
-        if self.ensure_alive().is_err() {
-            return Error::ProcessExited { pid: self.pid };
-        }
-        match error.kind() {
+        self.unless_gone(match error.kind() {
             std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
                 pid: self.pid,
                 what: what.to_string(),
             },
             _ => Error::io(format!("reading {what} of process {}", self.pid), error),
+        })
+    }
+
+    /// `error`, unless the real cause is that the process went away.
+    fn unless_gone(&self, error: Error) -> Error {
+        match self.ensure_alive() {
+            Ok(()) => error,
+            Err(gone) => gone,
         }
     }
 
