@@ -152,6 +152,11 @@ pub fn snapshot_json(pid: i32, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("valid JSON")
 }
 
+/// The fixture's entry in /proc.
+pub fn process(pid: i32) -> procfs::process::Process {
+    procfs::process::Process::new(pid).expect("the fixture is in /proc")
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }

@@ -123,18 +123,16 @@ fn root_heap_walk_matches_mallinfo_with_stop() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
     check_against_mallinfo(&fixture, &snapshot_json(fixture.pid(), &["--stop"]));
-    // Resumed afterwards: it still answers.
-    let state = procfs::process::Process::new(fixture.pid())
-        .unwrap()
-        .stat()
-        .unwrap()
-        .state;
-    assert_ne!(state, 't', "the target is no longer traced-stopped");
+    assert_ne!(
+        state(fixture.pid()),
+        't',
+        "the target is no longer traced-stopped"
+    );
 }
 
 /// Resident pages of the target by its own pagemap, independently of pagealloc.
 fn present_pages(pid: i32) -> u64 {
-    let process = procfs::process::Process::new(pid).unwrap();
+    let process = process(pid);
     let mut pagemap = process.pagemap().unwrap();
     let mut present = 0;
     for map in process.maps().unwrap() {
@@ -155,12 +153,7 @@ fn present_pages(pid: i32) -> u64 {
 }
 
 fn vm_rss(pid: i32) -> u64 {
-    procfs::process::Process::new(pid)
-        .unwrap()
-        .status()
-        .unwrap()
-        .vmrss
-        .unwrap()
+    process(pid).status().unwrap().vmrss.unwrap()
 }
 
 #[test]
@@ -287,11 +280,7 @@ fn root_missing_debug_info_is_explained() {
 }
 
 fn state(pid: i32) -> char {
-    procfs::process::Process::new(pid)
-        .unwrap()
-        .stat()
-        .unwrap()
-        .state
+    process(pid).stat().unwrap().state
 }
 
 /// `--stop` holds the target with ptrace: when pagealloc dies in any way, the kernel lets go.

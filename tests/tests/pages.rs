@@ -31,7 +31,7 @@ fn count(mapping: &Value, state: &str) -> u64 {
 
 /// The kernel's own smaps figure (in pages) for the mapping starting at `start`.
 fn smaps_pages(pid: i32, start: u64, key: &str) -> u64 {
-    let process = procfs::process::Process::new(pid).expect("fixture in /proc");
+    let process = process(pid);
     let maps = process.smaps().expect("smaps");
     let map = maps
         .into_iter()
