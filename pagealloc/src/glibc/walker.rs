@@ -76,29 +76,25 @@ impl Image {
             page_size,
             page_shift: page_size.trailing_zeros(),
         };
-        image.load(memory, start, end);
+        image.load(memory);
         Some(image)
     }
 
-    /// (Re-)reads the resident pages of `from..to`: one read per run of resident pages (in
-    /// pieces, half of them on a second thread), never one per chunk.
-    fn load(&mut self, memory: &dyn Memory, from: u64, to: u64) {
+    /// Reads the resident pages: one read per run of resident pages (in pieces, half of them on
+    /// a second thread), never one per chunk.
+    fn load(&mut self, memory: &dyn Memory) {
         let page = self.page_size;
-        let first = ((from - self.start) / page) as usize;
-        let last = (to - self.start).div_ceil(page) as usize;
+        let piece_pages = (READ_PIECE / page) as usize;
         let mut pieces: Vec<(usize, usize)> = Vec::new(); // page ranges
-        let mut index = first;
-        while index < last {
+        for index in 0..self.resident.len() {
             let resident = memory.is_resident(self.start + index as u64 * page);
             self.resident[index] = resident;
             if resident {
-                let piece_pages = (READ_PIECE / page) as usize;
                 match pieces.last_mut() {
                     Some(last) if last.1 == index && last.1 - last.0 < piece_pages => last.1 += 1,
                     _ => pieces.push((index, index + 1)),
                 }
             }
-            index += 1;
         }
         // Disjoint slices of the buffer, one per piece.
         let mut jobs: Vec<(u64, &mut [u8], (usize, usize))> = Vec::with_capacity(pieces.len());
