@@ -93,15 +93,9 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `program ARGS` in the terminal; fails if it fails.
 fn exec(program: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program}"))?;
-    if !status.success() {
-        bail!("{program} {} failed with {status}", args.join(" "));
-    }
-    Ok(())
+    crate::run(Command::new(program).args(args))
 }
 
 fn check_rustup() -> Result<Outcome> {
@@ -198,24 +192,22 @@ fn bpf_linker() -> Result<Outcome> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&library, &link)?;
     }
-    let status = Command::new("cargo")
-        .args([
-            "install",
-            "--force",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()?;
-    if !status.success() {
-        bail!("cargo install bpf-linker failed with {status}");
-    }
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
     std::fs::write(&stamp, soname.to_string_lossy().as_bytes())?;
     Ok(Outcome::Installed(format!(
         "LLVM {major}, {}",
