@@ -140,6 +140,7 @@ pub fn heap_map(
         mp: bias + symbols.mp_,
         tcache_key: symbols.tcache_key.map(|k| bias + k),
         mappings: maps,
+        split: glibc::walker::Split::for_this_machine(),
     })
     .map_err(|e| Error::Heap(e.to_string()))?;
     log::debug!("heap walked in {:?}", started.elapsed());

@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard, Once, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use super::layout::{Offsets, default_heap_max_size};
-use super::walker::{Target, walk};
+use super::walker::{Split, Target, walk};
 use crate::debuginfo::{self, DebugOptions};
 use crate::proc::memory::{ImageMemory, Memory};
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapMap, MmappedChunk};
@@ -815,7 +815,7 @@ impl Synthetic {
         words
     }
 
-    fn target<'a>(&'a self, memory: &'a ImageMemory) -> Target<'a> {
+    fn target<'a>(&'a self, memory: &'a ImageMemory, split: Split) -> Target<'a> {
         Target {
             memory,
             offsets: &glibc().o,
@@ -823,6 +823,7 @@ impl Synthetic {
             mp: MP,
             tcache_key: Some(TCACHE_KEY),
             mappings: &self.mappings,
+            split,
         }
     }
 
@@ -879,11 +880,38 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// One walk: the map or the walker's error; or why not: "panic: ..." (the walk's or one of
-/// its threads'), "slow: ...".
+/// its threads'), "slow: ...", "split: ..." (walked in parts on several threads, the heap
+/// gave another map than walked whole on one).
 fn run_walk(syn: &Synthetic, memory: &ImageMemory) -> Result<Result<HeapMap, String>, String> {
+    let whole = walk_once(syn, memory, WHOLE)?;
+    let parts = walk_once(syn, memory, IN_PARTS)?;
+    match (&whole, &parts) {
+        (Ok(a), Ok(b)) => same_map(a, b).map_err(|why| format!("split: {why}"))?,
+        (Err(a), Err(b)) if a == b => {}
+        _ => return Err(format!("split: whole {whole:?}, in parts {parts:?}")),
+    }
+    Ok(whole)
+}
+
+/// One thread, every heap in one part.
+const WHOLE: Split = Split {
+    threads: 1,
+    min_part: u64::MAX,
+};
+/// Parts of a page on four threads: the synthetic heaps are a few pages each.
+const IN_PARTS: Split = Split {
+    threads: 4,
+    min_part: 1,
+};
+
+fn walk_once(
+    syn: &Synthetic,
+    memory: &ImageMemory,
+    split: Split,
+) -> Result<Result<HeapMap, String>, String> {
     lock(&PANICS).clear();
     let started = Instant::now();
-    let result = catch_unwind(AssertUnwindSafe(|| walk(&syn.target(memory))));
+    let result = catch_unwind(AssertUnwindSafe(|| walk(&syn.target(memory, split))));
     let elapsed = started.elapsed();
     let mut slowest = lock(&WALK_TIME);
     *slowest = (*slowest).max(elapsed);
@@ -897,6 +925,54 @@ fn run_walk(syn: &Synthetic, memory: &ImageMemory) -> Result<Result<HeapMap, Str
         return Err(format!("slow: the walk took {elapsed:?}"));
     }
     Ok(result.map_err(|e| e.to_string()))
+}
+
+/// Two walks of one image found the same: figures, notes, every granule.
+fn same_map(a: &HeapMap, b: &HeapMap) -> Result<(), String> {
+    let arenas = |m: &HeapMap| -> Vec<_> {
+        (m.arenas.iter())
+            .map(|a| (a.address, a.heaps.clone(), a.figures.clone()))
+            .collect()
+    };
+    ensure!(
+        arenas(a) == arenas(b),
+        "arenas {:?} and {:?}",
+        arenas(a),
+        arenas(b)
+    );
+    let notes = |m: &HeapMap| m.notes.iter().cloned().collect::<BTreeSet<_>>();
+    ensure!(
+        notes(a) == notes(b),
+        "notes {:?} and {:?}",
+        notes(a),
+        notes(b)
+    );
+    ensure!(a.mmapped == b.mmapped, "mmapped chunks differ");
+    ensure!(
+        a.segments.len() == b.segments.len(),
+        "{} and {} segments",
+        a.segments.len(),
+        b.segments.len()
+    );
+    for (x, y) in a.segments.iter().zip(&b.segments) {
+        ensure!(
+            (x.start, x.end, x.arena, &x.resident) == (y.start, y.end, y.arena, &y.resident),
+            "segments {:#x}..{:#x} and {:#x}..{:#x}",
+            x.start,
+            x.end,
+            y.start,
+            y.end
+        );
+        if let Some(i) = (0..x.granules.len()).find(|&i| x.granules[i] != y.granules[i]) {
+            return Err(format!(
+                "granule {:#x}: {:#x} and {:#x}",
+                x.start + i as u64 * GRANULE,
+                x.granules[i],
+                y.granules[i]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What holds for any map, whatever the image: every byte of every heap segment is counted

@@ -3,24 +3,30 @@
 //!
 //! The target may be running: every pointer, size and alignment is checked, every loop is
 //! bounded, a spot that looks inconsistent is read again once, and what stays inconsistent is
-//! counted as `unknown`, never guessed.
+//! counted as `unknown`, never guessed. Large heaps are walked in parts on several threads
+//! ([`super::parts`]), through a window that reads the heap as the walk goes
+//! ([`super::window`]).
+use std::ops::Range;
+
 use super::layout::{Offsets, default_heap_max_size};
-use crate::proc::memory::{ImageBuffer, Memory, ReadError};
+use super::lists::{self, Heads};
+use super::tally::Tally;
+use super::window::Window;
+use crate::proc::memory::{Memory, ReadError};
 use crate::state::heap::{
-    AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapMap, MmappedChunk,
-    Segment,
+    AddressRange, Arena, ChunkState, HeapFigures, HeapMap, MmappedChunk, Segment,
 };
 use crate::state::pages::Mapping;
 
 pub(crate) const PREV_INUSE: u64 = 1;
 pub(crate) const IS_MMAPPED: u64 = 2;
+pub(crate) const NON_MAIN_ARENA: u64 = 4;
 pub(crate) use pagealloc_common::CHUNK_FLAG_BITS as FLAG_BITS;
 /// glibc's default arena_max is 8 per core; this bounds a corrupted `next` ring.
 const MAX_ARENAS: usize = 4096;
 const MAX_HEAPS_PER_ARENA: usize = 4096;
-/// A re-read after an inconsistency covers this much from the bad chunk on.
-const REREAD_BYTES: u64 = 64 * 1024;
-/// Re-reads per heap, at most: a target changing everywhere gets `unknown`, not an endless walk.
+/// Re-reads per chain of chunks, at most: a target changing everywhere gets `unknown`, not an
+/// endless walk.
 const MAX_REREADS: u32 = 1024;
 
 /// What the walker needs to know about the target, all addresses at run time.
@@ -33,6 +39,25 @@ pub struct Target<'a> {
     pub tcache_key: Option<u64>,
     /// The target's mappings, to find mmapped chunks.
     pub mappings: &'a [Mapping],
+    pub split: Split,
+}
+
+/// How large heaps are cut into parts walked side by side.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    pub threads: usize,
+    /// Parts are at least this many bytes: below it a thread costs more than it saves.
+    pub min_part: u64,
+}
+
+impl Split {
+    /// One part per core for heaps of 32 MiB and more.
+    pub fn for_this_machine() -> Split {
+        Split {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            min_part: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,108 +77,6 @@ fn reason(e: ReadError) -> &'static str {
     }
 }
 
-/// A heap segment's bytes as read (zeros where pages were not resident).
-struct Image {
-    start: u64,
-    bytes: ImageBuffer,
-    /// Whether each page was resident and read.
-    resident: Vec<bool>,
-    page_size: u64,
-    page_shift: u32,
-}
-
-/// Reads of at most this size are spread over two threads (this many bytes per piece).
-const READ_PIECE: u64 = 8 << 20;
-
-impl Image {
-    /// None if there is no room for the image.
-    fn read(memory: &dyn Memory, start: u64, end: u64) -> Option<Image> {
-        let page_size = memory.page_size();
-        let mut image = Image {
-            start,
-            bytes: ImageBuffer::zeroed((end - start) as usize)?,
-            resident: vec![false; (end - start).div_ceil(page_size) as usize],
-            page_size,
-            page_shift: page_size.trailing_zeros(),
-        };
-        image.load(memory);
-        Some(image)
-    }
-
-    /// Reads the resident pages: one read per run of resident pages (in pieces, half of them on
-    /// a second thread), never one per chunk.
-    fn load(&mut self, memory: &dyn Memory) {
-        let page = self.page_size;
-        let piece_pages = (READ_PIECE / page) as usize;
-        let mut pieces: Vec<(usize, usize)> = Vec::new(); // page ranges
-        for index in 0..self.resident.len() {
-            let resident = memory.is_resident(self.start + index as u64 * page);
-            self.resident[index] = resident;
-            if resident {
-                match pieces.last_mut() {
-                    Some(last) if last.1 == index && last.1 - last.0 < piece_pages => last.1 += 1,
-                    _ => pieces.push((index, index + 1)),
-                }
-            }
-        }
-        // Disjoint slices of the buffer, one per piece.
-        let mut jobs: Vec<(u64, &mut [u8], (usize, usize))> = Vec::with_capacity(pieces.len());
-        let mut rest: &mut [u8] = &mut self.bytes;
-        let mut consumed = 0;
-        for &(lo, hi) in &pieces {
-            let lo_byte = lo * page as usize;
-            let hi_byte = (hi * page as usize).min(consumed + rest.len());
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(lo_byte - consumed);
-            let (slice, tail) = tail.split_at_mut(hi_byte - lo_byte);
-            rest = tail;
-            consumed = hi_byte;
-            jobs.push((self.start + lo_byte as u64, slice, (lo, hi)));
-        }
-        let read = |jobs: &mut [(u64, &mut [u8], (usize, usize))]| -> Vec<(usize, usize)> {
-            jobs.iter_mut()
-                .filter_map(|(addr, slice, range)| {
-                    memory.read(*addr, slice).is_err().then_some(*range)
-                })
-                .collect()
-        };
-        let half = jobs.len() / 2;
-        let (a, b) = jobs.split_at_mut(half);
-        let failed: Vec<(usize, usize)> = if a.is_empty() {
-            read(b)
-        } else {
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| read(b));
-                let mut failed = read(a);
-                failed.extend(other.join().unwrap_or_default());
-                failed
-            })
-        };
-        for (lo, hi) in failed {
-            self.resident[lo..hi].fill(false);
-        }
-    }
-
-    /// The word at `addr`, if it lies in the image on a page that was read.
-    fn word(&self, addr: u64) -> Option<u64> {
-        let offset = addr.checked_sub(self.start)?;
-        if offset + 8 > self.bytes.len() as u64
-            || !self.resident[(offset >> self.page_shift) as usize]
-        {
-            return None;
-        }
-        let o = offset as usize;
-        Some(u64::from_ne_bytes(self.bytes[o..o + 8].try_into().unwrap()))
-    }
-
-    fn is_resident(&self, addr: u64) -> bool {
-        self.resident[((addr - self.start) >> self.page_shift) as usize]
-    }
-
-    fn covers(&self, addr: u64) -> bool {
-        addr >= self.start && addr - self.start < self.bytes.len() as u64
-    }
-}
-
 struct ArenaHeader {
     address: u64,
     top: u64,
@@ -165,24 +88,27 @@ struct ArenaHeader {
     bins: Vec<u64>,
 }
 
-/// The image holding `addr`.
-fn image_of(images: &[Image], addr: u64) -> Option<&Image> {
-    images.iter().find(|i| i.covers(addr))
-}
-
-struct Walker<'a> {
-    t: &'a Target<'a>,
-    o: &'a Offsets,
+pub(super) struct Walker<'a> {
+    pub t: &'a Target<'a>,
+    pub o: &'a Offsets,
     notes: Vec<String>,
     tcache_key: Option<u64>,
+    /// The largest chunk a fastbin holds (0 without fastbins).
+    max_fast_chunk: u64,
 }
 
 pub fn walk(target: &Target) -> Result<HeapMap, WalkError> {
+    let o = target.offsets;
     let mut walker = Walker {
         t: target,
-        o: target.offsets,
+        o,
         notes: Vec::new(),
         tcache_key: None,
+        // fastbin_index(size) = size / (2 * SIZE_SZ) - 2
+        max_fast_chunk: match o.state_fastbin_count {
+            0 => 0,
+            n => (n + 1) * 2 * o.size_sz,
+        },
     };
     walker.walk()
 }
@@ -205,8 +131,9 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// MALLOC_ALIGNMENT is a power of two: a mask, not a division (this runs for every chunk).
     fn aligned(&self, addr: u64) -> bool {
-        addr.is_multiple_of(self.o.alignment)
+        addr & (self.o.alignment - 1) == 0
     }
 
     fn walk(&mut self) -> Result<HeapMap, WalkError> {
@@ -240,7 +167,6 @@ impl<'a> Walker<'a> {
 
         let headers = self.arenas()?;
         let mut segments: Vec<Segment> = Vec::new();
-        let mut images = Vec::new();
         let arenas: Vec<Arena> = headers
             .iter()
             .enumerate()
@@ -250,11 +176,11 @@ impl<'a> Walker<'a> {
                 } else {
                     self.arena_heaps(header, heap_max)
                 };
-                self.walk_arena(index, header, heaps, &mut segments, &mut images)
+                let (arena, arena_segments) = self.walk_arena(index, header, heaps);
+                segments.extend(arena_segments);
+                arena
             })
             .collect();
-        // Unmapping a gigabyte of images takes tens of milliseconds: not on the caller's time.
-        std::thread::spawn(move || drop(images));
 
         let mmapped = self.mmapped_chunks(&segments);
         let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
@@ -284,63 +210,48 @@ impl<'a> Walker<'a> {
         })
     }
 
-    /// Reads and walks every heap of one arena and follows its fastbins and bins (through the
-    /// images read, not with a read per chunk). The images are handed back for the caller to drop.
+    /// Walks every heap of one arena, then follows its fastbins and bins through what the walk
+    /// captured of the chunks they can hold.
     fn walk_arena(
         &mut self,
         index: usize,
         header: &ArenaHeader,
-        mut heaps: Vec<(u64, u64, u64)>,
-        segments: &mut Vec<Segment>,
-        images: &mut Vec<Image>,
-    ) -> Arena {
+        heaps: Vec<(u64, u64, u64)>,
+    ) -> (Arena, Vec<Segment>) {
         let o = self.o;
-        let mut figures = HeapFigures {
-            system_bytes: header.system_mem,
-            ..HeapFigures::default()
+        let page_shift = self.t.memory.page_size().trailing_zeros();
+        let (mut segments, found) = self.walk_heaps(
+            index,
+            header.address == self.t.main_arena,
+            &heaps,
+            header.top,
+        );
+        log::debug!("arena {:#x} walked", header.address);
+        for (_, note) in found.notes {
+            self.note(note);
+        }
+        let mut figures = found.figures;
+        figures.system_bytes = header.system_mem;
+        let mut captures = found.captures;
+        // Each heap's captures are in address order already: a merge of runs.
+        captures.fast.sort_by_key(|c| c.chunk);
+        captures.bin.sort_by_key(|c| c.chunk);
+        let heads = Heads {
+            arena: header.address,
+            fastbins: &header.fastbins,
+            bins_address: header.bins_address,
+            bins: &header.bins,
         };
-        let mut arena_images = Vec::with_capacity(heaps.len());
-        heaps.retain(|&(start, end, _)| {
-            let started = std::time::Instant::now();
-            let Some(image) = Image::read(self.t.memory, start, end) else {
-                self.note(format!(
-                    "no room to copy the {} bytes of the heap at {start:#x}: it is not shown",
-                    end - start
-                ));
-                return false;
-            };
-            log::debug!(
-                "read {} KiB of heap at {start:#x} in {:?}",
-                (end - start) / 1024,
-                started.elapsed()
-            );
-            arena_images.push(image);
-            true
-        });
-        // The fastbin and bin lists are followed through the images on a second thread while
-        // the heaps are walked (re-reads during the walk leave the images as they are).
-        let first = segments.len();
-        let lists = std::thread::scope(|scope| {
-            let lists = scope.spawn(|| follow_free_lists(o, header, &arena_images));
-            for (&(start, end, first_chunk), image) in heaps.iter().zip(&arena_images) {
-                let mut segment = Segment::new(start, end, index, self.t.memory.page_size());
-                self.walk_segment(&mut segment, image, first_chunk, header.top, &mut figures);
-                segments.push(segment);
-            }
-            log::debug!("arena {:#x} walked", header.address);
-            lists.join().unwrap_or_else(|_| Lists {
-                broken: vec!["following the free lists failed".into()],
-                ..Lists::default()
-            })
-        });
+        let lists = lists::follow(o, &heads, &captures, &segments, page_shift);
         for why in &lists.broken {
             self.note(why.clone());
         }
-        self.apply_fastbins(
-            header,
-            &lists.fastbin_chunks,
-            &mut segments[first..],
-            &arena_images,
+        let largest_fastbin = lists::recount_fastbins(
+            o,
+            &captures.fast,
+            &lists.on_fastbin,
+            &mut segments,
+            page_shift,
             &mut figures,
         );
         if lists.broken.is_empty()
@@ -357,13 +268,12 @@ impl<'a> Walker<'a> {
             ));
         }
         log::debug!("arena {:#x}: fastbins and bins followed", header.address);
-        let mut arena_images = arena_images;
-        for (segment, image) in segments[first..].iter_mut().zip(&mut arena_images) {
-            segment.resident = std::mem::take(&mut image.resident);
-        }
-        images.extend(arena_images);
+        // From the chunks the lists hold, not from the walk's running maximum: parts walked
+        // from a wrong guess and taken back may have counted a larger one.
+        let largest_bin = captures.bin.iter().map(|c| c.size).max().unwrap_or(0);
+        figures.largest_free_bytes = largest_fastbin.max(largest_bin);
         figures.finish();
-        Arena {
+        let arena = Arena {
             address: header.address,
             main: header.address == self.t.main_arena,
             heaps: heaps
@@ -371,7 +281,8 @@ impl<'a> Walker<'a> {
                 .map(|&(start, end, _)| AddressRange { start, end })
                 .collect(),
             figures,
-        }
+        };
+        (arena, segments)
     }
 
     /// The arena ring, from `main_arena` along `next`.
@@ -562,73 +473,58 @@ impl<'a> Walker<'a> {
         heaps
     }
 
-    fn walk_segment(
-        &mut self,
-        segment: &mut Segment,
-        image: &Image,
-        first: u64,
-        top: u64,
-        figures: &mut HeapFigures,
-    ) {
-        let o = self.o;
-        let mut view = View { image, fresh: None };
-        if first > segment.start {
-            self.count(
-                segment,
-                &view,
-                figures,
-                segment.start,
-                first - segment.start,
-                ChunkState::Overhead,
-            );
-        }
-        let mut p = first;
+    /// Walks the chain of chunks from `from` (a chunk start, or a guess in [`Mode::Guessed`])
+    /// up to the first chunk at or past `until`, counting each in `tally`; stops early at a
+    /// chunk where `joins` says another walk already is.
+    pub(super) fn walk_chain(
+        &self,
+        heap: &HeapBounds,
+        window: &mut Window,
+        tally: &mut Tally,
+        Range {
+            start: from,
+            end: until,
+        }: Range<u64>,
+        mode: Mode,
+        joins: impl Fn(u64) -> bool,
+    ) -> ChainEnd {
+        let mut p = from;
         // Where a re-read was last tried: an inconsistency is read again once, not forever.
         let mut retried_at: Option<u64> = None;
         let mut rereads = 0;
         // The chunk counted just before `p`, if a regular one: its size led to `p`, so it is read
         // again when `p` is bad.
         let mut last: Option<(u64, u64, ChunkState)> = None;
-        while p < segment.end {
-            if p == top {
-                // Top is the last chunk of its heap: it must end exactly there.
-                let size = view
-                    .word(p + o.chunk_size)
-                    .map(|w| w & !FLAG_BITS)
-                    .filter(|&s| s >= o.min_size && s <= segment.end - p);
-                match size {
-                    Some(size) => self.count(segment, &view, figures, p, size, ChunkState::Top),
-                    None => self.note(format!("the top chunk at {top:#x} is inconsistent")),
-                }
-                let size = size.unwrap_or(0);
-                if p + size < segment.end {
-                    if size > 0 {
-                        self.note(format!(
-                            "the top chunk at {top:#x} does not end its heap at {:#x}",
-                            segment.end
-                        ));
-                    }
-                    self.count(
-                        segment,
-                        &view,
-                        figures,
-                        p + size,
-                        segment.end - p - size,
-                        ChunkState::Unknown,
-                    );
-                }
+        while p < heap.end && p < until {
+            if joins(p) {
+                return ChainEnd {
+                    end: p,
+                    joined: true,
+                    gave_up: false,
+                };
+            }
+            if p == heap.top {
+                self.count_top(heap, window, tally);
+                p = heap.end;
                 break;
             }
-            match self.classify(&view, segment, p, top) {
+            match self.classify(window, heap, p) {
                 Some(Chunk::Fencepost(size)) => {
-                    self.count(segment, &view, figures, p, size, ChunkState::Overhead);
+                    tally.count(p, size, ChunkState::Overhead, None);
                     last = None;
                     p += size;
                 }
-                Some(Chunk::Regular(size, state)) => {
-                    self.count(segment, &view, figures, p, size, state);
+                Some(Chunk::Regular { size, state, link }) => {
+                    tally.count(p, size, state, link);
                     last = Some((p, size, state));
                     p += size;
+                }
+                None if mode == Mode::Guessed => {
+                    return ChainEnd {
+                        end: p,
+                        joined: false,
+                        gave_up: true,
+                    };
                 }
                 None if retried_at != Some(p) && rereads < MAX_REREADS => {
                     // The target may have been changing this spot: read it again, once, from the
@@ -636,186 +532,180 @@ impl<'a> Walker<'a> {
                     retried_at = Some(p);
                     rereads += 1;
                     if let Some((addr, size, state)) = last.take() {
-                        self.uncount(&view, figures, addr, size, state);
+                        tally.uncount(addr, size, state);
                         p = addr;
                     }
-                    let page = self.t.memory.page_size();
-                    let from = p - (p - segment.start) % page;
-                    let to = (p + REREAD_BYTES).min(segment.end);
-                    view.fresh = Image::read(self.t.memory, from, to);
+                    window.reload(p);
                 }
                 None => {
-                    let stop = if top > p && top < segment.end {
-                        top
+                    let stop = if heap.top > p && heap.top < heap.end {
+                        heap.top
                     } else {
-                        segment.end
+                        heap.end
                     };
-                    self.note(format!(
-                        "inconsistent chunk at {p:#x} (not resident, or changed while read): \
-                         {} bytes up to {stop:#x} are unknown; --stop gives a consistent view",
-                        stop - p
-                    ));
-                    self.count(segment, &view, figures, p, stop - p, ChunkState::Unknown);
+                    tally.note(
+                        p,
+                        format!(
+                            "inconsistent chunk at {p:#x} (not resident, or changed while read): \
+                             {} bytes up to {stop:#x} are unknown; --stop gives a consistent view",
+                            stop - p
+                        ),
+                    );
+                    tally.count(p, stop - p, ChunkState::Unknown, None);
                     last = None;
                     p = stop;
                 }
             }
         }
+        ChainEnd {
+            end: p,
+            joined: false,
+            gave_up: false,
+        }
+    }
+
+    /// Top is the last chunk of its heap: it must end exactly there.
+    fn count_top(&self, heap: &HeapBounds, window: &mut Window, tally: &mut Tally) {
+        let o = self.o;
+        let top = heap.top;
+        let size = window
+            .word(top + o.chunk_size)
+            .map(|w| w & !FLAG_BITS)
+            .filter(|&s| s >= o.min_size && s <= heap.end - top);
+        match size {
+            Some(size) => tally.count(top, size, ChunkState::Top, None),
+            None => tally.note(top, format!("the top chunk at {top:#x} is inconsistent")),
+        }
+        let size = size.unwrap_or(0);
+        if top + size < heap.end {
+            if size > 0 {
+                tally.note(
+                    top,
+                    format!(
+                        "the top chunk at {top:#x} does not end its heap at {:#x}",
+                        heap.end
+                    ),
+                );
+            }
+            tally.count(top + size, heap.end - top - size, ChunkState::Unknown, None);
+        }
     }
 
     /// Classifies the chunk at `p`; None if its header is unreadable or makes no sense.
-    fn classify(&self, view: &View, segment: &Segment, p: u64, top: u64) -> Option<Chunk> {
+    fn classify(&self, window: &mut Window, heap: &HeapBounds, p: u64) -> Option<Chunk> {
         let o = self.o;
-        let size = view.word(p + o.chunk_size)? & !FLAG_BITS;
+        let size = window.word(p + o.chunk_size)? & !FLAG_BITS;
         // Old heaps end with two fenceposts: a chunk of just a header, then one of size 0 that
         // covers the last (less than MINSIZE) bytes. Anywhere else such sizes are corrupt.
         let header = 2 * o.size_sz;
-        let left = segment.end - p;
+        let left = heap.end - p;
         if size == 0 && left < o.min_size + header {
             return Some(Chunk::Fencepost(left));
         }
         if size == header && left < o.min_size + 2 * header {
             return Some(Chunk::Fencepost(size));
         }
-        if size < o.min_size || !size.is_multiple_of(o.alignment) || size > segment.end - p {
+        if size < o.min_size || !self.aligned(size) || size > left {
             return None;
         }
         let next = p + size;
-        if next > top && p < top {
+        if next > heap.top && p < heap.top {
             return None; // a chunk cannot straddle top
         }
-        let next_size = view.word(next + o.chunk_size)?;
-        let state = if next_size & PREV_INUSE == 0 {
-            ChunkState::Bin
-        } else if self.is_tcache(view, p) {
-            ChunkState::Tcache
+        // The chunk's own words before the next chunk's: the window only moves forward.
+        let first_word = window.word(p + o.chunk_fd);
+        let tcache = self.is_tcache(window, p, first_word);
+        let next_size = window.word(next + o.chunk_size)?;
+        let (state, link) = if next_size & PREV_INUSE == 0 {
+            // Unreadable, the link leads nowhere: the bin's list then says so.
+            (ChunkState::Bin, Some(first_word.unwrap_or(0)))
+        } else if tcache {
+            (ChunkState::Tcache, None)
         } else {
-            ChunkState::Live
+            (ChunkState::Live, self.fastbin_link(p, size, first_word))
         };
-        Some(Chunk::Regular(size, state))
+        Some(Chunk::Regular { size, state, link })
     }
 
     /// tcache entries carry `key == tcache_key` and a (protected) link to another entry.
-    fn is_tcache(&self, view: &View, p: u64) -> bool {
+    fn is_tcache(&self, window: &mut Window, p: u64, first_word: Option<u64>) -> bool {
         let (Some(key), Some(key_offset)) = (self.tcache_key, self.o.tcache_key) else {
             return false;
         };
         let user = p + 2 * self.o.size_sz;
-        if view.word(user + key_offset) != Some(key) {
+        if window.word(user + key_offset) != Some(key) {
             return false;
         }
-        view.word(user)
-            .is_some_and(|next| self.aligned(reveal(self.o, user, next)))
+        first_word.is_some_and(|next| self.aligned(reveal(self.o, user, next)))
     }
 
-    fn count(
-        &self,
-        segment: &mut Segment,
-        view: &View,
-        figures: &mut HeapFigures,
-        addr: u64,
-        size: u64,
-        state: ChunkState,
-    ) {
-        segment.mark(addr, size, state);
-        figures.count(state, size);
-        let (resident, trimmable) = self.residency(view, addr, size, state);
-        figures.free_resident_bytes += resident;
-        figures.trimmable_bytes += trimmable;
-    }
-
-    /// Takes back a chunk counted by [`Self::count`] (its granules are marked anew by the walk).
-    fn uncount(
-        &self,
-        view: &View,
-        figures: &mut HeapFigures,
-        addr: u64,
-        size: u64,
-        state: ChunkState,
-    ) {
-        figures.uncount(state, size);
-        let (resident, trimmable) = self.residency(view, addr, size, state);
-        figures.free_resident_bytes = figures.free_resident_bytes.saturating_sub(resident);
-        figures.trimmable_bytes = figures.trimmable_bytes.saturating_sub(trimmable);
-    }
-
-    /// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
-    /// pages `malloc_trim(0)` could release from it.
-    fn residency(&self, view: &View, addr: u64, size: u64, state: ChunkState) -> (u64, u64) {
-        if !state.is_free() {
-            return (0, 0);
+    /// The link of a chunk in use that could be a fastbin chunk (it looks in use to the walk):
+    /// of fastbin size, its first word a protected link to an aligned chunk or the list's end.
+    fn fastbin_link(&self, p: u64, size: u64, first_word: Option<u64>) -> Option<u64> {
+        if size > self.max_fast_chunk {
+            return None;
         }
-        // Page sizes are powers of two: masks, not divisions (this runs for every free chunk).
-        let mask = self.t.memory.page_size() - 1;
-        let end = addr + size;
-        let mut resident = 0;
-        let mut pos = addr + 2 * self.o.size_sz;
-        while pos < end {
-            let stop = ((pos | mask) + 1).min(end);
-            if view.is_resident(pos) {
-                resident += stop - pos;
+        let next = reveal(self.o, p + self.o.chunk_fd, first_word?);
+        (next == 0 || self.aligned(next)).then_some(next)
+    }
+
+    /// A likely chunk start in `from..to`: the first place from which [`GUESS_CHUNKS`] chunks in
+    /// a row have headers that make sense. A wrong guess costs time, not correctness.
+    pub(super) fn guess_chunk(
+        &self,
+        heap: &HeapBounds,
+        window: &mut Window,
+        from: u64,
+        to: u64,
+    ) -> Option<u64> {
+        let o = self.o;
+        let limit = to.min(from.saturating_add(GUESS_SPAN)).min(heap.end);
+        let mut q = self.first_chunk_at(from);
+        while q < limit {
+            if self.plausible_run(heap, window, q) {
+                return Some(q);
             }
-            pos = stop;
+            q += o.alignment;
         }
-        let mut trimmable = 0;
-        // tcache chunks stay cached: malloc_trim does not release them. It keeps the
-        // malloc_chunk struct at the front of the others and releases their whole pages.
-        if state != ChunkState::Tcache {
-            let mut pos = (addr + self.o.chunk_struct_size + mask) & !mask;
-            while pos + mask < end {
-                if view.is_resident(pos) {
-                    trimmable += mask + 1;
+        None
+    }
+
+    fn plausible_run(&self, heap: &HeapBounds, window: &mut Window, from: u64) -> bool {
+        let o = self.o;
+        let mut c = from;
+        for _ in 0..GUESS_CHUNKS {
+            if c == heap.top || c == heap.end {
+                return true;
+            }
+            let Some(word) = window.word(c + o.chunk_size) else {
+                return false;
+            };
+            let size = word & !FLAG_BITS;
+            // Chunks of the main arena never carry NON_MAIN_ARENA; others' free chunks do not
+            // either, so only the main arena's can be checked.
+            if word & IS_MMAPPED != 0
+                || (heap.main && word & NON_MAIN_ARENA != 0)
+                || size < o.min_size
+                || !self.aligned(size)
+                || size > heap.end - c
+            {
+                return false;
+            }
+            let next = c + size;
+            // A free chunk's size is repeated at its end when the next chunk says it is free.
+            if next < heap.end {
+                let Some(next_word) = window.word(next + o.chunk_size) else {
+                    return false;
+                };
+                if next_word & PREV_INUSE == 0
+                    && window.word(next + o.chunk_size - o.size_sz) != Some(size)
+                {
+                    return false;
                 }
-                pos += mask + 1;
             }
+            c = next;
         }
-        (resident, trimmable)
-    }
-
-    /// Recounts the chunks found on the fastbin lists: they look in use to the walk.
-    fn apply_fastbins(
-        &mut self,
-        header: &ArenaHeader,
-        chunks: &[(u64, u64)],
-        segments: &mut [Segment],
-        images: &[Image],
-        figures: &mut HeapFigures,
-    ) {
-        for (i, &(chunk, size)) in chunks.iter().enumerate() {
-            if i > 0 && chunks[i - 1].0 == chunk {
-                continue; // on two lists (or twice on one): counted once, the list noted
-            }
-            let Some(index) = segments.iter().position(|s| s.contains(chunk)) else {
-                continue; // follow_free_lists only returns chunks inside the images
-            };
-            let segment = &mut segments[index];
-            let granule = ((chunk - segment.start) / GRANULE) as usize;
-            // The walk must have found a live chunk of this very size here.
-            let next = granule + (size / GRANULE) as usize;
-            let same_extent = size >= self.o.min_size
-                && size <= segment.end - chunk
-                && segment
-                    .granules
-                    .get(next)
-                    .is_none_or(|g| g & CHUNK_START != 0)
-                && !segment.granules[granule + 1..next]
-                    .iter()
-                    .any(|g| g & CHUNK_START != 0);
-            if segment.granules[granule] != CHUNK_START | ChunkState::Live as u8 || !same_extent {
-                self.note(format!(
-                    "fastbin chunk {chunk:#x} of arena {:#x} is not a chunk in use to the walk: \
-                     the target changed during the snapshot",
-                    header.address
-                ));
-                continue;
-            }
-            figures.uncount(ChunkState::Live, size);
-            let view = View {
-                image: &images[index],
-                fresh: None,
-            };
-            self.count(segment, &view, figures, chunk, size, ChunkState::Fastbin);
-        }
+        true
     }
 
     /// mmapped chunks are linked from nowhere: look for their headers at the start of anonymous
@@ -886,156 +776,58 @@ fn reveal(o: &Offsets, position: u64, stored: u64) -> u64 {
     }
 }
 
-/// Follows several linked lists side by side, one step of each in turn: their loads are
-/// independent, so the memory system serves several at once. `step(list, node)` returns the next
-/// node, None at the end of the list, or why the list cannot be followed further. Each list is
-/// checked for cycles (Brent's algorithm: no extra reads), so a corrupted list ends in bounded
-/// time. Returns why each broken list broke.
-fn follow_lists(
-    starts: Vec<(usize, u64)>,
-    mut step: impl FnMut(usize, u64) -> Result<Option<u64>, String>,
-) -> Vec<String> {
-    struct Cursor {
-        list: usize,
-        node: u64,
-        tortoise: u64,
-        power: u64,
-        steps: u64,
-    }
-    let mut cursors: Vec<Cursor> = starts
-        .into_iter()
-        .map(|(list, node)| Cursor {
-            list,
-            node,
-            tortoise: node,
-            power: 1,
-            steps: 0,
-        })
-        .collect();
-    let mut broken = Vec::new();
-    while !cursors.is_empty() {
-        let mut i = 0;
-        while i < cursors.len() {
-            let c = &mut cursors[i];
-            let next = match step(c.list, c.node) {
-                Ok(Some(next)) if next == c.tortoise => Err(format!("cyclic at {next:#x}")),
-                other => other,
-            };
-            match next {
-                Ok(Some(next)) => {
-                    c.node = next;
-                    c.steps += 1;
-                    if c.steps == c.power {
-                        c.tortoise = next;
-                        c.power *= 2;
-                        c.steps = 0;
-                    }
-                    i += 1;
-                }
-                Ok(None) => {
-                    cursors.swap_remove(i);
-                }
-                Err(why) => {
-                    broken.push(why);
-                    cursors.swap_remove(i);
-                }
-            }
+/// The heap a chain of chunks is walked in.
+pub(super) struct HeapBounds {
+    pub start: u64,
+    pub end: u64,
+    /// The arena's top chunk (perhaps in another of its heaps).
+    pub top: u64,
+    /// Whether the heap belongs to the main arena.
+    pub main: bool,
+}
+
+/// How a walk treats a chunk that makes no sense.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// The walk started at a known chunk: read it again, and count what stays inconsistent
+    /// as unknown.
+    Exact,
+    /// The walk started from a guess: stop there (the guess may have been wrong).
+    Guessed,
+}
+
+/// Where a walk along a chain of chunks stopped.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ChainEnd {
+    /// The first chunk not walked (or the heap's end).
+    pub end: u64,
+    /// Stopped where another walk already was.
+    pub joined: bool,
+    /// A guessed walk stopped at a chunk that made no sense.
+    pub gave_up: bool,
+}
+
+impl ChainEnd {
+    pub fn at(end: u64) -> ChainEnd {
+        ChainEnd {
+            end,
+            joined: false,
+            gave_up: false,
         }
     }
-    broken
 }
 
-/// The size word and first link of the chunk at `chunk`, from whichever image holds it.
-fn chunk_words(o: &Offsets, images: &[Image], chunk: u64) -> Result<(u64, u64), String> {
-    image_of(images, chunk)
-        .filter(|_| chunk.is_multiple_of(o.alignment))
-        .and_then(|image| {
-            Some((
-                image.word(chunk + o.chunk_size)?,
-                image.word(chunk + o.chunk_fd)?,
-            ))
-        })
-        .ok_or_else(|| format!("points at {chunk:#x}, not a chunk of its heaps"))
-}
-
-/// What the arena's free lists hold.
-#[derive(Default)]
-struct Lists {
-    /// Every chunk met on a fastbin list, with its size word (read already: no second trip to
-    /// the image, whose pages mostly miss the TLB by then), in address order.
-    fastbin_chunks: Vec<(u64, u64)>,
-    /// Chunks and bytes on the bins (unsorted, small, large): the walk must find the same free.
-    bin_chunks: u64,
-    bin_bytes: u64,
-    /// Why lists broke off.
-    broken: Vec<String>,
-}
-
-/// Follows the arena's fastbin and bin lists through the heap images, all side by side.
-fn follow_free_lists(o: &Offsets, header: &ArenaHeader, images: &[Image]) -> Lists {
-    let mut lists = Lists::default();
-    let fastbins = header.fastbins.len();
-    // bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the bin's two words.
-    let bin_head = |bin: usize| header.bins_address + bin as u64 * 2 * o.size_sz - o.chunk_fd;
-    let starts = (header.fastbins.iter().copied().enumerate())
-        .filter(|&(_, head)| head != 0)
-        .chain(
-            (header.bins.iter().copied().enumerate())
-                .filter(|&(bin, first)| first != bin_head(bin))
-                .map(|(bin, first)| (fastbins + bin, first)),
-        )
-        .collect();
-    let broken = follow_lists(starts, |list, chunk| {
-        let (size, link) = chunk_words(o, images, chunk)?;
-        if list < fastbins {
-            lists.fastbin_chunks.push((chunk, size & !FLAG_BITS));
-            let next = reveal(o, chunk + o.chunk_fd, link);
-            Ok((next != 0).then_some(next))
-        } else {
-            lists.bin_chunks += 1;
-            lists.bin_bytes = lists.bin_bytes.saturating_add(size & !FLAG_BITS);
-            Ok((link != bin_head(list - fastbins)).then_some(link))
-        }
-    });
-    // In address order the recount touches the granule map in order too; sorted here, off the
-    // walk's thread.
-    lists.fastbin_chunks.sort_unstable();
-    lists.broken = broken
-        .into_iter()
-        .map(|why| {
-            format!(
-                "a free list of arena {:#x} is corrupt: {why}",
-                header.address
-            )
-        })
-        .collect();
-    lists
-}
-
-/// What the walk reads: the heap image, and a window read again after an inconsistency.
-struct View<'i> {
-    image: &'i Image,
-    fresh: Option<Image>,
-}
-
-impl View<'_> {
-    fn source(&self, addr: u64) -> &Image {
-        match &self.fresh {
-            Some(fresh) if fresh.covers(addr) => fresh,
-            _ => self.image,
-        }
-    }
-
-    fn word(&self, addr: u64) -> Option<u64> {
-        self.source(addr).word(addr)
-    }
-
-    fn is_resident(&self, addr: u64) -> bool {
-        self.source(addr).is_resident(addr)
-    }
-}
+/// A guess of a chunk start is taken after this many chunks in a row make sense...
+const GUESS_CHUNKS: usize = 16;
+/// ...and looked for this far, at most.
+const GUESS_SPAN: u64 = 64 * 1024;
 
 enum Chunk {
     Fencepost(u64),
-    Regular(u64, ChunkState),
+    Regular {
+        size: u64,
+        state: ChunkState,
+        /// The first link word, for chunks that can be on a free list.
+        link: Option<u64>,
+    },
 }

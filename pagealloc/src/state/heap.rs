@@ -196,19 +196,61 @@ impl Segment {
         }
     }
 
-    /// Marks the chunk at `addr` of `size` bytes (both inside the segment).
+    /// Marks the chunk at `addr` of `size` bytes.
     pub fn mark(&mut self, addr: u64, size: u64, state: ChunkState) {
-        let first = ((addr - self.start) / GRANULE) as usize;
-        let last = (first + (size / GRANULE) as usize).min(self.granules.len());
-        if first >= last {
-            return;
+        self.stretch().mark(addr, size, state);
+    }
+
+    /// All of the segment's granules as one stretch.
+    pub fn stretch(&mut self) -> Stretch<'_> {
+        Stretch {
+            start: self.start,
+            granules: &mut self.granules,
         }
-        self.granules[first..last].fill(state as u8);
-        self.granules[first] |= CHUNK_START;
     }
 
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.start && addr < self.end
+    }
+}
+
+/// The granules of part of a segment, from `start`: threads walking a heap in parts each mark
+/// their own stretch, and a chunk that runs past it is marked only as far as the stretch goes.
+#[derive(Debug)]
+pub struct Stretch<'a> {
+    pub start: u64,
+    pub granules: &'a mut [u8],
+}
+
+impl Stretch<'_> {
+    pub fn end(&self) -> u64 {
+        self.start + self.granules.len() as u64 * GRANULE
+    }
+
+    /// Marks the part of the chunk at `addr` of `size` bytes that lies in this stretch; its
+    /// first granule gets [`CHUNK_START`] if the chunk starts here.
+    pub fn mark(&mut self, addr: u64, size: u64, state: ChunkState) {
+        let from = addr.clamp(self.start, self.end());
+        let to = addr.saturating_add(size).clamp(self.start, self.end());
+        let first = ((from - self.start) / GRANULE) as usize;
+        let last = ((to - self.start) / GRANULE) as usize;
+        if first >= last {
+            return;
+        }
+        // Stores only, no read-modify-write of a byte just filled: this runs for every chunk.
+        let rest = if from == addr {
+            self.granules[first] = state as u8 | CHUNK_START;
+            first + 1
+        } else {
+            first
+        };
+        self.granules[rest..last].fill(state as u8);
+    }
+
+    /// The granule at `addr`, if it lies in this stretch.
+    pub fn get(&self, addr: u64) -> Option<u8> {
+        let index = addr.checked_sub(self.start)? / GRANULE;
+        self.granules.get(index as usize).copied()
     }
 }
 

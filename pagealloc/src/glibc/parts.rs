@@ -1,0 +1,335 @@
+//! Walking a large heap on several threads.
+//!
+//! The chunks of a heap form a chain: each size word leads to the next chunk, so a walk can only
+//! start where a chunk is known to begin. The heap is cut into parts; the first is walked from
+//! the heap's first chunk, each other one from a guessed chunk start (a run of headers that make
+//! sense), all at once. Then, part after part, the chain that is known to be right is followed
+//! into the next part until it meets a chunk that the part's walk found: from there the two
+//! chains are the same (each size decides the next chunk), so the part's walk is kept from there
+//! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
+//! the known chain is followed through the whole part, as one thread would have.
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::lists::Captures;
+use super::tally::Tally;
+use super::walker::{ChainEnd, HeapBounds, Mode, Walker};
+use super::window::{Residency, Window};
+use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Segment, Stretch};
+
+/// What the walk of an arena's heaps found, besides the granule marks.
+#[derive(Default)]
+pub(super) struct Found {
+    pub figures: HeapFigures,
+    pub captures: Captures,
+    /// (address, note), in address order within each heap.
+    pub notes: Vec<(u64, String)>,
+}
+
+/// One part of a heap: its walk marks the stretch of granules from `marks.start`, and stops at
+/// the first chunk at or past `until`.
+struct Part<'a> {
+    heap: usize,
+    /// The chunk to start from; None for a part that starts from a guess.
+    first: Option<u64>,
+    until: u64,
+    pages: Residency<'a>,
+    marks: Stretch<'a>,
+}
+
+/// A part walked: where the walk started (None: no guess was found) and ended.
+struct Walked<'a> {
+    heap: usize,
+    until: u64,
+    start: Option<u64>,
+    chain: ChainEnd,
+    tally: Tally<'a>,
+}
+
+impl<'w> Walker<'w> {
+    /// Walks the heaps (start, end, first chunk) of arena `arena` (the main one if `main`) whose
+    /// top chunk is `top`.
+    pub(super) fn walk_heaps(
+        &self,
+        arena: usize,
+        main: bool,
+        heaps: &[(u64, u64, u64)],
+        top: u64,
+    ) -> (Vec<Segment>, Found) {
+        let memory = self.t.memory;
+        let page = memory.page_size();
+        let page_shift = page.trailing_zeros();
+        let mut segments: Vec<Segment> = heaps
+            .iter()
+            .map(|&(start, end, _)| {
+                let mut segment = Segment::new(start, end, arena, page);
+                for (index, resident) in segment.resident.iter_mut().enumerate() {
+                    *resident = memory.is_resident(start + index as u64 * page);
+                }
+                segment
+            })
+            .collect();
+        let bounds: Vec<HeapBounds> = heaps
+            .iter()
+            .map(|&(start, end, _)| HeapBounds {
+                start,
+                end,
+                top,
+                main,
+            })
+            .collect();
+
+        let mut parts = Vec::new();
+        for (heap, segment) in segments.iter_mut().enumerate() {
+            let (_, _, first) = heaps[heap];
+            let Segment {
+                start,
+                end,
+                granules,
+                resident,
+                ..
+            } = segment;
+            let pages = Residency {
+                start: *start,
+                page_shift,
+                resident,
+            };
+            let mut rest = Stretch {
+                start: *start,
+                granules,
+            };
+            let cuts = self.cuts(*start, *end, first, top, page);
+            for (index, &cut) in cuts.iter().enumerate() {
+                let next = cuts.get(index + 1).copied();
+                let granules = ((next.unwrap_or(*end) - cut) / GRANULE) as usize;
+                let all = std::mem::take(&mut rest.granules);
+                let (marks, tail) = all.split_at_mut(granules.min(all.len()));
+                rest = Stretch {
+                    start: next.unwrap_or(*end),
+                    granules: tail,
+                };
+                parts.push(Part {
+                    heap,
+                    first: (index == 0).then_some(first),
+                    until: next.unwrap_or(*end),
+                    pages,
+                    marks: Stretch {
+                        start: cut,
+                        granules: marks,
+                    },
+                });
+            }
+        }
+        let walked = self.walk_parts(&bounds, parts);
+
+        let mut found = Found::default();
+        let mut walked = walked.into_iter().peekable();
+        while let Some(first) = walked.next() {
+            let bounds = &bounds[first.heap];
+            let mut chain = first.chain;
+            let mut whole = first.tally;
+            while let Some(part) = walked.next_if(|w| w.heap == first.heap) {
+                chain = self.join(bounds, &mut whole, chain.end, part);
+            }
+            found.figures.add(&whole.figures);
+            found.captures.append(whole.captures);
+            found.notes.extend(whole.notes);
+        }
+        (segments, found)
+    }
+
+    /// Where the parts of a heap begin: the heap's start, then cuts a whole number of pages
+    /// into the heap that share the chunks before top out evenly.
+    fn cuts(&self, start: u64, end: u64, first: u64, top: u64, page: u64) -> Vec<u64> {
+        let split = self.t.split;
+        let chunks_end = if top > first && top < end { top } else { end };
+        let span = chunks_end.saturating_sub(first);
+        let parts = (span / split.min_part.max(page)).clamp(1, split.threads.max(1) as u64);
+        let mut cuts = vec![start];
+        for k in 1..parts {
+            let cut = start + (first - start + span / parts * k) / page * page;
+            if cut > *cuts.last().unwrap_or(&start) && cut < end {
+                cuts.push(cut);
+            }
+        }
+        cuts
+    }
+
+    /// Walks the parts on as many threads as the split allows, each from its first chunk or
+    /// from a guess; returns them in order.
+    fn walk_parts<'a>(&self, bounds: &[HeapBounds], parts: Vec<Part<'a>>) -> Vec<Walked<'a>>
+    where
+        'w: 'a,
+    {
+        let count = parts.len();
+        let jobs: Vec<Mutex<Option<Part<'a>>>> =
+            parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        let done: Vec<Mutex<Option<Walked<'a>>>> = (0..count).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let work = || {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(index) else { break };
+                let Some(part) = job.lock().ok().and_then(|mut j| j.take()) else {
+                    continue;
+                };
+                let walked = self.walk_part(&bounds[part.heap], part);
+                if let Ok(mut slot) = done[index].lock() {
+                    *slot = Some(walked);
+                }
+            }
+        };
+        let threads = self.t.split.threads.clamp(1, count.max(1));
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+        done.into_iter()
+            .filter_map(|slot| slot.into_inner().ok().flatten())
+            .collect()
+    }
+
+    fn walk_part<'a>(&self, heap: &HeapBounds, part: Part<'a>) -> Walked<'a>
+    where
+        'w: 'a,
+    {
+        let o = self.o;
+        let until = part.until;
+        let mut window = Window::new(self.t.memory, part.pages, heap.end);
+        let mut tally = Tally::new(o, part.pages, part.marks);
+        let (start, chain) = match part.first {
+            Some(first) => {
+                if first > heap.start {
+                    tally.count(heap.start, first - heap.start, ChunkState::Overhead, None);
+                }
+                let chain = self.walk_chain(
+                    heap,
+                    &mut window,
+                    &mut tally,
+                    first..until,
+                    Mode::Exact,
+                    |_| false,
+                );
+                (Some(first), chain)
+            }
+            None => {
+                let from = tally.marks.start;
+                match self.guess_chunk(heap, &mut window, from, until) {
+                    Some(guess) => {
+                        let chain = self.walk_chain(
+                            heap,
+                            &mut window,
+                            &mut tally,
+                            guess..until,
+                            Mode::Guessed,
+                            |_| false,
+                        );
+                        (Some(guess), chain)
+                    }
+                    None => (None, ChainEnd::at(from)),
+                }
+            }
+        };
+        Walked {
+            heap: part.heap,
+            until,
+            start,
+            chain,
+            tally,
+        }
+    }
+
+    /// Follows the known chain from `p` into the next part until it meets the part's walk;
+    /// takes back what that walk found before, keeps the rest, and returns where the known
+    /// chain now ends.
+    fn join<'a>(
+        &self,
+        heap: &HeapBounds,
+        whole: &mut Tally<'a>,
+        p: u64,
+        part: Walked<'a>,
+    ) -> ChainEnd
+    where
+        'w: 'a,
+    {
+        let Walked {
+            until: hi,
+            start,
+            chain: guessed,
+            mut tally,
+            ..
+        } = part;
+        let lo = tally.marks.start;
+        // The known chain's own marks over this part, until it meets the part's walk.
+        let mut scratch = vec![0u8; tally.marks.granules.len()];
+        let mut known = Tally::new(
+            self.o,
+            tally.pages,
+            Stretch {
+                start: lo,
+                granules: &mut scratch,
+            },
+        );
+        let met = {
+            let marks = &tally.marks;
+            let on_guessed = |q: u64| {
+                start.is_some_and(|s| q >= s && q < guessed.end)
+                    && marks.get(q).is_some_and(|g| g & CHUNK_START != 0)
+            };
+            if p < hi {
+                let mut window = Window::new(self.t.memory, tally.pages, heap.end);
+                self.walk_chain(
+                    heap,
+                    &mut window,
+                    &mut known,
+                    p..hi,
+                    Mode::Exact,
+                    on_guessed,
+                )
+            } else {
+                ChainEnd::at(p)
+            }
+        };
+        log::debug!(
+            "part at {lo:#x}: guessed {start:x?}, the known chain met it at {:#x} ({})",
+            met.end,
+            met.joined
+        );
+        if let Some(s) = start.filter(|_| met.joined) {
+            tally.uncount_range(s, met.end);
+        }
+        // The chunk that runs into this part from before it, then the known chain's chunks.
+        if let Some((addr, size, state)) = whole.last.filter(|&(a, s, _)| a < lo && a + s > lo) {
+            tally.marks.mark(addr, size, state);
+        }
+        let from = p.clamp(lo, tally.marks.end());
+        let to = met.end.clamp(lo, tally.marks.end());
+        let (a, b) = (
+            ((from - lo) / GRANULE) as usize,
+            ((to - lo) / GRANULE) as usize,
+        );
+        tally.marks.granules[a..b].copy_from_slice(&known.marks.granules[a..b]);
+        whole.absorb(known);
+        if !met.joined {
+            return met; // everything the part's walk found was taken back
+        }
+        let mut end = guessed;
+        if guessed.gave_up {
+            // The part's walk stopped at something it could not make sense of: the known chain
+            // takes over there, with its re-reads.
+            let mut window = Window::new(self.t.memory, tally.pages, heap.end);
+            end = self.walk_chain(
+                heap,
+                &mut window,
+                &mut tally,
+                guessed.end..hi,
+                Mode::Exact,
+                |_| false,
+            );
+        }
+        whole.absorb(tally);
+        end
+    }
+}

@@ -1,0 +1,142 @@
+//! What a walk found along a stretch of a heap: the figures, the granule marks, the chunks that
+//! can be on a free list (captured for [`super::lists`]), and the notes, each at its address so
+//! that a stretch walked from a wrong guess can be taken back (see [`super::parts`]).
+use super::layout::Offsets;
+use super::lists::{Capture, Captures};
+use super::window::Residency;
+use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Stretch};
+
+pub(super) struct Tally<'a> {
+    o: &'a Offsets,
+    pub pages: Residency<'a>,
+    pub marks: Stretch<'a>,
+    pub figures: HeapFigures,
+    pub captures: Captures,
+    /// (address, note)
+    pub notes: Vec<(u64, String)>,
+    /// The last chunk counted: (address, size, state).
+    pub last: Option<(u64, u64, ChunkState)>,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(o: &'a Offsets, pages: Residency<'a>, marks: Stretch<'a>) -> Tally<'a> {
+        Tally {
+            o,
+            pages,
+            marks,
+            figures: HeapFigures::default(),
+            captures: Captures::default(),
+            notes: Vec::new(),
+            last: None,
+        }
+    }
+
+    pub fn note(&mut self, addr: u64, note: String) {
+        self.notes.push((addr, note));
+    }
+
+    /// Counts and marks a chunk; `link` is its first link word if it can be on a free list.
+    pub fn count(&mut self, addr: u64, size: u64, state: ChunkState, link: Option<u64>) {
+        self.marks.mark(addr, size, state);
+        self.figures.count(state, size);
+        let (resident, trimmable) = residency(self.o, self.pages, addr, size, state);
+        self.figures.free_resident_bytes += resident;
+        self.figures.trimmable_bytes += trimmable;
+        if let Some(link) = link {
+            let capture = Capture {
+                chunk: addr,
+                size,
+                link,
+            };
+            match state {
+                ChunkState::Bin => self.captures.bin.push(capture),
+                _ => self.captures.fast.push(capture),
+            }
+        }
+        self.last = Some((addr, size, state));
+    }
+
+    /// Takes back a chunk counted by [`Self::count`] (its granules get marked anew).
+    pub fn uncount(&mut self, addr: u64, size: u64, state: ChunkState) {
+        self.take_back(addr, size, state);
+        self.captures.forget(addr, addr + size);
+    }
+
+    /// Takes back every chunk counted from `start` (the first of them) up to `end`, where the
+    /// last of them ends, reading their extents from the marks; drops their captures and the
+    /// notes made there.
+    pub fn uncount_range(&mut self, start: u64, end: u64) {
+        let limit = end.min(self.marks.end());
+        let mut addr = start;
+        while addr < limit {
+            let granule = self.marks.get(addr).unwrap_or_default();
+            let mut next = addr + GRANULE;
+            while next < limit && self.marks.get(next).is_some_and(|g| g & CHUNK_START == 0) {
+                next += GRANULE;
+            }
+            // The last chunk may run past the marks: it ends at `end`.
+            let next = if next >= limit { end } else { next };
+            self.take_back(addr, next - addr, ChunkState::from_granule(granule));
+            addr = next;
+        }
+        self.captures.forget(start, end);
+        self.notes.retain(|&(at, _)| at < start || at >= end);
+    }
+
+    fn take_back(&mut self, addr: u64, size: u64, state: ChunkState) {
+        self.figures.uncount(state, size);
+        let (resident, trimmable) = residency(self.o, self.pages, addr, size, state);
+        let f = &mut self.figures;
+        f.free_resident_bytes = f.free_resident_bytes.saturating_sub(resident);
+        f.trimmable_bytes = f.trimmable_bytes.saturating_sub(trimmable);
+    }
+
+    /// Adds what `other` found (further along the heap) to this tally.
+    pub fn absorb(&mut self, other: Tally) {
+        self.figures.add(&other.figures);
+        self.captures.append(other.captures);
+        self.notes.extend(other.notes);
+        if other.last.is_some() {
+            self.last = other.last;
+        }
+    }
+}
+
+/// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
+/// pages `malloc_trim(0)` could release from it.
+pub(super) fn residency(
+    o: &Offsets,
+    pages: Residency,
+    addr: u64,
+    size: u64,
+    state: ChunkState,
+) -> (u64, u64) {
+    if !state.is_free() {
+        return (0, 0);
+    }
+    // Page sizes are powers of two: masks, not divisions (this runs for every free chunk).
+    let mask = pages.page_size() - 1;
+    let end = addr + size;
+    let mut resident = 0;
+    let mut pos = addr + 2 * o.size_sz;
+    while pos < end {
+        let stop = ((pos | mask) + 1).min(end);
+        if pages.is_resident(pos) {
+            resident += stop - pos;
+        }
+        pos = stop;
+    }
+    let mut trimmable = 0;
+    // tcache chunks stay cached: malloc_trim does not release them. It keeps the malloc_chunk
+    // struct at the front of the others and releases their whole pages.
+    if state != ChunkState::Tcache {
+        let mut pos = (addr + o.chunk_struct_size + mask) & !mask;
+        while pos + mask < end {
+            if pages.is_resident(pos) {
+                trimmable += mask + 1;
+            }
+            pos += mask + 1;
+        }
+    }
+    (resident, trimmable)
+}

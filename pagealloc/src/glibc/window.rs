@@ -1,0 +1,120 @@
+//! A heap segment's bytes as the walk needs them: a window of a few hundred KiB that slides
+//! along with the walk and is read on demand, resident pages only.
+//!
+//! The heap is never copied whole: each stretch of chunk headers is walked right after it was
+//! read, while it is still in the cache, and the interiors of chunks larger than the window
+//! (a big free chunk, top) are never read at all. A gigabyte heap costs the walk a window per
+//! thread instead of a gigabyte copy.
+use crate::proc::memory::Memory;
+
+/// The window's size: well inside the L2 cache of a core, large enough that a read costs far
+/// more in copying than in the system call.
+const WINDOW_BYTES: u64 = 256 * 1024;
+
+/// Which pages of a segment were resident in the page map (what may be read, and what the
+/// residency figures count).
+#[derive(Clone, Copy)]
+pub(super) struct Residency<'a> {
+    pub start: u64,
+    pub page_shift: u32,
+    pub resident: &'a [bool],
+}
+
+impl Residency<'_> {
+    pub fn page_size(&self) -> u64 {
+        1 << self.page_shift
+    }
+
+    /// Whether `addr`'s page is resident (false outside the segment).
+    pub fn is_resident(&self, addr: u64) -> bool {
+        addr.checked_sub(self.start)
+            .and_then(|offset| self.resident.get((offset >> self.page_shift) as usize))
+            .is_some_and(|&r| r)
+    }
+
+    /// The segment's first address past its last page.
+    fn end(&self) -> u64 {
+        self.start + ((self.resident.len() as u64) << self.page_shift)
+    }
+}
+
+pub(super) struct Window<'a> {
+    memory: &'a dyn Memory,
+    pages: Residency<'a>,
+    /// The segment's end: nothing at or past it is read.
+    end: u64,
+    /// The window covers `start..start + bytes.len()`, page-aligned within the segment.
+    start: u64,
+    bytes: Vec<u8>,
+    /// Whether each page of the window was read (resident, and the read succeeded).
+    read: Vec<bool>,
+}
+
+impl<'a> Window<'a> {
+    pub fn new(memory: &'a dyn Memory, pages: Residency<'a>, end: u64) -> Window<'a> {
+        Window {
+            memory,
+            pages,
+            end: end.min(pages.end()),
+            start: pages.start,
+            bytes: Vec::new(),
+            read: Vec::new(),
+        }
+    }
+
+    /// The word at `addr` (8-aligned), if it lies in the segment on a page that was read. Moves
+    /// the window to `addr` when it lies outside.
+    #[inline]
+    pub fn word(&mut self, addr: u64) -> Option<u64> {
+        if addr < self.start || addr + 8 > self.start + self.bytes.len() as u64 {
+            if addr < self.pages.start || addr.checked_add(8)? > self.end {
+                return None;
+            }
+            self.load(addr);
+        }
+        let offset = addr - self.start;
+        if !self.read[(offset >> self.pages.page_shift) as usize] {
+            return None;
+        }
+        let o = offset as usize;
+        Some(u64::from_ne_bytes(self.bytes[o..o + 8].try_into().unwrap()))
+    }
+
+    /// Reads the window again from `addr` on: the target may have been changing it.
+    pub fn reload(&mut self, addr: u64) {
+        if addr >= self.pages.start && addr < self.end {
+            self.load(addr);
+        }
+    }
+
+    /// Reads the window from `addr`'s page on: one read per run of resident pages in it.
+    fn load(&mut self, addr: u64) {
+        let shift = self.pages.page_shift;
+        let first = ((addr - self.pages.start) >> shift) as usize;
+        self.start = self.pages.start + ((first as u64) << shift);
+        let len = WINDOW_BYTES.max(1 << shift).min(self.end - self.start) as usize;
+        let pages = len.div_ceil(1 << shift);
+        self.bytes.resize(len, 0);
+        self.read.clear();
+        self.read
+            .extend_from_slice(&self.pages.resident[first..first + pages]);
+        let mut page = 0;
+        while page < pages {
+            if !self.read[page] {
+                page += 1;
+                continue;
+            }
+            let run = self.read[page..].iter().take_while(|&&r| r).count();
+            let from = page << shift;
+            let to = ((page + run) << shift).min(len);
+            if self
+                .memory
+                .read(self.start + from as u64, &mut self.bytes[from..to])
+                .is_err()
+            {
+                self.read[page..page + run].fill(false);
+            }
+            page += run;
+        }
+    }
+}
