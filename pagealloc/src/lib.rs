@@ -5,6 +5,7 @@
 pub mod debuginfo;
 pub mod error;
 pub mod glibc;
+pub mod parallel;
 pub mod proc;
 pub mod render;
 pub mod snapshot;

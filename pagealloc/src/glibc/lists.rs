@@ -8,7 +8,7 @@
 use super::layout::Offsets;
 use super::tally::residency;
 use super::window::Residency;
-use crate::state::heap::{CHUNK_START, ChunkState, HeapFigures, Segment};
+use crate::state::heap::{CHUNK_START, ChunkState, HeapFigures, Segment, Stretch};
 
 /// A chunk that can be on a free list, with its first link (fastbin links revealed).
 #[derive(Clone, Copy, Debug)]
@@ -18,7 +18,7 @@ pub(super) struct Capture {
     pub link: u64,
 }
 
-/// Captures in address order.
+/// The captures of one walk, in address order.
 #[derive(Default)]
 pub(super) struct Captures {
     /// Chunks in use of fastbin size whose link could be one.
@@ -28,18 +28,6 @@ pub(super) struct Captures {
 }
 
 impl Captures {
-    /// Appends captures of chunks further along the heap.
-    pub fn append(&mut self, other: Captures) {
-        for (mine, mut theirs) in [(&mut self.fast, other.fast), (&mut self.bin, other.bin)] {
-            // Millions of captures: moved, not copied, where possible.
-            if mine.is_empty() {
-                *mine = theirs;
-            } else {
-                mine.append(&mut theirs);
-            }
-        }
-    }
-
     /// Drops the captures of chunks in `start..end`.
     pub fn forget(&mut self, start: u64, end: u64) {
         for captures in [&mut self.fast, &mut self.bin] {
@@ -50,32 +38,92 @@ impl Captures {
     }
 }
 
+/// Runs of captures (of the parts of the heaps), each in address order, read as one sequence
+/// in address order without copying millions of them into one vector.
+pub(super) struct Sorted {
+    runs: Vec<Vec<Capture>>,
+    /// The index of each run's first capture in the whole sequence.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl Sorted {
+    /// The runs must not overlap (they come from disjoint parts of the heaps).
+    pub fn new(mut runs: Vec<Vec<Capture>>) -> Sorted {
+        runs.retain(|run| !run.is_empty());
+        runs.sort_unstable_by_key(|run| run[0].chunk);
+        let mut starts = Vec::with_capacity(runs.len());
+        let mut len = 0;
+        for run in &runs {
+            starts.push(len);
+            len += run.len();
+        }
+        Sorted { runs, starts, len }
+    }
+
+    fn get(&self, index: usize) -> &Capture {
+        let run = self.starts.partition_point(|&s| s <= index) - 1;
+        &self.runs[run][index - self.starts[run]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Capture> {
+        self.runs.iter().flatten()
+    }
+
+    /// The captures `range` of the sequence.
+    fn range(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &Capture> {
+        let run = self
+            .starts
+            .partition_point(|&s| s <= range.start)
+            .saturating_sub(1);
+        let skip = range.start - self.starts.get(run).copied().unwrap_or(0);
+        self.runs[run.min(self.runs.len())..]
+            .iter()
+            .flatten()
+            .skip(skip)
+            .take(range.len())
+    }
+
+    /// The number of captures before the first for which `before` is false (they are sorted).
+    fn partition_point(&self, before: impl Fn(&Capture) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
 /// Finds captures by address: a table per heap segment gives, for each page, the first capture
 /// at or after it; then a binary search among that page's few captures.
 struct Index<'c> {
-    captures: &'c [Capture],
+    captures: &'c Sorted,
     page_shift: u32,
     /// (start, end, first capture of each page and one past the last page), by start.
     segments: Vec<(u64, u64, Vec<u32>)>,
 }
 
 impl<'c> Index<'c> {
-    fn new(captures: &'c [Capture], segments: &[Segment], page_shift: u32) -> Index<'c> {
+    fn new(captures: &'c Sorted, segments: &[Segment], page_shift: u32) -> Index<'c> {
         let mut spans: Vec<(u64, u64)> = segments.iter().map(|s| (s.start, s.end)).collect();
         spans.sort_unstable();
+        let mut all = captures.iter().enumerate().peekable();
         let segments = spans
             .into_iter()
             .map(|(start, end)| {
-                let pages = (end - start).div_ceil(1 << page_shift) as usize;
-                let mut first = Vec::with_capacity(pages + 1);
-                let mut i = captures.partition_point(|c| c.chunk < start);
-                for page in 0..=pages as u64 {
-                    let at = start + (page << page_shift);
-                    while i < captures.len() && captures[i].chunk < at {
-                        i += 1;
-                    }
-                    first.push(i as u32);
-                }
+                let pages = (end - start).div_ceil(1 << page_shift);
+                let first = (0..=pages)
+                    .map(|page| {
+                        let at = start + (page << page_shift);
+                        while all.next_if(|(_, c)| c.chunk < at).is_some() {}
+                        all.peek().map_or(captures.len, |&(i, _)| i) as u32
+                    })
+                    .collect();
                 (start, end, first)
             })
             .collect();
@@ -96,9 +144,16 @@ impl<'c> Index<'c> {
             return None;
         }
         let page = ((chunk - start) >> self.page_shift) as usize;
-        let (lo, hi) = (first[page] as usize, first[page + 1] as usize);
-        let found = self.captures[lo..hi].binary_search_by_key(&chunk, |c| c.chunk);
-        found.ok().map(|i| lo + i)
+        let (mut lo, mut hi) = (first[page] as usize, first[page + 1] as usize);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.captures.get(mid).chunk.cmp(&chunk) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
     }
 }
 
@@ -110,6 +165,8 @@ pub(super) struct Lists {
     /// Chunks and bytes on the bins (unsorted, small, large): the walk must find as many free.
     pub bin_chunks: u64,
     pub bin_bytes: u64,
+    /// The largest chunk free in a bin, to the walk.
+    pub largest_bin: u64,
     /// Why lists broke off.
     pub broken: Vec<String>,
 }
@@ -129,40 +186,40 @@ pub(super) struct Heads<'h> {
 pub(super) fn follow(
     o: &Offsets,
     heads: &Heads,
-    captures: &Captures,
+    fast: &Sorted,
+    bin: &Sorted,
     segments: &[Segment],
     page_shift: u32,
 ) -> Lists {
-    let (on_fastbin, (bin_chunks, bin_bytes, bins_broken), fastbins_broken) =
-        std::thread::scope(|scope| {
-            let bins = scope.spawn(|| follow_bins(o, heads, &captures.bin, segments, page_shift));
-            let (on, broken) = follow_fastbins(heads, &captures.fast, segments, page_shift);
-            let bins = bins
-                .join()
-                .unwrap_or_else(|_| (0, 0, vec!["following the bins failed".to_string()]));
-            (on, bins, broken)
+    let (on_fastbin, fastbins_broken, bins) = std::thread::scope(|scope| {
+        let bins = scope.spawn(|| follow_bins(o, heads, bin, segments, page_shift));
+        let (on, broken) = follow_fastbins(heads, fast, segments, page_shift);
+        let bins = bins.join().unwrap_or_else(|_| Lists {
+            broken: vec!["following the bins failed".to_string()],
+            ..Lists::default()
         });
+        (on, broken, bins)
+    });
     let broken = fastbins_broken
         .into_iter()
-        .chain(bins_broken)
+        .chain(bins.broken)
         .map(|why| format!("a free list of arena {:#x} is corrupt: {why}", heads.arena))
         .collect();
     Lists {
         on_fastbin,
-        bin_chunks,
-        bin_bytes,
         broken,
+        ..bins
     }
 }
 
 fn follow_fastbins(
     heads: &Heads,
-    fast: &[Capture],
+    fast: &Sorted,
     segments: &[Segment],
     page_shift: u32,
 ) -> (Vec<bool>, Vec<String>) {
     let index = Index::new(fast, segments, page_shift);
-    let mut on = vec![false; fast.len()];
+    let mut on = vec![false; fast.len];
     let starts = (heads.fastbins.iter().copied().enumerate())
         .filter(|&(_, head)| head != 0)
         .collect();
@@ -178,22 +235,22 @@ fn follow_fastbins(
                 "fastbin {list} reaches {chunk:#x} again (a cycle, or two lists joined)"
             ));
         }
-        let next = fast[i].link;
+        let next = fast.get(i).link;
         Ok((next != 0).then_some(next))
     });
     (on, broken)
 }
 
-/// (chunks, bytes, why lists broke)
+/// The bins' figures (no fastbin in them).
 fn follow_bins(
     o: &Offsets,
     heads: &Heads,
-    bin: &[Capture],
+    bin: &Sorted,
     segments: &[Segment],
     page_shift: u32,
-) -> (u64, u64, Vec<String>) {
+) -> Lists {
     let index = Index::new(bin, segments, page_shift);
-    let mut met = vec![false; bin.len()];
+    let mut met = vec![false; bin.len];
     // bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the bin's two words.
     let bin_head = |bin: usize| heads.bins_address + bin as u64 * 2 * o.size_sz - o.chunk_fd;
     let starts = (heads.bins.iter().copied().enumerate())
@@ -213,11 +270,18 @@ fn follow_bins(
             ));
         }
         chunks += 1;
-        bytes = bytes.saturating_add(bin[i].size);
-        let next = bin[i].link;
+        let capture = bin.get(i);
+        bytes = bytes.saturating_add(capture.size);
+        let next = capture.link;
         Ok((next != bin_head(list)).then_some(next))
     });
-    (chunks, bytes, broken)
+    Lists {
+        bin_chunks: chunks,
+        bin_bytes: bytes,
+        largest_bin: bin.iter().map(|c| c.size).max().unwrap_or(0),
+        broken,
+        ..Lists::default()
+    }
 }
 
 /// Follows several linked lists side by side, one step of each in turn: their loads are
@@ -252,52 +316,79 @@ fn follow_lists(
     broken
 }
 
-/// Recounts the chunks found on the fastbin lists: they looked in use to the walk. Returns the
-/// largest of them.
+/// Recounts the chunks found on the fastbin lists: they looked in use to the walk. Address
+/// ranges of the heaps are recounted side by side on `threads` threads. Returns the largest.
 pub(super) fn recount_fastbins(
     o: &Offsets,
-    fast: &[Capture],
+    fast: &Sorted,
     on_fastbin: &[bool],
     segments: &mut [Segment],
     page_shift: u32,
+    threads: usize,
     figures: &mut HeapFigures,
 ) -> u64 {
-    let mut largest = 0;
-    let mut segment = 0;
-    for (capture, _) in fast.iter().zip(on_fastbin).filter(|(_, on)| **on) {
-        let Capture { chunk, size, .. } = *capture;
-        if !segments[segment].contains(chunk) {
-            match segments.iter().position(|s| s.contains(chunk)) {
-                Some(s) => segment = s,
-                None => continue, // captures lie in the segments: unreachable
-            }
-        }
+    // (granules, pages, captures): the chunks of one range of captures lie in its granules.
+    let mut tasks = Vec::new();
+    for segment in segments.iter_mut() {
+        let lo = fast.partition_point(|c| c.chunk < segment.start);
+        let hi = fast.partition_point(|c| c.chunk < segment.end);
         let Segment {
             start,
             granules,
             resident,
             ..
-        } = &mut segments[segment];
+        } = segment;
         let pages = Residency {
             start: *start,
             page_shift,
             resident,
         };
-        let mut stretch = crate::state::heap::Stretch {
+        let mut rest = Stretch {
             start: *start,
             granules,
         };
-        // Captured from the walk as a chunk in use, and marked so since.
-        if stretch.get(chunk) != Some(CHUNK_START | ChunkState::Live as u8) {
-            continue;
+        let pieces = threads.clamp(1, (hi - lo).max(1));
+        for k in 0..pieces {
+            let (from, to) = (
+                lo + (hi - lo) * k / pieces,
+                lo + (hi - lo) * (k + 1) / pieces,
+            );
+            let mine = if to < hi {
+                let (mine, tail) = rest.split_at(fast.get(to).chunk);
+                rest = tail;
+                mine
+            } else {
+                std::mem::replace(&mut rest, Stretch::empty())
+            };
+            tasks.push((mine, pages, from..to));
         }
-        stretch.mark(chunk, size, ChunkState::Fastbin);
-        figures.uncount(ChunkState::Live, size);
-        figures.count(ChunkState::Fastbin, size);
-        let (resident, trimmable) = residency(o, pages, chunk, size, ChunkState::Fastbin);
-        figures.free_resident_bytes += resident;
-        figures.trimmable_bytes += trimmable;
-        largest = largest.max(size);
+    }
+    let counted = crate::parallel::map(tasks, threads, |(mut stretch, pages, captures)| {
+        let mut found = HeapFigures::default();
+        for (capture, _) in fast
+            .range(captures.clone())
+            .zip(&on_fastbin[captures])
+            .filter(|(_, on)| **on)
+        {
+            let Capture { chunk, size, .. } = *capture;
+            // Captured from the walk as a chunk in use, and marked so since.
+            if stretch.get(chunk) != Some(CHUNK_START | ChunkState::Live as u8) {
+                continue;
+            }
+            stretch.mark(chunk, size, ChunkState::Fastbin);
+            found.count(ChunkState::Fastbin, size);
+            let (resident, trimmable) = residency(o, pages, chunk, size, ChunkState::Fastbin);
+            found.free_resident_bytes += resident;
+            found.trimmable_bytes += trimmable;
+        }
+        found
+    });
+    let mut largest = 0;
+    for found in counted {
+        figures.live_chunks = figures.live_chunks.saturating_sub(found.fastbin_chunks);
+        figures.live_bytes = figures.live_bytes.saturating_sub(found.fastbin_bytes);
+        largest = largest.max(found.largest_free_bytes);
+        figures.add(&found);
     }
     largest
 }

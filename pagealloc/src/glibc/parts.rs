@@ -8,22 +8,37 @@
 //! chains are the same (each size decides the next chunk), so the part's walk is kept from there
 //! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
 //! the known chain is followed through the whole part, as one thread would have.
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::lists::Captures;
 use super::tally::Tally;
 use super::walker::{ChainEnd, HeapBounds, Mode, Walker};
 use super::window::{Residency, Window};
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Segment, Stretch};
 
+/// Parts per thread for a large heap.
+const PARTS_PER_THREAD: u64 = 4;
+
 /// What the walk of an arena's heaps found, besides the granule marks.
 #[derive(Default)]
 pub(super) struct Found {
     pub figures: HeapFigures,
-    pub captures: Captures,
+    /// The captures of each part: each run in address order.
+    pub captures: Vec<Captures>,
     /// (address, note), in address order within each heap.
     pub notes: Vec<(u64, String)>,
+    /// The last chunk counted along the heap walked last: (address, size, state).
+    last: Option<(u64, u64, ChunkState)>,
+}
+
+impl Found {
+    /// Adds what a walk found further along the heap.
+    fn absorb(&mut self, tally: Tally) {
+        self.figures.add(&tally.figures);
+        self.captures.push(tally.captures);
+        self.notes.extend(tally.notes);
+        if tally.last.is_some() {
+            self.last = tally.last;
+        }
+    }
 }
 
 /// One part of a heap: its walk marks the stretch of granules from `marks.start`, and stops at
@@ -100,40 +115,33 @@ impl<'w> Walker<'w> {
             };
             let cuts = self.cuts(*start, *end, first, top, page);
             for (index, &cut) in cuts.iter().enumerate() {
-                let next = cuts.get(index + 1).copied();
-                let granules = ((next.unwrap_or(*end) - cut) / GRANULE) as usize;
-                let all = std::mem::take(&mut rest.granules);
-                let (marks, tail) = all.split_at_mut(granules.min(all.len()));
-                rest = Stretch {
-                    start: next.unwrap_or(*end),
-                    granules: tail,
-                };
+                let until = cuts.get(index + 1).copied().unwrap_or(*end);
+                let (marks, tail) = std::mem::replace(&mut rest, Stretch::empty()).split_at(until);
+                rest = tail;
+                debug_assert_eq!(marks.start, cut);
                 parts.push(Part {
                     heap,
                     first: (index == 0).then_some(first),
-                    until: next.unwrap_or(*end),
+                    until,
                     pages,
-                    marks: Stretch {
-                        start: cut,
-                        granules: marks,
-                    },
+                    marks,
                 });
             }
         }
-        let walked = self.walk_parts(&bounds, parts);
+        let walked = crate::parallel::map(parts, self.t.split.threads, |part| {
+            self.walk_part(&bounds[part.heap], part)
+        });
 
         let mut found = Found::default();
         let mut walked = walked.into_iter().peekable();
         while let Some(first) = walked.next() {
             let bounds = &bounds[first.heap];
             let mut chain = first.chain;
-            let mut whole = first.tally;
+            found.last = None;
+            found.absorb(first.tally);
             while let Some(part) = walked.next_if(|w| w.heap == first.heap) {
-                chain = self.join(bounds, &mut whole, chain.end, part);
+                chain = self.join(bounds, &mut found, chain.end, part);
             }
-            found.figures.add(&whole.figures);
-            found.captures.append(whole.captures);
-            found.notes.extend(whole.notes);
         }
         (segments, found)
     }
@@ -144,7 +152,10 @@ impl<'w> Walker<'w> {
         let split = self.t.split;
         let chunks_end = if top > first && top < end { top } else { end };
         let span = chunks_end.saturating_sub(first);
-        let parts = (span / split.min_part.max(page)).clamp(1, split.threads.max(1) as u64);
+        // A few parts per thread: a thread slowed down (these machines are shared) leaves its
+        // later parts to the others.
+        let most = split.threads.max(1) as u64 * PARTS_PER_THREAD;
+        let parts = (span / split.min_part.max(page)).clamp(1, most);
         let mut cuts = vec![start];
         for k in 1..parts {
             let cut = start + (first - start + span / parts * k) / page * page;
@@ -153,42 +164,6 @@ impl<'w> Walker<'w> {
             }
         }
         cuts
-    }
-
-    /// Walks the parts on as many threads as the split allows, each from its first chunk or
-    /// from a guess; returns them in order.
-    fn walk_parts<'a>(&self, bounds: &[HeapBounds], parts: Vec<Part<'a>>) -> Vec<Walked<'a>>
-    where
-        'w: 'a,
-    {
-        let count = parts.len();
-        let jobs: Vec<Mutex<Option<Part<'a>>>> =
-            parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
-        let done: Vec<Mutex<Option<Walked<'a>>>> = (0..count).map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        let work = || {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = jobs.get(index) else { break };
-                let Some(part) = job.lock().ok().and_then(|mut j| j.take()) else {
-                    continue;
-                };
-                let walked = self.walk_part(&bounds[part.heap], part);
-                if let Ok(mut slot) = done[index].lock() {
-                    *slot = Some(walked);
-                }
-            }
-        };
-        let threads = self.t.split.threads.clamp(1, count.max(1));
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(work);
-            }
-            work();
-        });
-        done.into_iter()
-            .filter_map(|slot| slot.into_inner().ok().flatten())
-            .collect()
     }
 
     fn walk_part<'a>(&self, heap: &HeapBounds, part: Part<'a>) -> Walked<'a>
@@ -244,13 +219,7 @@ impl<'w> Walker<'w> {
     /// Follows the known chain from `p` into the next part until it meets the part's walk;
     /// takes back what that walk found before, keeps the rest, and returns where the known
     /// chain now ends.
-    fn join<'a>(
-        &self,
-        heap: &HeapBounds,
-        whole: &mut Tally<'a>,
-        p: u64,
-        part: Walked<'a>,
-    ) -> ChainEnd
+    fn join<'a>(&self, heap: &HeapBounds, found: &mut Found, p: u64, part: Walked<'a>) -> ChainEnd
     where
         'w: 'a,
     {
@@ -301,7 +270,7 @@ impl<'w> Walker<'w> {
             tally.uncount_range(s, met.end);
         }
         // The chunk that runs into this part from before it, then the known chain's chunks.
-        if let Some((addr, size, state)) = whole.last.filter(|&(a, s, _)| a < lo && a + s > lo) {
+        if let Some((addr, size, state)) = found.last.filter(|&(a, s, _)| a < lo && a + s > lo) {
             tally.marks.mark(addr, size, state);
         }
         let from = p.clamp(lo, tally.marks.end());
@@ -311,7 +280,7 @@ impl<'w> Walker<'w> {
             ((to - lo) / GRANULE) as usize,
         );
         tally.marks.granules[a..b].copy_from_slice(&known.marks.granules[a..b]);
-        whole.absorb(known);
+        found.absorb(known);
         if !met.joined {
             return met; // everything the part's walk found was taken back
         }
@@ -329,7 +298,7 @@ impl<'w> Walker<'w> {
                 |_| false,
             );
         }
-        whole.absorb(tally);
+        found.absorb(tally);
         end
     }
 }

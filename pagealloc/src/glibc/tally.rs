@@ -90,16 +90,6 @@ impl<'a> Tally<'a> {
         f.free_resident_bytes = f.free_resident_bytes.saturating_sub(resident);
         f.trimmable_bytes = f.trimmable_bytes.saturating_sub(trimmable);
     }
-
-    /// Adds what `other` found (further along the heap) to this tally.
-    pub fn absorb(&mut self, other: Tally) {
-        self.figures.add(&other.figures);
-        self.captures.append(other.captures);
-        self.notes.extend(other.notes);
-        if other.last.is_some() {
-            self.last = other.last;
-        }
-    }
 }
 
 /// For a free or cached chunk: its interior bytes on resident pages, and the whole resident

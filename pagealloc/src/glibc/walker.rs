@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use super::layout::{Offsets, default_heap_max_size};
-use super::lists::{self, Heads};
+use super::lists::{self, Heads, Sorted};
 use super::tally::Tally;
 use super::window::Window;
 use crate::proc::memory::{Memory, ReadError};
@@ -51,10 +51,10 @@ pub struct Split {
 }
 
 impl Split {
-    /// One part per core for heaps of 32 MiB and more.
+    /// All cores, for heaps of 32 MiB and more.
     pub fn for_this_machine() -> Split {
         Split {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            threads: crate::parallel::cores(),
             min_part: 16 << 20,
         }
     }
@@ -232,26 +232,27 @@ impl<'a> Walker<'a> {
         }
         let mut figures = found.figures;
         figures.system_bytes = header.system_mem;
-        let mut captures = found.captures;
-        // Each heap's captures are in address order already: a merge of runs.
-        captures.fast.sort_by_key(|c| c.chunk);
-        captures.bin.sort_by_key(|c| c.chunk);
+        let (fast, bin): (Vec<_>, Vec<_>) = (found.captures.into_iter())
+            .map(|c| (c.fast, c.bin))
+            .unzip();
+        let (fast, bin) = (Sorted::new(fast), Sorted::new(bin));
         let heads = Heads {
             arena: header.address,
             fastbins: &header.fastbins,
             bins_address: header.bins_address,
             bins: &header.bins,
         };
-        let lists = lists::follow(o, &heads, &captures, &segments, page_shift);
+        let lists = lists::follow(o, &heads, &fast, &bin, &segments, page_shift);
         for why in &lists.broken {
             self.note(why.clone());
         }
         let largest_fastbin = lists::recount_fastbins(
             o,
-            &captures.fast,
+            &fast,
             &lists.on_fastbin,
             &mut segments,
             page_shift,
+            self.t.split.threads,
             &mut figures,
         );
         if lists.broken.is_empty()
@@ -268,11 +269,12 @@ impl<'a> Walker<'a> {
             ));
         }
         log::debug!("arena {:#x}: fastbins and bins followed", header.address);
-        // From the chunks the lists hold, not from the walk's running maximum: parts walked
-        // from a wrong guess and taken back may have counted a larger one.
-        let largest_bin = captures.bin.iter().map(|c| c.size).max().unwrap_or(0);
-        figures.largest_free_bytes = largest_fastbin.max(largest_bin);
+        // From the chunks kept, not from the walk's running maximum: parts walked from a wrong
+        // guess and taken back may have counted a larger one.
+        figures.largest_free_bytes = largest_fastbin.max(lists.largest_bin);
         figures.finish();
+        // Freeing millions of captures takes milliseconds: not on the caller's time.
+        std::thread::spawn(move || drop((fast, bin, lists)));
         let arena = Arena {
             address: header.address,
             main: header.address == self.t.main_arena,

@@ -48,6 +48,8 @@ pub(super) struct Window<'a> {
     bytes: Vec<u8>,
     /// Whether each page of the window was read (resident, and the read succeeded).
     read: Vec<bool>,
+    /// All of them were: no page to check per word (the common case).
+    all_read: bool,
 }
 
 impl<'a> Window<'a> {
@@ -59,6 +61,7 @@ impl<'a> Window<'a> {
             start: pages.start,
             bytes: Vec::new(),
             read: Vec::new(),
+            all_read: false,
         }
     }
 
@@ -73,7 +76,7 @@ impl<'a> Window<'a> {
             self.load(addr);
         }
         let offset = addr - self.start;
-        if !self.read[(offset >> self.pages.page_shift) as usize] {
+        if !self.all_read && !self.read[(offset >> self.pages.page_shift) as usize] {
             return None;
         }
         let o = offset as usize;
@@ -116,5 +119,6 @@ impl<'a> Window<'a> {
             }
             page += run;
         }
+        self.all_read = self.read.iter().all(|&r| r);
     }
 }

@@ -27,12 +27,8 @@ pub struct PageReader<'t> {
     target: &'t Target,
     pagemap: File,
     kpageflags: Option<File>,
-    /// Reused read buffer.
-    entries: Vec<u8>,
     page_size: u64,
     limitations: Vec<String>,
-    /// A resident page came without its frame number (no CAP_SYS_ADMIN).
-    frames_hidden: bool,
 }
 
 impl<'t> PageReader<'t> {
@@ -56,8 +52,6 @@ impl<'t> PageReader<'t> {
             kpageflags,
             page_size: procfs::page_size(),
             limitations,
-            frames_hidden: false,
-            entries: Vec::new(),
         })
     }
 
@@ -69,17 +63,43 @@ impl<'t> PageReader<'t> {
 
     /// The page map of `maps`. A mapping that vanished since `maps` was read reads as absent.
     pub fn read_mappings(mut self, maps: Vec<Mapping>) -> Result<PageMap> {
-        let mut mappings = Vec::with_capacity(maps.len());
+        let mut mappings: Vec<MappingPages> = maps.into_iter().map(MappingPages::new).collect();
+        // Pieces of at most CHUNK_PAGES pages: (mapping, first page, end page), read on every
+        // core (a gigabyte heap is a quarter million entries, each a page-table lookup).
+        let mut pieces = Vec::new();
+        for (index, pages) in mappings.iter_mut().enumerate() {
+            let first = pages.mapping.start / self.page_size;
+            let end = pages.mapping.end / self.page_size;
+            if pages.mapping.path == "[vsyscall]" {
+                // Above the user address range: pagemap has no entries for it and it is not the
+                // process's memory anyway.
+                pages.push(PageState::Absent, end - first);
+                continue;
+            }
+            pieces.extend(
+                (first..end)
+                    .step_by(CHUNK_PAGES as usize)
+                    .map(|at| (index, at, end.min(at + CHUNK_PAGES))),
+            );
+        }
+        let read = crate::parallel::map(pieces, crate::parallel::cores(), |(index, first, end)| {
+            (index, self.states(first, end))
+        });
+        let mut frames_hidden = false;
+        for (index, states) in read {
+            let (states, hidden) = states?;
+            frames_hidden |= hidden;
+            for state in states {
+                mappings[index].push(state, 1);
+            }
+        }
         let mut totals = PageCounts::default();
-        for mapping in maps {
-            let mut pages = MappingPages::new(mapping);
-            self.read_mapping(&mut pages)?;
+        for pages in &mappings {
             totals.merge(&pages.counts);
-            mappings.push(pages);
         }
         // A process that died mid-read leaves zeros behind, not errors: check once at the end.
         self.target.ensure_alive()?;
-        if self.frames_hidden && self.kpageflags.is_some() {
+        if frames_hidden && self.kpageflags.is_some() {
             self.limitations.push(
                 "huge pages are not told apart from small ones: pagemap hides frame numbers \
                  without CAP_SYS_ADMIN"
@@ -95,37 +115,18 @@ impl<'t> PageReader<'t> {
         })
     }
 
-    fn read_mapping(&mut self, pages: &mut MappingPages) -> Result<()> {
-        let first = pages.mapping.start / self.page_size;
-        let end = pages.mapping.end / self.page_size;
-        if pages.mapping.path == "[vsyscall]" {
-            // Above the user address range: pagemap has no entries for it and it is not the
-            // process's memory anyway.
-            pages.push(PageState::Absent, end - first);
-            return Ok(());
-        }
-        let mut index = first;
-        while index < end {
-            let stop = end.min(index + CHUNK_PAGES);
-            let states = self.states(index, stop)?;
-            for state in states {
-                pages.push(state, 1);
-            }
-            index = stop;
-        }
-        Ok(())
-    }
-
-    /// The state of pages `first..end` (page indices, not addresses).
-    fn states(&mut self, first: u64, end: u64) -> Result<Vec<PageState>> {
+    /// The state of pages `first..end` (page indices, not addresses), and whether pagemap hid
+    /// a resident page's frame number.
+    fn states(&self, first: u64, end: u64) -> Result<(Vec<PageState>, bool)> {
         let count = (end - first) as usize;
-        self.entries.resize(count * ENTRY, 0);
+        let mut entries = vec![0u8; count * ENTRY];
         self.pagemap
-            .read_exact_at(&mut self.entries, first * ENTRY as u64)
+            .read_exact_at(&mut entries, first * ENTRY as u64)
             .map_err(|e| self.target.io_error("pagemap", e))?;
         let mut states = Vec::with_capacity(count);
         let mut frames = Vec::new();
-        for (i, entry) in self.entries.chunks_exact(ENTRY).enumerate() {
+        let mut frames_hidden = false;
+        for (i, entry) in entries.chunks_exact(ENTRY).enumerate() {
             let info = PageInfo::parse_info(u64::from_ne_bytes(entry.try_into().unwrap()));
             states.push(match info {
                 PageInfo::SwapPage(_) => PageState::Swapped,
@@ -134,7 +135,7 @@ impl<'t> PageReader<'t> {
                 }
                 PageInfo::MemoryPage(flags) => {
                     match flags.get_page_frame_number().0 {
-                        0 => self.frames_hidden = true,
+                        0 => frames_hidden = true,
                         pfn => frames.push((i, pfn)),
                     }
                     if flags.contains(MemoryPageFlags::FILE) {
@@ -148,7 +149,7 @@ impl<'t> PageReader<'t> {
         if let Some(kpageflags) = &self.kpageflags {
             mark_huge(kpageflags, &mut frames, &mut states);
         }
-        Ok(states)
+        Ok((states, frames_hidden))
     }
 }
 

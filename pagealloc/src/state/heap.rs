@@ -222,7 +222,7 @@ pub struct Stretch<'a> {
     pub granules: &'a mut [u8],
 }
 
-impl Stretch<'_> {
+impl<'a> Stretch<'a> {
     pub fn end(&self) -> u64 {
         self.start + self.granules.len() as u64 * GRANULE
     }
@@ -244,13 +244,54 @@ impl Stretch<'_> {
         } else {
             first
         };
-        self.granules[rest..last].fill(state as u8);
+        fill(&mut self.granules[rest..last], state as u8);
+    }
+
+    pub fn empty() -> Stretch<'a> {
+        Stretch {
+            start: 0,
+            granules: &mut [],
+        }
+    }
+
+    /// This stretch cut in two at `addr` (within it, or at its end).
+    pub fn split_at(self, addr: u64) -> (Stretch<'a>, Stretch<'a>) {
+        let at = ((addr.clamp(self.start, self.end()) - self.start) / GRANULE) as usize;
+        let (head, tail) = self.granules.split_at_mut(at);
+        let middle = self.start + at as u64 * GRANULE;
+        (
+            Stretch {
+                start: self.start,
+                granules: head,
+            },
+            Stretch {
+                start: middle,
+                granules: tail,
+            },
+        )
     }
 
     /// The granule at `addr`, if it lies in this stretch.
     pub fn get(&self, addr: u64) -> Option<u8> {
         let index = addr.checked_sub(self.start)? / GRANULE;
         self.granules.get(index as usize).copied()
+    }
+}
+
+/// `slice.fill(byte)` without a call to memset for the few granules of a typical chunk: two
+/// overlapping word stores cover 8 to 16 of them.
+fn fill(granules: &mut [u8], byte: u8) {
+    let len = granules.len();
+    let word = [byte; 8];
+    if (8..=16).contains(&len) {
+        granules[..8].copy_from_slice(&word);
+        granules[len - 8..].copy_from_slice(&word);
+    } else if len < 8 {
+        for g in granules {
+            *g = byte;
+        }
+    } else {
+        granules.fill(byte);
     }
 }
 
