@@ -147,7 +147,7 @@ impl<'t> PageReader<'t> {
             });
         }
         if let Some(kpageflags) = &self.kpageflags {
-            mark_huge(kpageflags, &mut frames, &mut states);
+            mark_huge(kpageflags, &frames, &mut states);
         }
         Ok((states, frames_hidden))
     }
@@ -158,43 +158,56 @@ impl<'t> PageReader<'t> {
 /// A large folio mapped here spans consecutive pages with consecutive frames, so only pages whose
 /// frame continues a neighbour's are looked up: a process of small pages costs few lookups.
 /// (A single page of a large folio mapped on its own is shown as a small page: to this mapping
-/// it is one.)
-fn mark_huge(kpageflags: &File, frames: &mut Vec<(usize, u64)>, states: &mut [PageState]) {
+/// it is one.) Folios are aligned to their size, so the two pages of an aligned pair of frames
+/// mapped side by side share their folio: one lookup answers for both.
+fn mark_huge(kpageflags: &File, frames: &[(usize, u64)], states: &mut [PageState]) {
     let contiguous = |a: &(usize, u64), b: &(usize, u64)| b.0 == a.0 + 1 && b.1 == a.1 + 1;
-    let candidates: Vec<bool> = (0..frames.len())
-        .map(|i| {
-            (i > 0 && contiguous(&frames[i - 1], &frames[i]))
-                || (i + 1 < frames.len() && contiguous(&frames[i], &frames[i + 1]))
-        })
-        .collect();
-    let mut keep = candidates.into_iter();
-    frames.retain(|_| keep.next().unwrap_or(false));
-    frames.sort_unstable_by_key(|&(_, pfn)| pfn);
+    // (page, frame, the next page shares the frame's folio)
+    let mut lookups: Vec<(usize, u64, bool)> = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let next = frames.get(i + 1).filter(|n| contiguous(&frames[i], n));
+        let previous = i.checked_sub(1).map(|p| &frames[p]);
+        let (page, pfn) = frames[i];
+        if next.is_some() && pfn % 2 == 0 {
+            lookups.push((page, pfn, true));
+            i += 2;
+            continue;
+        }
+        if next.is_some() || previous.is_some_and(|p| contiguous(p, &frames[i])) {
+            lookups.push((page, pfn, false));
+        }
+        i += 1;
+    }
+    // Frames mostly rise with the pages: runs that a stable sort merges cheaply.
+    lookups.sort_by_key(|&(_, pfn, _)| pfn);
     let huge = PhysicalPageFlags::THP
         | PhysicalPageFlags::COMPOUND_HEAD
         | PhysicalPageFlags::COMPOUND_TAIL
         | PhysicalPageFlags::HUGE;
     let mut span_start = 0;
-    while span_start < frames.len() {
+    while span_start < lookups.len() {
         let mut span_end = span_start + 1;
-        while span_end < frames.len() && frames[span_end].1 - frames[span_end - 1].1 <= PFN_GAP {
+        while span_end < lookups.len() && lookups[span_end].1 - lookups[span_end - 1].1 <= PFN_GAP {
             span_end += 1;
         }
-        let (low, high) = (frames[span_start].1, frames[span_end - 1].1);
+        let (low, high) = (lookups[span_start].1, lookups[span_end - 1].1);
         let mut bytes = vec![0u8; (high + 1 - low) as usize * ENTRY];
         // A frame kpageflags cannot describe (outside RAM) is left as plain resident.
         if kpageflags
             .read_exact_at(&mut bytes, low * ENTRY as u64)
             .is_ok()
         {
-            for &(index, pfn) in &frames[span_start..span_end] {
+            for &(page, pfn, pair) in &lookups[span_start..span_end] {
                 let at = (pfn - low) as usize * ENTRY;
                 let word = u64::from_ne_bytes(bytes[at..at + ENTRY].try_into().unwrap());
                 if PhysicalPageFlags::parse_info(word).intersects(huge) {
-                    states[index] = match states[index] {
-                        PageState::File => PageState::ThpFile,
-                        _ => PageState::ThpAnon,
-                    };
+                    for state in &mut states[page..page + 1 + usize::from(pair)] {
+                        *state = match *state {
+                            PageState::File => PageState::ThpFile,
+                            _ => PageState::ThpAnon,
+                        };
+                    }
                 }
             }
         }
