@@ -133,6 +133,7 @@ impl<'w> Walker<'w> {
         });
 
         let mut found = Found::default();
+        let mut scratch = Vec::new();
         let mut walked = walked.into_iter().peekable();
         while let Some(first) = walked.next() {
             let bounds = &bounds[first.heap];
@@ -140,7 +141,7 @@ impl<'w> Walker<'w> {
             found.last = None;
             found.absorb(first.tally);
             while let Some(part) = walked.next_if(|w| w.heap == first.heap) {
-                chain = self.join(bounds, &mut found, chain.end, part);
+                chain = self.join(bounds, &mut found, &mut scratch, chain.end, part);
             }
         }
         (segments, found)
@@ -219,7 +220,14 @@ impl<'w> Walker<'w> {
     /// Follows the known chain from `p` into the next part until it meets the part's walk;
     /// takes back what that walk found before, keeps the rest, and returns where the known
     /// chain now ends.
-    fn join<'a>(&self, heap: &HeapBounds, found: &mut Found, p: u64, part: Walked<'a>) -> ChainEnd
+    fn join<'a>(
+        &self,
+        heap: &HeapBounds,
+        found: &mut Found,
+        scratch: &mut Vec<u8>,
+        p: u64,
+        part: Walked<'a>,
+    ) -> ChainEnd
     where
         'w: 'a,
     {
@@ -232,13 +240,17 @@ impl<'w> Walker<'w> {
         } = part;
         let lo = tally.marks.start;
         // The known chain's own marks over this part, until it meets the part's walk.
-        let mut scratch = vec![0u8; tally.marks.granules.len()];
+        let granules = tally.marks.granules.len();
+        if scratch.len() < granules {
+            // Zeroed by the allocator: only what the known chain marks gets touched.
+            *scratch = vec![0u8; granules];
+        }
         let mut known = Tally::new(
             self.o,
             tally.pages,
             Stretch {
                 start: lo,
-                granules: &mut scratch,
+                granules: &mut scratch[..granules],
             },
         );
         let met = {
@@ -280,6 +292,8 @@ impl<'w> Walker<'w> {
             ((to - lo) / GRANULE) as usize,
         );
         tally.marks.granules[a..b].copy_from_slice(&known.marks.granules[a..b]);
+        // Left zeroed for the next part: the known chain marked nothing else.
+        known.marks.granules[a..b].fill(0);
         found.absorb(known);
         if !met.joined {
             return met; // everything the part's walk found was taken back
