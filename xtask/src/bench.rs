@@ -1,6 +1,6 @@
 //! `cargo xtask bench snapshot`: pagealloc's snapshot of a ~1 GiB, ~10 million chunk heap, side
 //! by side with the floor (merely reading that heap's present pages into a buffer faulted in
-//! beforehand, by one thread and by two as pagealloc does), medians of several runs.
+//! beforehand, by one thread and by two: pagealloc uses every core), medians of several runs.
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -58,7 +58,7 @@ fn measure(root: &Path, child: &mut Child) -> Result<()> {
     snapshot_once()?;
     let (heap_start, heap_end) = heap_range(pid)?;
     let mut snapshot = Vec::new();
-    // The floor, read by one thread and by two as pagealloc does.
+    // The floor, read by one thread and by two (pagealloc uses every core).
     let mut floors = [Vec::new(), Vec::new()];
     let mut bytes = 0;
     // The floor reads into a buffer faulted in beforehand: the cost of the reads alone.
