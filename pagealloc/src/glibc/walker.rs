@@ -624,7 +624,10 @@ impl<'a> Walker<'a> {
         } else if tcache {
             (ChunkState::Tcache, None)
         } else {
-            (ChunkState::Live, self.fastbin_link(p, size, first_word))
+            (
+                ChunkState::Live,
+                self.fastbin_link(heap, p, size, first_word),
+            )
         };
         Some(Chunk::Regular { size, state, link })
     }
@@ -642,13 +645,20 @@ impl<'a> Walker<'a> {
     }
 
     /// The link of a chunk in use that could be a fastbin chunk (it looks in use to the walk):
-    /// of fastbin size, its first word a protected link to an aligned chunk or the list's end.
-    fn fastbin_link(&self, p: u64, size: u64, first_word: Option<u64>) -> Option<u64> {
+    /// of fastbin size, its first word a protected link to an aligned chunk of the arena's heaps
+    /// or the list's end.
+    fn fastbin_link(
+        &self,
+        heap: &HeapBounds,
+        p: u64,
+        size: u64,
+        first_word: Option<u64>,
+    ) -> Option<u64> {
         if size > self.max_fast_chunk {
             return None;
         }
         let next = reveal(self.o, p + self.o.chunk_fd, first_word?);
-        (next == 0 || self.aligned(next)).then_some(next)
+        (next == 0 || (self.aligned(next) && heap.arena_span.contains(&next))).then_some(next)
     }
 
     /// A likely chunk start in `from..to`: the first place from which [`GUESS_CHUNKS`] chunks in
@@ -786,6 +796,8 @@ pub(super) struct HeapBounds {
     pub top: u64,
     /// Whether the heap belongs to the main arena.
     pub main: bool,
+    /// From the lowest to the highest address of the arena's heaps: where its free lists lead.
+    pub arena_span: Range<u64>,
 }
 
 /// How a walk treats a chunk that makes no sense.
