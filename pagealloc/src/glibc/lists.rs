@@ -332,21 +332,7 @@ pub(super) fn recount_fastbins(
     for segment in segments.iter_mut() {
         let lo = fast.partition_point(|c| c.chunk < segment.start);
         let hi = fast.partition_point(|c| c.chunk < segment.end);
-        let Segment {
-            start,
-            granules,
-            resident,
-            ..
-        } = segment;
-        let pages = Residency {
-            start: *start,
-            page_shift,
-            resident,
-        };
-        let mut rest = Stretch {
-            start: *start,
-            granules,
-        };
+        let (pages, mut rest) = Residency::of(segment, page_shift);
         let pieces = threads.clamp(1, (hi - lo).max(1));
         for k in 0..pieces {
             let (from, to) = (

@@ -99,26 +99,11 @@ impl<'w> Walker<'w> {
 
         let mut parts = Vec::new();
         for (heap, segment) in segments.iter_mut().enumerate() {
-            let (_, _, first) = heaps[heap];
-            let Segment {
-                start,
-                end,
-                granules,
-                resident,
-                ..
-            } = segment;
-            let pages = Residency {
-                start: *start,
-                page_shift,
-                resident,
-            };
-            let mut rest = Stretch {
-                start: *start,
-                granules,
-            };
-            let cuts = self.cuts(*start, *end, first, top, page);
+            let (start, end, first) = heaps[heap];
+            let (pages, mut rest) = Residency::of(segment, page_shift);
+            let cuts = self.cuts(start, end, first, top, page);
             for (index, &cut) in cuts.iter().enumerate() {
-                let until = cuts.get(index + 1).copied().unwrap_or(*end);
+                let until = cuts.get(index + 1).copied().unwrap_or(end);
                 let (marks, tail) = std::mem::replace(&mut rest, Stretch::empty()).split_at(until);
                 rest = tail;
                 debug_assert_eq!(marks.start, cut);

@@ -6,6 +6,7 @@
 //! (a big free chunk, top) are never read at all. A gigabyte heap costs the walk a window per
 //! thread instead of a gigabyte copy.
 use crate::proc::memory::Memory;
+use crate::state::heap::{Segment, Stretch};
 
 /// The window's size: well inside the L2 cache of a core, large enough that a read costs far
 /// more in copying than in the system call.
@@ -20,7 +21,27 @@ pub(super) struct Residency<'a> {
     pub resident: &'a [bool],
 }
 
-impl Residency<'_> {
+impl<'a> Residency<'a> {
+    /// A segment's pages, and its granules to mark as one stretch.
+    pub fn of(segment: &'a mut Segment, page_shift: u32) -> (Residency<'a>, Stretch<'a>) {
+        let Segment {
+            start,
+            granules,
+            resident,
+            ..
+        } = segment;
+        let pages = Residency {
+            start: *start,
+            page_shift,
+            resident,
+        };
+        let stretch = Stretch {
+            start: *start,
+            granules,
+        };
+        (pages, stretch)
+    }
+
     pub fn page_size(&self) -> u64 {
         1 << self.page_shift
     }
@@ -69,8 +90,9 @@ impl<'a> Window<'a> {
     /// the window to `addr` when it lies outside.
     #[inline]
     pub fn word(&mut self, addr: u64) -> Option<u64> {
-        if addr < self.start || addr + 8 > self.start + self.bytes.len() as u64 {
-            if addr < self.pages.start || addr.checked_add(8)? > self.end {
+        let end = addr.checked_add(8)?;
+        if addr < self.start || end > self.start + self.bytes.len() as u64 {
+            if addr < self.pages.start || end > self.end {
                 return None;
             }
             self.load(addr);

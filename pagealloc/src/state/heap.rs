@@ -195,23 +195,6 @@ impl Segment {
             resident: vec![false; (end - start).div_ceil(page_size) as usize],
         }
     }
-
-    /// Marks the chunk at `addr` of `size` bytes.
-    pub fn mark(&mut self, addr: u64, size: u64, state: ChunkState) {
-        self.stretch().mark(addr, size, state);
-    }
-
-    /// All of the segment's granules as one stretch.
-    pub fn stretch(&mut self) -> Stretch<'_> {
-        Stretch {
-            start: self.start,
-            granules: &mut self.granules,
-        }
-    }
-
-    pub fn contains(&self, addr: u64) -> bool {
-        addr >= self.start && addr < self.end
-    }
 }
 
 /// The granules of part of a segment, from `start`: threads walking a heap in parts each mark
