@@ -38,3 +38,44 @@ pub fn map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R +
         .filter_map(|slot| slot.into_inner().ok().flatten())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn items_run_side_by_side_and_results_come_back_in_order() {
+        // Items 0 and 1 wait for each other: they meet only if two threads run them at once.
+        let arrived = Mutex::new(0);
+        let both = Condvar::new();
+        let met = Mutex::new(true);
+        let items: Vec<u64> = (0..1000).collect();
+        let squares = super::map(items, 4, |i| {
+            if i < 2 {
+                let mut count = arrived.lock().unwrap();
+                *count += 1;
+                both.notify_all();
+                let (count, timeout) = both
+                    .wait_timeout_while(count, Duration::from_secs(10), |c| *c < 2)
+                    .unwrap();
+                drop(count);
+                if timeout.timed_out() {
+                    *met.lock().unwrap() = false;
+                }
+            }
+            i * i
+        });
+        assert_eq!(squares, (0..1000).map(|i| i * i).collect::<Vec<u64>>());
+        assert!(
+            *met.lock().unwrap(),
+            "items 0 and 1 never ran at the same time"
+        );
+    }
+
+    #[test]
+    fn no_items_and_one_thread() {
+        assert!(super::map(Vec::<u8>::new(), 4, |i| i).is_empty());
+        assert_eq!(super::map(vec![1, 2, 3], 1, |i| i + 1), vec![2, 3, 4]);
+    }
+}

@@ -378,3 +378,65 @@ pub(super) fn recount_fastbins(
     }
     largest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Capture, Index, Sorted};
+    use crate::state::heap::Segment;
+
+    /// Two heaps, their captures in runs handed over out of order; every capture is found at
+    /// its place in the whole sequence, and nothing else is.
+    #[test]
+    fn captures_are_found_across_runs_and_heaps() {
+        let heaps = [(0x10_0000u64, 0x18_0000u64), (0x4000_0000, 0x4002_0000)];
+        let segments: Vec<Segment> = heaps
+            .iter()
+            .map(|&(start, end)| Segment::new(start, end, 0, 4096))
+            .collect();
+        // Chunks every 48 bytes, cut into runs at uneven places (not at page boundaries).
+        let mut all = Vec::new();
+        for &(start, end) in &heaps {
+            all.extend((start..end - 64).step_by(48).map(|chunk| Capture {
+                chunk,
+                size: 48,
+                link: chunk ^ 0xff,
+            }));
+        }
+        let mut runs: Vec<Vec<Capture>> = Vec::new();
+        let mut rest = &all[..];
+        for cut in [7usize, 4000, 1, 9000, 333] {
+            let (run, tail) = rest.split_at(cut.min(rest.len()));
+            runs.push(run.to_vec());
+            rest = tail;
+        }
+        runs.push(rest.to_vec());
+        runs.reverse();
+        let sorted = Sorted::new(runs);
+        assert_eq!(sorted.len, all.len());
+        let index = Index::new(&sorted, &segments, 12);
+        for (i, capture) in all.iter().enumerate() {
+            assert_eq!(index.find(capture.chunk), Some(i), "{:#x}", capture.chunk);
+            assert_eq!(sorted.get(i).link, capture.link);
+            assert_eq!(index.find(capture.chunk + 16), None);
+        }
+        for outside in [
+            0,
+            0xf_fff0,
+            0x18_0000,
+            0x3fff_fff0,
+            0x4002_0000,
+            u64::MAX - 15,
+        ] {
+            assert_eq!(index.find(outside), None, "{outside:#x}");
+        }
+        let range: Vec<u64> = sorted.range(4000..4010).map(|c| c.chunk).collect();
+        assert_eq!(
+            range,
+            all[4000..4010].iter().map(|c| c.chunk).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sorted.partition_point(|c| c.chunk < 0x4000_0000),
+            (0x8_0000 - 64) / 48 + 1
+        );
+    }
+}

@@ -306,3 +306,58 @@ impl HeapMap {
         self.totals.unknown_bytes == 0 && self.notes.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CHUNK_START, ChunkState, GRANULE, Segment, Stretch};
+
+    /// A chunk across the cut between two stretches is marked in both, its start only in the
+    /// first; what lies outside a stretch is left alone.
+    #[test]
+    fn stretches_mark_only_their_own_granules() {
+        let mut segment = Segment::new(0x1000, 0x2000, 0, 4096);
+        let whole = Stretch {
+            start: segment.start,
+            granules: &mut segment.granules,
+        };
+        let (mut head, mut tail) = whole.split_at(0x1800);
+        assert_eq!(
+            (head.start, head.end(), tail.start, tail.end()),
+            (0x1000, 0x1800, 0x1800, 0x2000)
+        );
+        for stretch in [&mut head, &mut tail] {
+            stretch.mark(0x1700, 0x200, ChunkState::Bin);
+            stretch.mark(0x1000, 0x20, ChunkState::Live);
+            stretch.mark(0x1fe0, 0x100, ChunkState::Top);
+        }
+        let g = |addr: u64| segment.granules[((addr - 0x1000) / GRANULE) as usize];
+        assert_eq!(g(0x1000), CHUNK_START | ChunkState::Live as u8);
+        assert_eq!(g(0x1010), ChunkState::Live as u8);
+        assert_eq!(g(0x1020), ChunkState::Unknown as u8);
+        assert_eq!(g(0x1700), CHUNK_START | ChunkState::Bin as u8);
+        for addr in (0x1710..0x1900).step_by(GRANULE as usize) {
+            assert_eq!(g(addr), ChunkState::Bin as u8, "{addr:#x}");
+        }
+        assert_eq!(g(0x1900), ChunkState::Unknown as u8);
+        assert_eq!(g(0x1fe0), CHUNK_START | ChunkState::Top as u8);
+        assert_eq!(g(0x1ff0), ChunkState::Top as u8);
+    }
+
+    #[test]
+    fn small_and_large_fills() {
+        for granules in [1u64, 2, 7, 8, 9, 15, 16, 17, 100] {
+            let mut segment = Segment::new(0, 0x1000, 0, 4096);
+            let mut stretch = Stretch {
+                start: 0,
+                granules: &mut segment.granules,
+            };
+            stretch.mark(0x100, granules * GRANULE, ChunkState::Tcache);
+            let marked: Vec<u8> = segment.granules[0x10..0x10 + granules as usize + 1].to_vec();
+            let mut expected = vec![ChunkState::Tcache as u8; granules as usize];
+            expected[0] |= CHUNK_START;
+            expected.push(ChunkState::Unknown as u8);
+            assert_eq!(marked, expected, "{granules} granules");
+            assert_eq!(segment.granules[0xf], ChunkState::Unknown as u8);
+        }
+    }
+}
