@@ -636,6 +636,7 @@ impl<'a> Walker<'a> {
     }
 
     /// tcache entries carry `key == tcache_key` and a (protected) link to another entry.
+    #[inline(always)]
     fn is_tcache(&self, window: &mut Window, p: u64, first_word: Option<u64>) -> bool {
         let (Some(key), Some(key_offset)) = (self.tcache_key, self.o.tcache_key) else {
             return false;

@@ -212,6 +212,7 @@ impl<'a> Stretch<'a> {
 
     /// Marks the part of the chunk at `addr` of `size` bytes that lies in this stretch; its
     /// first granule gets [`CHUNK_START`] if the chunk starts here.
+    #[inline(always)]
     pub fn mark(&mut self, addr: u64, size: u64, state: ChunkState) {
         let from = addr.clamp(self.start, self.end());
         let to = addr.saturating_add(size).clamp(self.start, self.end());
