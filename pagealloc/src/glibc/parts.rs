@@ -290,7 +290,7 @@ impl<'w> Walker<'w> {
         known.marks.granules[a..b].fill(0);
         found.absorb(known);
         if !met.joined {
-            return met; // everything the part's walk found was taken back
+            return met; // the known chain passed the part's walk by: all it found is dropped
         }
         let mut end = guessed;
         if guessed.gave_up {
