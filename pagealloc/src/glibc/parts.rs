@@ -142,8 +142,11 @@ impl<'w> Walker<'w> {
         let chunks_end = if top > first && top < end { top } else { end };
         let span = chunks_end.saturating_sub(first);
         // A few parts per thread: a thread slowed down (these machines are shared) leaves its
-        // later parts to the others.
-        let most = split.threads.max(1) as u64 * PARTS_PER_THREAD;
+        // later parts to the others. One thread walks the heap whole.
+        let most = match split.threads {
+            0 | 1 => 1,
+            threads => threads as u64 * PARTS_PER_THREAD,
+        };
         let parts = (span / split.min_part.max(page)).clamp(1, most);
         let mut cuts = vec![start];
         for k in 1..parts {
