@@ -218,27 +218,13 @@ fn follow_fastbins(
     segments: &[Segment],
     page_shift: u32,
 ) -> (Vec<bool>, Vec<String>) {
-    let index = Index::new(fast, segments, page_shift);
-    let mut on = vec![false; fast.len];
     let starts = (heads.fastbins.iter().copied().enumerate())
         .filter(|&(_, head)| head != 0)
         .collect();
-    let broken = follow_lists(starts, |list, chunk| {
-        let Some(i) = index.find(chunk) else {
-            return Err(format!(
-                "fastbin {list} reaches {chunk:#x}, not a chunk in use with a valid link to \
-                 the walk (or the target changed during the snapshot)"
-            ));
-        };
-        if std::mem::replace(&mut on[i], true) {
-            return Err(format!(
-                "fastbin {list} reaches {chunk:#x} again (a cycle, or two lists joined)"
-            ));
-        }
-        let next = fast.get(i).link;
-        Ok((next != 0).then_some(next))
-    });
-    (on, broken)
+    let kind = ("fastbin", "a chunk in use with a valid link");
+    follow_captures(fast, segments, page_shift, kind, starts, |_, capture| {
+        (capture.link != 0).then_some(capture.link)
+    })
 }
 
 /// The bins' figures (no fastbin in them).
@@ -249,31 +235,17 @@ fn follow_bins(
     segments: &[Segment],
     page_shift: u32,
 ) -> Lists {
-    let index = Index::new(bin, segments, page_shift);
-    let mut met = vec![false; bin.len];
     // bin_at(i) is a fake chunk inside malloc_state whose fd/bk are the bin's two words.
     let bin_head = |bin: usize| heads.bins_address + bin as u64 * 2 * o.size_sz - o.chunk_fd;
     let starts = (heads.bins.iter().copied().enumerate())
         .filter(|&(bin, first)| first != bin_head(bin))
         .collect();
     let (mut chunks, mut bytes) = (0u64, 0u64);
-    let broken = follow_lists(starts, |list, chunk| {
-        let Some(i) = index.find(chunk) else {
-            return Err(format!(
-                "bin {list} reaches {chunk:#x}, not a free chunk to the walk (or the target \
-                 changed during the snapshot)"
-            ));
-        };
-        if std::mem::replace(&mut met[i], true) {
-            return Err(format!(
-                "bin {list} reaches {chunk:#x} again (a cycle, or two lists joined)"
-            ));
-        }
+    let kind = ("bin", "a free chunk");
+    let (_, broken) = follow_captures(bin, segments, page_shift, kind, starts, |list, capture| {
         chunks += 1;
-        let capture = bin.get(i);
         bytes = bytes.saturating_add(capture.size);
-        let next = capture.link;
-        Ok((next != bin_head(list)).then_some(next))
+        (capture.link != bin_head(list)).then_some(capture.link)
     });
     Lists {
         bin_chunks: chunks,
@@ -282,6 +254,37 @@ fn follow_bins(
         broken,
         ..Lists::default()
     }
+}
+
+/// Follows lists from `starts` (list, first chunk) through `captures`: `next(list, capture)`
+/// gives the chunk after a capture, None at the end of its list. A list that reaches a chunk
+/// not captured, or one met before, breaks there. `kind` names the lists and what they must
+/// reach. Returns which captures the lists met, and why each broken list broke.
+fn follow_captures(
+    captures: &Sorted,
+    segments: &[Segment],
+    page_shift: u32,
+    (lists, expected): (&str, &str),
+    starts: Vec<(usize, u64)>,
+    mut next: impl FnMut(usize, &Capture) -> Option<u64>,
+) -> (Vec<bool>, Vec<String>) {
+    let index = Index::new(captures, segments, page_shift);
+    let mut met = vec![false; captures.len];
+    let broken = follow_lists(starts, |list, chunk| {
+        let Some(i) = index.find(chunk) else {
+            return Err(format!(
+                "{lists} {list} reaches {chunk:#x}, not {expected} to the walk (or the target \
+                 changed during the snapshot)"
+            ));
+        };
+        if std::mem::replace(&mut met[i], true) {
+            return Err(format!(
+                "{lists} {list} reaches {chunk:#x} again (a cycle, or two lists joined)"
+            ));
+        }
+        Ok(next(list, captures.get(i)))
+    });
+    (met, broken)
 }
 
 /// Follows several linked lists side by side, one step of each in turn: their loads are

@@ -172,39 +172,28 @@ impl<'w> Walker<'w> {
         let bytes = until.saturating_sub(tally.marks.start) as usize;
         let _ = tally.captures.fast.try_reserve(bytes / 256);
         let _ = tally.captures.bin.try_reserve(bytes / 512);
-        let (start, chain) = match part.first {
+        // The first part starts at the heap's first chunk, after malloc's own structures; the
+        // others from a guess, if one is found.
+        let start = match part.first {
             Some(first) => {
                 if first > heap.start {
                     tally.count(heap.start, first - heap.start, ChunkState::Overhead, None);
                 }
-                let chain = self.walk_chain(
-                    heap,
-                    &mut window,
-                    &mut tally,
-                    first..until,
-                    Mode::Exact,
-                    |_| false,
-                );
-                (Some(first), chain)
+                Some((first, Mode::Exact))
             }
             None => {
                 let from = tally.marks.start;
-                match self.guess_chunk(heap, &mut window, from, until) {
-                    Some(guess) => {
-                        let chain = self.walk_chain(
-                            heap,
-                            &mut window,
-                            &mut tally,
-                            guess..until,
-                            Mode::Guessed,
-                            |_| false,
-                        );
-                        (Some(guess), chain)
-                    }
-                    None => (None, ChainEnd::at(from)),
-                }
+                (self.guess_chunk(heap, &mut window, from, until))
+                    .map(|guess| (guess, Mode::Guessed))
             }
         };
+        let chain = match start {
+            Some((from, mode)) => {
+                self.walk_chain(heap, &mut window, &mut tally, from..until, mode, |_| false)
+            }
+            None => ChainEnd::at(tally.marks.start),
+        };
+        let start = start.map(|(from, _)| from);
         Walked {
             heap: part.heap,
             until,
@@ -250,6 +239,7 @@ impl<'w> Walker<'w> {
                 granules: &mut scratch[..granules],
             },
         );
+        let mut window = Window::new(self.t.memory, tally.pages, heap.end);
         let met = {
             let marks = &tally.marks;
             let on_guessed = |q: u64| {
@@ -257,7 +247,6 @@ impl<'w> Walker<'w> {
                     && marks.get(q).is_some_and(|g| g & CHUNK_START != 0)
             };
             if p < hi {
-                let mut window = Window::new(self.t.memory, tally.pages, heap.end);
                 self.walk_chain(
                     heap,
                     &mut window,
@@ -299,7 +288,6 @@ impl<'w> Walker<'w> {
         if guessed.gave_up {
             // The part's walk stopped at something it could not make sense of: the known chain
             // takes over there, with its re-reads.
-            let mut window = Window::new(self.t.memory, tally.pages, heap.end);
             end = self.walk_chain(
                 heap,
                 &mut window,
