@@ -28,7 +28,13 @@ impl CallStats {
 }
 
 /// glibc's chunk-size flags, kept in the low three bits of the size word.
-pub const CHUNK_FLAG_BITS: u64 = 0b111;
+pub const CHUNK_FLAG_BITS: u64 = PREV_INUSE | IS_MMAPPED | NON_MAIN_ARENA;
+/// The chunk before this one is in use (or cached in tcache or a fastbin).
+pub const PREV_INUSE: u64 = 1;
+/// The chunk was mmapped on its own.
+pub const IS_MMAPPED: u64 = 2;
+/// The chunk belongs to a thread arena.
+pub const NON_MAIN_ARENA: u64 = 4;
 
 #[cfg(feature = "user")]
 // SAFETY: plain `repr(C)` integers, no padding, every bit pattern valid.

@@ -123,7 +123,6 @@ pub fn heap_map(
         started.elapsed(),
         info.from_cache
     );
-    let offsets = glibc::layout::Offsets::new(&info.layout).map_err(debug_info_error)?;
     let load_base = maps
         .iter()
         .filter(|m| m.path == libc_path)
@@ -131,18 +130,10 @@ pub fn heap_map(
         .min()
         .ok_or_else(|| Error::Heap("the libc mapping vanished".into()))?;
     let bias = load_base - (info.layout.symbols.first_load_vaddr & !(pages.page_size - 1));
-    let symbols = &info.layout.symbols;
+    let libc = glibc::Libc::new(&info.layout, bias).map_err(debug_info_error)?;
     let memory = ProcessMemory::new(target.pid, pages);
-    let walked = glibc::walker::walk(&glibc::walker::Target {
-        memory: &memory,
-        offsets: &offsets,
-        main_arena: bias + symbols.main_arena,
-        mp: bias + symbols.mp_,
-        tcache_key: symbols.tcache_key.map(|k| bias + k),
-        mappings: maps,
-        split: glibc::walker::Split::for_this_machine(),
-    })
-    .map_err(|e| Error::Heap(e.to_string()))?;
+    let walked = glibc::walk(&libc, &memory, maps, glibc::Split::for_this_machine())
+        .map_err(|e| Error::Heap(e.to_string()))?;
     log::debug!("heap walked in {:?}", started.elapsed());
     let libc = LibcInfo {
         path: libc_path,

@@ -18,56 +18,9 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 use super::elf::{self, LibcFacts};
 use super::{DebugInfoError, Field, MallocLayout, StructLayout, Symbols};
+use crate::glibc::identity::{SYMBOLS, WANTED, is_malloc_unit_name};
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
-
-/// One struct to find: the name it gets in [`MallocLayout`], the DWARF struct tags and the
-/// typedef names it may go by.
-struct Want {
-    canonical: &'static str,
-    structs: &'static [&'static str],
-    typedefs: &'static [&'static str],
-    required: bool,
-}
-
-const WANTED: &[Want] = &[
-    Want {
-        canonical: "malloc_state",
-        structs: &["malloc_state"],
-        typedefs: &[],
-        required: true,
-    },
-    Want {
-        canonical: "malloc_chunk",
-        structs: &["malloc_chunk"],
-        typedefs: &[],
-        required: true,
-    },
-    Want {
-        canonical: "heap_info",
-        structs: &["_heap_info", "heap_info"],
-        typedefs: &["heap_info"],
-        required: true,
-    },
-    Want {
-        canonical: "malloc_par",
-        structs: &["malloc_par"],
-        typedefs: &[],
-        required: true,
-    },
-    Want {
-        canonical: "tcache_perthread_struct",
-        structs: &["tcache_perthread_struct"],
-        typedefs: &["tcache_perthread_struct"],
-        required: false,
-    },
-    Want {
-        canonical: "tcache_entry",
-        structs: &["tcache_entry"],
-        typedefs: &["tcache_entry"],
-        required: false,
-    },
-];
 
 /// The layout of the libc described by `facts`, from the debug file `path` whose bytes are
 /// `data` (which may be the libc itself), and the dwz supplementary file its
@@ -146,7 +99,6 @@ fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbol
 
 /// Fills `found[i]` with the address of the first defined symbol called `SYMBOLS[i]`.
 fn scan_symbols(obj: &object::File<'_>, found: &mut [Option<u64>; 4]) {
-    const SYMBOLS: [&[u8]; 4] = [b"main_arena", b"mp_", b"tcache_key", b"__libc_version"];
     for sym in obj.symbols() {
         if sym.is_undefined() || sym.address() == 0 {
             continue;
@@ -636,10 +588,6 @@ impl<'d, 'a> Extractor<'d, 'a> {
 }
 
 type Entry<'abbrev, 'unit, 'a> = DebuggingInformationEntry<'abbrev, 'unit, R<'a>>;
-
-fn is_malloc_unit_name(name: &[u8]) -> bool {
-    name == b"malloc.c" || name.ends_with(b"/malloc.c")
-}
 
 fn is_qualifier(tag: gimli::DwTag) -> bool {
     matches!(

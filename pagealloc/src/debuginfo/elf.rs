@@ -3,9 +3,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment};
 
 use super::DebugInfoError;
+use crate::glibc::identity;
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DebugInfoError> {
     fs::read(path).map_err(|e| DebugInfoError::io(path, e))
@@ -71,11 +72,11 @@ impl LibcFacts {
             .flatten()
             .map(|(name, crc)| (name.to_vec(), crc));
         let has_dwarf = obj.section_by_name(".debug_info").is_some();
-        let glibc = glibc_check(&obj);
+        let glibc = identity::check_elf(&obj);
         let glibc_version = obj
             .section_by_name(".rodata")
             .and_then(|s| s.data().ok())
-            .and_then(banner_version);
+            .and_then(identity::banner_version);
         drop(obj);
         Ok(LibcFacts {
             path: path.to_path_buf(),
@@ -116,63 +117,4 @@ impl LibcFacts {
         let end = rest.iter().position(|&b| b == 0)?;
         String::from_utf8(rest[..end].to_vec()).ok()
     }
-}
-
-/// Whether `obj` is glibc's shared C library, or why not.
-fn glibc_check(obj: &object::File<'_>) -> Result<(), String> {
-    let mut any_dynamic = false;
-    let mut defines_malloc = false;
-    let mut defines_glibc_marker = false;
-    for sym in obj.dynamic_symbols() {
-        any_dynamic = true;
-        if sym.is_undefined() {
-            continue;
-        }
-        match sym.name_bytes() {
-            Ok(b"malloc") => defines_malloc = true,
-            Ok(b"gnu_get_libc_version") => defines_glibc_marker = true,
-            _ => {}
-        }
-    }
-    if !any_dynamic {
-        return Err(
-            "it has no dynamic symbol table: it is a statically linked program (or not a \
-             library at all), not a shared C library. pagealloc reads heaps through glibc's \
-             shared libc.so.6; a static binary (glibc or musl) carries its own malloc and is \
-             not supported"
-                .into(),
-        );
-    }
-    if !defines_malloc {
-        return Err(
-            "it does not define malloc: it is a program or library that uses a C library, \
-             not the C library itself"
-                .into(),
-        );
-    }
-    if !defines_glibc_marker {
-        return Err(
-            "it defines malloc but not gnu_get_libc_version: it looks like musl or another \
-             C library, whose heap pagealloc cannot read"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// "2.36" from glibc's banner "GNU C Library (...) stable release version 2.36.".
-pub(crate) fn banner_version(rodata: &[u8]) -> Option<String> {
-    const BANNER: &[u8] = b"GNU C Library";
-    const VERSION: &[u8] = b"version ";
-    let start = rodata.windows(BANNER.len()).position(|w| w == BANNER)?;
-    let banner = &rodata[start..];
-    let banner = &banner[..banner.iter().position(|&b| b == 0).unwrap_or(banner.len())];
-    let at = banner.windows(VERSION.len()).position(|w| w == VERSION)? + VERSION.len();
-    let version: String = banner[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit() || **b == b'.')
-        .map(|&b| char::from(b))
-        .collect();
-    let version = version.trim_end_matches('.');
-    (!version.is_empty() && version.contains('.')).then(|| version.to_string())
 }

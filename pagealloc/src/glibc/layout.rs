@@ -1,5 +1,34 @@
-//! The offsets and constants the walker uses, derived from the DWARF layouts (never hard-coded).
+//! The offsets and constants the walker uses, derived from the DWARF layouts (never hard-coded),
+//! and the run-time addresses of malloc's static variables in one process.
 use crate::debuginfo::{DebugInfoError, MallocLayout};
+
+/// The target's glibc as the walker needs it: where malloc's structures keep each field, and
+/// where its static variables are in this process. Resolved once per session: it holds while
+/// the libc stays mapped where it is.
+#[derive(Clone, Debug)]
+pub struct Libc {
+    pub offsets: Offsets,
+    /// `main_arena`: the first arena of the ring.
+    pub main_arena: u64,
+    /// `mp_`: malloc's parameters (sbrk_base, mmapped chunk counts, huge page size).
+    pub mp: u64,
+    /// `tcache_key` (glibc ≥ 2.34): the value tcache entries carry.
+    pub tcache_key: Option<u64>,
+}
+
+impl Libc {
+    /// The addresses of `layout`'s symbols in a process that loaded the libc with `bias` (the
+    /// run-time address of its first `PT_LOAD` minus the link-time one).
+    pub fn new(layout: &MallocLayout, bias: u64) -> Result<Libc, DebugInfoError> {
+        let symbols = &layout.symbols;
+        Ok(Libc {
+            offsets: Offsets::new(layout)?,
+            main_arena: bias.wrapping_add(symbols.main_arena),
+            mp: bias.wrapping_add(symbols.mp_),
+            tcache_key: symbols.tcache_key.map(|k| bias.wrapping_add(k)),
+        })
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Offsets {

@@ -1,9 +1,19 @@
-//! glibc malloc: its layouts (from DWARF) and the arena walker.
+//! glibc malloc: what makes a C library glibc, the offsets of malloc's structures (from DWARF),
+//! and the arena walker.
+mod arenas;
+mod captures;
+mod chain;
+pub mod identity;
 pub mod layout;
 mod lists;
+mod mmapped;
 mod parts;
 mod tally;
 #[cfg(test)]
 mod tests;
 pub mod walker;
 mod window;
+
+pub use identity::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
+pub use layout::{Libc, Offsets};
+pub use walker::{Split, WalkError, walk};

@@ -8,9 +8,10 @@
 //! chains are the same (each size decides the next chunk), so the part's walk is kept from there
 //! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
 //! the known chain is followed through the whole part, as one thread would have.
-use super::lists::Captures;
+use super::captures::Captures;
+use super::chain::{ChainEnd, HeapBounds, Mode};
 use super::tally::Tally;
-use super::walker::{ChainEnd, HeapBounds, Mode, Walker};
+use super::walker::Walker;
 use super::window::{Residency, Window};
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Segment, Stretch};
 
@@ -71,7 +72,7 @@ impl<'w> Walker<'w> {
         heaps: &[(u64, u64, u64)],
         top: u64,
     ) -> (Vec<Segment>, Found) {
-        let memory = self.t.memory;
+        let memory = self.memory;
         let page = memory.page_size();
         let page_shift = page.trailing_zeros();
         let mut segments: Vec<Segment> = heaps
@@ -116,7 +117,7 @@ impl<'w> Walker<'w> {
                 });
             }
         }
-        let walked = crate::parallel::map(parts, self.t.split.threads, |part| {
+        let walked = crate::parallel::map(parts, self.split.threads, |part| {
             self.walk_part(&bounds[part.heap], part)
         });
 
@@ -138,7 +139,7 @@ impl<'w> Walker<'w> {
     /// Where the parts of a heap begin: the heap's start, then cuts a whole number of pages
     /// into the heap that share the chunks before top out evenly.
     fn cuts(&self, start: u64, end: u64, first: u64, top: u64, page: u64) -> Vec<u64> {
-        let split = self.t.split;
+        let split = self.split;
         let chunks_end = if top > first && top < end { top } else { end };
         let span = chunks_end.saturating_sub(first);
         // A few parts per thread: a thread slowed down (these machines are shared) leaves its
@@ -162,9 +163,9 @@ impl<'w> Walker<'w> {
     where
         'w: 'a,
     {
-        let o = self.o;
+        let o = self.offsets;
         let until = part.until;
-        let mut window = Window::new(self.t.memory, part.pages, heap.end);
+        let mut window = Window::new(self.memory, part.pages, heap.end);
         let mut tally = Tally::new(o, part.pages, part.marks);
         // Room for the captures of a typical heap, reserved (not touched) up front: growing
         // them as they come cost a large heap's walk a tenth of its time. Only a hint: without
@@ -232,14 +233,14 @@ impl<'w> Walker<'w> {
             *scratch = vec![0u8; granules];
         }
         let mut known = Tally::new(
-            self.o,
+            self.offsets,
             tally.pages,
             Stretch {
                 start: lo,
                 granules: &mut scratch[..granules],
             },
         );
-        let mut window = Window::new(self.t.memory, tally.pages, heap.end);
+        let mut window = Window::new(self.memory, tally.pages, heap.end);
         let met = {
             let marks = &tally.marks;
             let on_guessed = |q: u64| {

@@ -1,13 +1,13 @@
 //! What a walk found along a stretch of a heap: the figures, the granule marks, the chunks that
-//! can be on a free list (captured for [`super::lists`]), and the notes, each at its address so
+//! can be on a free list ([`super::captures`]), and the notes, each at its address so
 //! that a stretch walked from a wrong guess can be taken back (see [`super::parts`]).
+use super::captures::{Capture, Captures};
 use super::layout::Offsets;
-use super::lists::{Capture, Captures};
 use super::window::Residency;
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Stretch};
 
 pub(super) struct Tally<'a> {
-    o: &'a Offsets,
+    offsets: &'a Offsets,
     pub pages: Residency<'a>,
     pub marks: Stretch<'a>,
     pub figures: HeapFigures,
@@ -19,9 +19,9 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    pub fn new(o: &'a Offsets, pages: Residency<'a>, marks: Stretch<'a>) -> Tally<'a> {
+    pub fn new(offsets: &'a Offsets, pages: Residency<'a>, marks: Stretch<'a>) -> Tally<'a> {
         Tally {
-            o,
+            offsets,
             pages,
             marks,
             figures: HeapFigures::default(),
@@ -42,7 +42,7 @@ impl<'a> Tally<'a> {
     pub fn count(&mut self, addr: u64, size: u64, state: ChunkState, link: Option<u64>) {
         self.marks.mark(addr, size, state);
         self.figures.count(state, size);
-        let (resident, trimmable) = residency(self.o, self.pages, addr, size, state);
+        let (resident, trimmable) = self.pages.free_bytes(self.offsets, addr, size, state);
         self.figures.free_resident_bytes += resident;
         self.figures.trimmable_bytes += trimmable;
         if let Some(link) = link {
@@ -88,48 +88,9 @@ impl<'a> Tally<'a> {
 
     fn take_back(&mut self, addr: u64, size: u64, state: ChunkState) {
         self.figures.uncount(state, size);
-        let (resident, trimmable) = residency(self.o, self.pages, addr, size, state);
+        let (resident, trimmable) = self.pages.free_bytes(self.offsets, addr, size, state);
         let f = &mut self.figures;
         f.free_resident_bytes = f.free_resident_bytes.saturating_sub(resident);
         f.trimmable_bytes = f.trimmable_bytes.saturating_sub(trimmable);
     }
-}
-
-/// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
-/// pages `malloc_trim(0)` could release from it.
-pub(super) fn residency(
-    o: &Offsets,
-    pages: Residency,
-    addr: u64,
-    size: u64,
-    state: ChunkState,
-) -> (u64, u64) {
-    if !state.is_free() {
-        return (0, 0);
-    }
-    // Page sizes are powers of two: masks, not divisions (this runs for every free chunk).
-    let mask = pages.page_size() - 1;
-    let end = addr + size;
-    let mut resident = 0;
-    let mut pos = addr + 2 * o.size_sz;
-    while pos < end {
-        let stop = ((pos | mask) + 1).min(end);
-        if pages.is_resident(pos) {
-            resident += stop - pos;
-        }
-        pos = stop;
-    }
-    let mut trimmable = 0;
-    // tcache chunks stay cached: malloc_trim does not release them. It keeps the malloc_chunk
-    // struct at the front of the others and releases their whole pages.
-    if state != ChunkState::Tcache {
-        let mut pos = (addr + o.chunk_struct_size + mask) & !mask;
-        while pos + mask < end {
-            if pages.is_resident(pos) {
-                trimmable += mask + 1;
-            }
-            pos += mask + 1;
-        }
-    }
-    (resident, trimmable)
 }

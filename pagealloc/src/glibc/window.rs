@@ -5,8 +5,9 @@
 //! read, while it is still in the cache, and the interiors of chunks larger than the window
 //! (a big free chunk, top) are never read at all. A gigabyte heap costs the walk a window per
 //! thread instead of a gigabyte copy.
+use super::layout::Offsets;
 use crate::proc::memory::Memory;
-use crate::state::heap::{Segment, Stretch};
+use crate::state::heap::{ChunkState, Segment, Stretch};
 
 /// The window's size: well inside the L2 cache of a core, large enough that a read costs far
 /// more in copying than in the system call.
@@ -51,6 +52,39 @@ impl<'a> Residency<'a> {
         addr.checked_sub(self.start)
             .and_then(|offset| self.resident.get((offset >> self.page_shift) as usize))
             .is_some_and(|&r| r)
+    }
+
+    /// For a free or cached chunk: its interior bytes on resident pages, and the whole resident
+    /// pages `malloc_trim(0)` could release from it.
+    pub fn free_bytes(&self, o: &Offsets, addr: u64, size: u64, state: ChunkState) -> (u64, u64) {
+        if !state.is_free() {
+            return (0, 0);
+        }
+        // Page sizes are powers of two: masks, not divisions (this runs for every free chunk).
+        let mask = self.page_size() - 1;
+        let end = addr + size;
+        let mut resident = 0;
+        let mut pos = addr + 2 * o.size_sz;
+        while pos < end {
+            let stop = ((pos | mask) + 1).min(end);
+            if self.is_resident(pos) {
+                resident += stop - pos;
+            }
+            pos = stop;
+        }
+        let mut trimmable = 0;
+        // tcache chunks stay cached: malloc_trim does not release them. It keeps the
+        // malloc_chunk struct at the front of the others and releases their whole pages.
+        if state != ChunkState::Tcache {
+            let mut pos = (addr + o.chunk_struct_size + mask) & !mask;
+            while pos + mask < end {
+                if self.is_resident(pos) {
+                    trimmable += mask + 1;
+                }
+                pos += mask + 1;
+            }
+        }
+        (resident, trimmable)
     }
 
     /// The segment's first address past its last page.

@@ -68,7 +68,7 @@ impl Target {
     pub fn libc(&self, maps: &[Mapping]) -> Option<(PathBuf, String)> {
         maps.iter()
             .filter(|m| m.offset == 0)
-            .find(|m| is_glibc_name(&m.path))
+            .find(|m| crate::glibc::identity::is_libc_name(&m.path))
             .map(|m| (self.root_path(Path::new(&m.path)), m.path.clone()))
     }
 
@@ -110,12 +110,6 @@ impl Target {
         let relative = path.strip_prefix("/").unwrap_or(path);
         PathBuf::from(format!("/proc/{}/root", self.pid)).join(relative)
     }
-}
-
-/// `libc.so.6` (glibc ≥ 2.34 and most distributions before) or `libc-2.NN.so`.
-fn is_glibc_name(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
 }
 
 fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {

@@ -286,6 +286,54 @@ pub struct MmappedChunk {
     pub bytes: u64,
 }
 
+/// Something a walk met that the figures alone do not say.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeapNote {
+    pub kind: NoteKind,
+    pub message: String,
+}
+
+/// What a [`HeapNote`] means to whoever reads the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NoteKind {
+    /// What was read does not fit together: the target changed it while it was read, or it is
+    /// corrupt. The bytes concerned are `unknown`, or a cross-check failed; a later look (or
+    /// `--stop`) may read it consistently.
+    Inconsistent,
+    /// A lasting limit of what can be told about this process (a glibc without `tcache_key`,
+    /// memory that another allocator serves): every look says the same.
+    Limitation,
+}
+
+impl HeapNote {
+    pub fn inconsistent(message: String) -> HeapNote {
+        HeapNote {
+            kind: NoteKind::Inconsistent,
+            message,
+        }
+    }
+
+    pub fn limitation(message: String) -> HeapNote {
+        HeapNote {
+            kind: NoteKind::Limitation,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for HeapNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// In JSON a note is its message (`heap.notes` is a list of strings).
+impl Serialize for HeapNote {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.message)
+    }
+}
+
 /// Every arena of one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct HeapMap {
@@ -293,8 +341,9 @@ pub struct HeapMap {
     pub mmapped_chunks: u64,
     pub mmapped_bytes: u64,
     pub totals: HeapFigures,
-    /// Inconsistencies met and cross-checks that failed, each said once.
-    pub notes: Vec<String>,
+    /// Inconsistencies met, cross-checks that failed and limits of what could be told, each
+    /// said once.
+    pub notes: Vec<HeapNote>,
     #[serde(skip)]
     pub mmapped: Vec<MmappedChunk>,
     #[serde(skip)]
@@ -302,9 +351,10 @@ pub struct HeapMap {
 }
 
 impl HeapMap {
-    /// Read without an inconsistency: nothing unknown, nothing noted.
+    /// Read without an inconsistency: nothing unknown, no inconsistency noted.
     pub fn is_consistent(&self) -> bool {
-        self.totals.unknown_bytes == 0 && self.notes.is_empty()
+        self.totals.unknown_bytes == 0
+            && !self.notes.iter().any(|n| n.kind == NoteKind::Inconsistent)
     }
 }
 

@@ -1,0 +1,225 @@
+//! The arena ring (from `main_arena` along `next`) and the heaps of each arena: the brk heap of
+//! the main arena, and the `heap_info` chain of the others.
+use super::walker::{WalkError, Walker, reason};
+use crate::glibc::FLAG_BITS;
+use crate::state::heap::HeapNote;
+
+/// glibc's default arena_max is 8 per core; this bounds a corrupted `next` ring.
+const MAX_ARENAS: usize = 4096;
+const MAX_HEAPS_PER_ARENA: usize = 4096;
+
+pub(super) struct ArenaHeader {
+    pub address: u64,
+    pub top: u64,
+    pub next: u64,
+    pub system_mem: u64,
+    pub fastbins: Vec<u64>,
+    pub bins_address: u64,
+    /// The `fd` word of each bin.
+    pub bins: Vec<u64>,
+}
+
+impl Walker<'_> {
+    /// The arena ring, from `main_arena` along `next`.
+    pub(super) fn arenas(&mut self) -> Result<Vec<ArenaHeader>, WalkError> {
+        let mut headers: Vec<ArenaHeader> = Vec::new();
+        let mut address = self.libc.main_arena;
+        loop {
+            let header = match self.arena_header(address) {
+                Ok(header) => header,
+                Err(e) if address == self.libc.main_arena => return Err(e),
+                // A new arena whose pages were not resident when the page map was read.
+                Err(e) => {
+                    self.note(HeapNote::inconsistent(format!(
+                        "{e}: this arena and those after it are not shown"
+                    )));
+                    break;
+                }
+            };
+            let next = header.next;
+            headers.push(header);
+            if next == self.libc.main_arena {
+                break;
+            }
+            if next == 0 || !self.aligned(next) || headers.iter().any(|h| h.address == next) {
+                self.note(HeapNote::inconsistent(format!(
+                    "the arena list is broken after {address:#x} (next = {next:#x}): arenas past \
+                     it are not shown"
+                )));
+                break;
+            }
+            if headers.len() >= MAX_ARENAS {
+                self.note(HeapNote::inconsistent(format!(
+                    "more than {MAX_ARENAS} arenas: the rest are not shown"
+                )));
+                break;
+            }
+            address = next;
+        }
+        Ok(headers)
+    }
+
+    fn arena_header(&self, address: u64) -> Result<ArenaHeader, WalkError> {
+        let o = self.offsets;
+        let mut bytes = vec![0u8; o.state_size as usize];
+        self.memory
+            .read(address, &mut bytes)
+            .map_err(|e| WalkError::Unreadable {
+                what: "malloc_state",
+                address,
+                reason: reason(e),
+            })?;
+        let word = |off: u64| {
+            let o = off as usize;
+            u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap())
+        };
+        Ok(ArenaHeader {
+            address,
+            top: word(o.state_top),
+            next: word(o.state_next),
+            system_mem: word(o.state_system_mem),
+            fastbins: (0..o.state_fastbin_count)
+                .map(|i| word(o.state_fastbins + i * o.size_sz))
+                .collect(),
+            bins_address: address + o.state_bins,
+            bins: (0..o.state_bin_count / 2)
+                .map(|i| word(o.state_bins + 2 * i * o.size_sz))
+                .collect(),
+        })
+    }
+
+    /// The main arena's brk heap: (start, end, first chunk).
+    pub(super) fn main_heap(
+        &mut self,
+        header: &ArenaHeader,
+        sbrk_base: u64,
+    ) -> Vec<(u64, u64, u64)> {
+        if sbrk_base == 0 || header.top == 0 {
+            return Vec::new(); // the main arena never allocated
+        }
+        let top_size = header
+            .top
+            .checked_add(self.offsets.chunk_size)
+            .and_then(|at| self.memory.read_u64(at).ok());
+        let Some(top_size) = top_size else {
+            self.note(HeapNote::inconsistent(
+                "the main arena's top chunk is unreadable".into(),
+            ));
+            return Vec::new();
+        };
+        let Some(mapped_end) = self.mapped_end(sbrk_base) else {
+            self.note(HeapNote::inconsistent(format!(
+                "sbrk_base {sbrk_base:#x} is not in a mapping"
+            )));
+            return Vec::new();
+        };
+        if header.top < sbrk_base || header.top >= mapped_end || !self.aligned(header.top) {
+            self.note(HeapNote::inconsistent(format!(
+                "the main arena's top chunk {:#x} is not in its heap from sbrk_base \
+                 {sbrk_base:#x} (corrupt, or the main arena is not contiguous): its heap is not \
+                 shown",
+                header.top
+            )));
+            return Vec::new();
+        }
+        // The heap ends with top; a top that claims more than is mapped is inconsistent, and
+        // the walk says so when it gets there.
+        let end = header.top.saturating_add(top_size & !FLAG_BITS);
+        if end > mapped_end {
+            self.note(HeapNote::inconsistent(format!(
+                "the main arena's top chunk {:#x} runs past its mapping (to {end:#x})",
+                header.top
+            )));
+        }
+        vec![(
+            sbrk_base,
+            end.min(mapped_end),
+            self.first_chunk_at(sbrk_base),
+        )]
+    }
+
+    /// The end of the mapped memory that contains `addr` (adjacent mappings joined).
+    pub(super) fn mapped_end(&self, addr: u64) -> Option<u64> {
+        let maps = self.mappings;
+        let mut end = maps.iter().find(|m| m.start <= addr && addr < m.end)?.end;
+        // Bounded: each step moves `end` to the end of another mapping.
+        for _ in 0..maps.len() {
+            match maps.iter().find(|m| m.start == end) {
+                Some(next) => end = next.end,
+                None => break,
+            }
+        }
+        Some(end)
+    }
+
+    /// The first chunk at or after `addr` whose user pointer is aligned.
+    pub(super) fn first_chunk_at(&self, addr: u64) -> u64 {
+        let header = 2 * self.offsets.size_sz;
+        (addr + header).next_multiple_of(self.offsets.alignment) - header
+    }
+
+    /// A non-main arena's heaps, newest (the one holding top) first.
+    pub(super) fn arena_heaps(
+        &mut self,
+        header: &ArenaHeader,
+        heap_max: u64,
+    ) -> Vec<(u64, u64, u64)> {
+        let o = self.offsets;
+        let mut heaps = Vec::new();
+        let mut heap = header.top & !(heap_max - 1);
+        while heap != 0 {
+            let (Ok(ar_ptr), Ok(prev), Ok(size)) = (
+                self.memory.read_u64(heap + o.heap_info_ar_ptr),
+                self.memory.read_u64(heap + o.heap_info_prev),
+                self.memory.read_u64(heap + o.heap_info_size_field),
+            ) else {
+                self.note(HeapNote::inconsistent(format!(
+                    "heap_info at {heap:#x} is unreadable"
+                )));
+                break;
+            };
+            if heaps.iter().any(|&(h, _, _)| h == heap) {
+                self.note(HeapNote::inconsistent(format!(
+                    "heap_info.prev of arena {:#x} loops back to {heap:#x}",
+                    header.address
+                )));
+                break;
+            }
+            if ar_ptr != header.address
+                || size < o.heap_info_size
+                || size > heap_max
+                || self.mapped_end(heap).is_none_or(|end| heap + size > end)
+            {
+                self.note(HeapNote::inconsistent(format!(
+                    "heap_info at {heap:#x} does not belong to arena {:#x}: the heaps past it \
+                     are not shown",
+                    header.address
+                )));
+                break;
+            }
+            // The first heap holds the malloc_state right after heap_info.
+            let first = if header.address == heap + o.heap_info_size {
+                self.first_chunk_at(header.address + o.state_size)
+            } else {
+                heap + o.heap_info_size
+            };
+            if first >= heap + size {
+                self.note(HeapNote::inconsistent(format!(
+                    "heap_info.size at {heap:#x} ({size:#x}) leaves no room for chunks"
+                )));
+                break;
+            }
+            heaps.push((heap, heap + size, first));
+            if prev % heap_max != 0 || heaps.len() >= MAX_HEAPS_PER_ARENA {
+                if prev != 0 {
+                    self.note(HeapNote::inconsistent(format!(
+                        "heap_info.prev at {heap:#x} is corrupt ({prev:#x})"
+                    )));
+                }
+                break;
+            }
+            heap = prev;
+        }
+        heaps
+    }
+}

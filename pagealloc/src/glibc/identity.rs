@@ -1,0 +1,130 @@
+//! What makes a C library glibc, in one place: its file names, the symbols that tell it from
+//! musl, its version banner, and what pagealloc reads from its debug info (the structs and
+//! static variables of malloc). The chunk flags are shared with the eBPF programs, so they live
+//! in `pagealloc-common` and are re-exported here.
+use object::{Object, ObjectSymbol};
+
+pub use pagealloc_common::CHUNK_FLAG_BITS as FLAG_BITS;
+pub use pagealloc_common::{IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
+
+/// `libc.so.6` (glibc ≥ 2.34 and most distributions before) or `libc-2.NN.so`.
+pub fn is_libc_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
+}
+
+/// One struct to find: the name it gets in [`crate::debuginfo::MallocLayout`], the DWARF struct
+/// tags and the typedef names it may go by.
+pub struct Want {
+    pub canonical: &'static str,
+    pub structs: &'static [&'static str],
+    pub typedefs: &'static [&'static str],
+    pub required: bool,
+}
+
+pub const WANTED: &[Want] = &[
+    Want {
+        canonical: "malloc_state",
+        structs: &["malloc_state"],
+        typedefs: &[],
+        required: true,
+    },
+    Want {
+        canonical: "malloc_chunk",
+        structs: &["malloc_chunk"],
+        typedefs: &[],
+        required: true,
+    },
+    Want {
+        canonical: "heap_info",
+        structs: &["_heap_info", "heap_info"],
+        typedefs: &["heap_info"],
+        required: true,
+    },
+    Want {
+        canonical: "malloc_par",
+        structs: &["malloc_par"],
+        typedefs: &[],
+        required: true,
+    },
+    Want {
+        canonical: "tcache_perthread_struct",
+        structs: &["tcache_perthread_struct"],
+        typedefs: &["tcache_perthread_struct"],
+        required: false,
+    },
+    Want {
+        canonical: "tcache_entry",
+        structs: &["tcache_entry"],
+        typedefs: &["tcache_entry"],
+        required: false,
+    },
+];
+
+/// The static symbols read from `.symtab`: `main_arena` and `mp_` (required), `tcache_key`
+/// (glibc ≥ 2.34), and `__libc_version` (a fallback for the version banner).
+pub const SYMBOLS: [&[u8]; 4] = [b"main_arena", b"mp_", b"tcache_key", b"__libc_version"];
+
+/// The compilation unit that defines malloc's structs (it includes `arena.c`).
+pub fn is_malloc_unit_name(name: &[u8]) -> bool {
+    name == b"malloc.c" || name.ends_with(b"/malloc.c")
+}
+
+/// Whether `obj` is glibc's shared C library, or why not.
+pub fn check_elf(obj: &object::File<'_>) -> Result<(), String> {
+    let mut any_dynamic = false;
+    let mut defines_malloc = false;
+    let mut defines_glibc_marker = false;
+    for sym in obj.dynamic_symbols() {
+        any_dynamic = true;
+        if sym.is_undefined() {
+            continue;
+        }
+        match sym.name_bytes() {
+            Ok(b"malloc") => defines_malloc = true,
+            Ok(b"gnu_get_libc_version") => defines_glibc_marker = true,
+            _ => {}
+        }
+    }
+    if !any_dynamic {
+        return Err(
+            "it has no dynamic symbol table: it is a statically linked program (or not a \
+             library at all), not a shared C library. pagealloc reads heaps through glibc's \
+             shared libc.so.6; a static binary (glibc or musl) carries its own malloc and is \
+             not supported"
+                .into(),
+        );
+    }
+    if !defines_malloc {
+        return Err(
+            "it does not define malloc: it is a program or library that uses a C library, \
+             not the C library itself"
+                .into(),
+        );
+    }
+    if !defines_glibc_marker {
+        return Err(
+            "it defines malloc but not gnu_get_libc_version: it looks like musl or another \
+             C library, whose heap pagealloc cannot read"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// "2.36" from glibc's banner "GNU C Library (...) stable release version 2.36.".
+pub fn banner_version(rodata: &[u8]) -> Option<String> {
+    const BANNER: &[u8] = b"GNU C Library";
+    const VERSION: &[u8] = b"version ";
+    let start = rodata.windows(BANNER.len()).position(|w| w == BANNER)?;
+    let banner = &rodata[start..];
+    let banner = &banner[..banner.iter().position(|&b| b == 0).unwrap_or(banner.len())];
+    let at = banner.windows(VERSION.len()).position(|w| w == VERSION)? + VERSION.len();
+    let version: String = banner[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|&b| char::from(b))
+        .collect();
+    let version = version.trim_end_matches('.');
+    (!version.is_empty() && version.contains('.')).then(|| version.to_string())
+}
