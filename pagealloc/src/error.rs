@@ -1,6 +1,9 @@
 //! Every failure pagealloc reports, each with a message that says what to do next and an exit code
 //! of its own so that scripts can tell them apart.
+use std::fmt;
 use std::io;
+
+use crate::state::HeapUnavailable;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -14,43 +17,47 @@ pub enum Error {
     Zombie { pid: i32 },
     #[error("process {pid} is a kernel thread: it has no user address space to show")]
     KernelThread { pid: i32 },
-    #[error(
-        "permission denied reading {what} of process {pid}: run as root, or as the process's \
-         owner with ptrace allowed (see /proc/sys/kernel/yama/ptrace_scope)"
-    )]
+    #[error("{}", permission_denied(*pid, what))]
     PermissionDenied { pid: i32, what: String },
+    #[error(
+        "process {pid} is already traced by process {tracer} ({name}), and a process has one \
+         tracer at most: --stop needs that one to detach (quit the debugger, or run without \
+         --stop)"
+    )]
+    AlreadyTraced { pid: i32, tracer: i32, name: String },
+    #[error("process {pid} keeps creating threads: it cannot be stopped for --stop")]
+    KeepsSpawning { pid: i32 },
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: io::Error,
     },
-    /// The C library's debug info is missing: the page map works, the heap map does not.
-    #[error("heap map unavailable: {0}")]
-    NoDebugInfo(String),
-    /// Static, musl, or otherwise not glibc's malloc.
-    #[error("heap map unavailable: {0}")]
-    NotGlibc(String),
-    /// The heap could not be walked (unreadable arena, unknown layout).
-    #[error("heap map unavailable: {0}")]
-    Heap(String),
+    /// The page map is there, the heap map is not.
+    #[error(transparent)]
+    Heap(#[from] HeapUnavailable),
+    /// Loading or attaching the eBPF programs failed.
+    #[error("{what}: {reason}")]
+    Ebpf { what: String, reason: String },
+    /// A command-line value that only the target can refute (an arena it does not have).
     #[error("{0}")]
-    Other(String),
+    Usage(String),
 }
 
 impl Error {
-    /// Exit codes, documented in the README. 2 is clap's usage error.
+    /// Exit codes, documented in the README. 2 is also clap's usage error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Other(_) | Error::Io { .. } => 1,
+            Error::Io { .. } | Error::Ebpf { .. } | Error::KeepsSpawning { .. } => 1,
+            Error::Usage(_) => 2,
             Error::NoSuchProcess { .. } => 3,
             Error::ProcessExited { .. } => 4,
-            Error::PermissionDenied { .. } => 5,
+            Error::PermissionDenied { .. } | Error::AlreadyTraced { .. } => 5,
             Error::Zombie { .. } => 6,
             Error::KernelThread { .. } => 7,
-            Error::NoDebugInfo(_) => 8,
-            Error::NotGlibc(_) => 9,
-            Error::Heap(_) => 10,
+            Error::Heap(HeapUnavailable::NoDebugInfo(_)) => 8,
+            Error::Heap(HeapUnavailable::NotGlibc(_)) => 9,
+            Error::Heap(HeapUnavailable::Unwalkable(_)) => 10,
         }
     }
 
@@ -60,4 +67,18 @@ impl Error {
             source,
         }
     }
+}
+
+/// Points to yama's ptrace scope only on kernels that have it.
+fn permission_denied(pid: i32, what: &str) -> impl fmt::Display {
+    const YAMA: &str = "/proc/sys/kernel/yama/ptrace_scope";
+    let yama = if std::path::Path::new(YAMA).exists() {
+        format!(" (see {YAMA})")
+    } else {
+        String::new()
+    };
+    format!(
+        "permission denied reading {what} of process {pid}: run as root, or as the process's \
+         owner with ptrace allowed{yama}"
+    )
 }

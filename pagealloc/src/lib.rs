@@ -1,16 +1,17 @@
 //! pagealloc: where a running process's memory is, page by page and chunk by chunk.
 //!
 //! Data flows one way: sources (`proc`, `debuginfo`, `glibc`, `trace`) fill plain data
-//! (`state`), which outputs (`render`) only read.
+//! (`state`), which outputs (`render`) only read. A [`session::Session`] holds the sources of
+//! one process and yields samples; `watch` takes them in a loop.
 pub mod debuginfo;
 pub mod error;
 pub mod glibc;
 pub mod parallel;
 pub mod proc;
 pub mod render;
-pub mod snapshot;
+pub mod session;
 pub mod state;
 pub mod trace;
+pub mod watch;
 
 pub use error::{Error, Result};
-pub use snapshot::{LibcInfo, Snapshot, SnapshotOptions, heap_map, snapshot};

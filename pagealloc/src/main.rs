@@ -1,12 +1,13 @@
-use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pagealloc::SnapshotOptions;
 use pagealloc::debuginfo::DebugOptions;
-use pagealloc::render::{self, ColorChoice, Style};
+use pagealloc::render::{self, ColorChoice, Parts, Style};
+use pagealloc::session::{self, Session, SessionOptions};
+use pagealloc::watch::{self, WatchOptions};
 
-/// Where a running process's memory is: page by page, and (soon) chunk by chunk in its heaps.
+/// Where a running process's memory is: page by page, and chunk by chunk in glibc's heaps.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -18,34 +19,13 @@ struct Cli {
 enum Command {
     /// Show the memory of a running process once.
     Snapshot(SnapshotArgs),
+    /// Show the heap of a running process again and again, as it changes.
+    Watch(WatchArgs),
 }
 
+/// What reading a heap needs, for every command that reads one.
 #[derive(clap::Args)]
-struct SnapshotArgs {
-    /// The process to look at.
-    pid: i32,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-    /// When to use colour (NO_COLOR is honoured unless `always`).
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
-    color: ColorChoice,
-    /// Pixels per row (default: 80, fewer if the terminal is narrower).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    width: Option<u16>,
-    /// Show only the heap map (arena summary and heap pictures).
-    #[arg(long, conflicts_with = "pages_only")]
-    heap_only: bool,
-    /// Show only the page map; the heap is not walked and no debug info is needed.
-    #[arg(long)]
-    pages_only: bool,
-    /// Draw only arena N (0 is the main arena, in the order of the summary table).
-    #[arg(long, value_name = "N")]
-    arena: Option<usize>,
-    /// Stop the target's threads (ptrace) while reading, for a consistent heap; they resume on
-    /// every exit path, Ctrl-C and kill included.
-    #[arg(long)]
-    stop: bool,
+struct HeapArgs {
     /// The C library's debug file, instead of searching /usr/lib/debug, .gnu_debuglink and
     /// debuginfod.
     #[arg(long, value_name = "PATH")]
@@ -55,10 +35,96 @@ struct SnapshotArgs {
     no_cache: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+impl HeapArgs {
+    fn debug_options(&self) -> DebugOptions {
+        DebugOptions {
+            debug_file: self.debug_file.clone(),
+            use_cache: !self.no_cache,
+            ..DebugOptions::default()
+        }
+    }
+}
+
+/// How pictures look, for every command that draws.
+#[derive(clap::Args)]
+struct DrawArgs {
+    /// When to use colour (NO_COLOR is honoured unless `always`).
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Pixels per row (default: 80, fewer if the terminal is narrower).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    width: Option<u16>,
+    /// Draw only arena N (0 is the main arena, in the order of the summary table).
+    #[arg(long, value_name = "N")]
+    arena: Option<usize>,
+}
+
+impl DrawArgs {
+    fn style(&self) -> Style {
+        Style::resolve(self.color, self.width.map(usize::from))
+    }
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// The process to look at.
+    pid: i32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    draw: DrawArgs,
+    /// Show only the heap map (arena summary and heap pictures).
+    #[arg(long, conflicts_with = "pages_only")]
+    heap_only: bool,
+    /// Show only the page map; the heap is not walked and no debug info is needed.
+    #[arg(long, conflicts_with = "arena")]
+    pages_only: bool,
+    /// Stop the target's threads (ptrace) while reading, for a consistent heap; they resume on
+    /// every exit path, Ctrl-C and kill included.
+    #[arg(long)]
+    stop: bool,
+    #[command(flatten)]
+    heap: HeapArgs,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// The process to watch.
+    pid: i32,
+    /// Time between samples (e.g. 2s, 500ms, 1m).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Stop after N samples.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Output format: text redraws a terminal in place; json writes one line per sample.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    draw: DrawArgs,
+    /// Draw the page map too.
+    #[arg(long)]
+    pages: bool,
+    /// Bytes per pixel of the heap maps (a multiple of 16); default: whatever fits the screen.
+    #[arg(long, value_name = "BYTES", value_parser = parse_scale)]
+    scale: Option<u64>,
+    #[command(flatten)]
+    heap: HeapArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
+}
+
+fn parse_scale(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes == 0 || !bytes.is_multiple_of(16) {
+        return Err("a pixel is a whole number of 16-byte granules: 16, 32, 48, ...".into());
+    }
+    Ok(bytes)
 }
 
 fn main() -> ExitCode {
@@ -77,52 +143,49 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> pagealloc::Result<()> {
     match cli.command {
-        Command::Snapshot(args) => {
-            let options = SnapshotOptions {
-                heap: !args.pages_only,
-                stop: args.stop,
-                debug: DebugOptions {
-                    debug_file: args.debug_file.clone(),
-                    use_cache: !args.no_cache,
-                    ..DebugOptions::default()
-                },
-            };
-            let (snapshot, heap_error) = pagealloc::snapshot(args.pid, &options)?;
-            let text = match args.format {
-                Format::Json => render::json::to_string(&snapshot),
-                Format::Text => {
-                    let style = Style::resolve(args.color, args.width.map(usize::from));
-                    let mut text = String::new();
-                    if !args.heap_only {
-                        text.push_str(&render::pages::render(&snapshot.pages, &style));
-                    }
-                    if let Some(heap) = &snapshot.heap {
-                        if let Some(arena) = args.arena.filter(|&a| a >= heap.arenas.len()) {
-                            return Err(pagealloc::Error::Other(format!(
-                                "--arena {arena}: process {} has {} arenas (0 to {})",
-                                args.pid,
-                                heap.arenas.len(),
-                                heap.arenas.len().saturating_sub(1)
-                            )));
-                        }
-                        text.push_str(&render::heap::render(heap, &snapshot, args.arena, &style));
-                    }
-                    text
-                }
-            };
-            write_stdout(&text)?;
-            heap_error.map_or(Ok(()), Err)
-        }
+        Command::Snapshot(args) => snapshot(args),
+        Command::Watch(args) => watch::run(WatchOptions {
+            pid: args.pid,
+            interval: args.interval,
+            count: args.count,
+            json: args.format == Format::Json,
+            color: args.draw.color,
+            width: args.draw.width.map(usize::from),
+            arena: args.draw.arena,
+            pages: args.pages,
+            scale: args.scale,
+            debug: args.heap.debug_options(),
+        }),
     }
 }
 
-/// A closed pipe (`| head`) ends the output quietly.
-fn write_stdout(text: &str) -> pagealloc::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(pagealloc::Error::io("writing the output", e))
+fn snapshot(args: SnapshotArgs) -> pagealloc::Result<()> {
+    let mut session = Session::open(
+        args.pid,
+        SessionOptions {
+            heap: !args.pages_only,
+            debug: args.heap.debug_options(),
+        },
+    )?;
+    let sample = if args.stop {
+        session.sample_stopped()?
+    } else {
+        session.sample()?
+    };
+    let text = match args.format {
+        Format::Json => render::json::snapshot(&sample),
+        Format::Text => {
+            if let Some(heap) = sample.heap_map() {
+                render::check_arena(args.draw.arena, heap, args.pid)?;
+            }
+            let parts = Parts {
+                pages: !args.heap_only,
+                heap: true,
+                arena: args.draw.arena,
+            };
+            render::snapshot_text(&sample, parts, &args.draw.style())
         }
-        _ => Ok(()),
-    }
+    };
+    render::write_stdout(&text)?;
+    session::verdict(&sample)
 }

@@ -4,6 +4,7 @@ use std::os::unix::process::CommandExt;
 use pagealloc::Error;
 use pagealloc::proc::Target;
 use pagealloc::proc::pagemap::PageReader;
+use pagealloc::session::{Session, SessionOptions};
 use pagealloc::state::pages::PageState;
 use pagealloc_tests::*;
 
@@ -59,18 +60,16 @@ fn root_no_permission() {
 fn process_exits_while_being_read() {
     for reap in [false, true] {
         let mut fixture = Fixture::spawn(fixture_path!("MALLOC_CALLS"), &["1"]);
-        let target = Target::open(fixture.pid()).expect("live fixture opens");
-        let reader = PageReader::open(&target).expect("pagemap opens");
+        let mut session =
+            Session::open(fixture.pid(), SessionOptions::default()).expect("live fixture opens");
+        session.sample().expect("a live fixture is read");
         fixture.kill_leaving_zombie();
         if reap {
             drop(fixture);
-            let error = reader.read_all().expect_err("reading a dead process fails");
-            assert!(matches!(error, Error::ProcessExited { .. }), "{error}");
-            assert_eq!(error.exit_code(), 4);
-        } else {
-            let error = reader.read_all().expect_err("reading a dead process fails");
-            assert!(matches!(error, Error::ProcessExited { .. }), "{error}");
         }
+        let error = session.sample().expect_err("reading a dead process fails");
+        assert!(matches!(error, Error::ProcessExited { .. }), "{error}");
+        assert_eq!(error.exit_code(), 4);
     }
 }
 
@@ -87,7 +86,7 @@ fn mapping_vanishes_mid_read() {
     fixture.command("u"); // the fixture unmaps the region we are about to read
     let map = PageReader::open(&target)
         .unwrap()
-        .read_mappings(maps)
+        .read_mappings(&target, maps)
         .unwrap();
     let stale = map
         .mappings

@@ -32,13 +32,13 @@ impl Frozen {
                 match ptrace::seize(tid, ptrace::Options::empty()) {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue, // the thread exited meanwhile
-                    Err(Errno::EPERM) => {
-                        return Err(Error::PermissionDenied {
-                            pid,
-                            what: "the threads (ptrace, for --stop)".into(),
-                        });
+                    Err(Errno::EPERM) => return Err(seize_refused(pid, tid)),
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!("stopping thread {tid} of process {pid} (ptrace, for --stop)"),
+                            std::io::Error::from(e),
+                        ));
                     }
-                    Err(e) => return Err(Error::Other(format!("ptrace seize {tid}: {e}"))),
                 }
                 frozen.threads.push(tid);
                 if ptrace::interrupt(tid).is_ok() {
@@ -51,9 +51,7 @@ impl Frozen {
                 return Ok(frozen);
             }
         }
-        Err(Error::Other(format!(
-            "process {pid} keeps creating threads: cannot stop it for --stop"
-        )))
+        Err(Error::KeepsSpawning { pid })
     }
 }
 
@@ -62,6 +60,25 @@ impl Drop for Frozen {
         for &tid in &self.threads {
             let _ = ptrace::detach(tid, None);
         }
+    }
+}
+
+/// Why the kernel refused to let us trace `tid`: another tracer holds it (a thread has one at
+/// most), or we lack the right to trace.
+fn seize_refused(pid: i32, tid: Pid) -> Error {
+    let tracer = procfs::process::Process::new(tid.as_raw())
+        .and_then(|thread| thread.status())
+        .map_or(0, |status| status.tracerpid);
+    if tracer != 0 {
+        let name = procfs::process::Process::new(tracer)
+            .and_then(|p| p.stat())
+            .map(|s| s.comm)
+            .unwrap_or_else(|_| "?".into());
+        return Error::AlreadyTraced { pid, tracer, name };
+    }
+    Error::PermissionDenied {
+        pid,
+        what: "the threads (ptrace, for --stop)".into(),
     }
 }
 

@@ -79,9 +79,10 @@ pub struct ProcessMemory {
 }
 
 impl ProcessMemory {
-    pub fn new(pid: i32, map: &PageMap) -> Self {
+    /// Reads through thread `reader` of the process (any of its threads shares its memory).
+    pub fn new(reader: i32, map: &PageMap) -> Self {
         ProcessMemory {
-            pid: Pid::from_raw(pid),
+            pid: Pid::from_raw(reader),
             resident: ResidentRanges::from_page_map(map),
             page_size: map.page_size,
         }

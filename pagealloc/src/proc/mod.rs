@@ -6,17 +6,26 @@ pub mod pagemap;
 use std::path::{Path, PathBuf};
 
 use procfs::ProcError;
-use procfs::process::{MMapPath, Process};
+use procfs::process::{MMapPath, Process, Stat};
 
 use crate::error::{Error, Result};
 use crate::state::pages::Mapping;
 
-/// `PF_KTHREAD` in `/proc/PID/stat`'s flags field (include/linux/sched.h).
+/// `PF_EXITING` in `/proc/PID/stat`'s flags: the thread has begun to exit (set before its
+/// memory is released, so a process whose threads all carry it is going away).
+const PF_EXITING: u32 = 0x0000_0004;
+/// `PF_KTHREAD`: a kernel thread (include/linux/sched.h).
 const PF_KTHREAD: u32 = 0x0020_0000;
+/// Threads looked at to find one that is alive, at most.
+const MAX_THREADS_SCANNED: usize = 1 << 16;
 
-/// A process whose memory we look at. Opening it checks that there is a user address space.
+/// A process whose memory we look at. Its memory is read through one of its live threads: the
+/// process itself, or another thread when the main thread has exited (`pthread_exit`) and left
+/// the others running.
 pub struct Target {
     pub pid: i32,
+    /// The thread whose `/proc` entry and id the reads go through.
+    pub reader: i32,
     process: Process,
 }
 
@@ -26,18 +35,34 @@ impl Target {
             ProcError::NotFound(_) => Error::NoSuchProcess { pid },
             other => proc_error(pid, "the entry in /proc", other),
         })?;
-        let target = Target { pid, process };
-        let stat = target
-            .process
-            .stat()
-            .map_err(|e| target.read_error("stat", e))?;
+        let stat = process.stat().map_err(|e| proc_error(pid, "stat", e))?;
         if stat.flags & PF_KTHREAD != 0 {
             return Err(Error::KernelThread { pid });
         }
-        if matches!(stat.state, 'Z' | 'X' | 'x') {
-            return Err(Error::Zombie { pid });
+        if is_alive(&stat) {
+            return Ok(Target {
+                pid,
+                reader: pid,
+                process,
+            });
         }
-        Ok(target)
+        // The main thread is gone (a zombie, or exiting): another thread may live on.
+        match live_thread(pid, &process) {
+            Some(tid) => Self::through_thread(pid, tid),
+            None if is_dead(&stat) => Err(Error::Zombie { pid }),
+            None => Err(Error::ProcessExited { pid }),
+        }
+    }
+
+    fn through_thread(pid: i32, tid: i32) -> Result<Self> {
+        let dir = PathBuf::from(format!("/proc/{pid}/task/{tid}"));
+        let process = Process::new_with_root(dir).map_err(|e| proc_error(pid, "a thread", e))?;
+        log::debug!("process {pid}: its main thread has exited; reading through thread {tid}");
+        Ok(Target {
+            pid,
+            reader: tid,
+            process,
+        })
     }
 
     /// The mappings of `/proc/PID/maps`, in address order.
@@ -63,22 +88,43 @@ impl Target {
         Ok(mappings)
     }
 
-    /// The C library the target has mapped, as a path this process can open, and the mapping's
-    /// own path. `None` for static or non-glibc programs.
-    pub fn libc(&self, maps: &[Mapping]) -> Option<(PathBuf, String)> {
-        maps.iter()
-            .filter(|m| m.offset == 0)
-            .find(|m| crate::glibc::identity::is_libc_name(&m.path))
-            .map(|m| (self.root_path(Path::new(&m.path)), m.path.clone()))
+    /// The process's name (`comm`), for headers.
+    pub fn name(&self) -> String {
+        self.process.stat().map(|s| s.comm).unwrap_or_default()
     }
 
-    /// Called after a read failed or returned nothing: turns "the process went away" into the
-    /// error that says so.
-    pub fn ensure_alive(&self) -> Result<()> {
-        match self.process.stat() {
-            Ok(stat) if !matches!(stat.state, 'Z' | 'X' | 'x') => Ok(()),
-            _ => Err(Error::ProcessExited { pid: self.pid }),
+    /// A file of the reading thread's `/proc` entry (`pagemap`, ...).
+    pub fn proc_file(&self, name: &str) -> PathBuf {
+        self.proc_dir().join(name)
+    }
+
+    fn proc_dir(&self) -> PathBuf {
+        if self.reader == self.pid {
+            PathBuf::from(format!("/proc/{}", self.pid))
+        } else {
+            PathBuf::from(format!("/proc/{}/task/{}", self.pid, self.reader))
         }
+    }
+
+    /// Whether the process has gone away: every thread has exited or is exiting.
+    pub fn is_gone(&self) -> bool {
+        let Ok(leader) = Process::new(self.pid) else {
+            return true;
+        };
+        match leader.stat() {
+            Ok(stat) if is_alive(&stat) => false,
+            Ok(_) => live_thread(self.pid, &leader).is_none(),
+            Err(_) => true,
+        }
+    }
+
+    /// Called after a read failed or looked inconsistent: turns "the process went away" into
+    /// the error that says so.
+    pub fn ensure_alive(&self) -> Result<()> {
+        if self.is_gone() {
+            return Err(Error::ProcessExited { pid: self.pid });
+        }
+        Ok(())
     }
 
     /// The error for a failed read of `what` through procfs: gone, forbidden, or an I/O error.
@@ -98,7 +144,7 @@ impl Target {
     }
 
     /// `error`, unless the real cause is that the process went away.
-    fn unless_gone(&self, error: Error) -> Error {
+    pub fn unless_gone(&self, error: Error) -> Error {
         match self.ensure_alive() {
             Ok(()) => error,
             Err(gone) => gone,
@@ -108,8 +154,27 @@ impl Target {
     /// A path inside the target's mount namespace (so files of containers resolve).
     pub fn root_path(&self, path: &Path) -> PathBuf {
         let relative = path.strip_prefix("/").unwrap_or(path);
-        PathBuf::from(format!("/proc/{}/root", self.pid)).join(relative)
+        self.proc_dir().join("root").join(relative)
     }
+}
+
+fn is_dead(stat: &Stat) -> bool {
+    matches!(stat.state, 'Z' | 'X' | 'x')
+}
+
+fn is_alive(stat: &Stat) -> bool {
+    !is_dead(stat) && stat.flags & PF_EXITING == 0
+}
+
+/// A thread of `pid` that is neither dead nor exiting.
+fn live_thread(pid: i32, process: &Process) -> Option<i32> {
+    let tasks = process.tasks().ok()?;
+    tasks
+        .take(MAX_THREADS_SCANNED)
+        .filter_map(|task| task.ok())
+        .filter(|task| task.tid != pid)
+        .find(|task| task.stat().is_ok_and(|stat| is_alive(&stat)))
+        .map(|task| task.tid)
 }
 
 fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {
@@ -120,7 +185,10 @@ fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {
         },
         ProcError::NotFound(_) => Error::ProcessExited { pid },
         ProcError::Io(e, _) => Error::io(format!("reading {what} of process {pid}"), e),
-        other => Error::Other(format!("reading {what} of process {pid}: {other}")),
+        other => Error::io(
+            format!("reading {what} of process {pid}"),
+            std::io::Error::other(other.to_string()),
+        ),
     }
 }
 

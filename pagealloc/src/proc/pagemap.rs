@@ -14,7 +14,7 @@ use procfs::process::{MemoryPageFlags, PageInfo};
 
 use super::Target;
 use crate::error::Result;
-use crate::state::pages::{Mapping, MappingPages, PageCounts, PageMap, PageState};
+use crate::state::pages::{Limitation, Mapping, MappingPages, PageCounts, PageMap, PageState};
 
 /// Pages read from pagemap per call: bounds memory for huge mappings (64 Ki entries = 512 KiB).
 const CHUNK_PAGES: u64 = 64 * 1024;
@@ -23,46 +23,34 @@ const CHUNK_PAGES: u64 = 64 * 1024;
 const PFN_GAP: u64 = 16;
 const ENTRY: usize = 8;
 
-pub struct PageReader<'t> {
-    target: &'t Target,
+/// The page tables of one process: its pagemap and the kernel's kpageflags, opened once and
+/// read at every look.
+pub struct PageReader {
     pagemap: File,
     kpageflags: Option<File>,
+    /// Why kpageflags could not be opened.
+    no_page_flags: Option<String>,
     page_size: u64,
-    limitations: Vec<String>,
 }
 
-impl<'t> PageReader<'t> {
-    pub fn open(target: &'t Target) -> Result<Self> {
-        let pagemap = File::open(format!("/proc/{}/pagemap", target.pid))
-            .map_err(|e| target.io_error("pagemap", e))?;
-        let mut limitations = Vec::new();
-        let kpageflags = match File::open("/proc/kpageflags") {
-            Ok(k) => Some(k),
-            Err(e) => {
-                limitations.push(format!(
-                    "huge pages are not told apart from small ones: /proc/kpageflags cannot be \
-                     read ({e}); it and pagemap's frame numbers need root (CAP_SYS_ADMIN)"
-                ));
-                None
-            }
+impl PageReader {
+    pub fn open(target: &Target) -> Result<Self> {
+        let pagemap =
+            File::open(target.proc_file("pagemap")).map_err(|e| target.io_error("pagemap", e))?;
+        let (kpageflags, no_page_flags) = match File::open("/proc/kpageflags") {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e.to_string())),
         };
         Ok(PageReader {
-            target,
             pagemap,
             kpageflags,
+            no_page_flags,
             page_size: procfs::page_size(),
-            limitations,
         })
     }
 
-    /// The page map of every mapping of the target.
-    pub fn read_all(self) -> Result<PageMap> {
-        let maps = self.target.maps()?;
-        self.read_mappings(maps)
-    }
-
     /// The page map of `maps`. A mapping that vanished since `maps` was read reads as absent.
-    pub fn read_mappings(mut self, maps: Vec<Mapping>) -> Result<PageMap> {
+    pub fn read_mappings(&self, target: &Target, maps: Vec<Mapping>) -> Result<PageMap> {
         let mut mappings: Vec<MappingPages> = maps.into_iter().map(MappingPages::new).collect();
         // Pieces of at most CHUNK_PAGES pages: (mapping, first page, end page), read on every
         // core (a gigabyte heap is a quarter million entries, each a page-table lookup).
@@ -83,7 +71,7 @@ impl<'t> PageReader<'t> {
             );
         }
         let read = crate::parallel::map(pieces, crate::parallel::cores(), |(index, first, end)| {
-            (index, self.states(first, end))
+            (index, self.states(target, first, end))
         });
         let mut frames_hidden = false;
         for (index, states) in read {
@@ -98,31 +86,32 @@ impl<'t> PageReader<'t> {
             totals.merge(&pages.counts);
         }
         // A process that died mid-read leaves zeros behind, not errors: check once at the end.
-        self.target.ensure_alive()?;
+        target.ensure_alive()?;
+        let mut limitations: Vec<Limitation> = self
+            .no_page_flags
+            .iter()
+            .map(|e| Limitation::NoPageFlags(e.clone()))
+            .collect();
         if frames_hidden && self.kpageflags.is_some() {
-            self.limitations.push(
-                "huge pages are not told apart from small ones: pagemap hides frame numbers \
-                 without CAP_SYS_ADMIN"
-                    .to_string(),
-            );
+            limitations.push(Limitation::FramesHidden);
         }
         Ok(PageMap {
-            pid: self.target.pid,
+            pid: target.pid,
             page_size: self.page_size,
             mappings,
             totals,
-            limitations: self.limitations,
+            limitations,
         })
     }
 
     /// The state of pages `first..end` (page indices, not addresses), and whether pagemap hid
     /// a resident page's frame number.
-    fn states(&self, first: u64, end: u64) -> Result<(Vec<PageState>, bool)> {
+    fn states(&self, target: &Target, first: u64, end: u64) -> Result<(Vec<PageState>, bool)> {
         let count = (end - first) as usize;
         let mut entries = vec![0u8; count * ENTRY];
         self.pagemap
             .read_exact_at(&mut entries, first * ENTRY as u64)
-            .map_err(|e| self.target.io_error("pagemap", e))?;
+            .map_err(|e| target.io_error("pagemap", e))?;
         let mut states = Vec::with_capacity(count);
         let mut frames = Vec::new();
         let mut frames_hidden = false;

@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 
 use super::Style;
 use super::canvas::{Canvas, Pixel};
-use crate::Snapshot;
+use crate::state::Sample;
 use crate::state::heap::{ChunkState, GRANULE, HeapFigures, HeapMap, Segment};
 
-/// Granules per pixel, as in the original tool.
-const GRANULES_PER_PIXEL: usize = 8;
+/// Granules per pixel in a snapshot, as in the original tool.
+pub const GRANULES_PER_PIXEL: u64 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeapPixel {
@@ -64,19 +64,38 @@ const LEGEND: [(HeapPixel, &str); 9] = [
     (HeapPixel::NotResident, "not resident"),
 ];
 
-pub fn render(heap: &HeapMap, snapshot: &Snapshot, arena: Option<usize>, style: &Style) -> String {
+/// The heap part of a snapshot: headline, arena table, notes, legend and one picture per heap
+/// (of arena `arena` only, if given) at 8 granules per pixel.
+pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Style) -> String {
     let mut canvas = Canvas::new(style);
     canvas.text("");
-    if let Some(libc) = &snapshot.libc {
+    if let Some(libc) = &sample.libc {
         canvas.text(&format!(
             "heap of process {} (glibc {}, debug info {})",
-            snapshot.pages.pid,
+            sample.pid,
             libc.version.as_deref().unwrap_or("?"),
             libc.debug_file
         ));
     }
-    let t = &heap.totals;
-    canvas.text(&format!(
+    canvas.text(&headline(&heap.totals));
+    canvas.text(&table(heap));
+    for note in &heap.notes {
+        canvas.text(&format!("note: {note}"));
+    }
+    canvas.text("");
+    pictures(
+        &mut canvas,
+        heap,
+        sample.pages.page_size,
+        arena,
+        GRANULES_PER_PIXEL,
+    );
+    canvas.finish()
+}
+
+/// The residency figures of the whole heap in one line.
+pub fn headline(t: &HeapFigures) -> String {
+    format!(
         "free but resident: {} of {} — malloc_trim(0) could return {}; largest free chunk {}, \
          fragmentation {:.1}%",
         size(t.free_resident_bytes),
@@ -84,12 +103,18 @@ pub fn render(heap: &HeapMap, snapshot: &Snapshot, arena: Option<usize>, style: 
         size(t.trimmable_bytes),
         size(t.largest_free_bytes),
         t.fragmentation * 100.0
-    ));
-    canvas.text(&table(heap));
-    for note in &heap.notes {
-        canvas.text(&format!("note: {note}"));
-    }
-    canvas.text("");
+    )
+}
+
+/// The legend, then one picture per heap (of arena `arena` only, if given), each pixel
+/// `granules_per_pixel` granules.
+pub fn pictures(
+    canvas: &mut Canvas,
+    heap: &HeapMap,
+    page_size: u64,
+    arena: Option<usize>,
+    granules_per_pixel: u64,
+) {
     canvas.legend(&LEGEND);
     for segment in &heap.segments {
         if arena.is_some_and(|a| a != segment.arena) {
@@ -98,34 +123,35 @@ pub fn render(heap: &HeapMap, snapshot: &Snapshot, arena: Option<usize>, style: 
         let owner = &heap.arenas[segment.arena];
         canvas.text("");
         canvas.text(&format!(
-            "{:x}-{:x} arena {} ({:#x}{}): one pixel = {} bytes",
+            "{:x}-{:x} arena {} ({:#x}{}): one pixel = {}",
             segment.start,
             segment.end,
             segment.arena,
             owner.address,
             if owner.main { ", main" } else { "" },
-            GRANULE as usize * GRANULES_PER_PIXEL
+            pixel_size(GRANULE * granules_per_pixel)
         ));
         canvas.draw(
             segment.start,
-            GRANULE * GRANULES_PER_PIXEL as u64,
-            pixel_runs(segment, snapshot.pages.page_size),
+            GRANULE * granules_per_pixel,
+            pixel_runs(segment, page_size, granules_per_pixel as usize),
         );
     }
-    canvas.finish()
 }
 
 /// The segment's pixels, as runs of equal pixels.
-fn pixel_runs(segment: &Segment, page_size: u64) -> Vec<(HeapPixel, u64)> {
-    let pixels_per_page = (page_size / GRANULE) as usize / GRANULES_PER_PIXEL;
+fn pixel_runs(
+    segment: &Segment,
+    page_size: u64,
+    granules_per_pixel: usize,
+) -> Vec<(HeapPixel, u64)> {
+    let granules_per_page = (page_size / GRANULE).max(1) as usize;
     let mut runs: Vec<(HeapPixel, u64)> = Vec::new();
-    for (index, granules) in segment.granules.chunks(GRANULES_PER_PIXEL).enumerate() {
-        let resident = segment.resident[index / pixels_per_page.max(1)];
-        let pixel = if !resident {
-            HeapPixel::NotResident
-        } else {
-            pixel(granules)
-        };
+    for (index, granules) in segment.granules.chunks(granules_per_pixel).enumerate() {
+        let first = index * granules_per_pixel;
+        let pixel = pixel(granules, |g| {
+            segment.resident[(first + g) / granules_per_page]
+        });
         match runs.last_mut() {
             Some((last, n)) if *last == pixel => *n += 1,
             _ => runs.push((pixel, 1)),
@@ -134,23 +160,36 @@ fn pixel_runs(segment: &Segment, page_size: u64) -> Vec<(HeapPixel, u64)> {
     runs
 }
 
-fn pixel(granules: &[u8]) -> HeapPixel {
-    let mut counts = [0u8; 7];
-    for &g in granules {
-        counts[ChunkState::from_granule(g) as usize] += 1;
+/// A pixel of `granules`: grey by the share of them live, else the colour of the state most of
+/// them are in; granules on pages that are not resident cost nothing and count for none.
+fn pixel(granules: &[u8], resident: impl Fn(usize) -> bool) -> HeapPixel {
+    let mut counts = [0usize; 7];
+    let mut not_resident = 0;
+    for (g, &granule) in granules.iter().enumerate() {
+        if resident(g) {
+            counts[ChunkState::from_granule(granule) as usize] += 1;
+        } else {
+            not_resident += 1;
+        }
     }
     let live = counts[ChunkState::Live as usize];
     if live > 0 {
-        return HeapPixel::Live(live);
+        // Eight shades whatever the pixel's size: one per eighth of it live, at least one.
+        let level = (live * 8).div_ceil(granules.len()).clamp(1, 8);
+        return HeapPixel::Live(level as u8);
     }
     let dominant = ChunkState::ALL
         .into_iter()
         .max_by_key(|&s| counts[s as usize])
         .unwrap_or(ChunkState::Unknown);
+    if not_resident > counts[dominant as usize] {
+        return HeapPixel::NotResident;
+    }
     HeapPixel::Free(dominant)
 }
 
-fn table(heap: &HeapMap) -> String {
+/// The arena table: a row of figures per arena, their totals, the mmapped chunks.
+pub fn table(heap: &HeapMap) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -212,6 +251,15 @@ fn row(out: &mut String, name: &str, address: u64, heaps: usize, f: &HeapFigures
 
 fn count(chunks: u64, bytes: u64) -> String {
     format!("{chunks}/{}", size(bytes))
+}
+
+/// A pixel's size: exact in bytes while that is short.
+pub fn pixel_size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        size(bytes)
+    }
 }
 
 /// Bytes in a short human form.

@@ -1,6 +1,135 @@
-//! Machine-readable output. The field names are public: extend, never rename.
+//! Machine-readable output: the JSON document of a snapshot and the NDJSON line of a watch.
+//!
+//! These are wire types of their own, borrowed from the state: the field names are public
+//! (extend, never rename) while the state may change shape. The plain records whose field names
+//! are the schema (page counts, heap figures, a mapping, an address range) serialise as they
+//! are.
 use serde::Serialize;
 
-pub fn to_string<T: Serialize>(document: &T) -> String {
-    serde_json::to_string_pretty(document).expect("plain data always serialises")
+use crate::state::heap::{AddressRange, HeapFigures, HeapMap};
+use crate::state::pages::{Mapping, PageCounts};
+use crate::state::{LibcInfo, Sample};
+
+/// `snapshot --format json`: one document.
+#[derive(Serialize)]
+struct Document<'a> {
+    pid: i32,
+    page_size: u64,
+    mappings: Vec<MappingJson<'a>>,
+    totals: &'a PageCounts,
+    limitations: Vec<String>,
+    libc: Option<LibcJson<'a>>,
+    heap: Option<HeapJson<'a>>,
+    /// Why there is no heap map, when there is none.
+    heap_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MappingJson<'a> {
+    #[serde(flatten)]
+    mapping: &'a Mapping,
+    pages: &'a PageCounts,
+}
+
+#[derive(Serialize)]
+struct LibcJson<'a> {
+    path: &'a str,
+    build_id: &'a str,
+    debug_file: &'a str,
+    version: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct HeapJson<'a> {
+    arenas: Vec<ArenaJson<'a>>,
+    mmapped_chunks: u64,
+    mmapped_bytes: u64,
+    totals: &'a HeapFigures,
+    notes: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ArenaJson<'a> {
+    address: u64,
+    main: bool,
+    heaps: &'a [AddressRange],
+    #[serde(flatten)]
+    figures: &'a HeapFigures,
+}
+
+/// `watch --format json`: one line per sample.
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    /// RFC 3339, UTC.
+    time: String,
+    pid: i32,
+    /// "walk": every sample walks the heap.
+    mode: &'a str,
+    /// How long the sample took.
+    sample_seconds: f64,
+    /// Page counts of the whole process, by state.
+    pages: &'a PageCounts,
+    heap: Option<HeapJson<'a>>,
+    heap_error: Option<String>,
+}
+
+/// The snapshot document, pretty-printed.
+pub fn snapshot(sample: &Sample) -> String {
+    let pages = &sample.pages;
+    let document = Document {
+        pid: pages.pid,
+        page_size: pages.page_size,
+        mappings: (pages.mappings.iter())
+            .map(|m| MappingJson {
+                mapping: &m.mapping,
+                pages: &m.counts,
+            })
+            .collect(),
+        totals: &pages.totals,
+        limitations: pages.limitations.iter().map(|l| l.to_string()).collect(),
+        libc: sample.libc.as_ref().map(libc),
+        heap: sample.heap_map().map(heap),
+        heap_error: sample.heap_unavailable().map(|e| e.to_string()),
+    };
+    serde_json::to_string_pretty(&document).expect("plain data always serialises")
+}
+
+/// One watch sample as one line of JSON (no newline).
+pub fn watch_line(sample: &Sample, mode: &str) -> String {
+    let line = WatchLine {
+        time: humantime::format_rfc3339_millis(sample.taken).to_string(),
+        pid: sample.pid,
+        mode,
+        sample_seconds: sample.duration.as_secs_f64(),
+        pages: &sample.pages.totals,
+        heap: sample.heap_map().map(heap),
+        heap_error: sample.heap_unavailable().map(|e| e.to_string()),
+    };
+    serde_json::to_string(&line).expect("plain data always serialises")
+}
+
+fn libc(info: &LibcInfo) -> LibcJson<'_> {
+    LibcJson {
+        path: &info.path,
+        build_id: &info.build_id,
+        debug_file: &info.debug_file,
+        version: info.version.as_deref(),
+    }
+}
+
+fn heap(map: &HeapMap) -> HeapJson<'_> {
+    HeapJson {
+        arenas: (map.arenas.iter())
+            .map(|arena| ArenaJson {
+                address: arena.address,
+                main: arena.main,
+                heaps: &arena.heaps,
+                figures: &arena.figures,
+            })
+            .collect(),
+        mmapped_chunks: map.mmapped_chunks,
+        mmapped_bytes: map.mmapped_bytes,
+        totals: &map.totals,
+        notes: map.notes.iter().map(|n| n.message.as_str()).collect(),
+    }
 }

@@ -3,8 +3,13 @@ pub mod canvas;
 pub mod heap;
 pub mod json;
 pub mod pages;
+pub mod screen;
 
 use std::io::IsTerminal;
+
+use crate::error::{Error, Result};
+use crate::state::Sample;
+use crate::state::heap::HeapMap;
 
 /// `--color`: when to colour the terminal output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,5 +56,50 @@ impl Style {
             color,
             width: width.max(1),
         }
+    }
+}
+
+/// Which parts of a snapshot to draw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parts {
+    pub pages: bool,
+    pub heap: bool,
+    /// Only this arena's heaps.
+    pub arena: Option<usize>,
+}
+
+/// A snapshot as text: the page map, then the heap map.
+pub fn snapshot_text(sample: &Sample, parts: Parts, style: &Style) -> String {
+    let mut text = String::new();
+    if parts.pages {
+        text.push_str(&pages::render(&sample.pages, style));
+    }
+    if let (true, Some(heap)) = (parts.heap, sample.heap_map()) {
+        text.push_str(&heap::render(sample, heap, parts.arena, style));
+    }
+    text
+}
+
+/// `--arena N` names an arena the process has.
+pub fn check_arena(arena: Option<usize>, heap: &HeapMap, pid: i32) -> Result<()> {
+    let arenas = heap.arenas.len();
+    match arena {
+        Some(arena) if arena >= arenas => Err(Error::Usage(format!(
+            "--arena {arena}: process {pid} has {arenas} arenas (0 to {})",
+            arenas.saturating_sub(1)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
+pub fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing the output", e))
+        }
+        _ => Ok(()),
     }
 }

@@ -62,7 +62,7 @@ impl ChunkState {
     }
 }
 
-/// The public per-arena figures (JSON field names are part of the schema).
+/// The per-arena figures (their field names are JSON's, see [`crate::render::json`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct HeapFigures {
     /// `malloc_state.system_mem`: bytes this arena got from the system.
@@ -160,7 +160,7 @@ pub struct AddressRange {
     pub end: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Arena {
     /// Address of the arena's `malloc_state`.
     pub address: u64,
@@ -168,7 +168,6 @@ pub struct Arena {
     /// The memory the arena's chunks live in: the brk heap for the main arena, 64 MiB-aligned
     /// heaps (heap_info) for the others, newest first.
     pub heaps: Vec<AddressRange>,
-    #[serde(flatten)]
     pub figures: HeapFigures,
 }
 
@@ -279,7 +278,7 @@ fn fill(granules: &mut [u8], byte: u8) {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmappedChunk {
     pub address: u64,
     /// The mapping's size as glibc accounts it in `mp_.mmapped_mem` (prev_size + chunk size).
@@ -327,15 +326,8 @@ impl std::fmt::Display for HeapNote {
     }
 }
 
-/// In JSON a note is its message (`heap.notes` is a list of strings).
-impl Serialize for HeapNote {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.message)
-    }
-}
-
 /// Every arena of one process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct HeapMap {
     pub arenas: Vec<Arena>,
     pub mmapped_chunks: u64,
@@ -344,9 +336,7 @@ pub struct HeapMap {
     /// Inconsistencies met, cross-checks that failed and limits of what could be told, each
     /// said once.
     pub notes: Vec<HeapNote>,
-    #[serde(skip)]
     pub mmapped: Vec<MmappedChunk>,
-    #[serde(skip)]
     pub segments: Vec<Segment>,
 }
 

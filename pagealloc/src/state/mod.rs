@@ -1,4 +1,9 @@
-//! Plain data: what the sources found, before anyone renders or exports it. Later, event streams
-//! update these structures in place; renderers and exporters only read them.
+//! Plain data: what the sources found, before anyone renders or exports it. Samples fill it,
+//! event streams will update it in place; renderers and exporters only read it.
 pub mod heap;
+pub mod history;
 pub mod pages;
+pub mod sample;
+
+pub use history::History;
+pub use sample::{Heap, HeapUnavailable, LibcInfo, Sample};

@@ -45,7 +45,7 @@ impl PageState {
     }
 }
 
-/// Page counts by state; the JSON `pages` object.
+/// Page counts by state (its field names are JSON's, see [`crate::render::json`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PageCounts {
     pub anon: u64,
@@ -107,13 +107,10 @@ pub struct Run {
 }
 
 /// A mapping and the state of each of its pages.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct MappingPages {
-    #[serde(flatten)]
     pub mapping: Mapping,
-    #[serde(rename = "pages")]
     pub counts: PageCounts,
-    #[serde(skip)]
     pub runs: Vec<Run>,
 }
 
@@ -138,13 +135,38 @@ impl MappingPages {
     }
 }
 
+/// What the page map cannot tell, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Limitation {
+    /// `/proc/kpageflags` could not be opened (the error): huge pages look like small ones.
+    NoPageFlags(String),
+    /// pagemap hides frame numbers without CAP_SYS_ADMIN: huge pages look like small ones.
+    FramesHidden,
+}
+
+impl std::fmt::Display for Limitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limitation::NoPageFlags(error) => write!(
+                f,
+                "huge pages are not told apart from small ones: /proc/kpageflags cannot be \
+                 read ({error}); it and pagemap's frame numbers need root (CAP_SYS_ADMIN)"
+            ),
+            Limitation::FramesHidden => f.write_str(
+                "huge pages are not told apart from small ones: pagemap hides frame numbers \
+                 without CAP_SYS_ADMIN",
+            ),
+        }
+    }
+}
+
 /// The whole address space of one process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct PageMap {
     pub pid: i32,
     pub page_size: u64,
     pub mappings: Vec<MappingPages>,
     pub totals: PageCounts,
     /// What could not be known (for instance huge pages without root), said once, with the reason.
-    pub limitations: Vec<String>,
+    pub limitations: Vec<Limitation>,
 }

@@ -24,28 +24,24 @@ impl MallocCounter {
         let pid = u32::try_from(pid)
             .ok()
             .and_then(NonZeroU32::new)
-            .ok_or_else(|| Error::Other(format!("{pid} is not a process id")))?;
+            .ok_or(Error::NoSuchProcess { pid })?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
-            Error::Other(format!(
-                "loading the eBPF programs failed: {e} (this needs root, or CAP_BPF and CAP_PERFMON)"
-            ))
+            ebpf_error(
+                "loading the eBPF programs",
+                format!("{e} (this needs root, or CAP_BPF and CAP_PERFMON)"),
+            )
         })?;
         let program: &mut UProbe = ebpf
             .program_mut(MALLOC_RETURN_PROGRAM)
-            .ok_or_else(|| Error::Other(format!("eBPF object lacks {MALLOC_RETURN_PROGRAM}")))?
+            .ok_or_else(|| ebpf_error(MALLOC_RETURN_PROGRAM, "missing from the eBPF object"))?
             .try_into()
-            .map_err(|e| Error::Other(format!("{MALLOC_RETURN_PROGRAM}: {e}")))?;
-        program.load().map_err(|e| {
-            Error::Other(format!("the kernel refused {MALLOC_RETURN_PROGRAM}: {e}"))
-        })?;
+            .map_err(|e| ebpf_error(MALLOC_RETURN_PROGRAM, e))?;
+        program
+            .load()
+            .map_err(|e| ebpf_error(&format!("loading {MALLOC_RETURN_PROGRAM}"), e))?;
         program
             .attach("malloc", libc, UProbeScope::OneProcess(pid))
-            .map_err(|e| {
-                Error::Other(format!(
-                    "attaching to malloc in {} failed: {e}",
-                    libc.display()
-                ))
-            })?;
+            .map_err(|e| ebpf_error(&format!("attaching to malloc in {}", libc.display()), e))?;
         Ok(MallocCounter { ebpf })
     }
 
@@ -54,16 +50,23 @@ impl MallocCounter {
         let map = self
             .ebpf
             .map(MALLOC_STATS_MAP)
-            .ok_or_else(|| Error::Other(format!("eBPF object lacks {MALLOC_STATS_MAP}")))?;
+            .ok_or_else(|| ebpf_error(MALLOC_STATS_MAP, "missing from the eBPF object"))?;
         let array = PerCpuArray::<_, CallStats>::try_from(map)
-            .map_err(|e| Error::Other(format!("{MALLOC_STATS_MAP}: {e}")))?;
+            .map_err(|e| ebpf_error(MALLOC_STATS_MAP, e))?;
         let per_cpu = array
             .get(&0, 0)
-            .map_err(|e| Error::Other(format!("reading {MALLOC_STATS_MAP}: {e}")))?;
+            .map_err(|e| ebpf_error(&format!("reading {MALLOC_STATS_MAP}"), e))?;
         let mut total = CallStats::default();
         for stats in per_cpu.iter() {
             total.add(stats);
         }
         Ok(total)
+    }
+}
+
+fn ebpf_error(what: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Ebpf {
+        what: what.to_string(),
+        reason: reason.to_string(),
     }
 }

@@ -1,0 +1,210 @@
+//! One screen of `watch`: a header with the heap's totals, their changes and their history, the
+//! arena table, then the heap maps at a scale that fits them all on the screen (and the page
+//! map below them with `--pages`).
+use std::time::Duration;
+
+use super::canvas::Canvas;
+use super::heap::{self, pixel_size, size};
+use super::{LABEL_WIDTH, Style, pages};
+use crate::state::Sample;
+use crate::state::heap::{GRANULE, HeapMap};
+use crate::state::history::{History, Totals, sparkline};
+
+/// What a watch screen shows and how much room it has.
+#[derive(Clone, Debug)]
+pub struct ScreenOptions {
+    pub style: Style,
+    /// Lines the frame must fit in (the terminal's height).
+    pub rows: usize,
+    /// Draw only this arena's heaps.
+    pub arena: Option<usize>,
+    /// Draw the page map below the heaps.
+    pub pages: bool,
+    /// Granules per pixel, fixed by `--scale`; None: the finest that fits.
+    pub granules_per_pixel: Option<u64>,
+    /// The interval asked for.
+    pub interval: Duration,
+    /// The process's name.
+    pub name: String,
+}
+
+/// The whole frame, one line per screen row (the caller may cut it at `rows`).
+pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> String {
+    let mut canvas = Canvas::new(&options.style);
+    let mut header = header(sample, history, options);
+    match (sample.heap_map(), sample.heap_unavailable()) {
+        (Some(heap), _) => {
+            let table = heap::table(heap);
+            // Above the pictures: the header, the table, the notes, a blank line, the legend.
+            let used = header.len() + table.lines().count() + heap.notes.len() + 2;
+            let granules = options.granules_per_pixel.unwrap_or_else(|| {
+                fit(
+                    &segment_granules(heap, options.arena),
+                    pixels_per_line(&options.style),
+                    options.rows.saturating_sub(used),
+                )
+            });
+            header[0] += &format!("; one pixel = {}", pixel_size(GRANULE * granules));
+            for line in &header {
+                canvas.text(line);
+            }
+            canvas.text(&table);
+            for note in &heap.notes {
+                canvas.text(&format!("note: {note}"));
+            }
+            canvas.text("");
+            heap::pictures(
+                &mut canvas,
+                heap,
+                sample.pages.page_size,
+                options.arena,
+                granules,
+            );
+        }
+        (None, why) => {
+            for line in &header {
+                canvas.text(line);
+            }
+            if let Some(why) = why {
+                canvas.text(&why.to_string());
+            }
+        }
+    }
+    let mut text = canvas.finish();
+    if options.pages {
+        text.push('\n');
+        text.push_str(&pages::render(&sample.pages, &options.style));
+    }
+    text
+}
+
+fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<String> {
+    let time = humantime::format_rfc3339_seconds(sample.taken);
+    let achieved = history
+        .achieved_interval()
+        .map_or("first sample".to_string(), |d| {
+            format!("{:.2} s since the last", d.as_secs_f64())
+        });
+    let mut lines = vec![format!(
+        "process {} ({}) — sample {} at {time}: {achieved} (every {} asked), took {:.3} s",
+        sample.pid,
+        options.name,
+        history.samples,
+        humantime::format_duration(options.interval),
+        sample.duration.as_secs_f64()
+    )];
+    let (Some(now), Some(first)) = (history.current, history.first) else {
+        return lines;
+    };
+    let previous = history.previous.unwrap_or(now);
+    let change = |pick: fn(&Totals) -> u64| {
+        format!(
+            "{} ({} / {} since start)",
+            size(pick(&now)),
+            delta(pick(&now), pick(&previous)),
+            delta(pick(&now), pick(&first))
+        )
+    };
+    lines.push(format!(
+        "live {}   cached {}   free {}   top {}",
+        change(|t| t.live),
+        change(|t| t.cached),
+        change(|t| t.free),
+        change(|t| t.top),
+    ));
+    lines.push(format!(
+        "free but resident {} — malloc_trim(0) could return {}; largest free chunk {}",
+        change(|t| t.free_resident),
+        size(now.trimmable),
+        size(now.largest_free)
+    ));
+    lines.push(format!(
+        "last {} samples: live {}  free+res {}",
+        history.series.len(),
+        sparkline(history.series.iter().map(|s| s.0)),
+        sparkline(history.series.iter().map(|s| s.1)),
+    ));
+    lines
+}
+
+/// A signed change in bytes: "+1.2MiB", "-16B", "±0".
+fn delta(now: u64, then: u64) -> String {
+    match now.cmp(&then) {
+        std::cmp::Ordering::Greater => format!("+{}", size(now - then)),
+        std::cmp::Ordering::Less => format!("-{}", size(then - now)),
+        std::cmp::Ordering::Equal => "±0".into(),
+    }
+}
+
+/// The granules of each heap drawn.
+fn segment_granules(heap: &HeapMap, arena: Option<usize>) -> Vec<u64> {
+    heap.segments
+        .iter()
+        .filter(|s| arena.is_none_or(|a| a == s.arena))
+        .map(|s| (s.end - s.start) / GRANULE)
+        .collect()
+}
+
+/// Pixels on one line of a picture: two rows of them per line in colour.
+fn pixels_per_line(style: &Style) -> u64 {
+    style.width as u64 * if style.color { 2 } else { 1 }
+}
+
+/// The width of a picture that uses a terminal of `columns`.
+pub fn picture_width(columns: usize) -> usize {
+    columns.saturating_sub(LABEL_WIDTH).max(16)
+}
+
+/// The fewest granules per pixel (1, 2, 3, 4, 6, 8, 12, ...) with which heaps of `segments`
+/// granules, each drawn from a new line under a header line and a blank one, take at most
+/// `lines` lines; when nothing fits, the finest scale that gives each heap one line.
+pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
+    let pixels_per_line = pixels_per_line.max(1);
+    let needed = |granules_per_pixel: u64| -> u64 {
+        segments
+            .iter()
+            .map(|&g| 2 + g.div_ceil(granules_per_pixel).div_ceil(pixels_per_line))
+            .sum()
+    };
+    let fewest = 3 * segments.len() as u64;
+    let mut scale = 1u64;
+    // Bounded: the scale grows by a third at least each step.
+    while needed(scale) > (lines as u64).max(fewest) {
+        scale = if scale.is_power_of_two() && scale >= 2 {
+            scale / 2 * 3
+        } else if scale.is_power_of_two() {
+            2
+        } else {
+            scale / 3 * 4
+        };
+    }
+    scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn the_finest_scale_that_fits() {
+        // One heap of 1000 granules, 100 pixels a line: 10 lines at one granule per pixel.
+        assert_eq!(fit(&[1000], 100, 12), 1);
+        assert_eq!(fit(&[1000], 100, 11), 2);
+        assert_eq!(fit(&[1000], 100, 7), 2);
+        assert_eq!(fit(&[1000], 100, 6), 3);
+        // Two heaps: their header lines count too.
+        let scale = fit(&[64 << 20, 1 << 20], 160, 40);
+        let lines = |g: u64| {
+            4 + (64u64 << 20).div_ceil(g).div_ceil(160) + (1u64 << 20).div_ceil(g).div_ceil(160)
+        };
+        assert!(lines(scale) <= 40, "scale {scale}");
+        // Nothing finer fits: the scale before it in the series needs more lines.
+        assert!(
+            lines(scale * 2 / 3) > 40 || lines(scale / 2) > 40,
+            "scale {scale}"
+        );
+        // No room: each heap on one line.
+        assert_eq!(fit(&[5000, 100], 100, 0), 64);
+        assert_eq!(fit(&[], 100, 10), 1);
+    }
+}

@@ -1,0 +1,246 @@
+//! A long-lived look at one process. Opening a session resolves what does not change while the
+//! process lives (the target, its page tables, its C library, malloc's layout and addresses);
+//! each sample then reads only memory: the mappings, the page map, and the heap.
+//!
+//! A snapshot is one sample, `watch` a loop of samples.
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use crate::debuginfo::{self, DebugInfoError, DebugOptions};
+use crate::error::{Error, Result};
+use crate::glibc::{self, Libc, Split};
+use crate::proc::Target;
+use crate::proc::freeze::Frozen;
+use crate::proc::memory::ProcessMemory;
+use crate::proc::pagemap::PageReader;
+use crate::state::heap::HeapMap;
+use crate::state::pages::{Mapping, PageMap};
+use crate::state::{Heap, HeapUnavailable, LibcInfo, Sample};
+
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Walk the heap too (needs glibc's debug info).
+    pub heap: bool,
+    pub debug: DebugOptions,
+}
+
+pub struct Session {
+    target: Target,
+    pages: PageReader,
+    options: SessionOptions,
+    /// The C library as last resolved, and the mapping it was resolved for: resolved again only
+    /// when the process maps another one.
+    libc: Option<(LibcMapping, Result<ResolvedLibc, HeapUnavailable>)>,
+}
+
+/// Where a process has its C library: what is resolved from it holds while this holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LibcMapping {
+    /// The path as the target sees it.
+    path: String,
+    /// The run-time address of its first byte (its lowest mapping minus that mapping's offset).
+    load_base: u64,
+}
+
+struct ResolvedLibc {
+    libc: Libc,
+    info: LibcInfo,
+}
+
+/// Tries of `--stop` before an inconsistent heap is shown as it is.
+const STOP_ATTEMPTS: u32 = 3;
+
+impl Session {
+    pub fn open(pid: i32, options: SessionOptions) -> Result<Session> {
+        let target = Target::open(pid)?;
+        let pages = PageReader::open(&target)?;
+        Ok(Session {
+            target,
+            pages,
+            options,
+            libc: None,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.target.pid
+    }
+
+    /// The process's name (`comm`).
+    pub fn name(&self) -> String {
+        self.target.name()
+    }
+
+    /// One look at the process while it runs. Fails only when the process itself cannot be
+    /// read (gone, forbidden); a heap that cannot be walked is in the sample.
+    pub fn sample(&mut self) -> Result<Sample> {
+        let taken = SystemTime::now();
+        let started = Instant::now();
+        let maps = self.target.maps()?;
+        let pages = self.pages.read_mappings(&self.target, maps.clone())?;
+        log::debug!("page map read in {:?}", started.elapsed());
+        let (heap, libc) = if self.options.heap {
+            self.heap(&maps, &pages)
+        } else {
+            (Heap::NotRead, None)
+        };
+        // Reads of a process that is going away fail or come back inconsistent: say that it went
+        // away, whatever phase the look was in.
+        let suspicious = match &heap {
+            Heap::Map(map) => !map.is_consistent(),
+            Heap::Unavailable(HeapUnavailable::Unwalkable(_)) => true,
+            Heap::Unavailable(_) | Heap::NotRead => false,
+        };
+        if suspicious {
+            self.target.ensure_alive()?;
+        }
+        Ok(Sample {
+            pid: self.target.pid,
+            taken,
+            duration: started.elapsed(),
+            pages,
+            libc,
+            heap,
+        })
+    }
+
+    /// One look with every thread of the process held still (ptrace), for a consistent heap. A
+    /// thread stopped in the middle of malloc can leave its arena half updated: when the heap
+    /// reads inconsistent, the process runs on for a moment and is looked at again.
+    pub fn sample_stopped(&mut self) -> Result<Sample> {
+        let mut attempt = 1;
+        loop {
+            let frozen = Frozen::freeze(self.target.pid)?;
+            let sample = self.sample();
+            drop(frozen);
+            let consistent = match &sample {
+                Ok(sample) => sample.heap_map().is_none_or(HeapMap::is_consistent),
+                Err(_) => true,
+            };
+            if consistent || attempt == STOP_ATTEMPTS {
+                return sample;
+            }
+            log::debug!("heap inconsistent while stopped (attempt {attempt}): looking again");
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn heap(&mut self, maps: &[Mapping], pages: &PageMap) -> (Heap, Option<LibcInfo>) {
+        let reader = self.target.reader;
+        let resolved = match self.resolve_libc(maps, pages.page_size) {
+            Ok(resolved) => resolved,
+            Err(why) => return (Heap::Unavailable(why), None),
+        };
+        let started = Instant::now();
+        let memory = ProcessMemory::new(reader, pages);
+        match glibc::walk(&resolved.libc, &memory, maps, Split::for_this_machine()) {
+            Ok(map) => {
+                log::debug!("heap walked in {:?}", started.elapsed());
+                (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
+            }
+            Err(e) => (
+                Heap::Unavailable(HeapUnavailable::Unwalkable(e.to_string())),
+                None,
+            ),
+        }
+    }
+
+    /// The C library of the process, resolved the first time and again only if the process
+    /// now maps another one (it exec'd).
+    fn resolve_libc(
+        &mut self,
+        maps: &[Mapping],
+        page_size: u64,
+    ) -> Result<&ResolvedLibc, HeapUnavailable> {
+        let mapping = libc_mapping(maps).ok_or_else(|| {
+            HeapUnavailable::NotGlibc(format!(
+                "process {} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
+                 reads glibc's malloc only; the page map still applies",
+                self.target.pid
+            ))
+        })?;
+        if self
+            .libc
+            .as_ref()
+            .is_none_or(|(known, _)| *known != mapping)
+        {
+            let started = Instant::now();
+            let resolved = self.resolve(&mapping, page_size);
+            log::debug!(
+                "C library {} resolved in {:?}",
+                mapping.path,
+                started.elapsed()
+            );
+            self.libc = Some((mapping, resolved));
+        } else {
+            log::debug!("C library as resolved before: nothing of it read again");
+        }
+        match &self.libc {
+            Some((_, resolved)) => resolved.as_ref().map_err(Clone::clone),
+            None => unreachable!("resolved just above"),
+        }
+    }
+
+    fn resolve(
+        &self,
+        mapping: &LibcMapping,
+        page_size: u64,
+    ) -> Result<ResolvedLibc, HeapUnavailable> {
+        let host_path = self.target.root_path(Path::new(&mapping.path));
+        let debug = debuginfo::load(&host_path, &self.options.debug).map_err(unavailable)?;
+        log::debug!(
+            "malloc layout loaded (from the cache: {})",
+            debug.from_cache
+        );
+        let first_load = debug.layout.symbols.first_load_vaddr & !(page_size - 1);
+        let libc = Libc::new(&debug.layout, mapping.load_base.wrapping_sub(first_load))
+            .map_err(unavailable)?;
+        let info = LibcInfo {
+            path: mapping.path.clone(),
+            build_id: debug.build_id,
+            debug_file: debug.debug_file.display().to_string(),
+            version: debug.layout.glibc_version.clone(),
+        };
+        Ok(ResolvedLibc { libc, info })
+    }
+}
+
+/// Where the process has glibc's C library; None for static or non-glibc programs.
+fn libc_mapping(maps: &[Mapping]) -> Option<LibcMapping> {
+    let path = &maps
+        .iter()
+        .filter(|m| m.offset == 0)
+        .find(|m| glibc::identity::is_libc_name(&m.path))?
+        .path;
+    let load_base = maps
+        .iter()
+        .filter(|m| m.path == *path)
+        .map(|m| m.start.wrapping_sub(m.offset))
+        .min()?;
+    Some(LibcMapping {
+        path: path.clone(),
+        load_base,
+    })
+}
+
+/// Why the debug info gives no heap map: missing (install it), not glibc, or unusable.
+fn unavailable(error: DebugInfoError) -> HeapUnavailable {
+    if error.is_missing_debug_info() {
+        return HeapUnavailable::NoDebugInfo(error.to_string());
+    }
+    match error {
+        DebugInfoError::NotGlibc { .. }
+        | DebugInfoError::MissingSymbol { .. }
+        | DebugInfoError::MissingStruct { .. } => HeapUnavailable::NotGlibc(error.to_string()),
+        other => HeapUnavailable::Unwalkable(other.to_string()),
+    }
+}
+
+/// The error a one-shot look ends with: none, or why the heap map is missing.
+pub fn verdict(sample: &Sample) -> Result<()> {
+    match sample.heap_unavailable() {
+        Some(why) => Err(Error::Heap(why.clone())),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,68 @@
+//! One look at a process: everything it found, and why a part of it is missing.
+use std::time::{Duration, SystemTime};
+
+use super::heap::HeapMap;
+use super::pages::PageMap;
+
+/// Which C library the heap map was read with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibcInfo {
+    /// The path as the target sees it.
+    pub path: String,
+    pub build_id: String,
+    pub debug_file: String,
+    pub version: Option<String>,
+}
+
+/// Why a look has no heap map (the page map is there all the same).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeapUnavailable {
+    /// The C library's debug info is missing: installing it fixes this.
+    #[error("heap map unavailable: {0}")]
+    NoDebugInfo(String),
+    /// A static or musl program, or a C library that is not glibc.
+    #[error("heap map unavailable: {0}")]
+    NotGlibc(String),
+    /// glibc's structures could not be read (an unreadable arena, an unknown layout).
+    #[error("heap map unavailable: {0}")]
+    Unwalkable(String),
+}
+
+/// What a look found of the heap.
+#[derive(Clone, Debug)]
+pub enum Heap {
+    /// Not asked for (the page map alone).
+    NotRead,
+    Map(Box<HeapMap>),
+    Unavailable(HeapUnavailable),
+}
+
+/// One look at a process.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub pid: i32,
+    /// When the look began.
+    pub taken: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    pub pages: PageMap,
+    /// The C library the heap was read with, when it was.
+    pub libc: Option<LibcInfo>,
+    pub heap: Heap,
+}
+
+impl Sample {
+    pub fn heap_map(&self) -> Option<&HeapMap> {
+        match &self.heap {
+            Heap::Map(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    pub fn heap_unavailable(&self) -> Option<&HeapUnavailable> {
+        match &self.heap {
+            Heap::Unavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+}

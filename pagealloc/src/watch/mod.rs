@@ -1,0 +1,222 @@
+//! `pagealloc watch`: samples of one process every interval, drawn over the last on a terminal,
+//! appended otherwise, or one JSON line each. It ends when the process exits, after `--count`
+//! samples, or on Ctrl-C or SIGTERM, always with the terminal given back.
+mod terminal;
+
+use std::io::IsTerminal;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM, SIGWINCH};
+use signal_hook::iterator::Signals;
+
+use crate::debuginfo::DebugOptions;
+use crate::error::{Error, Result};
+use crate::render::screen::{self, ScreenOptions};
+use crate::render::{self, ColorChoice, Style};
+use crate::session::{Session, SessionOptions};
+use crate::state::heap::GRANULE;
+use crate::state::{HeapUnavailable, History, Sample};
+use terminal::Screen;
+
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub pid: i32,
+    pub interval: Duration,
+    /// Stop after this many samples.
+    pub count: Option<u64>,
+    /// One JSON line per sample instead of pictures.
+    pub json: bool,
+    pub color: ColorChoice,
+    /// Pixels per row; None: the terminal's width.
+    pub width: Option<usize>,
+    pub arena: Option<usize>,
+    /// Draw the page map too.
+    pub pages: bool,
+    /// Bytes per pixel of the heap maps; None: what fits the screen.
+    pub scale: Option<u64>,
+    pub debug: DebugOptions,
+}
+
+/// The screen size assumed when the output is not a terminal: frames appended to a file or a
+/// pipe stay readable.
+const APPENDED_COLUMNS: usize = 80 + render::LABEL_WIDTH;
+const APPENDED_ROWS: usize = 50;
+
+/// What can interrupt the wait for the next sample.
+enum Wake {
+    /// Ctrl-C or SIGTERM: end.
+    Stop,
+    /// The terminal changed size: draw again.
+    Resize,
+}
+
+/// Where samples go.
+enum Output {
+    Screen(Screen),
+    Appended,
+    Json,
+}
+
+pub fn run(options: WatchOptions) -> Result<()> {
+    let wakes = Wakes::listen()?;
+    let mut session = Session::open(
+        options.pid,
+        SessionOptions {
+            heap: true,
+            debug: options.debug.clone(),
+        },
+    )?;
+    let name = session.name();
+    let mut output = if options.json {
+        Output::Json
+    } else if std::io::stdout().is_terminal() {
+        Output::Screen(Screen::enter().map_err(|e| Error::io("preparing the terminal", e))?)
+    } else {
+        Output::Appended
+    };
+    let mut history = History::default();
+    let started = Instant::now();
+    loop {
+        let sample = match session.sample() {
+            Ok(sample) => sample,
+            Err(
+                Error::ProcessExited { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
+            ) => {
+                drop(output);
+                eprintln!("pagealloc: process {} exited; watch ends", options.pid);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        // Without debug info, or for a program that is not glibc's, there is no heap to watch.
+        if let Some(why @ (HeapUnavailable::NoDebugInfo(_) | HeapUnavailable::NotGlibc(_))) =
+            sample.heap_unavailable()
+        {
+            return Err(Error::Heap(why.clone()));
+        }
+        if let Some(heap) = sample.heap_map() {
+            render::check_arena(options.arena, heap, options.pid)?;
+        }
+        history.push(&sample);
+        show(&mut output, &sample, &history, &options, &name)?;
+        if options.count.is_some_and(|count| history.samples >= count) {
+            return Ok(());
+        }
+        // Samples keep to the interval's beat; one that took longer than the interval is
+        // followed by the next at once.
+        let next = started + options.interval.mul_f64(history.samples as f64);
+        loop {
+            let wait = next.saturating_duration_since(Instant::now());
+            match wakes.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => break,
+                Ok(Wake::Resize) => show(&mut output, &sample, &history, &options, &name)?,
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+}
+
+fn show(
+    output: &mut Output,
+    sample: &Sample,
+    history: &History,
+    options: &WatchOptions,
+    name: &str,
+) -> Result<()> {
+    let failed = |e| Error::io("writing the output", e);
+    match output {
+        Output::Json => render::write_stdout(&(render::json::watch_line(sample, "walk") + "\n")),
+        Output::Appended => {
+            let text = screen::frame(
+                sample,
+                history,
+                &screen_options(options, name, APPENDED_COLUMNS, APPENDED_ROWS, false),
+            );
+            render::write_stdout(&format!("\n{text}"))
+        }
+        Output::Screen(screen) => {
+            let (columns, rows) = Screen::size().unwrap_or((APPENDED_COLUMNS, APPENDED_ROWS));
+            let text = screen::frame(
+                sample,
+                history,
+                &screen_options(options, name, columns, rows, true),
+            );
+            screen.draw(&text, columns, rows).map_err(failed)
+        }
+    }
+}
+
+fn screen_options(
+    options: &WatchOptions,
+    name: &str,
+    columns: usize,
+    rows: usize,
+    terminal: bool,
+) -> ScreenOptions {
+    let color = match options.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    };
+    ScreenOptions {
+        style: Style {
+            color,
+            width: options
+                .width
+                .unwrap_or_else(|| screen::picture_width(columns)),
+        },
+        rows,
+        arena: options.arena,
+        pages: options.pages,
+        granules_per_pixel: options.scale.map(|bytes| bytes / GRANULE),
+        interval: options.interval,
+        name: name.to_string(),
+    }
+}
+
+/// Ctrl-C, SIGTERM and SIGWINCH, as wakes of the main loop, for as long as this lives.
+struct Wakes {
+    receiver: Receiver<Wake>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Wakes {
+    fn listen() -> Result<Wakes> {
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGWINCH])
+            .map_err(|e| Error::io("installing the signal handlers", e))?;
+        let handle = signals.handle();
+        let (send, receiver) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let wake = if signal == SIGWINCH {
+                    Wake::Resize
+                } else {
+                    Wake::Stop
+                };
+                if send.send(wake).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Wakes {
+            receiver,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    fn recv_timeout(&self, wait: Duration) -> Result<Wake, RecvTimeoutError> {
+        self.receiver.recv_timeout(wait)
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
