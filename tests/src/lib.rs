@@ -51,10 +51,15 @@ impl Fixture {
 
     /// Sends a command and waits for the report that answers it.
     pub fn command(&mut self, command: &str) {
+        self.send(command);
+        self.read_report();
+    }
+
+    /// Sends a command that is not answered.
+    pub fn send(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("fixture stdin open");
         writeln!(stdin, "{command}").expect("fixture takes commands");
         stdin.flush().expect("fixture takes commands");
-        self.read_report();
     }
 
     fn read_report(&mut self) {
@@ -206,5 +211,299 @@ impl Drop for TempSwap {
             let _ = Command::new("swapoff").arg(&file).status();
             let _ = std::fs::remove_file(&file);
         }
+    }
+}
+
+/// libc's own internal allocations (each thread's tcache_perthread_struct, ...): what a heap may
+/// hold live beyond what the fixture knows it holds.
+pub const LIBC_INTERNAL_BYTES: u64 = 64 * 1024;
+
+/// A JSON number, or a panic naming the key.
+pub fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+/// A heap map (`heap` of the JSON of snapshot or of a watch line) against what a quiet fixture
+/// reported: its `mallinfo2()` and the chunks it holds. Err says which figure disagrees.
+pub fn heap_matches_mallinfo(
+    report: &HashMap<String, u64>,
+    heap: &serde_json::Value,
+) -> Result<(), String> {
+    let get = |key: &str| {
+        *report
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture did not report {key}"))
+    };
+    let arenas = heap["arenas"].as_array().ok_or("no heap.arenas")?;
+    let totals = &heap["totals"];
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, got: u64, want: u64| {
+        if got != want {
+            wrong.push(format!("{what}: {got}, expected {want}"));
+        }
+    };
+    let notes = heap["notes"].as_array().map_or(0, Vec::len);
+    expect("notes", notes as u64, 0);
+    for key in [
+        "system_bytes",
+        "live_bytes",
+        "bin_bytes",
+        "tcache_chunks",
+        "unknown_bytes",
+    ] {
+        let sum = arenas.iter().map(|a| n(a, key)).sum::<u64>();
+        expect(&format!("Σ arenas' {key}"), sum, n(totals, key));
+    }
+    expect("system_bytes", n(totals, "system_bytes"), get("arena"));
+    expect(
+        "top + fastbin + bin bytes",
+        n(totals, "top_bytes") + n(totals, "fastbin_bytes") + n(totals, "bin_bytes"),
+        get("fordblks"),
+    );
+    expect("fastbin_bytes", n(totals, "fastbin_bytes"), get("fsmblks"));
+    expect("fastbin_chunks", n(totals, "fastbin_chunks"), get("smblks"));
+    // ordblks counts every bin chunk plus one top per arena.
+    expect(
+        "bin chunks + arenas",
+        n(totals, "bin_chunks") + arenas.len() as u64,
+        get("ordblks"),
+    );
+    expect(
+        "live + tcache + overhead + unknown bytes",
+        n(totals, "live_bytes")
+            + n(totals, "tcache_bytes")
+            + n(totals, "overhead_bytes")
+            + n(totals, "unknown_bytes"),
+        get("uordblks"),
+    );
+    expect("unknown_bytes", n(totals, "unknown_bytes"), 0);
+    expect("mmapped_chunks", n(heap, "mmapped_chunks"), get("hblks"));
+    expect("mmapped_bytes", n(heap, "mmapped_bytes"), get("hblkhd"));
+    expect(
+        "mmapped_chunks",
+        n(heap, "mmapped_chunks"),
+        get("mmapped_chunks"),
+    );
+    expect(
+        "mmapped_bytes",
+        n(heap, "mmapped_bytes"),
+        get("mmapped_bytes"),
+    );
+    let (live, held) = (n(totals, "live_bytes"), get("held_bytes"));
+    if live < held || live - held > LIBC_INTERNAL_BYTES {
+        wrong.push(format!(
+            "live_bytes {live} against {held} held: more than libc's own {LIBC_INTERNAL_BYTES}"
+        ));
+    }
+    if n(totals, "live_chunks") < get("held_chunks") {
+        wrong.push(format!(
+            "live_chunks {} < {} held",
+            n(totals, "live_chunks"),
+            get("held_chunks")
+        ));
+    }
+    match wrong.is_empty() {
+        true => Ok(()),
+        false => Err(wrong.join("; ")),
+    }
+}
+
+/// A pseudo-terminal with a program running in it as in a terminal window: the terminal is its
+/// controlling terminal (so it gets SIGWINCH when the window changes size) and its stdin,
+/// stdout and stderr; what it writes is collected.
+pub struct Pty {
+    master: std::os::fd::OwnedFd,
+    child: Child,
+    output: std::sync::Arc<(std::sync::Mutex<Vec<u8>>, std::sync::Condvar)>,
+    /// Reads the terminal until the program has closed it.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pty {
+    /// Starts `command` in a terminal of `columns` × `rows`.
+    pub fn spawn(command: &mut Command, columns: u16, rows: u16) -> Pty {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        let size = winsize(columns, rows);
+        // SAFETY: openpty fills two descriptors that we own from here on.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup the terminal"));
+        command
+            .stdin(stdio(&slave))
+            .stdout(stdio(&slave))
+            .stderr(stdio(&slave));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("the program starts in the terminal");
+        drop(slave);
+        let output =
+            std::sync::Arc::new((std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new()));
+        let reader = std::fs::File::from(master.try_clone().expect("dup the terminal"));
+        let collected = output.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut reader = reader;
+            let mut buffer = [0u8; 65536];
+            // Ends with EIO once the program and its children have closed the terminal.
+            while let Ok(n) = reader.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let (bytes, grew) = &*collected;
+                bytes.lock().unwrap().extend_from_slice(&buffer[..n]);
+                grew.notify_all();
+            }
+        });
+        Pty {
+            master,
+            child,
+            output,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Changes the window's size (the program gets SIGWINCH).
+    pub fn resize(&self, columns: u16, rows: u16) {
+        use std::os::fd::AsRawFd;
+        let size = winsize(columns, rows);
+        // SAFETY: TIOCSWINSZ reads a winsize.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// Everything written so far.
+    pub fn output(&self) -> Vec<u8> {
+        self.output.0.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `limit`) until what was written satisfies `done`; the output then.
+    pub fn wait_for(&self, limit: std::time::Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let (bytes, grew) = &*self.output;
+        let (bytes, _) = grew
+            .wait_timeout_while(bytes.lock().unwrap(), limit, |b| !done(b))
+            .unwrap();
+        assert!(
+            done(&bytes),
+            "the terminal never showed what was awaited; it shows:\n{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        bytes.clone()
+    }
+
+    /// Sends `signal` to the program and waits for it to exit (up to `limit`).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: i32,
+        limit: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.pid(), signal) };
+        self.wait(limit)
+    }
+
+    /// Waits for the program to exit (up to `limit`, then kills it and fails), and for all it
+    /// wrote to be read.
+    pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        if !exits_within(self.pid(), limit) {
+            let _ = self.child.kill();
+            panic!("the program did not exit within {limit:?}");
+        }
+        let status = self.child.wait().expect("wait for the program");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the terminal's reader");
+        }
+        status
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn winsize(columns: u16, rows: u16) -> libc::winsize {
+    libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// The screens a program drew with "cursor home" (`ESC [ H`), each as its lines with the
+/// escape sequences taken out: what a person sees.
+pub fn screens(output: &[u8]) -> Vec<Vec<String>> {
+    let text = String::from_utf8_lossy(output);
+    text.split("\x1b[H")
+        .skip(1)
+        .map(|screen| {
+            // Up to the end of the frame: "erase below".
+            let screen = screen.split("\x1b[J").next().unwrap_or("");
+            // The terminal turns each newline into CR LF: lines end at LF, CRs are not seen.
+            screen.split('\n').map(visible).collect()
+        })
+        .collect()
+}
+
+/// `text` without its escape sequences (CSI `ESC [ ... letter`) and carriage returns.
+pub fn visible(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().filter(|&c| c != '\r');
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether process `pid` (a child of ours) exits within `limit`: waits on its pidfd.
+pub fn exits_within(pid: i32, limit: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open returns a new descriptor or -1; poll reads one pollfd.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ready = libc::poll(&mut poll, 1, limit.as_millis().min(i32::MAX as u128) as i32);
+        libc::close(fd);
+        ready == 1
     }
 }

@@ -101,4 +101,107 @@ fn mapping_vanishes_mid_read() {
 fn bad_arguments_are_usage_errors() {
     expect_failure(&["snapshot", "notapid"], 2, "invalid value");
     expect_failure(&["snapshot", "1", "--width", "0"], 2, "invalid value");
+    expect_failure(
+        &["snapshot", "1", "--arena", "1", "--pages-only"],
+        2,
+        "cannot be used with",
+    );
+    expect_failure(&["watch", "1", "--scale", "100"], 2, "16-byte granules");
+    expect_failure(&["watch", "1", "--count", "0"], 2, "invalid value");
+    expect_failure(&["watch", "1", "--stop"], 2, "unexpected argument");
+}
+
+/// A process that exits at any moment of a snapshot of its large heap: the snapshot says it
+/// exited (4), or, if it finished first, shows a heap read consistently (0) — never a corrupt
+/// heap, a failed read (1) or an unwalkable heap (10).
+#[test]
+fn root_process_exiting_mid_snapshot_says_so() {
+    require_root();
+    let mut exited = 0;
+    for run in 0..20u64 {
+        let mut fixture = Fixture::spawn(fixture_path!("EXITING"), &[]);
+        let pid = fixture.pid();
+        let mut snapshot = pagealloc_command(&["snapshot", &pid.to_string(), "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once the snapshot reads the target's page tables, the target exits 0–300 ms later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !has_open(snapshot.id() as i32, &format!("/proc/{pid}/pagemap")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the snapshot never read pagemap"
+            );
+            assert!(
+                snapshot.try_wait().unwrap().is_none(),
+                "the snapshot ended first"
+            );
+            std::thread::yield_now();
+        }
+        let delay = run * 2654435761 % 300;
+        fixture.send(&format!("e{delay}"));
+        let output = snapshot.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(4) => {
+                assert!(stderr.contains("exited while"), "{stderr}");
+                exited += 1;
+            }
+            Some(0) => {
+                let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                let heap = &doc["heap"];
+                assert_eq!(
+                    n(&heap["totals"], "unknown_bytes"),
+                    0,
+                    "run {run}: {}",
+                    heap["notes"]
+                );
+                assert_eq!(heap["notes"].as_array().unwrap().len(), 0, "run {run}");
+            }
+            code => panic!("run {run} (exit after {delay} ms): exit code {code:?}: {stderr}"),
+        }
+    }
+    assert!(exited > 0, "no run caught the target exiting");
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: i32, path: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_str() == Some(path))
+        })
+    })
+}
+
+/// A process whose main thread has exited while another runs on is alive: it is read through
+/// the live thread, heap and all.
+#[test]
+fn root_main_thread_exited_is_read_through_another_thread() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("LEADER_EXIT"), &[]);
+    let doc = snapshot_json(fixture.pid(), &[]);
+    if let Err(why) = heap_matches_mallinfo(&fixture.report, &doc["heap"]) {
+        panic!("{why}\n{}", doc["heap"]);
+    }
+    assert!(doc["mappings"].as_array().unwrap().len() > 5);
+}
+
+/// `--stop` on a process a debugger already traces names the tracer.
+#[test]
+fn root_stop_on_a_traced_process_names_the_tracer() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("MALLOC_CALLS"), &["1"]);
+    // This thread becomes its tracer until the test ends.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, fixture.pid(), 0, 0) };
+    assert_eq!(rc, 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+    let output = pagealloc(&["snapshot", &fixture.pid().to_string(), "--stop"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    let me = unsafe { libc::gettid() };
+    assert!(
+        stderr.contains(&format!("already traced by process {me}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ptrace_scope"), "{stderr}");
 }

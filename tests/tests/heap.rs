@@ -5,24 +5,13 @@ use std::process::Command;
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// libc's own internal allocations (each thread's tcache_perthread_struct, ...).
-const LIBC_INTERNAL_BYTES: u64 = 64 * 1024;
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
-}
-
 fn check_against_mallinfo(fixture: &Fixture, doc: &Value) {
     let heap = &doc["heap"];
+    if let Err(why) = heap_matches_mallinfo(&fixture.report, heap) {
+        panic!("{why}\n{heap}");
+    }
     let arenas = heap["arenas"].as_array().expect("heap.arenas");
     let totals = &heap["totals"];
-    assert!(
-        heap["notes"].as_array().unwrap().is_empty(),
-        "{}",
-        heap["notes"]
-    );
     assert!(
         arenas.len() >= 5,
         "main + 4 thread arenas, got {}",
@@ -33,57 +22,6 @@ fn check_against_mallinfo(fixture: &Fixture, doc: &Value) {
             .iter()
             .any(|a| a["heaps"].as_array().unwrap().len() >= 2),
         "one thread arena grew past 64 MiB into several heaps"
-    );
-
-    let sum = |key: &str| arenas.iter().map(|a| n(a, key)).sum::<u64>();
-    for key in [
-        "system_bytes",
-        "live_bytes",
-        "bin_bytes",
-        "tcache_chunks",
-        "unknown_bytes",
-    ] {
-        assert_eq!(
-            sum(key),
-            n(totals, key),
-            "totals.{key} is the sum over arenas"
-        );
-    }
-    assert_eq!(n(totals, "system_bytes"), fixture.get("arena"));
-    assert_eq!(
-        n(totals, "top_bytes") + n(totals, "fastbin_bytes") + n(totals, "bin_bytes"),
-        fixture.get("fordblks")
-    );
-    assert_eq!(n(totals, "fastbin_bytes"), fixture.get("fsmblks"));
-    assert_eq!(n(totals, "fastbin_chunks"), fixture.get("smblks"));
-    // ordblks counts every bin chunk plus one top per arena.
-    assert_eq!(
-        n(totals, "bin_chunks") + arenas.len() as u64,
-        fixture.get("ordblks")
-    );
-    assert_eq!(
-        n(totals, "live_bytes")
-            + n(totals, "tcache_bytes")
-            + n(totals, "overhead_bytes")
-            + n(totals, "unknown_bytes"),
-        fixture.get("uordblks")
-    );
-    assert_eq!(
-        n(totals, "unknown_bytes"),
-        0,
-        "a quiet target is read completely"
-    );
-    assert_eq!(n(heap, "mmapped_chunks"), fixture.get("hblks"));
-    assert_eq!(n(heap, "mmapped_bytes"), fixture.get("hblkhd"));
-    assert_eq!(n(heap, "mmapped_chunks"), fixture.get("mmapped_chunks"));
-    assert_eq!(n(heap, "mmapped_bytes"), fixture.get("mmapped_bytes"));
-
-    let (live, held) = (n(totals, "live_bytes"), fixture.get("held_bytes"));
-    assert!(live >= held, "live {live} < held {held}");
-    assert!(
-        live - held <= LIBC_INTERNAL_BYTES,
-        "live exceeds held by {}",
-        live - held
     );
     assert!(n(totals, "live_chunks") >= fixture.get("held_chunks"));
     assert!(fixture.get("held_chunks") >= 80_000);
@@ -372,7 +310,7 @@ fn root_arena_out_of_range_is_an_error() {
     let fixture = Fixture::spawn(fixture_path!("HEAP"), &[]);
     let output = pagealloc(&["snapshot", &fixture.pid().to_string(), "--arena", "99"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("--arena 99") && stderr.contains("arenas (0 to"),
         "{stderr}"

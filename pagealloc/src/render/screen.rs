@@ -44,7 +44,11 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
                     options.rows.saturating_sub(used),
                 )
             });
-            header[0] += &format!("; one pixel = {}", pixel_size(GRANULE * granules));
+            header[0] = header[0].replacen(
+                " — ",
+                &format!(" — one pixel = {} — ", pixel_size(GRANULE * granules)),
+                1,
+            );
             for line in &header {
                 canvas.text(line);
             }

@@ -26,11 +26,19 @@ impl Screen {
         Ok(Screen { out })
     }
 
-    /// The terminal's (columns, rows).
+    /// The (columns, rows) of the terminal drawn on: standard output's, not the controlling
+    /// terminal's.
     pub fn size() -> Option<(usize, usize)> {
-        terminal::size()
-            .ok()
-            .map(|(cols, rows)| (usize::from(cols), usize::from(rows)))
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ fills a winsize.
+        let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+        (rc == 0 && size.ws_col > 0 && size.ws_row > 0)
+            .then(|| (usize::from(size.ws_col), usize::from(size.ws_row)))
     }
 
     /// Draws `frame` over the screen, cut at its last row and column: the screen never scrolls
@@ -42,12 +50,7 @@ impl Screen {
             if i > 0 {
                 buffer.push_str("\r\n");
             }
-            // Text lines may be long; picture lines (with colour codes) are drawn to fit.
-            if line.contains('\x1b') {
-                buffer.push_str(line);
-            } else {
-                buffer.extend(line.chars().take(columns));
-            }
+            cut(line, columns, &mut buffer);
             // The rest of the row, from a previous frame.
             buffer.push_str("\x1b[K");
         }
@@ -64,6 +67,49 @@ impl Drop for Screen {
     }
 }
 
+/// Appends the first `columns` visible characters of `line` to `out`, its colour codes kept.
+fn cut(line: &str, columns: usize, out: &mut String) {
+    let mut shown = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // A CSI sequence, up to its final letter: no width.
+            out.push(c);
+            for c in chars.by_ref() {
+                out.push(c);
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if shown == columns {
+            out.push_str("\x1b[0m");
+            return;
+        }
+        out.push(c);
+        shown += 1;
+    }
+}
+
 fn restore(out: &mut impl Write) -> io::Result<()> {
     execute!(out, cursor::Show, terminal::LeaveAlternateScreen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn lines_are_cut_at_the_column_with_their_colours() {
+        let mut out = String::new();
+        cut("abcdef", 4, &mut out);
+        assert_eq!(out, "abcd\x1b[0m");
+        out.clear();
+        cut("\x1b[38;5;1mab\x1b[0mcd", 3, &mut out);
+        assert_eq!(out, "\x1b[38;5;1mab\x1b[0mc\x1b[0m");
+        out.clear();
+        cut("▀▀", 2, &mut out);
+        assert_eq!(out, "▀▀");
+    }
 }
