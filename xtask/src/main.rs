@@ -22,9 +22,9 @@ struct Cli {
 enum Task {
     /// Check and install the toolchains, bpf-linker and Debian packages pagealloc needs.
     Setup,
-    /// Set up, build, start the demo workload and show it with pagealloc.
+    /// Set up, build, start the demo workload and watch it with pagealloc (Ctrl-C ends it).
     Demo {
-        /// Extra arguments for `pagealloc snapshot`.
+        /// Extra arguments for `pagealloc watch` (e.g. --pages, --interval 1s).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -112,14 +112,27 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     if line.trim() != "ready" {
         bail!("the demo workload did not start: {line:?}");
     }
-    println!("demo workload running as pid {}", child.id());
-    let result = run(Command::new(root.join("target/release/pagealloc"))
-        .arg("snapshot")
+    println!(
+        "demo workload running as pid {}; Ctrl-C ends the demo",
+        child.id()
+    );
+    let mut watch = Command::new(root.join("target/release/pagealloc"))
+        .arg("watch")
         .arg(child.id().to_string())
-        .args(args));
+        .args(args)
+        .spawn()
+        .context("starting pagealloc watch")?;
+    // Ctrl-C goes to the whole foreground group: pagealloc ends on it (giving the terminal
+    // back), and so does the workload; the demo waits for both and ends quietly.
+    // SAFETY: ignoring a signal in this process only; the children were started before.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = watch.wait()?;
     drop(child.stdin.take()); // the workload exits when its stdin closes
     child.wait()?;
-    result
+    if !status.success() {
+        bail!("pagealloc watch failed with {status}");
+    }
+    Ok(())
 }
 
 /// The names of the tests that need root (`cargo test -- --list` lines `name: test`).
