@@ -2,29 +2,109 @@
 //! layout change cannot make them disagree.
 #![no_std]
 
-/// Name of the per-CPU array that counts successful `malloc` calls.
-pub const MALLOC_STATS_MAP: &str = "MALLOC_STATS";
-/// Name of the uretprobe program on `malloc`.
-pub const MALLOC_RETURN_PROGRAM: &str = "malloc_return";
+/// The ring buffer of [`Event`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU count of events the ring buffer had no room for.
+pub const LOST_MAP: &str = "LOST";
+/// The global (set at load time) with the ring-buffer fill, in bytes, past which a submit wakes
+/// the reader; below it the reader wakes on its own timer.
+pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";
 
-/// Per-CPU tally of `malloc` returns. User space sums the CPUs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CallStats {
-    /// Calls that returned a non-null pointer.
-    pub calls: u64,
-    /// Sum of the chunk sizes (as glibc accounts them: the size word at `ptr - 8`, flags masked).
-    pub chunk_bytes: u64,
-    /// Calls that returned NULL.
-    pub failures: u64,
+/// The programs, by the kind of place they are attached to.
+pub mod programs {
+    /// At the return of malloc and calloc (cookie: the [`super::Call`]).
+    pub const ALLOC_RETURN: &str = "alloc_return";
+    /// At the entry of realloc and the memalign family, which may call malloc or free
+    /// themselves (cookie: the [`super::Call`]).
+    pub const OUTER_ENTRY: &str = "outer_entry";
+    /// At their return.
+    pub const OUTER_RETURN: &str = "outer_return";
+    /// At free's entry (its first instruction the kernel emulates).
+    pub const FREE_ENTRY: &str = "free_entry";
+    /// At the entry and return of the function with which an exiting thread gives its tcache
+    /// back: the frees in between are not the program's.
+    pub const FLUSH_ENTRY: &str = "flush_entry";
+    pub const FLUSH_RETURN: &str = "flush_return";
 }
 
-impl CallStats {
-    pub fn add(&mut self, other: &CallStats) {
-        self.calls += other.calls;
-        self.chunk_bytes += other.chunk_bytes;
-        self.failures += other.failures;
+/// What happened to a chunk.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The chunk was handed to the program.
+    Alloc = 1,
+    /// The program (or glibc for it) gave the chunk back.
+    Free = 2,
+}
+
+/// The call that made an event. Attach cookies and [`Event::call`] carry these values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    /// `memalign` and `aligned_alloc` (one function in glibc).
+    Memalign = 4,
+    Valloc = 5,
+    Pvalloc = 6,
+    PosixMemalign = 7,
+    Free = 8,
+    /// A thread's exit giving its tcache back: not a call of the program's.
+    Flush = 9,
+}
+
+impl Call {
+    pub fn from_u8(value: u8) -> Option<Call> {
+        Some(match value {
+            1 => Call::Malloc,
+            2 => Call::Calloc,
+            3 => Call::Realloc,
+            4 => Call::Memalign,
+            5 => Call::Valloc,
+            6 => Call::Pvalloc,
+            7 => Call::PosixMemalign,
+            8 => Call::Free,
+            9 => Call::Flush,
+            _ => return None,
+        })
     }
+}
+
+/// One allocation or free, as a probe saw it: 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at the probe.
+    pub time: u64,
+    /// The pointer the program holds (the chunk's user pointer).
+    pub pointer: u64,
+    /// The chunk's size word, flags included, read at the probe (before a free releases it).
+    pub size: u64,
+    /// The thread.
+    pub tid: u32,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// A [`Call`].
+    pub call: u8,
+    pub reserved: u16,
+}
+
+/// What an outer call (realloc, the memalign family) was entered with, per thread, until it
+/// returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The stack pointer at entry: calls made from deeper in the stack are the outer call's own.
+    pub stack: u64,
+    /// realloc: the old pointer; posix_memalign: where the new pointer is stored.
+    pub pointer: u64,
+    /// realloc: the old chunk's size word.
+    pub size: u64,
+    /// realloc: the size asked for.
+    pub request: u64,
+    /// A [`Call`].
+    pub call: u64,
 }
 
 /// glibc's chunk-size flags, kept in the low three bits of the size word.
@@ -37,5 +117,9 @@ pub const IS_MMAPPED: u64 = 2;
 pub const NON_MAIN_ARENA: u64 = 4;
 
 #[cfg(feature = "user")]
-// SAFETY: plain `repr(C)` integers, no padding, every bit pattern valid.
-unsafe impl aya::Pod for CallStats {}
+mod pod {
+    // SAFETY: plain `repr(C)` integers, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pending {}
+}

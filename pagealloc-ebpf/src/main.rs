@@ -1,35 +1,216 @@
+//! pagealloc's probes on glibc's allocation functions, attached to one process. Each allocation
+//! and free becomes a 32-byte [`Event`] in a ring buffer. Calls that glibc makes on its own from
+//! inside realloc or the memalign family (realloc(NULL, n) calls malloc, ...) are not reported
+//! twice: the outer call reports what happened, once.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_user,
-    macros::{map, uretprobe},
-    maps::PerCpuArray,
-    programs::RetProbeContext,
+use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::helpers::{
+    bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
 };
-use pagealloc_common::{CHUNK_FLAG_BITS, CallStats};
+use aya_ebpf::macros::{map, uprobe, uretprobe};
+use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{ProbeContext, RetProbeContext};
+use pagealloc_common::{Call, Event, EventKind, Pending};
 
-#[map(name = "MALLOC_STATS")]
-static MALLOC_STATS: PerCpuArray<CallStats> = PerCpuArray::with_max_entries(1, 0);
+/// Sized by user space at load time.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Counts `malloc` returns and the size of the chunk each one handed out.
+#[map(name = "LOST")]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Outer calls under way, by thread.
+#[map(name = "PENDING")]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(1 << 16, 0);
+
+/// Threads giving their tcache back as they exit.
+#[map(name = "FLUSHING")]
+static FLUSHING: HashMap<u32, u8> = HashMap::with_max_entries(1 << 16, 0);
+
+/// Set by user space at load time.
+#[unsafe(no_mangle)]
+static WAKE_BYTES: u64 = 1 << 18;
+
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+fn stack(ctx: &impl EbpfContext) -> u64 {
+    // SAFETY: the context of a uprobe is the thread's saved registers.
+    unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
+}
+
+/// The size word of the chunk whose user pointer is `pointer` (0 if unreadable).
+fn size_word(pointer: u64) -> u64 {
+    // SAFETY: bpf_probe_read_user checks the address; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_user((pointer - 8) as *const u64) }.unwrap_or(0)
+}
+
+/// Whether a call of this thread whose probe sees stack pointer `stack` is inside an outer call.
+/// An outer call may jump to malloc or free (a tail call) rather than call it: their probes then
+/// see the outer call's own stack, at entry, or one word above it at return; `slack` says how far
+/// above the outer call's entry stack still counts as inside.
+fn nested(tid: u32, stack: u64, slack: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    unsafe { PENDING.get(&tid) }.is_some_and(|pending| stack <= pending.stack + slack)
+}
+
+/// At a return the stack is one word (the return address) above what it was at entry.
+const AT_RETURN: u64 = 8;
+const AT_ENTRY: u64 = 0;
+
+fn emit(kind: EventKind, call: u8, pointer: u64, size: u64, tid: u32) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                time: unsafe { bpf_ktime_get_ns() },
+                pointer,
+                size,
+                tid,
+                kind: kind as u8,
+                call,
+                reserved: 0,
+            });
+            // SAFETY: a global set at load time.
+            let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
+            // The reader wakes on its own timer; only a filling buffer wakes it early.
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
+        }
+        None => {
+            if let Some(lost) = LOST.get_ptr_mut(0) {
+                // SAFETY: the per-CPU slot is ours for the duration of this program.
+                unsafe { *lost += 1 };
+            }
+        }
+    }
+}
+
+fn cookie(ctx: &impl EbpfContext) -> u64 {
+    // SAFETY: a helper that reads the cookie given at attach time.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// malloc and calloc return: the new chunk.
 #[uretprobe]
-pub fn malloc_return(ctx: RetProbeContext) -> u32 {
-    let ptr: u64 = ctx.ret();
-    let Some(stats) = MALLOC_STATS.get_ptr_mut(0) else {
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pointer: u64 = ctx.ret();
+    let tid = tid();
+    if pointer != 0 && !nested(tid, stack(&ctx), AT_RETURN) {
+        emit(
+            EventKind::Alloc,
+            cookie(&ctx) as u8,
+            pointer,
+            size_word(pointer),
+            tid,
+        );
+    }
+    0
+}
+
+/// realloc and the memalign family: what they were asked, until they return.
+#[uprobe]
+pub fn outer_entry(ctx: ProbeContext) -> u32 {
+    let call = cookie(&ctx);
+    let pointer: u64 = ctx.arg(0).unwrap_or(0);
+    let tid = tid();
+    let stack = stack(&ctx);
+    if nested(tid, stack, AT_ENTRY) {
+        return 0; // an outer call made by another: that one reports
+    }
+    let realloc = call == Call::Realloc as u64;
+    let pending = Pending {
+        stack,
+        pointer,
+        size: if realloc && pointer != 0 {
+            size_word(pointer)
+        } else {
+            0
+        },
+        request: ctx.arg(1).unwrap_or(0),
+        call,
+    };
+    let _ = PENDING.insert(&tid, &pending, 0);
+    0
+}
+
+#[uretprobe]
+pub fn outer_return(ctx: RetProbeContext) -> u32 {
+    let tid = tid();
+    // SAFETY: the value is copied out at once.
+    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
         return 0;
     };
-    // SAFETY: the per-CPU slot is ours for the duration of this program.
-    let stats = unsafe { &mut *stats };
-    if ptr == 0 {
-        stats.failures += 1;
+    // The return of a call nested in this one (its stack is deeper): not ours to end.
+    if stack(&ctx) <= pending.stack {
         return 0;
     }
-    // The chunk header's size word sits just below the user pointer.
-    // SAFETY: bpf_probe_read_user checks the address; a fault yields an error, not a crash.
-    let size = unsafe { bpf_probe_read_user((ptr - 8) as *const u64) }.unwrap_or(0);
-    stats.calls += 1;
-    stats.chunk_bytes += size & !CHUNK_FLAG_BITS;
+    let _ = PENDING.remove(&tid);
+    let result: u64 = ctx.ret();
+    let call = pending.call as u8;
+    if pending.call == Call::Realloc as u64 {
+        // realloc frees the old chunk when it succeeds, and when asked for 0 bytes.
+        if pending.pointer != 0 && (result != 0 || pending.request == 0) {
+            emit(EventKind::Free, call, pending.pointer, pending.size, tid);
+        }
+        if result != 0 {
+            emit(EventKind::Alloc, call, result, size_word(result), tid);
+        }
+    } else if pending.call == Call::PosixMemalign as u64 {
+        if result as u32 == 0 {
+            // SAFETY: bpf_probe_read_user checks the address.
+            let pointer =
+                unsafe { bpf_probe_read_user(pending.pointer as *const u64) }.unwrap_or(0);
+            if pointer != 0 {
+                emit(EventKind::Alloc, call, pointer, size_word(pointer), tid);
+            }
+        }
+    } else if result != 0 {
+        emit(EventKind::Alloc, call, result, size_word(result), tid);
+    }
+    0
+}
+
+/// free, at its first instruction the kernel emulates (the pointer is still in rdi).
+#[uprobe]
+pub fn free_entry(ctx: ProbeContext) -> u32 {
+    let pointer: u64 = ctx.arg(0).unwrap_or(0);
+    let tid = tid();
+    if pointer == 0 || nested(tid, stack(&ctx), AT_ENTRY) {
+        return 0;
+    }
+    // SAFETY: the value is copied out at once.
+    let call = if unsafe { FLUSHING.get(&tid) }.is_some() {
+        Call::Flush
+    } else {
+        Call::Free
+    };
+    emit(
+        EventKind::Free,
+        call as u8,
+        pointer,
+        size_word(pointer),
+        tid,
+    );
+    0
+}
+
+#[uprobe]
+pub fn flush_entry(_ctx: ProbeContext) -> u32 {
+    let _ = FLUSHING.insert(&tid(), &1, 0);
+    0
+}
+
+#[uretprobe]
+pub fn flush_return(_ctx: RetProbeContext) -> u32 {
+    let _ = FLUSHING.remove(&tid());
     0
 }
 

@@ -1,14 +1,22 @@
-//! The eBPF pipeline: a real uretprobe in the kernel counts a fixture's malloc calls exactly.
+//! The probes, loaded in the kernel and attached to a fixture that makes every kind of
+//! allocation call on four threads: every call is one event of its kind, with the chunk's exact
+//! size, and nothing else is (glibc's own calls from inside realloc and memalign, and the tcache
+//! an exiting thread gives back, are not the program's).
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pagealloc::debuginfo::{self, DebugOptions};
 use pagealloc::glibc::identity::is_libc_name;
 use pagealloc::proc::Target;
-use pagealloc::trace::MallocCounter;
+use pagealloc::trace::{TraceOptions, Tracer};
+use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind};
 use pagealloc_tests::*;
 
 #[test]
-fn root_malloc_uretprobe_counts_every_call() {
+fn root_probes_report_every_call_once() {
     require_root();
-    const CALLS: u64 = 20_000;
-    let mut fixture = Fixture::spawn(fixture_path!("MALLOC_CALLS"), &[&CALLS.to_string()]);
+    const ITERATIONS: u64 = 20_000;
+    let mut fixture = Fixture::spawn(fixture_path!("ALL_CALLS"), &[&ITERATIONS.to_string(), "4"]);
     let target = Target::open(fixture.pid()).unwrap();
     let maps = target.maps().unwrap();
     let libc = maps
@@ -16,16 +24,80 @@ fn root_malloc_uretprobe_counts_every_call() {
         .find(|m| is_libc_name(&m.path))
         .map(|m| target.root_path(std::path::Path::new(&m.path)))
         .expect("fixture uses glibc");
-    let counter = MallocCounter::attach(fixture.pid(), &libc).expect("uretprobe attaches");
-    assert_eq!(
-        counter.stats().unwrap().calls,
-        0,
-        "nothing counted before the calls"
-    );
+    let debug = debuginfo::load(&libc, &DebugOptions::default()).expect("debug info");
+    let (tracer, events) = Tracer::attach(
+        fixture.pid(),
+        &libc,
+        debug.layout.symbols.thread_freeres,
+        TraceOptions::default(),
+    )
+    .expect("the probes attach");
+    for placed in &tracer.placed {
+        assert!(
+            placed.emulated,
+            "{placed:?}: every probe here sits on an emulated instruction"
+        );
+    }
     fixture.command("g");
-    let stats = counter.stats().unwrap();
-    assert_eq!(stats.calls, fixture.get("calls"));
-    assert_eq!(stats.calls, CALLS);
-    assert_eq!(stats.chunk_bytes, fixture.get("chunk_bytes"));
-    assert_eq!(stats.failures, 0);
+    let marker = fixture.get("marker");
+    // Per call: (allocations, frees, bytes allocated, bytes freed).
+    let mut seen: HashMap<u8, (u64, u64, u64, u64)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'events: loop {
+        let batch = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("events until the marker's free");
+        for event in batch {
+            let bytes = event.size & !CHUNK_FLAG_BITS;
+            let entry = seen.entry(event.call).or_default();
+            if event.kind == EventKind::Alloc as u8 {
+                entry.0 += 1;
+                entry.2 += bytes;
+            } else {
+                entry.1 += 1;
+                entry.3 += bytes;
+            }
+            if event.kind == EventKind::Free as u8 && event.pointer == marker {
+                break 'events;
+            }
+        }
+    }
+    let get = |call: Call| seen.get(&(call as u8)).copied().unwrap_or_default();
+    let calls = |key: &str| fixture.get(key);
+    assert_eq!(
+        get(Call::Malloc).0,
+        calls("malloc") + 1,
+        "malloc (+ the marker)"
+    );
+    assert_eq!(get(Call::Calloc).0, calls("calloc"));
+    assert_eq!(get(Call::Realloc).0, calls("realloc"));
+    assert_eq!(
+        get(Call::Realloc).1,
+        calls("realloc_old"),
+        "reallocs free their old chunk"
+    );
+    assert_eq!(get(Call::PosixMemalign).0, calls("posix_memalign"));
+    assert_eq!(get(Call::Memalign).0, calls("memalign"));
+    assert_eq!(get(Call::Valloc).0, calls("valloc"));
+    assert_eq!(get(Call::Pvalloc).0, calls("pvalloc"));
+    assert_eq!(get(Call::Free).1, calls("free") + 1, "free (+ the marker)");
+    let allocated: u64 = seen
+        .iter()
+        .filter(|(c, _)| **c != Call::Flush as u8)
+        .map(|(_, s)| s.2)
+        .sum();
+    let freed: u64 = seen
+        .iter()
+        .filter(|(c, _)| **c == Call::Free as u8 || **c == Call::Realloc as u8)
+        .map(|(_, s)| s.3)
+        .sum();
+    let marker_bytes = 32;
+    assert_eq!(allocated, calls("alloc_bytes") + marker_bytes);
+    assert_eq!(freed, calls("free_bytes") + marker_bytes);
+    // The four threads exited: each gave its tcache back, marked as not the program's.
+    assert!(
+        get(Call::Flush).1 > 0,
+        "exiting threads' tcache frees are seen, apart"
+    );
+    assert_eq!(tracer.lost().unwrap(), 0);
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::MallocLayout;
 
 /// Bump when what is extracted changes, so that old cache files are recomputed.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// `explicit`, else `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc`.
 pub(crate) fn resolve_dir(explicit: Option<&Path>) -> Option<PathBuf> {

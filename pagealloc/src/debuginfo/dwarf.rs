@@ -73,10 +73,10 @@ struct FoundSymbols {
     libc_version: Option<u64>,
 }
 
-/// `main_arena`, `mp_` and `tcache_key` from the debug file's `.symtab`, falling back to the
-/// libc's own `.symtab` if it was not stripped.
+/// The [`SYMBOLS`] from the debug file's `.symtab`, falling back to the libc's own `.symtab` if
+/// it was not stripped.
 fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbols, DebugInfoError> {
-    let mut found: [Option<u64>; 4] = [None; 4];
+    let mut found: [Option<u64>; SYMBOLS.len()] = [None; SYMBOLS.len()];
     scan_symbols(obj, &mut found);
     if found[0].is_none() || found[1].is_none() {
         if let Ok(libc) = object::File::parse(&*facts.data) {
@@ -91,6 +91,7 @@ fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbol
             main_arena: found[0].ok_or_else(|| missing("main_arena"))?,
             mp_: found[1].ok_or_else(|| missing("mp_"))?,
             tcache_key: found[2],
+            thread_freeres: found[4],
             first_load_vaddr: facts.first_load_vaddr,
         },
         libc_version: found[3],
@@ -98,7 +99,7 @@ fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbol
 }
 
 /// Fills `found[i]` with the address of the first defined symbol called `SYMBOLS[i]`.
-fn scan_symbols(obj: &object::File<'_>, found: &mut [Option<u64>; 4]) {
+fn scan_symbols(obj: &object::File<'_>, found: &mut [Option<u64>; SYMBOLS.len()]) {
     for sym in obj.symbols() {
         if sym.is_undefined() || sym.address() == 0 {
             continue;

@@ -63,6 +63,8 @@ pub struct Symbols {
     pub mp_: u64,
     /// The tcache double-free key (glibc >= 2.34).
     pub tcache_key: Option<u64>,
+    /// `__malloc_arena_thread_freeres`: an exiting thread gives its tcache back in it.
+    pub thread_freeres: Option<u64>,
     /// `p_vaddr` of the libc's first `PT_LOAD` segment.
     pub first_load_vaddr: u64,
 }

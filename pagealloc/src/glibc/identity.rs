@@ -62,8 +62,16 @@ pub const WANTED: &[Want] = &[
 ];
 
 /// The static symbols read from `.symtab`: `main_arena` and `mp_` (required), `tcache_key`
-/// (glibc ≥ 2.34), and `__libc_version` (a fallback for the version banner).
-pub const SYMBOLS: [&[u8]; 4] = [b"main_arena", b"mp_", b"tcache_key", b"__libc_version"];
+/// (glibc ≥ 2.34), `__libc_version` (a fallback for the version banner), and
+/// `__malloc_arena_thread_freeres` (where an exiting thread gives its tcache back: probed in
+/// live mode).
+pub const SYMBOLS: [&[u8]; 5] = [
+    b"main_arena",
+    b"mp_",
+    b"tcache_key",
+    b"__libc_version",
+    b"__malloc_arena_thread_freeres",
+];
 
 /// The compilation unit that defines malloc's structs (it includes `arena.c`).
 pub fn is_malloc_unit_name(name: &[u8]) -> bool {

@@ -1,66 +1,426 @@
-//! eBPF probes on the target's C library, scoped to one process.
-use std::num::NonZeroU32;
-use std::path::Path;
+//! eBPF probes on the target's C library, scoped to one process (`UProbeScope::OneProcess`:
+//! other processes pay nothing), and the stream of allocation events they produce.
+//!
+//! The probes (see `pagealloc-ebpf`): the returns of malloc and calloc; entry and return of
+//! realloc and the memalign family (they may call malloc or free themselves: the outer call
+//! reports, once); free's entry; and the function with which an exiting thread gives its tcache
+//! back (its frees are marked so). Each probe sits on the first instruction of its function the
+//! kernel emulates ([`points`]). Events are read from the ring buffer by a thread of their own
+//! that wakes on a short timer or when the buffer fills, and handed over in batches.
+pub mod points;
 
-use aya::Ebpf;
-use aya::maps::PerCpuArray;
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::UProbe;
-use aya::programs::uprobe::UProbeScope;
-use pagealloc_common::{CallStats, MALLOC_RETURN_PROGRAM, MALLOC_STATS_MAP};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::{Ebpf, EbpfLoader};
+use object::{Object, ObjectSegment, ObjectSymbol};
+use pagealloc_common::{Call, EVENTS_MAP, Event, LOST_MAP, WAKE_BYTES_GLOBAL, programs};
 
 use crate::error::{Error, Result};
+use points::Needs;
 
 /// The compiled programs of `pagealloc-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagealloc"));
 
-/// Counts `malloc` returns of one process (all its threads) in the kernel.
-pub struct MallocCounter {
-    ebpf: Ebpf,
+/// How the ring buffer is read.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceOptions {
+    /// The ring buffer's size (a power of two, a multiple of the page size).
+    pub ring_bytes: u32,
+    /// The reader is woken early when this many bytes wait...
+    pub wake_bytes: u64,
+    /// ...and otherwise reads every this often.
+    pub poll: Duration,
 }
 
-impl MallocCounter {
-    /// Loads the programs and attaches a uretprobe to `malloc` in `libc`, for `pid` only.
-    pub fn attach(pid: i32, libc: &Path) -> Result<Self> {
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            ring_bytes: 8 << 20,
+            wake_bytes: 1 << 20,
+            poll: Duration::from_millis(10),
+        }
+    }
+}
+
+/// One probe: which program, on which function, what it needs to see there, and the cookie.
+struct Probe {
+    program: &'static str,
+    function: &'static str,
+    needs: Needs,
+    call: Call,
+}
+
+const ENTRY: Needs = Needs {
+    arguments: 2,
+    stack: true,
+};
+const RETURN: Needs = Needs {
+    arguments: 0,
+    stack: true,
+};
+
+/// The exported functions probed. (`aligned_alloc` is `memalign`, `cfree` is `free`: one
+/// address each, one probe.)
+const PROBES: &[Probe] = &[
+    Probe {
+        program: programs::ALLOC_RETURN,
+        function: "malloc",
+        needs: RETURN,
+        call: Call::Malloc,
+    },
+    Probe {
+        program: programs::ALLOC_RETURN,
+        function: "calloc",
+        needs: RETURN,
+        call: Call::Calloc,
+    },
+    Probe {
+        program: programs::OUTER_ENTRY,
+        function: "realloc",
+        needs: ENTRY,
+        call: Call::Realloc,
+    },
+    Probe {
+        program: programs::OUTER_RETURN,
+        function: "realloc",
+        needs: RETURN,
+        call: Call::Realloc,
+    },
+    Probe {
+        program: programs::OUTER_ENTRY,
+        function: "memalign",
+        needs: ENTRY,
+        call: Call::Memalign,
+    },
+    Probe {
+        program: programs::OUTER_RETURN,
+        function: "memalign",
+        needs: RETURN,
+        call: Call::Memalign,
+    },
+    Probe {
+        program: programs::OUTER_ENTRY,
+        function: "valloc",
+        needs: ENTRY,
+        call: Call::Valloc,
+    },
+    Probe {
+        program: programs::OUTER_RETURN,
+        function: "valloc",
+        needs: RETURN,
+        call: Call::Valloc,
+    },
+    Probe {
+        program: programs::OUTER_ENTRY,
+        function: "pvalloc",
+        needs: ENTRY,
+        call: Call::Pvalloc,
+    },
+    Probe {
+        program: programs::OUTER_RETURN,
+        function: "pvalloc",
+        needs: RETURN,
+        call: Call::Pvalloc,
+    },
+    Probe {
+        program: programs::OUTER_ENTRY,
+        function: "posix_memalign",
+        needs: ENTRY,
+        call: Call::PosixMemalign,
+    },
+    Probe {
+        program: programs::OUTER_RETURN,
+        function: "posix_memalign",
+        needs: RETURN,
+        call: Call::PosixMemalign,
+    },
+    Probe {
+        program: programs::FREE_ENTRY,
+        function: "free",
+        needs: Needs {
+            arguments: 1,
+            stack: true,
+        },
+        call: Call::Free,
+    },
+];
+
+/// Where a probe went, for the log and the benchmark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub program: &'static str,
+    pub function: String,
+    /// Bytes from the function's start.
+    pub offset: u64,
+    /// Whether the instruction there is emulated (one trap) or single-stepped.
+    pub emulated: bool,
+}
+
+/// The probes on one process's allocator, while this lives.
+pub struct Tracer {
+    ebpf: Ebpf,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    pub placed: Vec<Placed>,
+}
+
+impl Tracer {
+    /// Loads the programs and attaches them to `libc` (a path this process can open: through
+    /// `/proc/PID/root`) for process `pid` only. `flush` is the link-time address of
+    /// `__malloc_arena_thread_freeres` (from the debug info), if known. Batches of events
+    /// arrive on the receiver returned.
+    pub fn attach(
+        pid: i32,
+        libc: &Path,
+        flush: Option<u64>,
+        options: TraceOptions,
+    ) -> Result<(Tracer, Receiver<Vec<Event>>)> {
         let pid = u32::try_from(pid)
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or(Error::NoSuchProcess { pid })?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
-            ebpf_error(
-                "loading the eBPF programs",
-                format!("{e} (this needs root, or CAP_BPF and CAP_PERFMON)"),
-            )
-        })?;
-        let program: &mut UProbe = ebpf
-            .program_mut(MALLOC_RETURN_PROGRAM)
-            .ok_or_else(|| ebpf_error(MALLOC_RETURN_PROGRAM, "missing from the eBPF object"))?
-            .try_into()
-            .map_err(|e| ebpf_error(MALLOC_RETURN_PROGRAM, e))?;
-        program
-            .load()
-            .map_err(|e| ebpf_error(&format!("loading {MALLOC_RETURN_PROGRAM}"), e))?;
-        program
-            .attach("malloc", libc, UProbeScope::OneProcess(pid))
-            .map_err(|e| ebpf_error(&format!("attaching to malloc in {}", libc.display()), e))?;
-        Ok(MallocCounter { ebpf })
+        let code = Code::read(libc)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(EVENTS_MAP, options.ring_bytes)
+            .override_global(WAKE_BYTES_GLOBAL, &options.wake_bytes, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                ebpf_error(
+                    "loading the eBPF programs",
+                    format!("{e} (this needs root, or CAP_BPF and CAP_PERFMON)"),
+                )
+            })?;
+        for name in [
+            programs::ALLOC_RETURN,
+            programs::OUTER_ENTRY,
+            programs::OUTER_RETURN,
+            programs::FREE_ENTRY,
+            programs::FLUSH_ENTRY,
+            programs::FLUSH_RETURN,
+        ] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
+        }
+        let mut placed = Vec::new();
+        let mut attach = |program_name: &'static str,
+                          function: &str,
+                          address: u64,
+                          needs: Needs,
+                          cookie: Option<u64>|
+         -> Result<()> {
+            let (offset, emulated) = points::placement(code.at(address), address, needs);
+            let file_offset = code.file_offset(address + offset).ok_or_else(|| {
+                ebpf_error(
+                    &format!("placing a probe on {function}"),
+                    "its address is not in a loaded segment of the library",
+                )
+            })?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie,
+            };
+            program(&mut ebpf, program_name)?
+                .attach(point, libc, UProbeScope::OneProcess(pid))
+                .map_err(|e| {
+                    ebpf_error(
+                        &format!("attaching {program_name} to {function}+{offset}"),
+                        e,
+                    )
+                })?;
+            placed.push(Placed {
+                program: program_name,
+                function: function.to_string(),
+                offset,
+                emulated,
+            });
+            Ok(())
+        };
+        for probe in PROBES {
+            let address = code.symbol(probe.function).ok_or_else(|| {
+                ebpf_error(
+                    &format!("placing a probe on {}", probe.function),
+                    format!("{} does not export it", libc.display()),
+                )
+            })?;
+            attach(
+                probe.program,
+                probe.function,
+                address,
+                probe.needs,
+                Some(probe.call as u64),
+            )?;
+        }
+        if let Some(flush) = flush {
+            let function = "__malloc_arena_thread_freeres";
+            attach(programs::FLUSH_ENTRY, function, flush, RETURN, None)?;
+            attach(programs::FLUSH_RETURN, function, flush, RETURN, None)?;
+        }
+        for p in &placed {
+            log::debug!(
+                "probe {} on {}+{} ({})",
+                p.program,
+                p.function,
+                p.offset,
+                if p.emulated {
+                    "emulated"
+                } else {
+                    "single-stepped"
+                }
+            );
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or_else(|| ebpf_error(EVENTS_MAP, "missing from the eBPF object"))?,
+        )
+        .map_err(|e| ebpf_error(EVENTS_MAP, e))?;
+        let (send, receive) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("pagealloc-events".into())
+                .spawn(move || read_events(ring, send, &stop, options.poll))
+                .map_err(|e| Error::io("starting the event reader", e))?
+        };
+        Ok((
+            Tracer {
+                ebpf,
+                stop,
+                reader: Some(reader),
+                placed,
+            },
+            receive,
+        ))
     }
 
-    /// The totals so far, summed over CPUs.
-    pub fn stats(&self) -> Result<CallStats> {
+    /// Events the ring buffer had no room for, so far.
+    pub fn lost(&self) -> Result<u64> {
         let map = self
             .ebpf
-            .map(MALLOC_STATS_MAP)
-            .ok_or_else(|| ebpf_error(MALLOC_STATS_MAP, "missing from the eBPF object"))?;
-        let array = PerCpuArray::<_, CallStats>::try_from(map)
-            .map_err(|e| ebpf_error(MALLOC_STATS_MAP, e))?;
-        let per_cpu = array
+            .map(LOST_MAP)
+            .ok_or_else(|| ebpf_error(LOST_MAP, "missing from the eBPF object"))?;
+        let lost = PerCpuArray::<_, u64>::try_from(map).map_err(|e| ebpf_error(LOST_MAP, e))?;
+        let per_cpu = lost
             .get(&0, 0)
-            .map_err(|e| ebpf_error(&format!("reading {MALLOC_STATS_MAP}"), e))?;
-        let mut total = CallStats::default();
-        for stats in per_cpu.iter() {
-            total.add(stats);
+            .map_err(|e| ebpf_error(&format!("reading {LOST_MAP}"), e))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
-        Ok(total)
+    }
+}
+
+/// Reads the ring buffer until `stop`: waits for a wake-up or `poll`, then takes everything
+/// there is, in one batch.
+fn read_events(
+    mut ring: RingBuf<MapData>,
+    send: mpsc::Sender<Vec<Event>>,
+    stop: &AtomicBool,
+    poll: Duration,
+) {
+    let timeout = poll.as_millis().clamp(1, i32::MAX as u128) as i32;
+    while !stop.load(Ordering::Relaxed) {
+        let mut ready = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        unsafe { libc::poll(&mut ready, 1, timeout) };
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        if !batch.is_empty() && send.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+fn program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| ebpf_error(name, "missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| ebpf_error(name, e))
+}
+
+/// The library's code: its exported functions and its loaded segments.
+struct Code {
+    path: PathBuf,
+    data: Vec<u8>,
+    symbols: Vec<(String, u64)>,
+    /// (address, file offset, size) of each loaded segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl Code {
+    fn read(path: &Path) -> Result<Code> {
+        let data =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let file = object::File::parse(&*data)
+            .map_err(|e| ebpf_error(&format!("reading {}", path.display()), e))?;
+        let symbols = file
+            .dynamic_symbols()
+            .filter(|s| !s.is_undefined() && s.address() != 0)
+            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address())))
+            .collect();
+        let segments = file
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (s.address(), offset, size)
+            })
+            .collect();
+        Ok(Code {
+            path: path.to_path_buf(),
+            data,
+            symbols,
+            segments,
+        })
+    }
+
+    fn symbol(&self, name: &str) -> Option<u64> {
+        self.symbols
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, address)| address)
+    }
+
+    fn file_offset(&self, address: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(start, _, size)| address >= start && address < start + size)
+            .map(|&(start, offset, _)| address - start + offset)
+    }
+
+    /// The code from `address` on (empty if it is not in the file).
+    fn at(&self, address: u64) -> &[u8] {
+        self.file_offset(address)
+            .and_then(|offset| self.data.get(offset as usize..))
+            .unwrap_or_else(|| {
+                log::debug!("{:#x} is not in {}", address, self.path.display());
+                &[]
+            })
     }
 }
 
