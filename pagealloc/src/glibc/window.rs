@@ -75,7 +75,7 @@ impl<'a> Residency<'a> {
         let mut trimmable = 0;
         // tcache chunks stay cached: malloc_trim does not release them. It keeps the
         // malloc_chunk struct at the front of the others and releases their whole pages.
-        if state != ChunkState::Tcache {
+        if state.is_trimmable() {
             let mut pos = (addr + o.chunk_struct_size + mask) & !mask;
             while pos + mask < end {
                 if self.is_resident(pos) {

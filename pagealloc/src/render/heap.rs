@@ -33,6 +33,7 @@ impl Pixel for HeapPixel {
             HeapPixel::Free(ChunkState::Overhead) => 127,
             HeapPixel::Free(ChunkState::Unknown) => 196,
             HeapPixel::Free(ChunkState::Live) => 255,
+            HeapPixel::Free(ChunkState::Freed) => 211,
             HeapPixel::NotResident => 234,
         }
     }
@@ -47,6 +48,7 @@ impl Pixel for HeapPixel {
             HeapPixel::Free(ChunkState::Overhead) => 'o',
             HeapPixel::Free(ChunkState::Unknown) => '?',
             HeapPixel::Free(ChunkState::Live) => '@',
+            HeapPixel::Free(ChunkState::Freed) => 'x',
             HeapPixel::NotResident => '~',
         }
     }
@@ -163,7 +165,7 @@ fn pixel_runs(
 /// A pixel of `granules`: grey by the share of them live, else the colour of the state most of
 /// them are in; granules on pages that are not resident cost nothing and count for none.
 fn pixel(granules: &[u8], resident: impl Fn(usize) -> bool) -> HeapPixel {
-    let mut counts = [0usize; 7];
+    let mut counts = [0usize; 8];
     let mut not_resident = 0;
     for (g, &granule) in granules.iter().enumerate() {
         if resident(g) {

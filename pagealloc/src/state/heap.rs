@@ -28,10 +28,13 @@ pub enum ChunkState {
     Top = 5,
     /// malloc's own structures: heap_info, malloc_state, fenceposts, alignment padding.
     Overhead = 6,
+    /// Freed by the program since the heap was last walked (live mode): in tcache, a fastbin, a
+    /// bin or merged into top, the next walk tells; never guessed.
+    Freed = 7,
 }
 
 impl ChunkState {
-    pub const ALL: [ChunkState; 7] = [
+    pub const ALL: [ChunkState; 8] = [
         ChunkState::Live,
         ChunkState::Tcache,
         ChunkState::Fastbin,
@@ -39,6 +42,7 @@ impl ChunkState {
         ChunkState::Top,
         ChunkState::Overhead,
         ChunkState::Unknown,
+        ChunkState::Freed,
     ];
 
     pub fn from_granule(granule: u8) -> ChunkState {
@@ -49,6 +53,7 @@ impl ChunkState {
             4 => ChunkState::Bin,
             5 => ChunkState::Top,
             6 => ChunkState::Overhead,
+            7 => ChunkState::Freed,
             _ => ChunkState::Unknown,
         }
     }
@@ -57,7 +62,20 @@ impl ChunkState {
     pub fn is_free(self) -> bool {
         matches!(
             self,
-            ChunkState::Tcache | ChunkState::Fastbin | ChunkState::Bin | ChunkState::Top
+            ChunkState::Tcache
+                | ChunkState::Fastbin
+                | ChunkState::Bin
+                | ChunkState::Top
+                | ChunkState::Freed
+        )
+    }
+
+    /// Free in malloc itself, so that malloc_trim can give its pages back (tcache keeps its
+    /// chunks; where a chunk freed since the last walk went is not known).
+    pub fn is_trimmable(self) -> bool {
+        matches!(
+            self,
+            ChunkState::Fastbin | ChunkState::Bin | ChunkState::Top
         )
     }
 }
@@ -78,6 +96,11 @@ pub struct HeapFigures {
     pub top_bytes: u64,
     pub overhead_bytes: u64,
     pub unknown_bytes: u64,
+    /// Live mode: chunks and bytes the program freed since the last walk (not in JSON when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub freed_chunks: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub freed_bytes: u64,
     /// Bytes of free and cached chunk interiors (after the 16-byte header) on resident pages:
     /// memory the process pays for and does not use.
     pub free_resident_bytes: u64,
@@ -113,7 +136,7 @@ impl HeapFigures {
     }
 
     /// The chunk counter (states that count chunks) and the byte counter of `state`.
-    fn slots(&mut self, state: ChunkState) -> (Option<&mut u64>, &mut u64) {
+    pub(crate) fn slots(&mut self, state: ChunkState) -> (Option<&mut u64>, &mut u64) {
         match state {
             ChunkState::Live => (Some(&mut self.live_chunks), &mut self.live_bytes),
             ChunkState::Tcache => (Some(&mut self.tcache_chunks), &mut self.tcache_bytes),
@@ -122,6 +145,7 @@ impl HeapFigures {
             ChunkState::Top => (None, &mut self.top_bytes),
             ChunkState::Overhead => (None, &mut self.overhead_bytes),
             ChunkState::Unknown => (None, &mut self.unknown_bytes),
+            ChunkState::Freed => (Some(&mut self.freed_chunks), &mut self.freed_bytes),
         }
     }
 
@@ -147,11 +171,17 @@ impl HeapFigures {
         self.top_bytes += other.top_bytes;
         self.overhead_bytes += other.overhead_bytes;
         self.unknown_bytes += other.unknown_bytes;
+        self.freed_chunks += other.freed_chunks;
+        self.freed_bytes += other.freed_bytes;
         self.free_resident_bytes += other.free_resident_bytes;
         self.trimmable_bytes += other.trimmable_bytes;
         self.largest_free_bytes = self.largest_free_bytes.max(other.largest_free_bytes);
         self.finish();
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -193,6 +223,52 @@ impl Segment {
             granules: vec![ChunkState::Unknown as u8; ((end - start) / GRANULE) as usize],
             resident: vec![false; (end - start).div_ceil(page_size) as usize],
         }
+    }
+}
+
+impl Segment {
+    /// Adds what this segment holds to `figures`: bytes by granule, chunks by their first
+    /// granule, and the residency figures by page.
+    fn count(&self, page_size: u64, header_bytes: u64, figures: &mut HeapFigures) {
+        let per_page = (page_size / GRANULE).max(1) as usize;
+        // The chunk being gone through: (first granule, state).
+        let mut chunk: Option<(usize, ChunkState)> = None;
+        let close = |figures: &mut HeapFigures, chunk: Option<(usize, ChunkState)>, end: usize| {
+            if let Some((start, ChunkState::Bin | ChunkState::Fastbin)) = chunk {
+                let bytes = (end - start) as u64 * GRANULE;
+                figures.largest_free_bytes = figures.largest_free_bytes.max(bytes);
+            }
+        };
+        // The address of the latest chunk start, for the headers malloc_trim keeps.
+        let mut last_start = 0u64;
+        for (page, granules) in self.granules.chunks(per_page).enumerate() {
+            let first = page * per_page;
+            let page_start = self.start + first as u64 * GRANULE;
+            let resident = self.resident.get(page).copied().unwrap_or(false);
+            let mut trimmable = granules.len() == per_page;
+            for (offset, &granule) in granules.iter().enumerate() {
+                let state = ChunkState::from_granule(granule);
+                let starts = granule & CHUNK_START != 0;
+                if starts {
+                    close(figures, chunk, first + offset);
+                    chunk = Some((first + offset, state));
+                    last_start = page_start + offset as u64 * GRANULE;
+                }
+                let (chunks, bytes) = figures.slots(state);
+                if let (true, Some(chunks)) = (starts, chunks) {
+                    *chunks += 1;
+                }
+                *bytes += GRANULE;
+                if resident && state.is_free() && !starts {
+                    figures.free_resident_bytes += GRANULE;
+                }
+                trimmable &= state.is_trimmable();
+            }
+            if trimmable && resident && last_start + header_bytes <= page_start {
+                figures.trimmable_bytes += page_size;
+            }
+        }
+        close(figures, chunk, self.granules.len());
     }
 }
 
@@ -341,6 +417,27 @@ pub struct HeapMap {
 }
 
 impl HeapMap {
+    /// Every arena's figures counted again from the granules and the pages' residency, as the
+    /// walk counts them; `system_bytes` are kept. Live mode changes granules as events come and
+    /// counts here. `header_bytes` is what malloc_trim keeps of a free chunk
+    /// (`sizeof(struct malloc_chunk)`).
+    pub fn recount(&mut self, page_size: u64, header_bytes: u64) {
+        let mut figures = vec![HeapFigures::default(); self.arenas.len()];
+        for segment in &self.segments {
+            if let Some(figures) = figures.get_mut(segment.arena) {
+                segment.count(page_size, header_bytes, figures);
+            }
+        }
+        let mut totals = HeapFigures::default();
+        for (arena, mut counted) in self.arenas.iter_mut().zip(figures) {
+            counted.system_bytes = arena.figures.system_bytes;
+            counted.finish();
+            totals.add(&counted);
+            arena.figures = counted;
+        }
+        self.totals = totals;
+    }
+
     /// Read without an inconsistency: nothing unknown, no inconsistency noted.
     pub fn is_consistent(&self) -> bool {
         self.totals.unknown_bytes == 0

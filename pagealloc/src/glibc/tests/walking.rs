@@ -200,6 +200,30 @@ pub(super) fn check_accounting(map: &HeapMap) -> Result<(), String> {
             "mmapped chunk {c:x?} overlaps a heap"
         );
     }
+    // What live mode counts from the granules is what the walk counted, figure for figure, for
+    // heaps that start on a page and chunks of whole granules (as glibc makes them; only a
+    // corrupt sbrk_base or size makes others, and granules cannot tell bytes apart within 16).
+    let granular = |f: &HeapFigures| {
+        [f.top_bytes, f.overhead_bytes, f.unknown_bytes]
+            .iter()
+            .all(|b| b % 16 == 0)
+    };
+    if map.segments.iter().any(|s| s.start % 4096 != 0)
+        || map.arenas.iter().any(|a| !granular(&a.figures))
+    {
+        return Ok(());
+    }
+    let mut recounted = map.clone();
+    recounted.recount(4096, glibc().o.chunk_struct_size);
+    for (walked, counted) in map.arenas.iter().zip(&recounted.arenas) {
+        ensure!(
+            walked.figures == counted.figures,
+            "arena {:#x}: the walk counted {:?}, the granules {:?}",
+            walked.address,
+            walked.figures,
+            counted.figures
+        );
+    }
     Ok(())
 }
 
