@@ -52,6 +52,8 @@ pub enum Call {
     Free = 8,
     /// A thread's exit giving its tcache back: not a call of the program's.
     Flush = 9,
+    /// realloc(p, 0): a free.
+    ReallocToZero = 10,
 }
 
 impl Call {
@@ -66,6 +68,7 @@ impl Call {
             7 => Call::PosixMemalign,
             8 => Call::Free,
             9 => Call::Flush,
+            10 => Call::ReallocToZero,
             _ => return None,
         })
     }
@@ -79,7 +82,9 @@ pub struct Event {
     pub time: u64,
     /// The pointer the program holds (the chunk's user pointer).
     pub pointer: u64,
-    /// The chunk's size word, flags included, read at the probe (before a free releases it).
+    /// The chunk's size word, flags included, read at the probe (before a free releases it). For
+    /// an mmapped chunk, its whole mapping as glibc counts it: the size word plus the chunk's
+    /// `prev_size` (the offset memalign moved it by).
     pub size: u64,
     /// The thread.
     pub tid: u32,

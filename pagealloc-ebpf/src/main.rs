@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{map, uprobe, uretprobe};
 use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
-use pagealloc_common::{Call, Event, EventKind, Pending};
+use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending};
 
 /// Sized by user space at load time.
 #[map(name = "EVENTS")]
@@ -43,10 +43,16 @@ fn stack(ctx: &impl EbpfContext) -> u64 {
     unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
 }
 
-/// The size word of the chunk whose user pointer is `pointer` (0 if unreadable).
+/// The size word of the chunk whose user pointer is `pointer` (0 if unreadable); for an mmapped
+/// chunk, plus the offset before it that belongs to its mapping.
 fn size_word(pointer: u64) -> u64 {
     // SAFETY: bpf_probe_read_user checks the address; a fault is an error, not a crash.
-    unsafe { bpf_probe_read_user((pointer - 8) as *const u64) }.unwrap_or(0)
+    let size = unsafe { bpf_probe_read_user((pointer - 8) as *const u64) }.unwrap_or(0);
+    if size & IS_MMAPPED == 0 {
+        return size;
+    }
+    // SAFETY: as above.
+    size + unsafe { bpf_probe_read_user((pointer - 16) as *const u64) }.unwrap_or(0)
 }
 
 /// Whether a call of this thread whose probe sees stack pointer `stack` is inside an outer call.
@@ -157,7 +163,10 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
     let call = pending.call as u8;
     if pending.call == Call::Realloc as u64 {
         // realloc frees the old chunk when it succeeds, and when asked for 0 bytes.
-        if pending.pointer != 0 && (result != 0 || pending.request == 0) {
+        if pending.pointer != 0 && result != 0 {
+            emit(EventKind::Free, call, pending.pointer, pending.size, tid);
+        } else if pending.pointer != 0 && pending.request == 0 {
+            let call = Call::ReallocToZero as u8;
             emit(EventKind::Free, call, pending.pointer, pending.size, tid);
         }
         if result != 0 {
