@@ -134,6 +134,7 @@ pub fn heap_map(
     let memory = ProcessMemory::new(target.pid, pages);
     let walked = glibc::walk(&libc, &memory, maps, glibc::Split::for_this_machine())
         .map_err(|e| Error::Heap(e.to_string()))?;
+    let walked = glibc::identity::note_interposer(walked, maps, |path| target.root_path(path));
     log::debug!("heap walked in {:?}", started.elapsed());
     let libc = LibcInfo {
         path: libc_path,

@@ -19,6 +19,21 @@ pub(super) struct ArenaHeader {
     pub bins: Vec<u64>,
 }
 
+impl ArenaHeader {
+    /// Whether glibc never set this arena up: malloc_init_state points top at the unsorted bin
+    /// and links every bin to itself, so only an arena malloc never ran in (the main one of a
+    /// program that never called malloc, or whose malloc another allocator serves) is all zero.
+    pub fn never_initialised(&self) -> bool {
+        self.top == 0
+            && self.system_mem == 0
+            && self
+                .bins
+                .iter()
+                .chain(&self.fastbins)
+                .all(|&word| word == 0)
+    }
+}
+
 impl Walker<'_> {
     /// The arena ring, from `main_arena` along `next`.
     pub(super) fn arenas(&mut self) -> Result<Vec<ArenaHeader>, WalkError> {

@@ -205,6 +205,16 @@ impl Walker<'_> {
         heaps: Vec<(u64, u64, u64)>,
     ) -> (Arena, Vec<Segment>) {
         let o = self.offsets;
+        if header.never_initialised() {
+            // An empty heap: its all-zero bins are no lists to follow.
+            let arena = Arena {
+                address: header.address,
+                main: header.address == self.libc.main_arena,
+                heaps: Vec::new(),
+                figures: HeapFigures::default(),
+            };
+            return (arena, Vec::new());
+        }
         let page_shift = self.memory.page_size().trailing_zeros();
         let (mut segments, found) = self.walk_heaps(
             index,

@@ -351,6 +351,14 @@ pub struct HeapMap {
 }
 
 impl HeapMap {
+    /// Adds a [`NoteKind::Limitation`] note, once.
+    pub fn note_limitation(&mut self, message: String) {
+        let note = HeapNote::limitation(message);
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
     /// Read without an inconsistency: nothing unknown, no inconsistency noted.
     pub fn is_consistent(&self) -> bool {
         self.totals.unknown_bytes == 0
