@@ -173,8 +173,8 @@ impl Walker<'_> {
         if mmapped.len() as u64 != n_mmaps || mmapped_bytes != mmapped_mem {
             self.note(HeapNote::inconsistent(format!(
                 "found {} mmapped chunks of {} bytes, glibc counts {} of {} (mp_.n_mmaps, \
-                 mp_.mmapped_mem): the target changed during the snapshot, or a mapping looked \
-                 like a chunk",
+                 mp_.mmapped_mem): the target changed during the snapshot, the first page of \
+                 a chunk is not resident, or memory looked like a chunk",
                 mmapped.len(),
                 mmapped_bytes,
                 n_mmaps,
