@@ -34,13 +34,21 @@ impl Walker<'_> {
     pub(super) fn mmapped_chunks(&self, segments: &[Segment]) -> Vec<MmappedChunk> {
         let mut found = Vec::new();
         for (start, end) in self.anonymous_runs(segments) {
-            self.chunks_in(start, end, &mut found);
+            self.scan_pages(start, end, |addr, prev_size, size| {
+                let bytes = self.mmapped_header(prev_size, size, end - addr)?;
+                found.push(MmappedChunk {
+                    address: addr,
+                    bytes,
+                });
+                Some(addr + bytes)
+            });
         }
         found
     }
 
-    /// The runs of adjacent mappings that may hold chunks, less the heap segments.
-    fn anonymous_runs(&self, segments: &[Segment]) -> Vec<(u64, u64)> {
+    /// The runs of adjacent mappings that may hold chunks (mmapped ones, or the regions of a
+    /// main arena that is not contiguous), less the heap segments.
+    pub(super) fn anonymous_runs(&self, segments: &[Segment]) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for m in self.mappings.iter().filter(|m| may_hold_chunks(m)) {
             match runs.last_mut() {
@@ -68,16 +76,22 @@ impl Walker<'_> {
         outside
     }
 
-    /// The chunks in `start..end` (memory that may hold them, outside the heaps).
-    fn chunks_in(&self, start: u64, end: u64, found: &mut Vec<MmappedChunk>) {
+    /// Hands the first two words (`prev_size` and `size` of a chunk starting there) of each
+    /// resident page of `start..end` to `visit`, in address order, read in batches. `visit`
+    /// returns where the scan goes on when it found something there (past it: none of its
+    /// pages is read), None for the next page.
+    pub(super) fn scan_pages(
+        &self,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(u64, u64, u64) -> Option<u64>,
+    ) {
         let o = self.offsets;
         let page = self.memory.page_size();
-        let header = 2 * o.size_sz;
+        let header = 2 * o.size_sz as usize;
         let pages = self.memory.resident_runs(start, end);
-        // Page boundaries from `cursor` on, resident only: in the interior of a chunk found,
-        // none is read.
         let mut cursor = start;
-        let mut words = vec![0u8; BATCH * header as usize];
+        let mut words = vec![0u8; BATCH * header];
         loop {
             let first = pages.partition_point(|&(_, to)| to <= cursor);
             let batch: Vec<u64> = (pages[first..].iter())
@@ -87,22 +101,18 @@ impl Walker<'_> {
             let Some(&last) = batch.last() else {
                 break;
             };
-            let words = &mut words[..batch.len() * header as usize];
+            let words = &mut words[..batch.len() * header];
             let read = self.memory.read_each(&batch, words);
             for (i, &addr) in batch.iter().enumerate() {
                 if addr < cursor || !read[i] {
                     continue;
                 }
-                let word = |w: usize| {
-                    let at = i * header as usize + w * o.size_sz as usize;
+                let word = |w: u64| {
+                    let at = i * header + (o.chunk_size - o.size_sz + w * o.size_sz) as usize;
                     u64::from_ne_bytes(words[at..at + 8].try_into().unwrap())
                 };
-                if let Some(bytes) = self.mmapped_header(word(0), word(1), end - addr) {
-                    found.push(MmappedChunk {
-                        address: addr,
-                        bytes,
-                    });
-                    cursor = addr + bytes;
+                if let Some(next) = visit(addr, word(0), word(1)) {
+                    cursor = next.max(addr + page);
                 }
             }
             cursor = cursor.max(last + page);

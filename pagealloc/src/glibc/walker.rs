@@ -228,6 +228,9 @@ impl Walker<'_> {
         }
         let mut figures = found.figures;
         figures.system_bytes = header.system_mem;
+        if header.address == self.libc.main_arena {
+            figures.unknown_bytes += self.unwalked(header, &heaps);
+        }
         let (fast, bin): (Vec<_>, Vec<_>) = (found.captures.into_iter())
             .map(|c| (c.fast, c.bin))
             .unzip();

@@ -303,12 +303,23 @@ pub enum NoteKind {
     /// A lasting limit of what can be told about this process (a glibc without `tcache_key`,
     /// memory that another allocator serves): every look says the same.
     Limitation,
+    /// Part of the heap could not be walked (memory malloc got from the system that the walk
+    /// could not find): its bytes are `unknown`, so that the states still add up to the
+    /// system bytes, and the figures are incomplete.
+    Incomplete,
 }
 
 impl HeapNote {
     pub fn inconsistent(message: String) -> HeapNote {
         HeapNote {
             kind: NoteKind::Inconsistent,
+            message,
+        }
+    }
+
+    pub fn incomplete(message: String) -> HeapNote {
+        HeapNote {
+            kind: NoteKind::Incomplete,
             message,
         }
     }
