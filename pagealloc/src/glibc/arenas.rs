@@ -126,10 +126,8 @@ impl Walker<'_> {
             return Vec::new();
         };
         let brk_heap = self.brk_heap(header, sbrk_base, top_size);
-        if let Some((start, end, _)) = brk_heap {
-            if end - start == header.system_mem {
-                return vec![brk_heap.unwrap()];
-            }
+        if let Some(heap) = brk_heap.filter(|h| h.1 - h.0 == header.system_mem) {
+            return vec![heap];
         }
         let regions = self.main_regions(header.top, top_size);
         if regions
