@@ -13,7 +13,8 @@
 //! counted: `mp_.mmapped_mem` counts whole mappings too.
 //!
 //! Cost: one 16-byte read per resident page of anonymous memory outside the heaps, 1024 pages
-//! per system call: about 256 calls per resident GiB.
+//! per system call, until as many chunks as glibc counts are found: measured 0.2 s per GiB
+//! resident (the kernel's cost of reaching each page), nothing without mmapped chunks.
 use super::walker::Walker;
 use crate::glibc::{FLAG_BITS, IS_MMAPPED};
 use crate::state::heap::{MmappedChunk, Segment};
@@ -31,16 +32,31 @@ fn may_hold_chunks(m: &Mapping) -> bool {
 
 impl Walker<'_> {
     /// Every mmapped chunk in anonymous memory outside the heap segments, in address order.
-    pub(super) fn mmapped_chunks(&self, segments: &[Segment]) -> Vec<MmappedChunk> {
+    /// The search stops once it found as many chunks and bytes as glibc counts (`expected`:
+    /// `mp_.n_mmaps`, `mp_.mmapped_mem`): a process without mmapped chunks costs nothing.
+    pub(super) fn mmapped_chunks(
+        &self,
+        segments: &[Segment],
+        expected: (u64, u64),
+    ) -> Vec<MmappedChunk> {
         let mut found = Vec::new();
+        let mut counted = (0, 0);
         for (start, end) in self.anonymous_runs(segments) {
+            if counted == expected {
+                break;
+            }
             self.scan_pages(start, end, |addr, prev_size, size| {
                 let bytes = self.mmapped_header(prev_size, size, end - addr)?;
                 found.push(MmappedChunk {
                     address: addr,
                     bytes,
                 });
-                Some(addr + bytes)
+                counted = (counted.0 + 1, counted.1 + bytes);
+                Some(if counted == expected {
+                    end
+                } else {
+                    addr + bytes
+                })
             });
         }
         found

@@ -165,10 +165,12 @@ impl Walker<'_> {
 
         // Freeing millions of captures takes milliseconds: beside the search for mmapped chunks.
         let garbage = std::mem::take(&mut self.garbage);
+        let started = std::time::Instant::now();
         let mmapped = std::thread::scope(|scope| {
             scope.spawn(move || drop(garbage));
-            self.mmapped_chunks(&segments)
+            self.mmapped_chunks(&segments, (n_mmaps, mmapped_mem))
         });
+        log::debug!("mmapped chunks looked for in {:?}", started.elapsed());
         let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
         if mmapped.len() as u64 != n_mmaps || mmapped_bytes != mmapped_mem {
             self.note(HeapNote::inconsistent(format!(
