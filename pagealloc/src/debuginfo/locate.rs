@@ -174,14 +174,12 @@ impl<'f> Finder<'f> {
         let obj = elf::parse(path, &data).map_err(|e| unusable(e.to_string()))?;
         if obj.section_by_name(".debug_info").is_none() {
             return Err(unusable(
-                "it has no debug info (no .debug_info section): it is stripped, like the \
-                 libc itself, rather than the libc's debug file"
+                "it has no debug info (no .debug_info section): it is a stripped file, such as \
+                 the libc itself, not the libc's debug file"
                     .into(),
             ));
         }
-        let found_id = elf::build_id(&obj);
-        drop(obj);
-        match (&self.facts.build_id, found_id) {
+        match (&self.facts.build_id, elf::build_id(&obj)) {
             (Some(expected), Some(found)) if *expected != found => {
                 return Err(DebugInfoError::BuildIdMismatch {
                     file: path.to_path_buf(),
