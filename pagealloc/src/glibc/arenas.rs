@@ -220,7 +220,7 @@ impl Walker<'_> {
     fn region_end(&self, start: u64, limit: u64, top: u64, top_size: u64) -> Option<u64> {
         let o = self.offsets;
         let fencepost = 2 * o.size_sz;
-        let mut pages = PageReader::new(self.memory);
+        let mut pages = PageWords::new(self.memory);
         let mut p = start;
         // Bounded: each step moves forward by MINSIZE at least.
         while p < limit {
@@ -361,15 +361,15 @@ impl Walker<'_> {
 
 /// Words of the target read a page at a time: a chain of chunks read forward costs one read
 /// per page it touches. Pages that are not resident are not read.
-struct PageReader<'m> {
+struct PageWords<'m> {
     memory: &'m dyn Memory,
     page: Option<u64>,
     bytes: Vec<u8>,
 }
 
-impl<'m> PageReader<'m> {
-    fn new(memory: &'m dyn Memory) -> PageReader<'m> {
-        PageReader {
+impl<'m> PageWords<'m> {
+    fn new(memory: &'m dyn Memory) -> PageWords<'m> {
+        PageWords {
             memory,
             page: None,
             bytes: vec![0; memory.page_size() as usize],
