@@ -36,6 +36,9 @@ pub enum Error {
     /// The page map is there, the heap map is not.
     #[error(transparent)]
     Heap(#[from] HeapUnavailable),
+    /// The heap map is there, but part of the heap could not be found.
+    #[error("the heap map is incomplete: {0}")]
+    HeapIncomplete(String),
     /// Loading or attaching the eBPF programs failed.
     #[error("{what}: {reason}")]
     Ebpf { what: String, reason: String },
@@ -57,7 +60,7 @@ impl Error {
             Error::KernelThread { .. } => 7,
             Error::Heap(HeapUnavailable::NoDebugInfo(_)) => 8,
             Error::Heap(HeapUnavailable::NotGlibc(_)) => 9,
-            Error::Heap(HeapUnavailable::Unwalkable(_)) => 10,
+            Error::Heap(HeapUnavailable::Unwalkable(_)) | Error::HeapIncomplete(_) => 10,
         }
     }
 

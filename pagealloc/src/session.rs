@@ -127,16 +127,20 @@ impl Session {
     }
 
     fn heap(&mut self, maps: &[Mapping], pages: &PageMap) -> (Heap, Option<LibcInfo>) {
-        let reader = self.target.reader;
-        let resolved = match self.resolve_libc(maps, pages.page_size) {
-            Ok(resolved) => resolved,
-            Err(why) => return (Heap::Unavailable(why), None),
+        if let Err(why) = self.resolve_libc(maps, pages.page_size) {
+            return (Heap::Unavailable(why), None);
+        }
+        let Some((_, Ok(resolved))) = &self.libc else {
+            unreachable!("resolved just above");
         };
+        let target = &self.target;
         let started = Instant::now();
-        let memory = ProcessMemory::new(reader, pages);
+        let memory = ProcessMemory::new(target.reader, pages);
         match glibc::walk(&resolved.libc, &memory, maps, Split::for_this_machine()) {
             Ok(map) => {
                 log::debug!("heap walked in {:?}", started.elapsed());
+                let map =
+                    glibc::identity::note_interposer(map, maps, |path| target.root_path(path));
                 (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
             }
             Err(e) => (
@@ -148,11 +152,7 @@ impl Session {
 
     /// The C library of the process, resolved the first time and again only if the process
     /// now maps another one (it exec'd).
-    fn resolve_libc(
-        &mut self,
-        maps: &[Mapping],
-        page_size: u64,
-    ) -> Result<&ResolvedLibc, HeapUnavailable> {
+    fn resolve_libc(&mut self, maps: &[Mapping], page_size: u64) -> Result<(), HeapUnavailable> {
         let mapping = libc_mapping(maps).ok_or_else(|| {
             HeapUnavailable::NotGlibc(format!(
                 "process {} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
@@ -177,8 +177,8 @@ impl Session {
             log::debug!("C library as resolved before: nothing of it read again");
         }
         match &self.libc {
-            Some((_, resolved)) => resolved.as_ref().map_err(Clone::clone),
-            None => unreachable!("resolved just above"),
+            Some((_, Err(why))) => Err(why.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -237,10 +237,14 @@ fn unavailable(error: DebugInfoError) -> HeapUnavailable {
     }
 }
 
-/// The error a one-shot look ends with: none, or why the heap map is missing.
+/// The error a one-shot look ends with: none, why the heap map is missing, or why it is
+/// incomplete.
 pub fn verdict(sample: &Sample) -> Result<()> {
-    match sample.heap_unavailable() {
-        Some(why) => Err(Error::Heap(why.clone())),
+    if let Some(why) = sample.heap_unavailable() {
+        return Err(Error::Heap(why.clone()));
+    }
+    match sample.heap_map().and_then(HeapMap::incomplete) {
+        Some(note) => Err(Error::HeapIncomplete(note.message.clone())),
         None => Ok(()),
     }
 }

@@ -31,6 +31,18 @@ pub fn run() -> Result<()> {
         "glibc debug info (libc6-dbg: struct layouts for the heap walker)",
         libc_debug_info,
     )?;
+    step(
+        "jemalloc and tcmalloc (tests that name an allocator that replaces glibc's malloc)",
+        || {
+            debian_files(
+                &[
+                    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                ],
+                &["libjemalloc2", "libtcmalloc-minimal4"],
+            )
+        },
+    )?;
     Ok(())
 }
 
@@ -247,6 +259,23 @@ fn debian_tool(tool: &str, packages: &[&str]) -> Result<Outcome> {
     }
     apt_install(packages, false)?;
     Ok(Outcome::Installed(version()?))
+}
+
+/// Files from Debian packages: present if they all exist.
+fn debian_files(files: &[&str], packages: &[&str]) -> Result<Outcome> {
+    let missing = || files.iter().filter(|f| !Path::new(f).exists()).count();
+    if missing() == 0 {
+        return Ok(Outcome::Present(files.join(", ")));
+    }
+    apt_install(packages, true)?;
+    if missing() > 0 {
+        bail!(
+            "{} installed but {} still missing",
+            packages.join(" "),
+            files.join(" or ")
+        );
+    }
+    Ok(Outcome::Installed(files.join(", ")))
 }
 
 /// The debug file of the C library xtask itself runs on (the system's glibc), by build-id.

@@ -17,7 +17,8 @@ use super::MallocLayout;
 /// Bump when what is extracted changes, so that old cache files are recomputed.
 const FORMAT: u32 = 2;
 
-/// `explicit`, else `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc`.
+/// `explicit`, else `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc` when `$HOME` is
+/// a directory: a cache is no reason to create a home.
 pub(crate) fn resolve_dir(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return Some(dir.to_path_buf());
@@ -30,7 +31,15 @@ pub(crate) fn resolve_dir(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(xdg) = absolute("XDG_CACHE_HOME") {
         return Some(xdg.join("pagealloc"));
     }
-    absolute("HOME").map(|home| home.join(".cache").join("pagealloc"))
+    let home = absolute("HOME")?;
+    if !home.is_dir() {
+        log::debug!(
+            "no layout cache: HOME ({}) is not a directory",
+            home.display()
+        );
+        return None;
+    }
+    Some(home.join(".cache").join("pagealloc"))
 }
 
 /// What a cache file holds: the layout's fields at top level, and where it came from.
@@ -82,7 +91,8 @@ impl LayoutCache {
         let entry = Entry {
             cache_format: FORMAT,
             build_id: self.build_id.clone(),
-            debug_file: debug_file.to_path_buf(),
+            // Read back by runs started elsewhere: a relative path would name another file.
+            debug_file: std::path::absolute(debug_file).unwrap_or_else(|_| debug_file.into()),
             layout: layout.clone(),
         };
         if let Err(e) = write_atomically(&self.path, |f| {

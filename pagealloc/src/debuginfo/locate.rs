@@ -166,9 +166,20 @@ impl<'f> Finder<'f> {
 
     /// `--debug-file`: used as is, unless its build-id says it belongs to another build.
     pub fn explicit(&mut self, path: &Path) -> Result<Found, DebugInfoError> {
-        let data = elf::read_file(path)?;
-        let found_id = elf::build_id(&elf::parse(path, &data)?);
-        match (&self.facts.build_id, found_id) {
+        let unusable = |reason: String| DebugInfoError::UnusableDebugFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let data = fs::read(path).map_err(|e| unusable(e.to_string()))?;
+        let obj = elf::parse(path, &data).map_err(|e| unusable(e.to_string()))?;
+        if obj.section_by_name(".debug_info").is_none() {
+            return Err(unusable(
+                "it has no debug info (no .debug_info section): it is a stripped file, such as \
+                 the libc itself, not the libc's debug file"
+                    .into(),
+            ));
+        }
+        match (&self.facts.build_id, elf::build_id(&obj)) {
             (Some(expected), Some(found)) if *expected != found => {
                 return Err(DebugInfoError::BuildIdMismatch {
                     file: path.to_path_buf(),

@@ -118,9 +118,11 @@ impl StructLayout {
 /// How [`load`] looks for debug info and where it caches what it read.
 #[derive(Clone, Debug, Default)]
 pub struct DebugOptions {
-    /// `--debug-file`: use this file and skip the search (and the layout cache's read side).
+    /// `--debug-file`: use this file and skip the search and the layout cache. Nothing but its
+    /// build-id ties it to the libc, so what is read from it is never cached.
     pub debug_file: Option<PathBuf>,
-    /// None: `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc`. Layouts are stored as
+    /// None: `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc` if `$HOME` exists, else
+    /// no cache. Layouts are stored as
     /// `<cache>/layouts/<build-id>.json`, debuginfod downloads as
     /// `<cache>/debuginfod/<build-id>.debug`.
     pub cache_dir: Option<PathBuf>,
@@ -152,6 +154,13 @@ pub enum DebugInfoError {
     },
     #[error("{} is not an ELF file pagealloc can read: {reason}", path.display())]
     NotElf { path: PathBuf, reason: String },
+    /// `--debug-file` names a file that holds no usable debug info: missing, unreadable, not
+    /// ELF, or stripped.
+    #[error(
+        "the debug file {} cannot be used: {reason}. To read glibc's heap, {HOW_TO_GET_DEBUG_INFO}",
+        path.display()
+    )]
+    UnusableDebugFile { path: PathBuf, reason: String },
     #[error(
         "{} has no GNU build-id note, so its debug info cannot be looked up by build-id, and \
          none was found through .gnu_debuglink{}; pass the debug file with --debug-file",
@@ -205,13 +214,15 @@ pub enum DebugInfoError {
 }
 
 impl DebugInfoError {
-    /// True when the libc is fine but its debug info could not be had (`NoDebugInfo`, or a
-    /// debuginfod download that failed with nothing found locally): installing the debug
-    /// symbols fixes it. The CLI maps it to its own exit code.
+    /// True when the libc is fine but its debug info could not be had (`NoDebugInfo`, a
+    /// debuginfod download that failed with nothing found locally, or a `--debug-file` without
+    /// debug info): installing the debug symbols fixes it. The CLI maps it to its own exit code.
     pub fn is_missing_debug_info(&self) -> bool {
         matches!(
             self,
-            DebugInfoError::NoDebugInfo { .. } | DebugInfoError::Debuginfod { .. }
+            DebugInfoError::NoDebugInfo { .. }
+                | DebugInfoError::Debuginfod { .. }
+                | DebugInfoError::UnusableDebugFile { .. }
         )
     }
 
@@ -264,15 +275,16 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
     let build_id = facts.build_id_hex();
     let cache_dir = cache::resolve_dir(options.cache_dir.as_deref());
 
-    let layout_cache = match (&cache_dir, build_id.is_empty(), options.use_cache) {
-        (Some(dir), false, true) => Some(cache::LayoutCache::new(dir, &build_id)),
+    // Only layouts from files found by their build-id or debug link are cached: an explicit
+    // debug file may be any file that carries the build-id, and a layout from it would be
+    // used by every later run.
+    let layout_cache = match (&cache_dir, &options.debug_file) {
+        (Some(dir), None) if options.use_cache && !build_id.is_empty() => {
+            Some(cache::LayoutCache::new(dir, &build_id))
+        }
         _ => None,
     };
-    // An explicit debug file means "read this one": the cache is written, not read.
-    let hit = match &layout_cache {
-        Some(cache) if options.debug_file.is_none() => cache.read(),
-        _ => None,
-    };
+    let hit = layout_cache.as_ref().and_then(cache::LayoutCache::read);
     if let Some(hit) = hit {
         log::debug!("malloc layout of {} from cache", libc.display());
         return Ok(LibcDebugInfo {

@@ -406,6 +406,46 @@ fn unknown_build_id_is_no_debug_info() {
     println!("{msg}");
 }
 
+/// A layout read from `--debug-file` is never cached: the file may carry the libc's build-id
+/// and still not be its debug file.
+#[test]
+fn explicit_debug_file_is_not_cached() {
+    let cache = TempDir::new("explicit-cache");
+    let opts = DebugOptions {
+        debug_file: Some(system_debug_file()),
+        ..options(cache.path())
+    };
+    let explicit = load(Path::new(LIBC), &opts).unwrap();
+    assert!(!explicit.from_cache);
+    assert!(!cache.path().join("layouts").exists());
+}
+
+/// A `--debug-file` that is missing, not ELF or stripped is missing debug info, not a libc
+/// that is not glibc.
+#[test]
+fn explicit_debug_file_without_debug_info() {
+    let dir = TempDir::new("explicit-unusable");
+    let not_elf = dir.path().join("not-elf.debug");
+    fs::write(&not_elf, b"not a debug file").unwrap();
+    for (file, says) in [
+        (PathBuf::from(LIBC), "no debug info"),
+        (dir.path().join("absent.debug"), "No such file"),
+        (not_elf, "no ELF magic"),
+    ] {
+        let opts = DebugOptions {
+            debug_file: Some(file.clone()),
+            ..options(dir.path())
+        };
+        let err = load(Path::new(LIBC), &opts).unwrap_err();
+        assert!(
+            matches!(err, DebugInfoError::UnusableDebugFile { .. }),
+            "{file:?}: {err:?}"
+        );
+        assert!(err.is_missing_debug_info());
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
+
 #[test]
 fn debug_file_of_another_build_is_rejected() {
     let debug_file = system_debug_file();

@@ -2,7 +2,12 @@
 //! musl, its version banner, and what pagealloc reads from its debug info (the structs and
 //! static variables of malloc). The chunk flags are shared with the eBPF programs, so they live
 //! in `pagealloc-common` and are re-exported here.
+use std::path::{Path, PathBuf};
+
 use object::{Object, ObjectSymbol};
+
+use crate::state::heap::HeapMap;
+use crate::state::pages::Mapping;
 
 pub use pagealloc_common::CHUNK_FLAG_BITS as FLAG_BITS;
 pub use pagealloc_common::{IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
@@ -11,6 +16,83 @@ pub use pagealloc_common::{IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 pub fn is_libc_name(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
+}
+
+/// glibc's dynamic loader: `ld-linux-x86-64.so.2` and the like, `ld.so.1`, `ld-2.NN.so`.
+fn is_loader_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || name.starts_with("ld.so") || name.starts_with("ld-2.")
+}
+
+/// The ELF object mapped in the target, other than glibc's libc and loader, that defines (as
+/// dynamic symbols) both `malloc` and `free`, the main executable included: the allocator that
+/// serves the program's mallocs instead of glibc's. `host_path` turns a path as the target sees
+/// it into one this process can open (through `/proc/PID/root`).
+pub fn interposing_allocator(
+    mappings: &[Mapping],
+    host_path: impl Fn(&Path) -> PathBuf,
+) -> Option<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    for m in mappings {
+        let path = m.path.as_str();
+        if !path.starts_with('/') || is_libc_name(path) || is_loader_name(path) {
+            continue;
+        }
+        if seen.contains(&path) {
+            continue;
+        }
+        seen.push(path);
+        let Ok(file) = std::fs::File::open(host_path(Path::new(path))) else {
+            continue; // deleted, or not ours to read: nothing to tell
+        };
+        // Only the headers and the dynamic symbols are read, not the whole file.
+        let cache = object::ReadCache::new(file);
+        let Ok(obj) = object::File::parse(&cache) else {
+            continue;
+        };
+        if defines(&obj, [b"malloc", b"free"]) == Some([true, true]) {
+            return Some(path.to_string());
+        }
+    }
+    None
+}
+
+/// `heap`, with a note that names the allocator serving the program if it is not glibc's
+/// (see [`interposing_allocator`]).
+pub fn note_interposer(
+    mut heap: HeapMap,
+    mappings: &[Mapping],
+    host_path: impl Fn(&Path) -> PathBuf,
+) -> HeapMap {
+    if let Some(path) = interposing_allocator(mappings, host_path) {
+        heap.note_limitation(format!(
+            "malloc is served by {path}, not by glibc: the heap map shows glibc's malloc only"
+        ));
+    }
+    heap
+}
+
+/// Which of `names` `obj` defines as dynamic symbols; None if it has no dynamic symbols.
+fn defines<'d, const N: usize>(
+    obj: &object::File<'d, impl object::ReadRef<'d>>,
+    names: [&[u8]; N],
+) -> Option<[bool; N]> {
+    let mut any_dynamic = false;
+    let mut found = [false; N];
+    for sym in obj.dynamic_symbols() {
+        any_dynamic = true;
+        if sym.is_undefined() {
+            continue;
+        }
+        if let Some(i) = sym
+            .name_bytes()
+            .ok()
+            .and_then(|n| names.iter().position(|w| *w == n))
+        {
+            found[i] = true;
+        }
+    }
+    any_dynamic.then_some(found)
 }
 
 /// One struct to find: the name it gets in [`crate::debuginfo::MallocLayout`], the DWARF struct
@@ -80,21 +162,9 @@ pub fn is_malloc_unit_name(name: &[u8]) -> bool {
 
 /// Whether `obj` is glibc's shared C library, or why not.
 pub fn check_elf(obj: &object::File<'_>) -> Result<(), String> {
-    let mut any_dynamic = false;
-    let mut defines_malloc = false;
-    let mut defines_glibc_marker = false;
-    for sym in obj.dynamic_symbols() {
-        any_dynamic = true;
-        if sym.is_undefined() {
-            continue;
-        }
-        match sym.name_bytes() {
-            Ok(b"malloc") => defines_malloc = true,
-            Ok(b"gnu_get_libc_version") => defines_glibc_marker = true,
-            _ => {}
-        }
-    }
-    if !any_dynamic {
+    let Some([defines_malloc, defines_glibc_marker]) =
+        defines(obj, [b"malloc", b"gnu_get_libc_version"])
+    else {
         return Err(
             "it has no dynamic symbol table: it is a statically linked program (or not a \
              library at all), not a shared C library. pagealloc reads heaps through glibc's \
@@ -102,7 +172,7 @@ pub fn check_elf(obj: &object::File<'_>) -> Result<(), String> {
              not supported"
                 .into(),
         );
-    }
+    };
     if !defines_malloc {
         return Err(
             "it does not define malloc: it is a program or library that uses a C library, \

@@ -165,16 +165,18 @@ impl Walker<'_> {
 
         // Freeing millions of captures takes milliseconds: beside the search for mmapped chunks.
         let garbage = std::mem::take(&mut self.garbage);
+        let started = std::time::Instant::now();
         let mmapped = std::thread::scope(|scope| {
             scope.spawn(move || drop(garbage));
-            self.mmapped_chunks(&segments)
+            self.mmapped_chunks(&segments, (n_mmaps, mmapped_mem))
         });
+        log::debug!("mmapped chunks looked for in {:?}", started.elapsed());
         let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
         if mmapped.len() as u64 != n_mmaps || mmapped_bytes != mmapped_mem {
             self.note(HeapNote::inconsistent(format!(
                 "found {} mmapped chunks of {} bytes, glibc counts {} of {} (mp_.n_mmaps, \
-                 mp_.mmapped_mem): the target changed during the snapshot, or a mapping looked \
-                 like a chunk",
+                 mp_.mmapped_mem): the target changed during the snapshot, the first page of \
+                 a chunk is not resident, or memory looked like a chunk",
                 mmapped.len(),
                 mmapped_bytes,
                 n_mmaps,
@@ -205,6 +207,16 @@ impl Walker<'_> {
         heaps: Vec<(u64, u64, u64)>,
     ) -> (Arena, Vec<Segment>) {
         let o = self.offsets;
+        if header.never_initialised() {
+            // An empty heap: its all-zero bins are no lists to follow.
+            let arena = Arena {
+                address: header.address,
+                main: header.address == self.libc.main_arena,
+                heaps: Vec::new(),
+                figures: HeapFigures::default(),
+            };
+            return (arena, Vec::new());
+        }
         let page_shift = self.memory.page_size().trailing_zeros();
         let (mut segments, found) = self.walk_heaps(
             index,
@@ -218,6 +230,9 @@ impl Walker<'_> {
         }
         let mut figures = found.figures;
         figures.system_bytes = header.system_mem;
+        if header.address == self.libc.main_arena {
+            figures.unknown_bytes += self.unwalked(header, &heaps);
+        }
         let (fast, bin): (Vec<_>, Vec<_>) = (found.captures.into_iter())
             .map(|c| (c.fast, c.bin))
             .unzip();

@@ -378,12 +378,23 @@ pub enum NoteKind {
     /// A lasting limit of what can be told about this process (a glibc without `tcache_key`,
     /// memory that another allocator serves): every look says the same.
     Limitation,
+    /// Part of the heap could not be walked (memory malloc got from the system that the walk
+    /// could not find): its bytes are `unknown`, so that the states still add up to the
+    /// system bytes, and the figures are incomplete.
+    Incomplete,
 }
 
 impl HeapNote {
     pub fn inconsistent(message: String) -> HeapNote {
         HeapNote {
             kind: NoteKind::Inconsistent,
+            message,
+        }
+    }
+
+    pub fn incomplete(message: String) -> HeapNote {
+        HeapNote {
+            kind: NoteKind::Incomplete,
             message,
         }
     }
@@ -438,10 +449,24 @@ impl HeapMap {
         self.totals = totals;
     }
 
-    /// Read without an inconsistency: nothing unknown, no inconsistency noted.
+    /// Adds a [`NoteKind::Limitation`] note, once.
+    pub fn note_limitation(&mut self, message: String) {
+        let note = HeapNote::limitation(message);
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
+    /// Read without an inconsistency. (What the walk could not read consistently it counts as
+    /// unknown with an inconsistency noted; memory it could not find at all is noted
+    /// [`NoteKind::Incomplete`]: looking again does not find it.)
     pub fn is_consistent(&self) -> bool {
-        self.totals.unknown_bytes == 0
-            && !self.notes.iter().any(|n| n.kind == NoteKind::Inconsistent)
+        !self.notes.iter().any(|n| n.kind == NoteKind::Inconsistent)
+    }
+
+    /// Why the map is incomplete, if it is.
+    pub fn incomplete(&self) -> Option<&HeapNote> {
+        self.notes.iter().find(|n| n.kind == NoteKind::Incomplete)
     }
 }
 

@@ -35,6 +35,7 @@ macro_rules! ensure {
 
 mod corruptions;
 mod runner;
+mod scenarios;
 mod suites;
 mod synthetic;
 mod walking;
