@@ -54,6 +54,8 @@ pub enum Call {
     Flush = 9,
     /// realloc(p, 0): a free.
     ReallocToZero = 10,
+    /// realloc failed: the old chunk, told freed at its entry, is the program's again.
+    ReallocFailed = 11,
 }
 
 impl Call {
@@ -69,6 +71,7 @@ impl Call {
             8 => Call::Free,
             9 => Call::Flush,
             10 => Call::ReallocToZero,
+            11 => Call::ReallocFailed,
             _ => return None,
         })
     }
@@ -80,7 +83,8 @@ impl Call {
 pub struct Event {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at the probe.
     pub time: u64,
-    /// The pointer the program holds (the chunk's user pointer).
+    /// The pointer the program holds (the chunk's user pointer). For an mmapped chunk that
+    /// memalign moved up its mapping, the pointer it would have at the mapping's start.
     pub pointer: u64,
     /// The chunk's size word, flags included, read at the probe (before a free releases it). For
     /// an mmapped chunk, its whole mapping as glibc counts it: the size word plus the chunk's

@@ -43,16 +43,18 @@ fn stack(ctx: &impl EbpfContext) -> u64 {
     unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
 }
 
-/// The size word of the chunk whose user pointer is `pointer` (0 if unreadable); for an mmapped
-/// chunk, plus the offset before it that belongs to its mapping.
-fn size_word(pointer: u64) -> u64 {
+/// What an event says of the chunk whose user pointer is `pointer`: (pointer, size word), the
+/// size word 0 if unreadable. An mmapped chunk may have been moved up its mapping by memalign
+/// (its `prev_size` says how far): it is told as its whole mapping, as glibc counts it.
+fn chunk(pointer: u64) -> (u64, u64) {
     // SAFETY: bpf_probe_read_user checks the address; a fault is an error, not a crash.
     let size = unsafe { bpf_probe_read_user((pointer - 8) as *const u64) }.unwrap_or(0);
     if size & IS_MMAPPED == 0 {
-        return size;
+        return (pointer, size);
     }
     // SAFETY: as above.
-    size + unsafe { bpf_probe_read_user((pointer - 16) as *const u64) }.unwrap_or(0)
+    let offset = unsafe { bpf_probe_read_user((pointer - 16) as *const u64) }.unwrap_or(0);
+    (pointer - offset, size + offset)
 }
 
 /// Whether a call of this thread whose probe sees stack pointer `stack` is inside an outer call.
@@ -68,7 +70,7 @@ fn nested(tid: u32, stack: u64, slack: u64) -> bool {
 const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
-fn emit(kind: EventKind, call: u8, pointer: u64, size: u64, tid: u32) {
+fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -110,13 +112,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pointer: u64 = ctx.ret();
     let tid = tid();
     if pointer != 0 && !nested(tid, stack(&ctx), AT_RETURN) {
-        emit(
-            EventKind::Alloc,
-            cookie(&ctx) as u8,
-            pointer,
-            size_word(pointer),
-            tid,
-        );
+        emit(EventKind::Alloc, cookie(&ctx) as u8, chunk(pointer), tid);
     }
     0
 }
@@ -131,16 +127,28 @@ pub fn outer_entry(ctx: ProbeContext) -> u32 {
     if nested(tid, stack, AT_ENTRY) {
         return 0; // an outer call made by another: that one reports
     }
-    let realloc = call == Call::Realloc as u64;
+    // realloc's old chunk as it is now (realloc changes it); posix_memalign's `memptr`.
+    let (pointer, size) = if call == Call::Realloc as u64 && pointer != 0 {
+        chunk(pointer)
+    } else {
+        (pointer, 0)
+    };
+    let request = ctx.arg(1).unwrap_or(0);
+    // realloc frees the old chunk inside, and another thread may be handed it before realloc
+    // returns: its free is told now, before that can happen (and taken back if realloc fails).
+    if call == Call::Realloc as u64 && pointer != 0 {
+        let free = if request == 0 {
+            Call::ReallocToZero
+        } else {
+            Call::Realloc
+        };
+        emit(EventKind::Free, free as u8, (pointer, size), tid);
+    }
     let pending = Pending {
         stack,
         pointer,
-        size: if realloc && pointer != 0 {
-            size_word(pointer)
-        } else {
-            0
-        },
-        request: ctx.arg(1).unwrap_or(0),
+        size,
+        request,
         call,
     };
     let _ = PENDING.insert(&tid, &pending, 0);
@@ -162,15 +170,12 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
     let result: u64 = ctx.ret();
     let call = pending.call as u8;
     if pending.call == Call::Realloc as u64 {
-        // realloc frees the old chunk when it succeeds, and when asked for 0 bytes.
-        if pending.pointer != 0 && result != 0 {
-            emit(EventKind::Free, call, pending.pointer, pending.size, tid);
-        } else if pending.pointer != 0 && pending.request == 0 {
-            let call = Call::ReallocToZero as u8;
-            emit(EventKind::Free, call, pending.pointer, pending.size, tid);
-        }
         if result != 0 {
-            emit(EventKind::Alloc, call, result, size_word(result), tid);
+            emit(EventKind::Alloc, call, chunk(result), tid);
+        } else if pending.pointer != 0 && pending.request != 0 {
+            // It failed: the old chunk is the program's again.
+            let old = (pending.pointer, pending.size);
+            emit(EventKind::Alloc, Call::ReallocFailed as u8, old, tid);
         }
     } else if pending.call == Call::PosixMemalign as u64 {
         if result as u32 == 0 {
@@ -178,11 +183,11 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
             let pointer =
                 unsafe { bpf_probe_read_user(pending.pointer as *const u64) }.unwrap_or(0);
             if pointer != 0 {
-                emit(EventKind::Alloc, call, pointer, size_word(pointer), tid);
+                emit(EventKind::Alloc, call, chunk(pointer), tid);
             }
         }
     } else if result != 0 {
-        emit(EventKind::Alloc, call, result, size_word(result), tid);
+        emit(EventKind::Alloc, call, chunk(result), tid);
     }
     0
 }
@@ -201,13 +206,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     } else {
         Call::Free
     };
-    emit(
-        EventKind::Free,
-        call as u8,
-        pointer,
-        size_word(pointer),
-        tid,
-    );
+    emit(EventKind::Free, call as u8, chunk(pointer), tid);
     0
 }
 

@@ -3,8 +3,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pagealloc::debuginfo::DebugOptions;
+use pagealloc::live::LiveOptions;
 use pagealloc::render::{self, ColorChoice, Parts, Style};
 use pagealloc::session::{self, Session, SessionOptions};
+use pagealloc::trace::TraceOptions;
 use pagealloc::watch::{self, WatchOptions};
 
 /// Where a running process's memory is: page by page, and chunk by chunk in glibc's heaps.
@@ -109,6 +111,16 @@ struct WatchArgs {
     /// Bytes per pixel of the heap maps (a multiple of 16); default: whatever fits the screen.
     #[arg(long, value_name = "BYTES", value_parser = parse_scale)]
     scale: Option<u64>,
+    /// Walk the heap at every sample instead of following allocation events (live mode, the
+    /// default where eBPF probes can be attached).
+    #[arg(long)]
+    walk: bool,
+    /// Live mode: how often a fresh walk checks the state kept from events.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    reconcile: Duration,
+    /// Live mode: the events' ring buffer, in bytes (a power of two, at least a page).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    ring_bytes: Option<u32>,
     #[command(flatten)]
     heap: HeapArgs,
 }
@@ -123,6 +135,14 @@ fn parse_scale(text: &str) -> Result<u64, String> {
     let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
     if bytes == 0 || !bytes.is_multiple_of(16) {
         return Err("a pixel is a whole number of 16-byte granules: 16, 32, 48, ...".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err("a power of two, at least 4096".into());
     }
     Ok(bytes)
 }
@@ -155,6 +175,16 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             pages: args.pages,
             scale: args.scale,
             debug: args.heap.debug_options(),
+            walk: args.walk,
+            live: LiveOptions {
+                trace: TraceOptions {
+                    ring_bytes: args
+                        .ring_bytes
+                        .unwrap_or(TraceOptions::default().ring_bytes),
+                    ..TraceOptions::default()
+                },
+                reconcile: args.reconcile,
+            },
         }),
     }
 }

@@ -45,6 +45,16 @@ struct LibcMapping {
 struct ResolvedLibc {
     libc: Libc,
     info: LibcInfo,
+    /// `__malloc_arena_thread_freeres`, link-time.
+    thread_freeres: Option<u64>,
+}
+
+/// Where live mode's probes go (see [`Session::probe_site`]).
+#[derive(Clone, Debug)]
+pub struct ProbeSite {
+    pub libc: std::path::PathBuf,
+    pub thread_freeres: Option<u64>,
+    pub header_bytes: u64,
 }
 
 /// Tries of `--stop` before an inconsistent heap is shown as it is.
@@ -74,12 +84,38 @@ impl Session {
     /// One look at the process while it runs. Fails only when the process itself cannot be
     /// read (gone, forbidden); a heap that cannot be walked is in the sample.
     pub fn sample(&mut self) -> Result<Sample> {
+        self.look(self.options.heap)
+    }
+
+    /// The page map alone (live mode keeps the heap map current from events in between).
+    pub fn sample_pages(&mut self) -> Result<Sample> {
+        self.look(false)
+    }
+
+    /// Where the probes of live mode go: the C library as this process can open it, and the
+    /// link-time address of `__malloc_arena_thread_freeres` (if the debug info has it); and the
+    /// bytes malloc_trim keeps of a free chunk. Resolves the library if no sample has yet.
+    pub fn probe_site(&mut self) -> Result<ProbeSite> {
+        let maps = self.target.maps()?;
+        self.resolve_libc(&maps, procfs::page_size())
+            .map_err(Error::Heap)?;
+        let Some((mapping, Ok(resolved))) = &self.libc else {
+            unreachable!("resolved just above");
+        };
+        Ok(ProbeSite {
+            libc: self.target.root_path(Path::new(&mapping.path)),
+            thread_freeres: resolved.thread_freeres,
+            header_bytes: resolved.libc.offsets.chunk_struct_size,
+        })
+    }
+
+    fn look(&mut self, heap: bool) -> Result<Sample> {
         let taken = SystemTime::now();
         let started = Instant::now();
         let maps = self.target.maps()?;
         let pages = self.pages.read_mappings(&self.target, maps.clone())?;
         log::debug!("page map read in {:?}", started.elapsed());
-        let (heap, libc) = if self.options.heap {
+        let (heap, libc) = if heap {
             self.heap(&maps, &pages)
         } else {
             (Heap::NotRead, None)
@@ -101,6 +137,7 @@ impl Session {
             pages,
             libc,
             heap,
+            events: None,
         })
     }
 
@@ -202,7 +239,11 @@ impl Session {
             debug_file: debug.debug_file.display().to_string(),
             version: debug.layout.glibc_version.clone(),
         };
-        Ok(ResolvedLibc { libc, info })
+        Ok(ResolvedLibc {
+            libc,
+            info,
+            thread_freeres: debug.layout.symbols.thread_freeres,
+        })
     }
 }
 

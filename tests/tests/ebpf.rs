@@ -47,7 +47,7 @@ fn root_probes_report_every_call_once() {
         let batch = events
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("events until the marker's free");
-        for event in batch {
+        for event in batch.events {
             let bytes = event.size & !CHUNK_FLAG_BITS;
             let entry = seen.entry(event.call).or_default();
             if event.kind == EventKind::Alloc as u8 {

@@ -9,7 +9,7 @@ use std::io::IoSliceMut;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 
-use crate::state::pages::PageMap;
+use crate::state::pages::{PageMap, ResidentRanges};
 
 /// Why bytes could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,49 +64,6 @@ pub trait Memory: Sync {
     }
 }
 
-/// Resident address ranges, sorted and merged, for quick "may I read this?" answers.
-#[derive(Clone, Debug, Default)]
-pub struct ResidentRanges {
-    ranges: Vec<(u64, u64)>,
-}
-
-impl ResidentRanges {
-    pub fn from_page_map(map: &PageMap) -> Self {
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for pages in &map.mappings {
-            let mut addr = pages.mapping.start;
-            for run in &pages.runs {
-                let end = addr + run.pages * map.page_size;
-                if run.state.is_resident() {
-                    match ranges.last_mut() {
-                        Some(last) if last.1 == addr => last.1 = end,
-                        _ => ranges.push((addr, end)),
-                    }
-                }
-                addr = end;
-            }
-        }
-        ResidentRanges { ranges }
-    }
-
-    /// Whether all of `start..end` is resident.
-    pub fn covers(&self, start: u64, end: u64) -> bool {
-        let i = self.ranges.partition_point(|r| r.1 <= start);
-        self.ranges
-            .get(i)
-            .is_some_and(|&(s, e)| s <= start && end <= e)
-    }
-
-    /// The resident parts of `start..end`.
-    pub fn within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let i = self.ranges.partition_point(|r| r.1 <= start);
-        (self.ranges[i..].iter())
-            .take_while(|r| r.0 < end)
-            .map(|&(s, e)| (s.max(start), e.min(end)))
-            .collect()
-    }
-}
-
 /// Remote pieces per `process_vm_readv` call: the kernel takes at most IOV_MAX (1024).
 const IOV_MAX: usize = 1024;
 
@@ -122,7 +79,7 @@ impl ProcessMemory {
     pub fn new(reader: i32, map: &PageMap) -> Self {
         ProcessMemory {
             pid: Pid::from_raw(reader),
-            resident: ResidentRanges::from_page_map(map),
+            resident: map.resident_ranges(),
             page_size: map.page_size,
         }
     }

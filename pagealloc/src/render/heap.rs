@@ -54,7 +54,7 @@ impl Pixel for HeapPixel {
     }
 }
 
-const LEGEND: [(HeapPixel, &str); 9] = [
+const LEGEND: [(HeapPixel, &str); 10] = [
     (HeapPixel::Live(8), "live 8/8"),
     (HeapPixel::Live(4), "live 4/8"),
     (HeapPixel::Live(1), "live 1/8"),
@@ -64,6 +64,7 @@ const LEGEND: [(HeapPixel, &str); 9] = [
     (HeapPixel::Free(ChunkState::Top), "top"),
     (HeapPixel::Free(ChunkState::Overhead), "overhead"),
     (HeapPixel::NotResident, "not resident"),
+    (HeapPixel::Free(ChunkState::Freed), "freed since the walk"),
 ];
 
 /// The heap part of a snapshot: headline, arena table, notes, legend and one picture per heap
@@ -117,7 +118,13 @@ pub fn pictures(
     arena: Option<usize>,
     granules_per_pixel: u64,
 ) {
-    canvas.legend(&LEGEND);
+    // Freed chunks are live mode's: the legend names them only there.
+    let legend = if heap.totals.freed_chunks > 0 {
+        &LEGEND[..]
+    } else {
+        &LEGEND[..LEGEND.len() - 1]
+    };
+    canvas.legend(legend);
     for segment in &heap.segments {
         if arena.is_some_and(|a| a != segment.arena) {
             continue;
@@ -190,11 +197,12 @@ fn pixel(granules: &[u8], resident: impl Fn(usize) -> bool) -> HeapPixel {
     HeapPixel::Free(dominant)
 }
 
-/// The arena table: a row of figures per arena, their totals, the mmapped chunks.
+/// The arena table: a row of figures per arena, their totals, the mmapped chunks. Live mode
+/// adds a column of the chunks freed since the last walk.
 pub fn table(heap: &HeapMap) -> String {
+    let freed = heap.totals.freed_chunks > 0;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
+    let mut header = format!(
         "{:<5} {:>14} {:>5} {:>9} {:>18} {:>16} {:>16} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "arena",
         "address",
@@ -210,6 +218,10 @@ pub fn table(heap: &HeapMap) -> String {
         "trimmable",
         "unknown"
     );
+    if freed {
+        let _ = write!(header, " {:>16}", "freed");
+    }
+    let _ = writeln!(out, "{header}");
     for (i, arena) in heap.arenas.iter().enumerate() {
         row(
             &mut out,
@@ -217,9 +229,10 @@ pub fn table(heap: &HeapMap) -> String {
             arena.address,
             arena.heaps.len(),
             &arena.figures,
+            freed,
         );
     }
-    row(&mut out, "all", 0, heap.segments.len(), &heap.totals);
+    row(&mut out, "all", 0, heap.segments.len(), &heap.totals, freed);
     let _ = write!(
         out,
         "mmapped chunks: {} ({})",
@@ -229,13 +242,13 @@ pub fn table(heap: &HeapMap) -> String {
     out
 }
 
-fn row(out: &mut String, name: &str, address: u64, heaps: usize, f: &HeapFigures) {
+fn row(out: &mut String, name: &str, address: u64, heaps: usize, f: &HeapFigures, freed: bool) {
     let address = if address == 0 {
         String::new()
     } else {
         format!("{address:#x}")
     };
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{name:<5} {address:>14} {heaps:>5} {:>9} {:>18} {:>16} {:>16} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
         size(f.system_bytes),
@@ -249,6 +262,10 @@ fn row(out: &mut String, name: &str, address: u64, heaps: usize, f: &HeapFigures
         size(f.trimmable_bytes),
         size(f.unknown_bytes),
     );
+    if freed {
+        let _ = write!(out, " {:>16}", count(f.freed_chunks, f.freed_bytes));
+    }
+    out.push('\n');
 }
 
 fn count(chunks: u64, bytes: u64) -> String {

@@ -63,14 +63,32 @@ struct WatchLine<'a> {
     /// RFC 3339, UTC.
     time: String,
     pid: i32,
-    /// "walk": every sample walks the heap.
-    mode: &'a str,
+    /// "walk": every sample walks the heap; "live": events keep it current between walks.
+    mode: &'static str,
+    /// Live mode: what the events did since watch started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<EventsJson>,
     /// How long the sample took.
     sample_seconds: f64,
     /// Page counts of the whole process, by state.
     pages: &'a PageCounts,
     heap: Option<HeapJson<'a>>,
     heap_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EventsJson {
+    allocs: u64,
+    frees: u64,
+    allocated_bytes: u64,
+    freed_bytes: u64,
+    lost: u64,
+    resyncs: u64,
+    contradictions: u64,
+    reconciles: u64,
+    /// The last reconcile's difference from a fresh walk (null before the first).
+    reconcile_mismatch_chunks: Option<u64>,
+    reconcile_mismatch_bytes: Option<u64>,
 }
 
 /// The snapshot document, pretty-printed.
@@ -95,11 +113,27 @@ pub fn snapshot(sample: &Sample) -> String {
 }
 
 /// One watch sample as one line of JSON (no newline).
-pub fn watch_line(sample: &Sample, mode: &str) -> String {
+pub fn watch_line(sample: &Sample) -> String {
     let line = WatchLine {
         time: humantime::format_rfc3339_millis(sample.taken).to_string(),
         pid: sample.pid,
-        mode,
+        mode: if sample.events.is_some() {
+            "live"
+        } else {
+            "walk"
+        },
+        events: sample.events.map(|e| EventsJson {
+            allocs: e.allocs,
+            frees: e.frees,
+            allocated_bytes: e.allocated_bytes,
+            freed_bytes: e.freed_bytes,
+            lost: e.lost,
+            resyncs: e.resyncs,
+            contradictions: e.contradictions,
+            reconciles: e.reconciles,
+            reconcile_mismatch_chunks: e.reconcile_mismatch.map(|m| m.chunks),
+            reconcile_mismatch_bytes: e.reconcile_mismatch.map(|m| m.bytes),
+        }),
         sample_seconds: sample.duration.as_secs_f64(),
         pages: &sample.pages.totals,
         heap: sample.heap_map().map(heap),

@@ -26,6 +26,8 @@ pub struct ScreenOptions {
     pub interval: Duration,
     /// The process's name.
     pub name: String,
+    /// Why the samples walk the heap rather than follow events, if they do.
+    pub walk_reason: Option<String>,
 }
 
 /// The whole frame, one line per screen row (the caller may cut it at `rows`).
@@ -97,6 +99,9 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<St
         humantime::format_duration(options.interval),
         sample.duration.as_secs_f64()
     )];
+    if let Some(why) = &options.walk_reason {
+        lines.push(format!("walk mode: {why}"));
+    }
     let (Some(now), Some(first)) = (history.current, history.first) else {
         return lines;
     };
@@ -122,6 +127,9 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<St
         size(now.trimmable),
         size(now.largest_free)
     ));
+    if let Some(line) = events_line(history) {
+        lines.push(line);
+    }
     lines.push(format!(
         "last {} samples: live {}  free+res {}",
         history.series.len(),
@@ -129,6 +137,29 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<St
         sparkline(history.series.iter().map(|s| s.1)),
     ));
     lines
+}
+
+/// Live mode: the rates of calls since the last sample, and whether the events can be trusted.
+fn events_line(history: &History) -> Option<String> {
+    let now = history.current_events?;
+    let previous = history.previous_events.unwrap_or_default();
+    let seconds = history
+        .achieved_interval()
+        .map_or(0.0, |d| d.as_secs_f64())
+        .max(1e-9);
+    let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / seconds;
+    let mismatch = now.reconcile_mismatch.map_or("none yet".to_string(), |m| {
+        format!("{} chunks, {}", m.chunks, size(m.bytes))
+    });
+    Some(format!(
+        "live: {:.0} allocs/s ({}/s), {:.0} frees/s ({}/s); lost {}, resyncs {}, last reconcile off by {mismatch}",
+        rate(now.allocs, previous.allocs),
+        size(rate(now.allocated_bytes, previous.allocated_bytes) as u64),
+        rate(now.frees, previous.frees),
+        size(rate(now.freed_bytes, previous.freed_bytes) as u64),
+        now.lost,
+        now.resyncs,
+    ))
 }
 
 /// A signed change in bytes: "+1.2MiB", "-16B", "±0".

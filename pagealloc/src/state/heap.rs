@@ -457,6 +457,18 @@ impl HeapMap {
         }
     }
 
+    /// Which pages of each heap are resident now, by `pages` (live mode reads the page map at
+    /// every sample, the heap only at walks).
+    pub fn update_residency(&mut self, pages: &super::pages::PageMap) {
+        let resident = pages.resident_ranges();
+        for segment in &mut self.segments {
+            for (index, page) in segment.resident.iter_mut().enumerate() {
+                let at = segment.start + index as u64 * pages.page_size;
+                *page = resident.covers(at, at + 1);
+            }
+        }
+    }
+
     /// Read without an inconsistency. (What the walk could not read consistently it counts as
     /// unknown with an inconsistency noted; memory it could not find at all is noted
     /// [`NoteKind::Incomplete`]: looking again does not find it.)

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use crate::state::Sample;
+use crate::state::events::Counts;
 use crate::state::heap::HeapFigures;
 
 /// Samples the history line shows, at most.
@@ -50,12 +51,16 @@ pub struct History {
     current_start: Option<SystemTime>,
     /// (live, free but resident) of the last [`HISTORY_LEN`] samples with a heap map.
     pub series: VecDeque<(u64, u64)>,
+    /// Live mode: the events' counts at the last two samples.
+    pub previous_events: Option<Counts>,
+    pub current_events: Option<Counts>,
 }
 
 impl History {
     pub fn push(&mut self, sample: &Sample) {
         self.samples += 1;
         self.previous_start = self.current_start.replace(sample.taken);
+        self.previous_events = std::mem::replace(&mut self.current_events, sample.events);
         let Some(heap) = sample.heap_map() else {
             return;
         };

@@ -1,5 +1,6 @@
 //! Plain data: what the sources found, before anyone renders or exports it. Samples fill it,
 //! event streams will update it in place; renderers and exporters only read it.
+pub mod events;
 pub mod heap;
 pub mod history;
 pub mod pages;

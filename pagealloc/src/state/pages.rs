@@ -170,3 +170,49 @@ pub struct PageMap {
     /// What could not be known (for instance huge pages without root), said once, with the reason.
     pub limitations: Vec<Limitation>,
 }
+
+/// Resident address ranges, sorted and merged, for quick "may I read this?" answers.
+#[derive(Clone, Debug, Default)]
+pub struct ResidentRanges {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl ResidentRanges {
+    /// Whether all of `start..end` is resident.
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.1 <= start);
+        self.ranges
+            .get(i)
+            .is_some_and(|&(s, e)| s <= start && end <= e)
+    }
+
+    /// The resident parts of `start..end`.
+    pub fn within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let i = self.ranges.partition_point(|r| r.1 <= start);
+        (self.ranges[i..].iter())
+            .take_while(|r| r.0 < end)
+            .map(|&(s, e)| (s.max(start), e.min(end)))
+            .collect()
+    }
+}
+
+impl PageMap {
+    /// The resident address ranges of the whole process.
+    pub fn resident_ranges(&self) -> ResidentRanges {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for pages in &self.mappings {
+            let mut addr = pages.mapping.start;
+            for run in &pages.runs {
+                let end = addr + run.pages * self.page_size;
+                if run.state.is_resident() {
+                    match ranges.last_mut() {
+                        Some(last) if last.1 == addr => last.1 = end,
+                        _ => ranges.push((addr, end)),
+                    }
+                }
+                addr = end;
+            }
+        }
+        ResidentRanges { ranges }
+    }
+}

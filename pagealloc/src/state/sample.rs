@@ -49,6 +49,8 @@ pub struct Sample {
     /// The C library the heap was read with, when it was.
     pub libc: Option<LibcInfo>,
     pub heap: Heap,
+    /// Live mode: what the events did so far (None: the heap was walked, as in walk mode).
+    pub events: Option<super::events::Counts>,
 }
 
 impl Sample {

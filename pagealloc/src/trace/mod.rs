@@ -31,6 +31,29 @@ use points::Needs;
 /// The compiled programs of `pagealloc-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagealloc"));
 
+/// What the reader hands over each time it wakes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// Every event stamped before this (CLOCK_MONOTONIC, ns) is in this batch or an earlier one.
+    pub complete_before: u64,
+}
+
+/// Now, on the clock the probes stamp events with (CLOCK_MONOTONIC), in ns.
+pub fn monotonic_now() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How long after being stamped an event may still be in the middle of being written to the
+/// ring (a probe stamps, then commits): batches vouch only for events older than this.
+const COMMIT_SLACK_NS: u64 = 1_000_000;
+
 /// How the ring buffer is read.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceOptions {
@@ -178,13 +201,13 @@ impl Tracer {
     /// Loads the programs and attaches them to `libc` (a path this process can open: through
     /// `/proc/PID/root`) for process `pid` only. `flush` is the link-time address of
     /// `__malloc_arena_thread_freeres` (from the debug info), if known. Batches of events
-    /// arrive on the receiver returned.
+    /// arrive on the receiver returned, one each time the reader wakes (empty ones too).
     pub fn attach(
         pid: i32,
         libc: &Path,
         flush: Option<u64>,
         options: TraceOptions,
-    ) -> Result<(Tracer, Receiver<Vec<Event>>)> {
+    ) -> Result<(Tracer, Receiver<Batch>)> {
         let pid = u32::try_from(pid)
             .ok()
             .and_then(NonZeroU32::new)
@@ -331,7 +354,7 @@ impl Drop for Tracer {
 /// there is, in one batch.
 fn read_events(
     mut ring: RingBuf<MapData>,
-    send: mpsc::Sender<Vec<Event>>,
+    send: mpsc::Sender<Batch>,
     stop: &AtomicBool,
     poll: Duration,
 ) {
@@ -344,14 +367,19 @@ fn read_events(
         };
         // SAFETY: one pollfd, valid for the call.
         unsafe { libc::poll(&mut ready, 1, timeout) };
-        let mut batch = Vec::new();
+        let complete_before = monotonic_now().saturating_sub(COMMIT_SLACK_NS);
+        let mut events = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
         }
-        if !batch.is_empty() && send.send(batch).is_err() {
+        let batch = Batch {
+            events,
+            complete_before,
+        };
+        if send.send(batch).is_err() {
             return;
         }
     }

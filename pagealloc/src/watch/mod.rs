@@ -12,6 +12,7 @@ use signal_hook::iterator::Signals;
 
 use crate::debuginfo::DebugOptions;
 use crate::error::{Error, Result};
+use crate::live::{Live, LiveOptions};
 use crate::render::screen::{self, ScreenOptions};
 use crate::render::{self, ColorChoice, Style};
 use crate::session::{Session, SessionOptions};
@@ -36,6 +37,9 @@ pub struct WatchOptions {
     /// Bytes per pixel of the heap maps; None: what fits the screen.
     pub scale: Option<u64>,
     pub debug: DebugOptions,
+    /// Walk the heap at every sample; do not attach probes.
+    pub walk: bool,
+    pub live: LiveOptions,
 }
 
 /// The screen size assumed when the output is not a terminal: frames appended to a file or a
@@ -68,6 +72,18 @@ pub fn run(options: WatchOptions) -> Result<()> {
         },
     )?;
     let name = session.name();
+    let (mut live, walk_reason) = if options.walk {
+        (None, Some("asked for (--walk)".to_string()))
+    } else {
+        match Live::start(&mut session, options.live) {
+            Ok(live) => (Some(live), None),
+            Err(e @ (Error::ProcessExited { .. } | Error::Heap(_))) => return Err(e),
+            Err(e) => (None, Some(live_unavailable(&e))),
+        }
+    };
+    if let Some(why) = &walk_reason {
+        log::info!("walk mode: {why}");
+    }
     let mut output = if options.json {
         Output::Json
     } else if std::io::stdout().is_terminal() {
@@ -78,7 +94,11 @@ pub fn run(options: WatchOptions) -> Result<()> {
     let mut history = History::default();
     let started = Instant::now();
     loop {
-        let sample = match session.sample() {
+        let sample = match &mut live {
+            Some(live) => live.sample(&mut session),
+            None => session.sample(),
+        };
+        let sample = match sample {
             Ok(sample) => sample,
             Err(
                 Error::ProcessExited { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
@@ -99,7 +119,14 @@ pub fn run(options: WatchOptions) -> Result<()> {
             render::check_arena(options.arena, heap, options.pid)?;
         }
         history.push(&sample);
-        show(&mut output, &sample, &history, &options, &name)?;
+        show(
+            &mut output,
+            &sample,
+            &history,
+            &options,
+            &name,
+            &walk_reason,
+        )?;
         if options.count.is_some_and(|count| history.samples >= count) {
             return Ok(());
         }
@@ -110,7 +137,14 @@ pub fn run(options: WatchOptions) -> Result<()> {
             let wait = next.saturating_duration_since(Instant::now());
             match wakes.recv_timeout(wait) {
                 Err(RecvTimeoutError::Timeout) => break,
-                Ok(Wake::Resize) => show(&mut output, &sample, &history, &options, &name)?,
+                Ok(Wake::Resize) => show(
+                    &mut output,
+                    &sample,
+                    &history,
+                    &options,
+                    &name,
+                    &walk_reason,
+                )?,
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
@@ -123,25 +157,26 @@ fn show(
     history: &History,
     options: &WatchOptions,
     name: &str,
+    walk_reason: &Option<String>,
 ) -> Result<()> {
     let failed = |e| Error::io("writing the output", e);
+    let screen_options = |columns, rows, terminal| ScreenOptions {
+        walk_reason: walk_reason.clone(),
+        ..screen_options(options, name, columns, rows, terminal)
+    };
     match output {
-        Output::Json => render::write_stdout(&(render::json::watch_line(sample, "walk") + "\n")),
+        Output::Json => render::write_stdout(&(render::json::watch_line(sample) + "\n")),
         Output::Appended => {
             let text = screen::frame(
                 sample,
                 history,
-                &screen_options(options, name, APPENDED_COLUMNS, APPENDED_ROWS, false),
+                &screen_options(APPENDED_COLUMNS, APPENDED_ROWS, false),
             );
             render::write_stdout(&format!("\n{text}"))
         }
         Output::Screen(screen) => {
             let (columns, rows) = Screen::size().unwrap_or((APPENDED_COLUMNS, APPENDED_ROWS));
-            let text = screen::frame(
-                sample,
-                history,
-                &screen_options(options, name, columns, rows, true),
-            );
+            let text = screen::frame(sample, history, &screen_options(columns, rows, true));
             screen.draw(&text, columns, rows).map_err(failed)
         }
     }
@@ -172,6 +207,33 @@ fn screen_options(
         granules_per_pixel: options.scale.map(|bytes| bytes / GRANULE),
         interval: options.interval,
         name: name.to_string(),
+        walk_reason: None,
+    }
+}
+
+/// Why live mode could not start, with the capabilities this process lacks for it.
+fn live_unavailable(error: &Error) -> String {
+    const NEEDED: [(u32, &str); 4] = [
+        (39, "CAP_BPF"),
+        (38, "CAP_PERFMON"),
+        (19, "CAP_SYS_PTRACE"),
+        (21, "CAP_SYS_ADMIN (frame numbers)"),
+    ];
+    let effective = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .map_or(0, |status| status.capeff);
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        format!("the probes could not be attached: {error}")
+    } else {
+        format!(
+            "the probes could not be attached ({error}); missing: {}",
+            missing.join(", ")
+        )
     }
 }
 

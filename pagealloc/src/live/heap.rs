@@ -1,0 +1,413 @@
+//! A heap map kept current by allocation events: each event changes the granules of its chunk,
+//! once (O(chunk size / 16)); the figures are counted again from the granules when a sample is
+//! taken ([`HeapMap::recount`]).
+//!
+//! What an event tells is applied exactly: a chunk became live, a live chunk was freed. What it
+//! does not tell (whether a freed chunk sits in tcache, a fastbin, a bin, or merged into top)
+//! stays unknown to it: freed chunks are [`ChunkState::Freed`] until the next walk.
+use std::collections::BTreeMap;
+
+use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, IS_MMAPPED};
+
+use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapMap, MmappedChunk};
+
+/// An event the state says cannot have happened: the state, or the event stream, is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Contradiction {
+    #[error("a chunk at {address:#x} of {size} bytes was handed out over a live one")]
+    AllocOverLive { address: u64, size: u64 },
+    #[error("a chunk at {address:#x} of {size} bytes was freed that is not live")]
+    FreeOfNotLive { address: u64, size: u64 },
+    #[error("an mmapped chunk at {address:#x} was {what} that the state {state}")]
+    Mmapped {
+        address: u64,
+        what: &'static str,
+        state: &'static str,
+    },
+    /// The chunk lies in none of the heaps known: a new heap or arena since the walk.
+    #[error("a chunk at {address:#x} lies outside the heaps known (a heap grew, or a new one)")]
+    Outside { address: u64 },
+}
+
+/// How an event is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// To a state that already holds everything before the event: a contradiction is an error.
+    Strict,
+    /// To a walk taken while the event happened: the walk may have seen the chunk before the
+    /// event or after it, so an event already reflected is skipped and the rest applied.
+    Replay,
+}
+
+/// A thread arena's heaps are reserved this large, and aligned to it (glibc's HEAP_MAX_SIZE
+/// on 64-bit without huge pages); the main heap grows by less than this at a time.
+const HEAP_MAX: u64 = 64 << 20;
+
+/// How far past a heap's end an aligned allocation from its new memory may start.
+const ALIGNMENT_SLACK: u64 = 64 << 10;
+
+pub struct LiveHeap {
+    pub map: HeapMap,
+    page_size: u64,
+    /// (start, end, index in `map.segments`), by start.
+    index: Vec<(u64, u64, usize)>,
+    /// mmapped chunks by address: their bytes.
+    mmapped: BTreeMap<u64, u64>,
+}
+
+impl LiveHeap {
+    pub fn new(map: HeapMap, page_size: u64) -> LiveHeap {
+        let mut index: Vec<(u64, u64, usize)> = (map.segments.iter().enumerate())
+            .map(|(i, s)| (s.start, s.end, i))
+            .collect();
+        index.sort_unstable();
+        let mmapped = map.mmapped.iter().map(|c| (c.address, c.bytes)).collect();
+        LiveHeap {
+            map,
+            page_size,
+            index,
+            mmapped,
+        }
+    }
+
+    /// The map with its mmapped chunks as the events left them (the figures are not counted
+    /// here: see [`HeapMap::recount`]).
+    pub fn finish_mmapped(&mut self) {
+        self.map.mmapped = (self.mmapped.iter())
+            .map(|(&address, &bytes)| MmappedChunk { address, bytes })
+            .collect();
+        self.map.mmapped_chunks = self.mmapped.len() as u64;
+        self.map.mmapped_bytes = self.mmapped.values().sum();
+    }
+
+    pub fn apply(&mut self, event: &Event, how: Apply) -> Result<(), Contradiction> {
+        let chunk = event.pointer.wrapping_sub(2 * 8);
+        let size = event.size & !CHUNK_FLAG_BITS;
+        let alloc = event.kind == EventKind::Alloc as u8;
+        if event.size & IS_MMAPPED != 0 {
+            return self.apply_mmapped(chunk, size, alloc, how);
+        }
+        let end_of_chunk = chunk.saturating_add(size);
+        let found = match self.segment_of(chunk) {
+            Some(&(_, end, _)) if end_of_chunk > end && alloc => self.grow(chunk, size),
+            None if alloc => self.grow(chunk, size),
+            found => found.copied(),
+        };
+        let Some((start, end, segment)) = found else {
+            return Err(Contradiction::Outside { address: chunk });
+        };
+        if size < GRANULE
+            || chunk.saturating_add(size) > end
+            || !(chunk - start).is_multiple_of(GRANULE)
+        {
+            return Err(Contradiction::Outside { address: chunk });
+        }
+        let granules = &mut self.map.segments[segment].granules;
+        let first = ((chunk - start) / GRANULE) as usize;
+        let count = (size / GRANULE) as usize;
+        let range = first..first + count;
+        // Where the next chunk starts: there, or the heap's end.
+        let next = granules.get(range.end).copied();
+        let live_here = granules[first] == ChunkState::Live as u8 | CHUNK_START
+            && granules[range.clone()]
+                .iter()
+                .all(|&g| ChunkState::from_granule(g) == ChunkState::Live)
+            && next.is_none_or(|g| g & CHUNK_START != 0);
+        if alloc {
+            if live_here && how == Apply::Replay {
+                return Ok(()); // the walk saw it handed out already
+            }
+            let over_live = granules[range.clone()]
+                .iter()
+                .any(|&g| ChunkState::from_granule(g) == ChunkState::Live);
+            if over_live && how == Apply::Strict {
+                return Err(Contradiction::AllocOverLive {
+                    address: chunk,
+                    size,
+                });
+            }
+            mark(granules, range, ChunkState::Live);
+            return Ok(());
+        }
+        if !live_here {
+            let state = ChunkState::from_granule(granules[first]);
+            // What was read inconsistently, or given back by an exiting thread (its tcache,
+            // and the tcache's own chunk that glibc allocated out of sight), may be freed.
+            let expected = state == ChunkState::Unknown || event.call == Call::Flush as u8;
+            if how == Apply::Replay && !expected {
+                return Ok(()); // the walk saw it freed already
+            }
+            if !expected {
+                return Err(Contradiction::FreeOfNotLive {
+                    address: chunk,
+                    size,
+                });
+            }
+        }
+        mark(granules, range, ChunkState::Freed);
+        Ok(())
+    }
+
+    fn apply_mmapped(
+        &mut self,
+        address: u64,
+        bytes: u64,
+        alloc: bool,
+        how: Apply,
+    ) -> Result<(), Contradiction> {
+        let known = self.mmapped.contains_key(&address);
+        let contradiction = |what, state| Contradiction::Mmapped {
+            address,
+            what,
+            state,
+        };
+        match (alloc, known, how) {
+            (true, true, Apply::Strict) => Err(contradiction("made", "already has")),
+            (false, false, Apply::Strict) => Err(contradiction("unmapped", "does not have")),
+            (true, _, _) => {
+                self.mmapped.insert(address, bytes);
+                Ok(())
+            }
+            (false, _, _) => {
+                self.mmapped.remove(&address);
+                Ok(())
+            }
+        }
+    }
+
+    /// A heap grows by its top chunk (sbrk for the main arena, heap_info.size within its
+    /// reservation for the others): a chunk handed out past the end of a heap that ends with top
+    /// (or from its very end) is in the heap grown to hold it, the rest of what it grew by being
+    /// top.
+    fn grow(&mut self, chunk: u64, size: u64) -> Option<(u64, u64, usize)> {
+        let end = chunk.checked_add(size)?;
+        let i = self
+            .index
+            .partition_point(|s| s.0 <= chunk)
+            .checked_sub(1)?;
+        let (start, old_end, segment) = self.index[i];
+        let reservation = (start & !(HEAP_MAX - 1)) + HEAP_MAX;
+        let next_start = self.index.get(i + 1).map_or(u64::MAX, |s| s.0);
+        let page = self.page_size;
+        let new_end = end.next_multiple_of(page);
+        let main = self.map.arenas.get(self.map.segments[segment].arena)?.main;
+        let fits = new_end <= next_start
+            && new_end - old_end <= HEAP_MAX
+            && (main || new_end <= reservation);
+        let heap = &mut self.map.segments[segment];
+        let ends_with_top = heap
+            .granules
+            .last()
+            .is_some_and(|&g| ChunkState::from_granule(g) == ChunkState::Top);
+        // It grew from its top, or from its end once top was used up (memalign may leave a
+        // little of the new memory before the chunk, as a free chunk).
+        let contiguous = ends_with_top || chunk <= old_end + ALIGNMENT_SLACK;
+        if !fits || !contiguous || end <= old_end {
+            return None;
+        }
+        let added = new_end - old_end;
+        heap.end = new_end;
+        let old_granules = heap.granules.len();
+        heap.granules.resize(
+            ((new_end - start) / GRANULE) as usize,
+            ChunkState::Top as u8,
+        );
+        // Top used up, the new memory is a top chunk of its own.
+        if !ends_with_top {
+            heap.granules[old_granules] |= CHUNK_START;
+        }
+        heap.resident
+            .resize((new_end - start).div_ceil(page) as usize, false);
+        let arena = &mut self.map.arenas[heap.arena];
+        arena.figures.system_bytes += added;
+        if let Some(range) = arena.heaps.iter_mut().find(|h| h.start == start) {
+            range.end = new_end;
+        }
+        self.index[i].1 = new_end;
+        Some(self.index[i])
+    }
+
+    fn segment_of(&self, address: u64) -> Option<&(u64, u64, usize)> {
+        let i = self
+            .index
+            .partition_point(|s| s.0 <= address)
+            .checked_sub(1)?;
+        self.index.get(i).filter(|s| address < s.1)
+    }
+}
+
+/// Marks the granules `range` as one chunk in `state`; the chunk that follows, if it is not
+/// marked as starting there, is the rest of what this chunk was carved from: it starts there.
+fn mark(granules: &mut [u8], range: std::ops::Range<usize>, state: ChunkState) {
+    if let Some(next) = granules.get_mut(range.end) {
+        *next |= CHUNK_START;
+    }
+    granules[range.start] = state as u8 | CHUNK_START;
+    granules[range.start + 1..range.end].fill(state as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use pagealloc_common::{Call, Event, EventKind};
+
+    use super::{Apply, Contradiction, LiveHeap};
+    use crate::state::heap::{
+        AddressRange, Arena, CHUNK_START, ChunkState, HeapFigures, HeapMap, Segment,
+    };
+
+    const HEAP: u64 = 0x10000;
+
+    /// A heap of one page: a live chunk of 0x40 at 0x10, a bin chunk of 0x100 after it, then
+    /// top.
+    fn heap() -> LiveHeap {
+        let mut segment = Segment::new(HEAP, HEAP + 0x1000, 0, 0x1000);
+        segment.resident[0] = true;
+        let mut put = |at: u64, size: u64, state: ChunkState| {
+            let first = ((at - HEAP) / 16) as usize;
+            segment.granules[first] = state as u8 | CHUNK_START;
+            for g in &mut segment.granules[first + 1..first + (size / 16) as usize] {
+                *g = state as u8;
+            }
+        };
+        put(HEAP, 0x10, ChunkState::Overhead);
+        put(HEAP + 0x10, 0x40, ChunkState::Live);
+        put(HEAP + 0x50, 0x100, ChunkState::Bin);
+        put(HEAP + 0x150, 0x1000 - 0x150, ChunkState::Top);
+        LiveHeap::new(
+            HeapMap {
+                arenas: vec![Arena {
+                    address: 0x1,
+                    main: true,
+                    heaps: vec![AddressRange {
+                        start: HEAP,
+                        end: HEAP + 0x1000,
+                    }],
+                    figures: HeapFigures {
+                        system_bytes: 0x1000,
+                        ..HeapFigures::default()
+                    },
+                }],
+                mmapped_chunks: 0,
+                mmapped_bytes: 0,
+                totals: HeapFigures::default(),
+                notes: Vec::new(),
+                mmapped: Vec::new(),
+                segments: vec![segment],
+            },
+            0x1000,
+        )
+    }
+
+    fn event(kind: EventKind, chunk: u64, size: u64, call: Call) -> Event {
+        Event {
+            time: 0,
+            pointer: chunk + 16,
+            size: size | 1,
+            tid: 1,
+            kind: kind as u8,
+            call: call as u8,
+            reserved: 0,
+        }
+    }
+
+    fn figures(live: &mut LiveHeap) -> HeapFigures {
+        live.map.recount(0x1000, 48);
+        live.map.totals.clone()
+    }
+
+    #[test]
+    fn allocations_and_frees_move_granules_and_figures() {
+        let mut live = heap();
+        let before = figures(&mut live);
+        assert_eq!((before.live_chunks, before.live_bytes), (1, 0x40));
+        assert_eq!((before.bin_chunks, before.bin_bytes), (1, 0x100));
+        // A malloc carved from the bin chunk: the rest is still a bin chunk of its own.
+        let alloc = event(EventKind::Alloc, HEAP + 0x50, 0x30, Call::Malloc);
+        live.apply(&alloc, Apply::Strict).unwrap();
+        let after = figures(&mut live);
+        assert_eq!((after.live_chunks, after.live_bytes), (2, 0x70));
+        assert_eq!((after.bin_chunks, after.bin_bytes), (1, 0xd0));
+        // The first chunk freed: Freed, not guessed into a bin.
+        let free = event(EventKind::Free, HEAP + 0x10, 0x40, Call::Free);
+        live.apply(&free, Apply::Strict).unwrap();
+        let freed = figures(&mut live);
+        assert_eq!((freed.live_chunks, freed.live_bytes), (1, 0x30));
+        assert_eq!((freed.freed_chunks, freed.freed_bytes), (1, 0x40));
+        // From top: top shrinks.
+        let from_top = event(EventKind::Alloc, HEAP + 0x150, 0x200, Call::Calloc);
+        live.apply(&from_top, Apply::Strict).unwrap();
+        let topped = figures(&mut live);
+        assert_eq!(topped.top_bytes, 0x1000 - 0x150 - 0x200);
+        assert_eq!(topped.live_bytes, 0x230);
+    }
+
+    #[test]
+    fn contradictions_are_errors_when_strict() {
+        let mut live = heap();
+        let over = event(EventKind::Alloc, HEAP + 0x10, 0x40, Call::Malloc);
+        assert!(matches!(
+            live.apply(&over, Apply::Strict),
+            Err(Contradiction::AllocOverLive { .. })
+        ));
+        let not_live = event(EventKind::Free, HEAP + 0x50, 0x100, Call::Free);
+        assert!(matches!(
+            live.apply(&not_live, Apply::Strict),
+            Err(Contradiction::FreeOfNotLive { .. })
+        ));
+        let outside = event(EventKind::Free, HEAP + 0x2000, 0x40, Call::Free);
+        assert!(matches!(
+            live.apply(&outside, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
+        // An exiting thread's tcache given back: freed, whatever the walk knew of it.
+        let flush = event(EventKind::Free, HEAP + 0x50, 0x100, Call::Flush);
+        live.apply(&flush, Apply::Strict).unwrap();
+        assert_eq!(figures(&mut live).freed_bytes, 0x100);
+    }
+
+    #[test]
+    fn a_heap_grows_by_its_top() {
+        let mut live = heap();
+        // From top, past the end: the heap grew by top to hold it.
+        let grown = event(EventKind::Alloc, HEAP + 0x150, 0x1800, Call::Malloc);
+        live.apply(&grown, Apply::Strict).unwrap();
+        let figures = figures(&mut live);
+        assert_eq!(live.map.segments[0].end, HEAP + 0x2000);
+        assert_eq!(live.map.arenas[0].heaps[0].end, HEAP + 0x2000);
+        assert_eq!(figures.system_bytes, 0x2000);
+        assert_eq!(figures.live_bytes, 0x40 + 0x1800);
+        assert_eq!(figures.top_bytes, 0x2000 - 0x150 - 0x1800);
+        // Top used up to the end, then past the end: grown again, and the chunk that ended the
+        // heap can be freed (its end is the new top's start).
+        let last = event(EventKind::Alloc, HEAP + 0x1950, 0x6b0, Call::Malloc);
+        live.apply(&last, Apply::Strict).unwrap();
+        let next = event(EventKind::Alloc, HEAP + 0x2000, 0x800, Call::Malloc);
+        live.apply(&next, Apply::Strict).unwrap();
+        assert_eq!(live.map.segments[0].end, HEAP + 0x3000);
+        let free = event(EventKind::Free, HEAP + 0x1950, 0x6b0, Call::Free);
+        live.apply(&free, Apply::Strict).unwrap();
+        // Far away: another heap, not this one grown.
+        let far = event(EventKind::Alloc, HEAP + (200 << 20), 0x40, Call::Malloc);
+        assert!(matches!(
+            live.apply(&far, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
+    }
+
+    #[test]
+    fn replay_skips_what_the_walk_saw() {
+        let mut live = heap();
+        let before = figures(&mut live);
+        // The walk saw the live chunk handed out: its malloc replayed changes nothing.
+        let seen = event(EventKind::Alloc, HEAP + 0x10, 0x40, Call::Malloc);
+        live.apply(&seen, Apply::Replay).unwrap();
+        // The walk saw the bin chunk freed: its free replayed changes nothing.
+        let freed = event(EventKind::Free, HEAP + 0x50, 0x100, Call::Free);
+        live.apply(&freed, Apply::Replay).unwrap();
+        assert_eq!(figures(&mut live), before);
+        // The walk read the live chunk before it was freed: the free is applied.
+        let free = event(EventKind::Free, HEAP + 0x10, 0x40, Call::Free);
+        live.apply(&free, Apply::Replay).unwrap();
+        assert_eq!(figures(&mut live).live_chunks, 0);
+    }
+}

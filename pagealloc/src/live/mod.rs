@@ -1,0 +1,290 @@
+//! Live mode: probes on the allocator keep a session's heap map current between walks.
+//!
+//! The probes attach first; then one walk seeds the state, and the events stamped while it ran
+//! are replayed against it (the walk saw each chunk before or after its event: what it already
+//! shows is skipped), so that nothing is lost or counted twice. From then on every event is
+//! applied as it comes. A lost event, or an event the state says cannot have happened, makes
+//! the next sample walk the heap again (a resync, with the same replay); every
+//! [`LiveOptions::reconcile`] a walk is compared with the state (the mismatch in live chunks and
+//! bytes is reported; 0 on a healthy run) and then replaces it.
+pub mod heap;
+
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use pagealloc_common::{Call, EventKind};
+
+use crate::error::{Error, Result};
+use crate::session::Session;
+use crate::state::events::{Counts, Mismatch};
+use crate::state::heap::HeapMap;
+use crate::state::{Heap, Sample};
+use crate::trace::{self, Batch, TraceOptions, Tracer};
+use heap::{Apply, Contradiction, LiveHeap};
+
+#[derive(Clone, Copy, Debug)]
+pub struct LiveOptions {
+    pub trace: TraceOptions,
+    /// How often a walk checks the state.
+    pub reconcile: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            trace: TraceOptions::default(),
+            reconcile: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a walk is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walk {
+    /// The events cannot be trusted: replace the state.
+    Resync,
+    /// Time to check: compare, then replace.
+    Reconcile,
+}
+
+pub struct Live {
+    tracer: Tracer,
+    batches: Receiver<Batch>,
+    heap: LiveHeap,
+    counts: Counts,
+    /// Events stamped before this are in the walk the state comes from.
+    walked_from: u64,
+    /// Events stamped up to this may be in it already (replayed).
+    walked_until: u64,
+    needs: Option<Walk>,
+    last_walk: Instant,
+    header_bytes: u64,
+    options: LiveOptions,
+    /// The libc the state's walk read, for samples that only read the page map.
+    libc: Option<crate::state::LibcInfo>,
+}
+
+/// How long a walk waits for the reader to hand over the events stamped before it ended.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+impl Live {
+    /// Attaches the probes to the session's process and seeds the state with one walk.
+    pub fn start(session: &mut Session, options: LiveOptions) -> Result<Live> {
+        let site = session.probe_site()?;
+        let (tracer, batches) = Tracer::attach(
+            session.pid(),
+            &site.libc,
+            site.thread_freeres,
+            options.trace,
+        )?;
+        let mut live = Live {
+            tracer,
+            batches,
+            heap: LiveHeap::new(empty_map(), procfs::page_size()),
+            counts: Counts::default(),
+            walked_from: 0,
+            walked_until: 0,
+            needs: None,
+            last_walk: Instant::now(),
+            header_bytes: site.header_bytes,
+            options,
+            libc: None,
+        };
+        live.walk(session, Walk::Resync)?;
+        Ok(live)
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Where each probe went.
+    pub fn probes(&self) -> &[trace::Placed] {
+        &self.tracer.placed
+    }
+
+    /// A sample: the events since the last one applied, the heap walked again if they cannot
+    /// be trusted or a reconcile is due, the page map read again.
+    pub fn sample(&mut self, session: &mut Session) -> Result<Sample> {
+        self.take_events();
+        self.check_lost()?;
+        if self.needs.is_none() && self.last_walk.elapsed() >= self.options.reconcile {
+            self.needs = Some(Walk::Reconcile);
+        }
+        let mut sample = match self.needs {
+            Some(why) => self.walk(session, why)?,
+            None => session.sample_pages()?,
+        };
+        self.heap.map.update_residency(&sample.pages);
+        self.heap.finish_mmapped();
+        self.heap
+            .map
+            .recount(sample.pages.page_size, self.header_bytes);
+        sample.heap = Heap::Map(Box::new(self.heap.map.clone()));
+        sample.libc = self.libc.clone();
+        sample.events = Some(self.counts);
+        Ok(sample)
+    }
+
+    /// Walks the heap; the events stamped while it ran are replayed against the walk, and it
+    /// becomes the state. A reconcile first compares it with the state; a walk that read the
+    /// heap inconsistently (the target busy) says nothing of the state, which a reconcile then
+    /// keeps, and a resync takes for lack of better: either looks again at the next sample.
+    fn walk(&mut self, session: &mut Session, why: Walk) -> Result<Sample> {
+        let from = trace::monotonic_now();
+        let mut sample = session.sample()?;
+        let until = trace::monotonic_now();
+        let walked = match std::mem::replace(&mut sample.heap, Heap::NotRead) {
+            Heap::Map(map) => *map,
+            Heap::Unavailable(why) => return Err(Error::Heap(why)),
+            Heap::NotRead => unreachable!("a session for live mode reads the heap"),
+        };
+        let consistent = walked.is_consistent();
+        let page_size = sample.pages.page_size;
+        let old = std::mem::replace(&mut self.heap, LiveHeap::new(walked, page_size));
+        let old_window = (self.walked_from, self.walked_until);
+        (self.walked_from, self.walked_until) = (from, until);
+        self.needs = None;
+        // The state before, for a reconcile: the same events applied to it.
+        let mut old = (why == Walk::Reconcile).then_some((old, false));
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        loop {
+            let batch = self
+                .batches
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| Error::Ebpf {
+                    what: "reading the events".into(),
+                    reason: "the event reader stopped handing them over".into(),
+                })?;
+            if let Some((old, broken)) = &mut old {
+                for event in &batch.events {
+                    if let Some(how) = mode(event.time, old_window.0, old_window.1) {
+                        *broken |= old.apply(event, how).is_err();
+                    }
+                }
+            }
+            self.apply_batch(&batch);
+            if batch.complete_before > until.saturating_add(REPLAY_SLACK_NS) {
+                break;
+            }
+        }
+        self.last_walk = Instant::now();
+        match old {
+            Some((old, broken)) if !consistent => {
+                self.heap = old;
+                (self.walked_from, self.walked_until) = old_window;
+                self.needs = Some(if broken {
+                    Walk::Resync
+                } else {
+                    Walk::Reconcile
+                });
+            }
+            Some((mut old, _)) => {
+                old.map.recount(page_size, self.header_bytes);
+                let mut now = self.heap.map.clone();
+                now.recount(page_size, self.header_bytes);
+                let (a, b) = (&old.map.totals, &now.totals);
+                self.counts.reconciles += 1;
+                self.counts.reconcile_mismatch = Some(Mismatch {
+                    chunks: a.live_chunks.abs_diff(b.live_chunks),
+                    bytes: a.live_bytes.abs_diff(b.live_bytes),
+                });
+            }
+            None if !consistent => {
+                self.needs.get_or_insert(Walk::Resync);
+            }
+            None => {}
+        }
+        self.libc = sample.libc.clone();
+        Ok(sample)
+    }
+
+    /// Applies what the reader has handed over so far.
+    fn take_events(&mut self) {
+        while let Ok(batch) = self.batches.try_recv() {
+            self.apply_batch(&batch);
+        }
+    }
+
+    fn apply_batch(&mut self, batch: &Batch) {
+        for event in &batch.events {
+            self.count(event);
+            let Some(how) = mode(event.time, self.walked_from, self.walked_until) else {
+                continue; // the walk saw it
+            };
+            match self.heap.apply(event, how) {
+                Ok(()) => {}
+                // Past the first, the state is known to be off: they say nothing more.
+                Err(_) if self.needs == Some(Walk::Resync) => {}
+                Err(contradiction) => {
+                    if !matches!(contradiction, Contradiction::Outside { .. }) {
+                        self.counts.contradictions += 1;
+                    }
+                    log::debug!("resync: {contradiction}");
+                    self.resync();
+                }
+            }
+        }
+    }
+
+    /// The events cannot be trusted: walk the heap again at the next sample.
+    fn resync(&mut self) {
+        if self.needs != Some(Walk::Resync) {
+            self.counts.resyncs += 1;
+            self.needs = Some(Walk::Resync);
+        }
+    }
+
+    fn count(&mut self, event: &pagealloc_common::Event) {
+        let bytes = event.size & !pagealloc_common::CHUNK_FLAG_BITS;
+        let call = Call::from_u8(event.call);
+        if event.kind == EventKind::Alloc as u8 && call != Some(Call::ReallocFailed) {
+            self.counts.allocs += 1;
+            self.counts.allocated_bytes += bytes;
+        } else if matches!(call, Some(Call::Free | Call::ReallocToZero)) {
+            self.counts.frees += 1;
+            self.counts.freed_bytes += bytes;
+        } else if call == Some(Call::Realloc) {
+            self.counts.freed_bytes += bytes;
+        }
+    }
+
+    fn check_lost(&mut self) -> Result<()> {
+        let lost = self.tracer.lost()?;
+        if lost > self.counts.lost {
+            log::debug!("resync: {} events lost", lost - self.counts.lost);
+            self.counts.lost = lost;
+            self.resync();
+        }
+        Ok(())
+    }
+}
+
+/// A probe stamps a free before the chunk is freed and an allocation after the chunk is handed
+/// out, and a thread can be preempted in between: events stamped this close to a walk may be
+/// what the walk saw, or not. They are replayed against it.
+const REPLAY_SLACK_NS: u64 = 200_000_000;
+
+/// How an event stamped at `time` is applied to a walk taken from `from` to `until`, if at all
+/// (None: the walk saw it).
+fn mode(time: u64, from: u64, until: u64) -> Option<Apply> {
+    if time < from.saturating_sub(REPLAY_SLACK_NS) {
+        None
+    } else if time <= until.saturating_add(REPLAY_SLACK_NS) {
+        Some(Apply::Replay)
+    } else {
+        Some(Apply::Strict)
+    }
+}
+
+fn empty_map() -> HeapMap {
+    HeapMap {
+        arenas: Vec::new(),
+        mmapped_chunks: 0,
+        mmapped_bytes: 0,
+        totals: Default::default(),
+        notes: Vec::new(),
+        mmapped: Vec::new(),
+        segments: Vec::new(),
+    }
+}

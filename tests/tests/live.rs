@@ -1,0 +1,202 @@
+//! `pagealloc watch` in live mode, against what a fixture knows it did: probes in the kernel,
+//! events applied to the heap map, walks only to seed, resync and reconcile.
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Stdio};
+use std::time::SystemTime;
+
+use pagealloc_tests::*;
+use serde_json::Value;
+
+/// `pagealloc watch PID --format json ARGS`, stdout piped.
+struct Watch {
+    child: Child,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Watch {
+    fn start(pid: i32, args: &[&str]) -> Watch {
+        let pid = pid.to_string();
+        let mut all = vec!["watch", pid.as_str(), "--format", "json"];
+        all.extend_from_slice(args);
+        let mut child = pagealloc_command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("watch starts");
+        let lines = BufReader::new(child.stdout.take().unwrap());
+        Watch { child, lines }
+    }
+
+    fn next(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.lines.read_line(&mut line).expect("watch's output");
+        if n == 0 {
+            let _ = self.child.kill();
+            let output = self.child.wait_with_output_stderr();
+            panic!("watch ended early: {output}");
+        }
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next line of a sample begun after `after` that satisfies `wanted`.
+    fn next_after(&mut self, after: SystemTime, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self.next();
+            if started(&line) >= after && wanted(&line) {
+                return line;
+            }
+        }
+    }
+}
+
+trait StderrOf {
+    fn wait_with_output_stderr(&mut self) -> String;
+}
+
+impl StderrOf for Child {
+    fn wait_with_output_stderr(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn started(line: &Value) -> SystemTime {
+    humantime::parse_rfc3339(line["time"].as_str().expect("time")).expect("RFC 3339 time")
+}
+
+fn events(line: &Value, key: &str) -> u64 {
+    n(&line["events"], key)
+}
+
+fn live(line: &Value, key: &str) -> u64 {
+    n(&line["heap"]["totals"], key)
+}
+
+/// Four threads make over a million random allocation calls while watch follows them: the
+/// change in live chunks and bytes it reports is the fixture's own, every call is counted, no
+/// event is lost, no walk was needed, and a reconcile afterwards finds the state exact.
+#[test]
+fn root_live_mode_is_exact_under_churn() {
+    require_root();
+    const CALLS_PER_THREAD: u64 = 300_000;
+    let mut fixture = Fixture::spawn(
+        fixture_path!("CHURN_CALLS"),
+        &[&CALLS_PER_THREAD.to_string(), "4"],
+    );
+    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
+    let quiet = SystemTime::now();
+    let before = watch.next_after(quiet, |_| true);
+    assert_eq!(before["mode"], "live", "{before}");
+    let calls_before = (fixture.get("allocs"), fixture.get("frees"));
+    let held_before = (fixture.get("held_chunks"), fixture.get("held_bytes"));
+    fixture.command("g");
+    let quiet = SystemTime::now();
+    let after = watch.next_after(quiet, |_| true);
+    let allocs = fixture.get("allocs") - calls_before.0;
+    let frees = fixture.get("frees") - calls_before.1;
+    assert!(allocs + frees >= 1_000_000, "{allocs} + {frees} calls");
+    assert_eq!(events(&after, "allocs") - events(&before, "allocs"), allocs);
+    assert_eq!(events(&after, "frees") - events(&before, "frees"), frees);
+    assert_eq!(events(&after, "lost"), 0);
+    assert_eq!(events(&after, "resyncs"), 0, "no walk was needed");
+    assert_eq!(events(&after, "contradictions"), 0);
+    let change = |key: &str| live(&after, key) as i64 - live(&before, key) as i64;
+    assert_eq!(
+        change("live_chunks"),
+        fixture.get("held_chunks") as i64 - held_before.0 as i64
+    );
+    assert_eq!(
+        change("live_bytes"),
+        fixture.get("held_bytes") as i64 - held_before.1 as i64
+    );
+    assert_eq!(
+        n(&after["heap"], "mmapped_chunks"),
+        fixture.get("mmapped_chunks")
+    );
+    assert_eq!(
+        n(&after["heap"], "mmapped_bytes"),
+        fixture.get("mmapped_bytes")
+    );
+    // A reconcile after the churn: a fresh walk agrees with the state to the byte.
+    let reconciles = events(&after, "reconciles");
+    let reconciled = watch.next_after(quiet, |l| events(l, "reconciles") > reconciles);
+    assert_eq!(
+        events(&reconciled, "reconcile_mismatch_chunks"),
+        0,
+        "{reconciled}"
+    );
+    assert_eq!(
+        events(&reconciled, "reconcile_mismatch_bytes"),
+        0,
+        "{reconciled}"
+    );
+}
+
+/// A ring buffer too small for the churn: the losses are counted, a resync walks the heap, and
+/// the figures are exact again afterwards.
+#[test]
+fn root_lost_events_are_counted_and_resynced() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["100000", "4"]);
+    let mut watch = Watch::start(
+        fixture.pid(),
+        &[
+            "--interval",
+            "300ms",
+            "--ring-bytes",
+            "4096",
+            "--reconcile",
+            "1h",
+        ],
+    );
+    let before = watch.next_after(SystemTime::now(), |_| true);
+    assert_eq!(events(&before, "lost"), 0);
+    fixture.command("g");
+    let quiet = SystemTime::now();
+    let after = watch.next_after(quiet, |l| events(l, "lost") > 0 && events(l, "resyncs") > 0);
+    // Once resynced from a walk taken while the fixture is quiet, exact again.
+    let settled = watch.next_after(SystemTime::now(), |l| {
+        events(l, "resyncs") == events(&after, "resyncs")
+            && events(l, "lost") == events(&after, "lost")
+    });
+    if let Err(why) = heap_against_holdings(&fixture, &settled) {
+        panic!("{why}\n{settled}");
+    }
+}
+
+/// The heap's live figures against what the fixture holds (its own chunks, plus libc's few).
+fn heap_against_holdings(fixture: &Fixture, line: &Value) -> Result<(), String> {
+    let (live_bytes, held) = (live(line, "live_bytes"), fixture.get("held_bytes"));
+    if live_bytes < held || live_bytes - held > LIBC_INTERNAL_BYTES {
+        return Err(format!("live_bytes {live_bytes}, held {held}"));
+    }
+    if n(&line["heap"], "mmapped_chunks") != fixture.get("mmapped_chunks") {
+        return Err("mmapped chunks".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn root_watch_says_why_it_walks() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["10", "1"]);
+    let mut watch = Watch::start(
+        fixture.pid(),
+        &["--interval", "100ms", "--walk", "--count", "1"],
+    );
+    let line = watch.next();
+    assert_eq!(line["mode"], "walk");
+    assert!(line.get("events").is_none());
+}
