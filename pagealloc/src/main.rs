@@ -23,6 +23,19 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Show the heap of a running process again and again, as it changes.
     Watch(WatchArgs),
+    /// Show where live mode's probes go in a process's C library (nothing is attached).
+    Probes(ProbesArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbesArgs {
+    /// The process whose C library to look at.
+    pid: i32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    heap: HeapArgs,
 }
 
 /// What reading a heap needs, for every command that reads one.
@@ -164,6 +177,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> pagealloc::Result<()> {
     match cli.command {
         Command::Snapshot(args) => snapshot(args),
+        Command::Probes(args) => probes(args),
         Command::Watch(args) => watch::run(WatchOptions {
             pid: args.pid,
             interval: args.interval,
@@ -187,6 +201,23 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             },
         }),
     }
+}
+
+fn probes(args: ProbesArgs) -> pagealloc::Result<()> {
+    let mut session = Session::open(
+        args.pid,
+        SessionOptions {
+            heap: true,
+            debug: args.heap.debug_options(),
+        },
+    )?;
+    let site = session.probe_site()?;
+    let placed = pagealloc::trace::plan(&site.libc, site.thread_freeres)?;
+    let text = match args.format {
+        Format::Json => render::json::probes(&site.libc, &placed),
+        Format::Text => render::probes(&site.libc, &placed),
+    };
+    render::write_stdout(&text)
 }
 
 fn snapshot(args: SnapshotArgs) -> pagealloc::Result<()> {

@@ -167,3 +167,30 @@ fn heap(map: &HeapMap) -> HeapJson<'_> {
         notes: map.notes.iter().map(|n| n.message.as_str()).collect(),
     }
 }
+
+#[derive(Serialize)]
+struct ProbeJson<'a> {
+    program: &'a str,
+    function: &'a str,
+    offset: u64,
+    file_offset: u64,
+    emulated: bool,
+    returns: bool,
+}
+
+/// Where live mode's probes go, as JSON: `{"libc": PATH, "probes": [...]}`.
+pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String {
+    let probes: Vec<ProbeJson> = placed
+        .iter()
+        .map(|p| ProbeJson {
+            program: p.program,
+            function: &p.function,
+            offset: p.offset,
+            file_offset: p.file_offset,
+            emulated: p.emulated,
+            returns: p.returns,
+        })
+        .collect();
+    let document = serde_json::json!({ "libc": libc.display().to_string(), "probes": probes });
+    serde_json::to_string_pretty(&document).expect("plain data always serialises")
+}

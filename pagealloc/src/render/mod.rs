@@ -103,3 +103,26 @@ pub fn write_stdout(text: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Where live mode's probes go, one line each.
+pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!("probes in {}:\n", libc.display());
+    for p in placed {
+        let _ = writeln!(
+            text,
+            "  {:<14} {:>30}+{:<3} file offset {:#x}{}  {}",
+            p.program,
+            p.function,
+            p.offset,
+            p.file_offset,
+            if p.returns { ", return" } else { "" },
+            match (p.emulated, p.returns) {
+                (true, false) => "emulated: one trap",
+                (true, true) => "emulated: two traps (entry, return)",
+                (false, _) => "single-stepped",
+            },
+        );
+    }
+    text
+}

@@ -178,15 +178,80 @@ const PROBES: &[Probe] = &[
     },
 ];
 
-/// Where a probe went, for the log and the benchmark.
+/// Where a probe goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placed {
     pub program: &'static str,
     pub function: String,
     /// Bytes from the function's start.
     pub offset: u64,
+    /// Where that is in the library's file (what uprobes are attached by).
+    pub file_offset: u64,
     /// Whether the instruction there is emulated (one trap) or single-stepped.
     pub emulated: bool,
+    /// The attach cookie: the call the program reports.
+    pub call: Option<Call>,
+    /// A return probe (the kernel takes the return address where it sits).
+    pub returns: bool,
+}
+
+/// Where each probe goes in `libc` (see [`points`]); `flush` as for [`Tracer::attach`].
+pub fn plan(libc: &Path, flush: Option<u64>) -> Result<Vec<Placed>> {
+    let code = Code::read(libc)?;
+    let place = |program: &'static str,
+                 function: &str,
+                 address: u64,
+                 needs: Needs,
+                 call: Option<Call>|
+     -> Result<Placed> {
+        let (offset, emulated) = points::placement(code.at(address), address, needs);
+        let file_offset = code.file_offset(address + offset).ok_or_else(|| {
+            ebpf_error(
+                &format!("placing a probe on {function}"),
+                "its address is not in a loaded segment of the library",
+            )
+        })?;
+        Ok(Placed {
+            program,
+            function: function.to_string(),
+            offset,
+            file_offset,
+            emulated,
+            call,
+            returns: matches!(
+                program,
+                programs::ALLOC_RETURN | programs::OUTER_RETURN | programs::FLUSH_RETURN
+            ),
+        })
+    };
+    let mut placed = Vec::new();
+    for probe in PROBES {
+        let address = code.symbol(probe.function).ok_or_else(|| {
+            ebpf_error(
+                &format!("placing a probe on {}", probe.function),
+                format!("{} does not export it", libc.display()),
+            )
+        })?;
+        placed.push(place(
+            probe.program,
+            probe.function,
+            address,
+            probe.needs,
+            Some(probe.call),
+        )?);
+    }
+    if let Some(flush) = flush {
+        let function = "__malloc_arena_thread_freeres";
+        placed.push(place(programs::FLUSH_ENTRY, function, flush, RETURN, None)?);
+        placed.push(place(
+            programs::FLUSH_RETURN,
+            function,
+            flush,
+            RETURN,
+            None,
+        )?);
+    }
+    Ok(placed)
 }
 
 /// The probes on one process's allocator, while this lives.
@@ -212,7 +277,6 @@ impl Tracer {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or(Error::NoSuchProcess { pid })?;
-        let code = Code::read(libc)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, options.ring_bytes)
             .override_global(WAKE_BYTES_GLOBAL, &options.wake_bytes, true)
@@ -235,61 +299,20 @@ impl Tracer {
                 .load()
                 .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
         }
-        let mut placed = Vec::new();
-        let mut attach = |program_name: &'static str,
-                          function: &str,
-                          address: u64,
-                          needs: Needs,
-                          cookie: Option<u64>|
-         -> Result<()> {
-            let (offset, emulated) = points::placement(code.at(address), address, needs);
-            let file_offset = code.file_offset(address + offset).ok_or_else(|| {
-                ebpf_error(
-                    &format!("placing a probe on {function}"),
-                    "its address is not in a loaded segment of the library",
-                )
-            })?;
+        let placed = plan(libc, flush)?;
+        for p in &placed {
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
-                cookie,
+                location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                cookie: p.call.map(|call| call as u64),
             };
-            program(&mut ebpf, program_name)?
+            program(&mut ebpf, p.program)?
                 .attach(point, libc, UProbeScope::OneProcess(pid))
                 .map_err(|e| {
                     ebpf_error(
-                        &format!("attaching {program_name} to {function}+{offset}"),
+                        &format!("attaching {} to {}+{}", p.program, p.function, p.offset),
                         e,
                     )
                 })?;
-            placed.push(Placed {
-                program: program_name,
-                function: function.to_string(),
-                offset,
-                emulated,
-            });
-            Ok(())
-        };
-        for probe in PROBES {
-            let address = code.symbol(probe.function).ok_or_else(|| {
-                ebpf_error(
-                    &format!("placing a probe on {}", probe.function),
-                    format!("{} does not export it", libc.display()),
-                )
-            })?;
-            attach(
-                probe.program,
-                probe.function,
-                address,
-                probe.needs,
-                Some(probe.call as u64),
-            )?;
-        }
-        if let Some(flush) = flush {
-            let function = "__malloc_arena_thread_freeres";
-            attach(programs::FLUSH_ENTRY, function, flush, RETURN, None)?;
-            attach(programs::FLUSH_RETURN, function, flush, RETURN, None)?;
-        }
-        for p in &placed {
             log::debug!(
                 "probe {} on {}+{} ({})",
                 p.program,
