@@ -24,6 +24,9 @@ pub mod programs {
     /// At the entry and return of the function with which an exiting thread gives its tcache
     /// back: the frees in between are not the program's.
     pub const FLUSH_ENTRY: &str = "flush_entry";
+    /// Just after tcache_init's call to `_int_malloc`: a new thread's tcache (the result in
+    /// rax), which glibc allocates out of sight of the public functions.
+    pub const TCACHE_ALLOC: &str = "tcache_alloc";
     pub const FLUSH_RETURN: &str = "flush_return";
 }
 
@@ -56,6 +59,8 @@ pub enum Call {
     ReallocToZero = 10,
     /// realloc failed: the old chunk, told freed at its entry, is the program's again.
     ReallocFailed = 11,
+    /// glibc allocating a new thread's tcache: not a call of the program's.
+    TcacheInit = 12,
 }
 
 impl Call {
@@ -72,6 +77,7 @@ impl Call {
             9 => Call::Flush,
             10 => Call::ReallocToZero,
             11 => Call::ReallocFailed,
+            12 => Call::TcacheInit,
             _ => return None,
         })
     }

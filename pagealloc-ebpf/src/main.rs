@@ -210,6 +210,22 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Just after tcache_init's call to _int_malloc: the new tcache is in rax.
+#[uprobe]
+pub fn tcache_alloc(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context of a uprobe is the thread's saved registers.
+    let pointer = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rax };
+    if pointer != 0 {
+        emit(
+            EventKind::Alloc,
+            Call::TcacheInit as u8,
+            chunk(pointer),
+            tid(),
+        );
+    }
+    0
+}
+
 #[uprobe]
 pub fn flush_entry(_ctx: ProbeContext) -> u32 {
     let _ = FLUSHING.insert(&tid(), &1, 0);

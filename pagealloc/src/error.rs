@@ -13,6 +13,8 @@ pub enum Error {
     NoSuchProcess { pid: i32 },
     #[error("process {pid} exited while it was being read; nothing consistent to show")]
     ProcessExited { pid: i32 },
+    #[error("process {pid} exec'd a new program while it was being looked at")]
+    ProcessExeced { pid: i32 },
     #[error("process {pid} is a zombie: it has exited and its memory is gone")]
     Zombie { pid: i32 },
     #[error("process {pid} is a kernel thread: it has no user address space to show")]
@@ -54,7 +56,7 @@ impl Error {
             Error::Io { .. } | Error::Ebpf { .. } | Error::KeepsSpawning { .. } => 1,
             Error::Usage(_) => 2,
             Error::NoSuchProcess { .. } => 3,
-            Error::ProcessExited { .. } => 4,
+            Error::ProcessExited { .. } | Error::ProcessExeced { .. } => 4,
             Error::PermissionDenied { .. } | Error::AlreadyTraced { .. } => 5,
             Error::Zombie { .. } => 6,
             Error::KernelThread { .. } => 7,

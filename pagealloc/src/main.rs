@@ -212,7 +212,7 @@ fn probes(args: ProbesArgs) -> pagealloc::Result<()> {
         },
     )?;
     let site = session.probe_site()?;
-    let placed = pagealloc::trace::plan(&site.libc, site.thread_freeres)?;
+    let placed = pagealloc::trace::plan(&site.libc, &site.internals)?;
     let text = match args.format {
         Format::Json => render::json::probes(&site.libc, &placed),
         Format::Text => render::probes(&site.libc, &placed),

@@ -16,6 +16,7 @@ use crate::proc::pagemap::PageReader;
 use crate::state::heap::HeapMap;
 use crate::state::pages::{Mapping, PageMap};
 use crate::state::{Heap, HeapUnavailable, LibcInfo, Sample};
+use crate::trace::Internals;
 
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -45,15 +46,15 @@ struct LibcMapping {
 struct ResolvedLibc {
     libc: Libc,
     info: LibcInfo,
-    /// `__malloc_arena_thread_freeres`, link-time.
-    thread_freeres: Option<u64>,
+    /// Where live mode's probes on glibc's internals go.
+    internals: Internals,
 }
 
 /// Where live mode's probes go (see [`Session::probe_site`]).
 #[derive(Clone, Debug)]
 pub struct ProbeSite {
     pub libc: std::path::PathBuf,
-    pub thread_freeres: Option<u64>,
+    pub internals: Internals,
     pub header_bytes: u64,
 }
 
@@ -93,8 +94,8 @@ impl Session {
     }
 
     /// Where the probes of live mode go: the C library as this process can open it, and the
-    /// link-time address of `__malloc_arena_thread_freeres` (if the debug info has it); and the
-    /// bytes malloc_trim keeps of a free chunk. Resolves the library if no sample has yet.
+    /// glibc internals the debug info locates; and the bytes malloc_trim keeps of a free chunk.
+    /// Resolves the library if no sample has yet.
     pub fn probe_site(&mut self) -> Result<ProbeSite> {
         let maps = self.target.maps()?;
         self.resolve_libc(&maps, procfs::page_size())
@@ -104,7 +105,7 @@ impl Session {
         };
         Ok(ProbeSite {
             libc: self.target.root_path(Path::new(&mapping.path)),
-            thread_freeres: resolved.thread_freeres,
+            internals: resolved.internals.clone(),
             header_bytes: resolved.libc.offsets.chunk_struct_size,
         })
     }
@@ -242,7 +243,11 @@ impl Session {
         Ok(ResolvedLibc {
             libc,
             info,
-            thread_freeres: debug.layout.symbols.thread_freeres,
+            internals: Internals {
+                thread_freeres: debug.layout.symbols.thread_freeres,
+                int_malloc: debug.layout.symbols.int_malloc,
+                tcache_init: debug.layout.symbols.tcache_init.clone(),
+            },
         })
     }
 }

@@ -200,3 +200,72 @@ fn root_watch_says_why_it_walks() {
     assert_eq!(line["mode"], "walk");
     assert!(line.get("events").is_none());
 }
+
+/// The next line whose reconcile began after `after`.
+fn reconciled_after(watch: &mut Watch, after: SystemTime) -> Value {
+    let first = watch.next_after(after, |_| true);
+    let counted = events(&first, "reconciles");
+    watch.next_after(after, |l| events(l, "reconciles") > counted)
+}
+
+/// Threads and arenas made after watch attached, an arena growing past its first 64 MiB heap
+/// into a second, and threads ending (their tcache given back): after each, a reconcile finds
+/// the state the events kept equal to a fresh walk, with no event lost or contradicting it.
+#[test]
+fn root_live_follows_threads_arenas_and_growing_heaps() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
+    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
+    let before = watch.next_after(SystemTime::now(), |_| true);
+    assert_eq!(before["mode"], "live");
+    for command in ["n", "b", "n", "x", "n"] {
+        fixture.command(command);
+        let line = reconciled_after(&mut watch, SystemTime::now());
+        let context = format!("after {command:?}: {}", line["events"]);
+        assert_eq!(events(&line, "reconcile_mismatch_chunks"), 0, "{context}");
+        assert_eq!(events(&line, "reconcile_mismatch_bytes"), 0, "{context}");
+        assert_eq!(events(&line, "contradictions"), 0, "{context}");
+        assert_eq!(events(&line, "lost"), 0, "{context}");
+        // What the fixture's threads hold is live, and little besides (libc's own).
+        let (live_bytes, held) = (live(&line, "live_bytes"), fixture.get("held_bytes"));
+        assert!(
+            live_bytes >= held && live_bytes - held <= LIBC_INTERNAL_BYTES,
+            "{context}: live {live_bytes}, held {held}"
+        );
+        assert_eq!(
+            n(&line["heap"], "mmapped_chunks"),
+            fixture.get("mmapped_chunks"),
+            "{context}"
+        );
+        if command == "b" {
+            let heaps = line["heap"]["arenas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["heaps"].as_array().unwrap().len())
+                .max();
+            assert!(
+                heaps >= Some(2),
+                "{context}: an arena grew into a second heap"
+            );
+        }
+    }
+}
+
+/// The target exec'ing (a new program image under the same pid) ends watch cleanly.
+#[test]
+fn root_watch_ends_when_the_target_execs() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
+    let mut watch = Watch::start(fixture.pid(), &["--interval", "100ms"]);
+    watch.next();
+    fixture.command("e");
+    assert!(
+        exits_within(watch.child.id() as i32, std::time::Duration::from_secs(60)),
+        "watch outlived the program it watched"
+    );
+    let stderr = watch.child.wait_with_output_stderr();
+    let status = watch.child.try_wait().unwrap().expect("exited");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("exec"), "{stderr}");
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::MallocLayout;
 
 /// Bump when what is extracted changes, so that old cache files are recomputed.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// `explicit`, else `$XDG_CACHE_HOME/pagealloc`, else `$HOME/.cache/pagealloc` when `$HOME` is
 /// a directory: a cache is no reason to create a home.

@@ -18,7 +18,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 use super::elf::{self, LibcFacts};
 use super::{DebugInfoError, Field, MallocLayout, StructLayout, Symbols};
-use crate::glibc::identity::{SYMBOLS, WANTED, is_malloc_unit_name};
+use crate::glibc::identity::{SYMBOLS, TCACHE_INIT, WANTED, is_malloc_unit_name};
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
 
@@ -50,6 +50,16 @@ pub(crate) fn extract_layout(
                 name: name.to_string(),
             })
     };
+    let mut symbols = syms.symbols;
+    // Only live mode needs it, and it does without: not finding it is no error.
+    symbols.tcache_init = super::inlined::ranges(&obj, TCACHE_INIT).unwrap_or_else(|e| {
+        log::debug!(
+            "tcache_init's code not found in {}: {}",
+            path.display(),
+            e.0
+        );
+        Vec::new()
+    });
     let glibc_version = facts.glibc_version.clone().or_else(|| {
         syms.libc_version
             .and_then(|addr| facts.c_string_at(addr))
@@ -63,7 +73,7 @@ pub(crate) fn extract_layout(
         malloc_par: take("malloc_par")?,
         tcache_perthread_struct: take("tcache_perthread_struct").ok(),
         tcache_entry: take("tcache_entry").ok(),
-        symbols: syms.symbols,
+        symbols,
     })
 }
 
@@ -92,6 +102,8 @@ fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbol
             mp_: found[1].ok_or_else(|| missing("mp_"))?,
             tcache_key: found[2],
             thread_freeres: found[4],
+            int_malloc: found[5],
+            tcache_init: Vec::new(),
             first_load_vaddr: facts.first_load_vaddr,
         },
         libc_version: found[3],

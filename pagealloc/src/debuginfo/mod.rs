@@ -16,6 +16,7 @@ mod cache;
 mod debuginfod;
 mod dwarf;
 mod elf;
+mod inlined;
 mod locate;
 #[cfg(test)]
 mod tests;
@@ -65,6 +66,11 @@ pub struct Symbols {
     pub tcache_key: Option<u64>,
     /// `__malloc_arena_thread_freeres`: an exiting thread gives its tcache back in it.
     pub thread_freeres: Option<u64>,
+    /// `_int_malloc`: where `tcache_init` gets a new thread's tcache.
+    pub int_malloc: Option<u64>,
+    /// The code of `tcache_init` (inlined where malloc starts a thread's tcache), as link-time
+    /// address ranges.
+    pub tcache_init: Vec<(u64, u64)>,
     /// `p_vaddr` of the libc's first `PT_LOAD` segment.
     pub first_load_vaddr: u64,
 }

@@ -145,15 +145,20 @@ pub const WANTED: &[Want] = &[
 
 /// The static symbols read from `.symtab`: `main_arena` and `mp_` (required), `tcache_key`
 /// (glibc ≥ 2.34), `__libc_version` (a fallback for the version banner), and
-/// `__malloc_arena_thread_freeres` (where an exiting thread gives its tcache back: probed in
-/// live mode).
-pub const SYMBOLS: [&[u8]; 5] = [
+/// `__malloc_arena_thread_freeres` (where an exiting thread gives its tcache back) and
+/// `_int_malloc` (which [`TCACHE_INIT`] calls for a new thread's tcache): probed in live mode.
+pub const SYMBOLS: [&[u8]; 6] = [
     b"main_arena",
     b"mp_",
     b"tcache_key",
     b"__libc_version",
     b"__malloc_arena_thread_freeres",
+    b"_int_malloc",
 ];
+
+/// The static function (inlined into malloc) that allocates a thread's tcache with
+/// `_int_malloc`, out of sight of the public functions' probes.
+pub const TCACHE_INIT: &[u8] = b"tcache_init";
 
 /// The compilation unit that defines malloc's structs (it includes `arena.c`).
 pub fn is_malloc_unit_name(name: &[u8]) -> bool {

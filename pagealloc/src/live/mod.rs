@@ -71,12 +71,8 @@ impl Live {
     /// Attaches the probes to the session's process and seeds the state with one walk.
     pub fn start(session: &mut Session, options: LiveOptions) -> Result<Live> {
         let site = session.probe_site()?;
-        let (tracer, batches) = Tracer::attach(
-            session.pid(),
-            &site.libc,
-            site.thread_freeres,
-            options.trace,
-        )?;
+        let (tracer, batches) =
+            Tracer::attach(session.pid(), &site.libc, &site.internals, options.trace)?;
         let mut live = Live {
             tracer,
             batches,
@@ -179,15 +175,12 @@ impl Live {
                     Walk::Reconcile
                 });
             }
-            Some((mut old, _)) => {
-                old.map.recount(page_size, self.header_bytes);
-                let mut now = self.heap.map.clone();
-                now.recount(page_size, self.header_bytes);
-                let (a, b) = (&old.map.totals, &now.totals);
+            Some((old, _)) => {
+                let (kept, walked) = (old.map.live(), self.heap.map.live());
                 self.counts.reconciles += 1;
                 self.counts.reconcile_mismatch = Some(Mismatch {
-                    chunks: a.live_chunks.abs_diff(b.live_chunks),
-                    bytes: a.live_bytes.abs_diff(b.live_bytes),
+                    chunks: kept.0.abs_diff(walked.0),
+                    bytes: kept.1.abs_diff(walked.1),
                 });
             }
             None if !consistent => {
@@ -238,7 +231,9 @@ impl Live {
     fn count(&mut self, event: &pagealloc_common::Event) {
         let bytes = event.size & !pagealloc_common::CHUNK_FLAG_BITS;
         let call = Call::from_u8(event.call);
-        if event.kind == EventKind::Alloc as u8 && call != Some(Call::ReallocFailed) {
+        if event.kind == EventKind::Alloc as u8
+            && !matches!(call, Some(Call::ReallocFailed | Call::TcacheInit))
+        {
             self.counts.allocs += 1;
             self.counts.allocated_bytes += bytes;
         } else if matches!(call, Some(Call::Free | Call::ReallocToZero)) {

@@ -13,7 +13,7 @@ use procfs::PhysicalPageFlags;
 use procfs::process::{MemoryPageFlags, PageInfo};
 
 use super::Target;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::pages::{Limitation, Mapping, MappingPages, PageCounts, PageMap, PageState};
 
 /// Pages read from pagemap per call: bounds memory for huge mappings (64 Ki entries = 512 KiB).
@@ -111,7 +111,14 @@ impl PageReader {
         let mut entries = vec![0u8; count * ENTRY];
         self.pagemap
             .read_exact_at(&mut entries, first * ENTRY as u64)
-            .map_err(|e| target.io_error("pagemap", e))?;
+            .map_err(|e| match e.kind() {
+                // The pagemap opened reads the memory of the program image it was opened on:
+                // nothing, once the process has exec'd another.
+                std::io::ErrorKind::UnexpectedEof if !target.is_gone() => {
+                    Error::ProcessExeced { pid: target.pid }
+                }
+                _ => target.io_error("pagemap", e),
+            })?;
         let mut states = Vec::with_capacity(count);
         let mut frames = Vec::new();
         let mut frames_hidden = false;

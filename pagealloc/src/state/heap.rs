@@ -457,6 +457,20 @@ impl HeapMap {
         }
     }
 
+    /// The live chunks and bytes, counted from the granules.
+    pub fn live(&self) -> (u64, u64) {
+        let live = ChunkState::Live as u8;
+        self.segments
+            .iter()
+            .flat_map(|s| &s.granules)
+            .fold((0, 0), |(chunks, bytes), &g| {
+                (
+                    chunks + u64::from(g == live | CHUNK_START),
+                    bytes + if g & !CHUNK_START == live { GRANULE } else { 0 },
+                )
+            })
+    }
+
     /// Which pages of each heap are resident now, by `pages` (live mode reads the page map at
     /// every sample, the heap only at walks).
     pub fn update_residency(&mut self, pages: &super::pages::PageMap) {

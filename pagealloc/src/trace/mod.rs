@@ -195,9 +195,27 @@ pub struct Placed {
     pub returns: bool,
 }
 
-/// Where each probe goes in `libc` (see [`points`]); `flush` as for [`Tracer::attach`].
-pub fn plan(libc: &Path, flush: Option<u64>) -> Result<Vec<Placed>> {
+/// glibc's internal functions probed, by their link-time addresses (from the debug info).
+#[derive(Clone, Debug, Default)]
+pub struct Internals {
+    /// `__malloc_arena_thread_freeres`: an exiting thread gives its tcache back in it.
+    pub thread_freeres: Option<u64>,
+    /// `_int_malloc`, and the code of `tcache_init` that calls it for a new thread's tcache.
+    pub int_malloc: Option<u64>,
+    pub tcache_init: Vec<(u64, u64)>,
+}
+
+/// Where each probe goes in `libc` (see [`points`]).
+pub fn plan(libc: &Path, internals: &Internals) -> Result<Vec<Placed>> {
     let code = Code::read(libc)?;
+    let file_offset = |address: u64, function: &str| {
+        code.file_offset(address).ok_or_else(|| {
+            ebpf_error(
+                &format!("placing a probe on {function}"),
+                "its address is not in a loaded segment of the library",
+            )
+        })
+    };
     let place = |program: &'static str,
                  function: &str,
                  address: u64,
@@ -205,12 +223,7 @@ pub fn plan(libc: &Path, flush: Option<u64>) -> Result<Vec<Placed>> {
                  call: Option<Call>|
      -> Result<Placed> {
         let (offset, emulated) = points::placement(code.at(address), address, needs);
-        let file_offset = code.file_offset(address + offset).ok_or_else(|| {
-            ebpf_error(
-                &format!("placing a probe on {function}"),
-                "its address is not in a loaded segment of the library",
-            )
-        })?;
+        let file_offset = file_offset(address + offset, function)?;
         Ok(Placed {
             program,
             function: function.to_string(),
@@ -240,7 +253,26 @@ pub fn plan(libc: &Path, flush: Option<u64>) -> Result<Vec<Placed>> {
             Some(probe.call),
         )?);
     }
-    if let Some(flush) = flush {
+    // After each call of tcache_init's to _int_malloc: a new thread's tcache, in rax.
+    if let Some(int_malloc) = internals.int_malloc {
+        for &(start, end) in &internals.tcache_init {
+            let bytes = code.at(start);
+            let bytes = &bytes[..bytes.len().min(end.saturating_sub(start) as usize)];
+            for after in points::after_calls_to(bytes, start, int_malloc) {
+                let file_offset = file_offset(after, "tcache_init")?;
+                placed.push(Placed {
+                    program: programs::TCACHE_ALLOC,
+                    function: "tcache_init".into(),
+                    offset: after - start,
+                    file_offset,
+                    emulated: false,
+                    call: Some(Call::TcacheInit),
+                    returns: false,
+                });
+            }
+        }
+    }
+    if let Some(flush) = internals.thread_freeres {
         let function = "__malloc_arena_thread_freeres";
         placed.push(place(programs::FLUSH_ENTRY, function, flush, RETURN, None)?);
         placed.push(place(
@@ -264,13 +296,13 @@ pub struct Tracer {
 
 impl Tracer {
     /// Loads the programs and attaches them to `libc` (a path this process can open: through
-    /// `/proc/PID/root`) for process `pid` only. `flush` is the link-time address of
-    /// `__malloc_arena_thread_freeres` (from the debug info), if known. Batches of events
+    /// `/proc/PID/root`) for process `pid` only, with the probes on glibc's `internals` the
+    /// debug info could locate. Batches of events
     /// arrive on the receiver returned, one each time the reader wakes (empty ones too).
     pub fn attach(
         pid: i32,
         libc: &Path,
-        flush: Option<u64>,
+        internals: &Internals,
         options: TraceOptions,
     ) -> Result<(Tracer, Receiver<Batch>)> {
         let pid = u32::try_from(pid)
@@ -288,6 +320,7 @@ impl Tracer {
                 )
             })?;
         for name in [
+            programs::TCACHE_ALLOC,
             programs::ALLOC_RETURN,
             programs::OUTER_ENTRY,
             programs::OUTER_RETURN,
@@ -299,7 +332,7 @@ impl Tracer {
                 .load()
                 .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
         }
-        let placed = plan(libc, flush)?;
+        let placed = plan(libc, internals)?;
         for p in &placed {
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),

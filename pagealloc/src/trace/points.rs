@@ -56,6 +56,22 @@ pub fn placement(code: &[u8], address: u64, needs: Needs) -> (u64, bool) {
     (0, false)
 }
 
+/// The addresses just after each call to `target` in `code` (at `address`): where the callee's
+/// result is in rax.
+pub fn after_calls_to(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut after = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.flow_control() == FlowControl::Call
+            && instruction.near_branch_target() == target
+        {
+            after.push(instruction.next_ip());
+        }
+    }
+    after
+}
+
 /// Whether the kernel emulates `instruction` when a uprobe sits on it (x86: relative branches
 /// and calls, pushes of a register, nops).
 fn is_emulated(instruction: &iced_x86::Instruction) -> bool {
@@ -95,6 +111,19 @@ mod tests {
         // memalign: cmpb $0,0x...(%rip); je ...
         let memalign = [0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07];
         assert_eq!(placement(&memalign, 0x99610, ENTRY), (7, true));
+    }
+
+    #[test]
+    fn the_instructions_after_calls_to_a_function() {
+        // mov %rax,%rdi; call 0x97360; test %rax,%rax; call 0x1000 (another); nop
+        let code = [
+            0x48, 0x89, 0xc7, 0xe8, 0x58, 0xea, 0xff, 0xff, 0x48, 0x85, 0xc0, 0xe8, 0x00, 0x00,
+            0x00, 0x00, 0x90,
+        ];
+        let at = 0x98b00;
+        let target = at + 8 + (0xffff_ea58u32 as i32) as i64 as u64;
+        assert_eq!(super::after_calls_to(&code, at, target), vec![at + 8]);
+        assert!(super::after_calls_to(&code, at, 0x1234).is_empty());
     }
 
     #[test]

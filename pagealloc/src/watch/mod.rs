@@ -107,6 +107,14 @@ pub fn run(options: WatchOptions) -> Result<()> {
                 eprintln!("pagealloc: process {} exited; watch ends", options.pid);
                 return Ok(());
             }
+            Err(Error::ProcessExeced { .. }) => {
+                drop(output);
+                eprintln!(
+                    "pagealloc: process {} exec'd another program; watch ends",
+                    options.pid
+                );
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         // Without debug info, or for a program that is not glibc's, there is no heap to watch.
