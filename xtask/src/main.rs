@@ -3,6 +3,7 @@
 //! Every task first runs `setup`, which checks each prerequisite and installs what is missing,
 //! idempotently, printing one line per step.
 mod bench;
+mod overhead;
 mod setup;
 
 use std::io::{BufRead, BufReader};
@@ -49,6 +50,15 @@ enum Bench {
         #[arg(long, default_value_t = 10_000_000)]
         chunks: u64,
     },
+    /// What each tracer costs a program doing malloc+free pairs (1 and 4 threads), side by side.
+    Overhead {
+        /// Interleaved rounds (each setup once per round, on a fresh process).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Bytes per malloc (small: the tcache hot path).
+        #[arg(long, default_value_t = 24)]
+        size: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +73,9 @@ fn main() -> Result<()> {
         Task::Bench {
             bench: Bench::Snapshot { chunks },
         } => bench::snapshot(&root, chunks),
+        Task::Bench {
+            bench: Bench::Overhead { rounds, size },
+        } => overhead::overhead(&root, rounds, size),
     }
 }
 

@@ -43,6 +43,18 @@ pub fn run() -> Result<()> {
             )
         },
     )?;
+    step(
+        "bpftrace (bench overhead: the same probes through bpftrace)",
+        || debian_tool("bpftrace", &["bpftrace"]),
+    )?;
+    step(
+        "gdb (bench overhead: heaptrack -p injects itself with gdb)",
+        || debian_tool("gdb", &["gdb"]),
+    )?;
+    step(
+        "heaptrack (bench overhead: heaptrack attached at run time)",
+        || debian_tool("heaptrack", &["heaptrack"]),
+    )?;
     Ok(())
 }
 
