@@ -131,6 +131,10 @@ struct WatchArgs {
     /// Live mode: how often a fresh walk checks the state kept from events.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     reconcile: Duration,
+    /// Live mode: above this many allocation calls and frees a second the probes come off
+    /// (each call pays a trap) and watch walks the heap, trying the probes again later.
+    #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
+    max_rate: u64,
     /// Live mode: the events' ring buffer, in bytes (a power of two, at least a page).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             scale: args.scale,
             debug: args.heap.debug_options(),
             walk: args.walk,
+            max_rate: args.max_rate,
             live: LiveOptions {
                 trace: TraceOptions {
                     ring_bytes: args

@@ -199,6 +199,29 @@ fn root_watch_says_why_it_walks() {
     let line = watch.next();
     assert_eq!(line["mode"], "walk");
     assert!(line.get("events").is_none());
+    assert!(
+        line["walk_reason"].as_str().unwrap().contains("--walk"),
+        "{line}"
+    );
+}
+
+/// Above `--max-rate` calls a second the probes come off and watch walks, saying why; the
+/// process keeps being shown.
+#[test]
+fn root_overhead_guard_takes_the_probes_off_a_busy_process() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["300000", "4"]);
+    let mut watch = Watch::start(
+        fixture.pid(),
+        &["--interval", "100ms", "--max-rate", "1000"],
+    );
+    let first = watch.next();
+    assert_eq!(first["mode"], "live");
+    fixture.send("g");
+    let guarded = watch.next_after(SystemTime::now(), |l| l["mode"] == "walk");
+    let why = guarded["walk_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("--max-rate 1000"), "{guarded}");
+    assert!(guarded["heap"]["totals"]["live_chunks"].as_u64().is_some());
 }
 
 /// The next line whose reconcile began after `after`.

@@ -65,6 +65,9 @@ struct WatchLine<'a> {
     pid: i32,
     /// "walk": every sample walks the heap; "live": events keep it current between walks.
     mode: &'static str,
+    /// Walk mode: why not live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    walk_reason: Option<&'a str>,
     /// Live mode: what the events did since watch started.
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<EventsJson>,
@@ -112,8 +115,8 @@ pub fn snapshot(sample: &Sample) -> String {
     serde_json::to_string_pretty(&document).expect("plain data always serialises")
 }
 
-/// One watch sample as one line of JSON (no newline).
-pub fn watch_line(sample: &Sample) -> String {
+/// One watch sample as one line of JSON (no newline); `walk_reason` says why it is not live.
+pub fn watch_line(sample: &Sample, walk_reason: Option<&str>) -> String {
     let line = WatchLine {
         time: humantime::format_rfc3339_millis(sample.taken).to_string(),
         pid: sample.pid,
@@ -122,6 +125,7 @@ pub fn watch_line(sample: &Sample) -> String {
         } else {
             "walk"
         },
+        walk_reason: walk_reason.filter(|_| sample.events.is_none()),
         events: sample.events.map(|e| EventsJson {
             allocs: e.allocs,
             frees: e.frees,

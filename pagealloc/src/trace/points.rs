@@ -120,8 +120,8 @@ mod tests {
             0x48, 0x89, 0xc7, 0xe8, 0x58, 0xea, 0xff, 0xff, 0x48, 0x85, 0xc0, 0xe8, 0x00, 0x00,
             0x00, 0x00, 0x90,
         ];
-        let at = 0x98b00;
-        let target = at + 8 + (0xffff_ea58u32 as i32) as i64 as u64;
+        let at: u64 = 0x98b00;
+        let target = (at + 8).wrapping_add((0xffff_ea58u32 as i32) as i64 as u64);
         assert_eq!(super::after_calls_to(&code, at, target), vec![at + 8]);
         assert!(super::after_calls_to(&code, at, 0x1234).is_empty());
     }

@@ -40,6 +40,61 @@ pub struct WatchOptions {
     /// Walk the heap at every sample; do not attach probes.
     pub walk: bool,
     pub live: LiveOptions,
+    /// Above this many allocation calls and frees a second, the probes come off (walk mode)
+    /// until a later try finds the rate lower.
+    pub max_rate: u64,
+}
+
+/// Takes the per-call probes off a process that calls the allocator faster than `max_rate`
+/// (each call pays a trap), and tries them again after a while, waiting twice as long after
+/// each try that finds it still too busy.
+struct Guard {
+    max_rate: u64,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The first wait before the probes are tried again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_LONGEST: Duration = Duration::from_secs(600);
+
+impl Guard {
+    fn new(max_rate: u64) -> Guard {
+        Guard {
+            max_rate,
+            retry_at: None,
+            backoff: RETRY_FIRST,
+        }
+    }
+
+    /// Why the probes must come off, if the last interval's rate was above the limit.
+    fn too_busy(&mut self, history: &History) -> Option<String> {
+        let (now, before) = (history.current_events?, history.previous_events?);
+        let seconds = history.achieved_interval()?.as_secs_f64();
+        let calls = (now.allocs + now.frees).saturating_sub(before.allocs + before.frees);
+        let rate = calls as f64 / seconds.max(1e-3);
+        if rate <= self.max_rate as f64 {
+            self.backoff = RETRY_FIRST;
+            return None;
+        }
+        let wait = self.backoff;
+        self.retry_at = Some(Instant::now() + wait);
+        self.backoff = (self.backoff * 2).min(RETRY_LONGEST);
+        Some(format!(
+            "{rate:.0} calls/s is above --max-rate {}: the probes are off (each call pays a \
+             trap), trying again in {}",
+            self.max_rate,
+            humantime::format_duration(wait)
+        ))
+    }
+
+    fn retry_due(&mut self) -> bool {
+        let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
+        if due {
+            self.retry_at = None;
+        }
+        due
+    }
 }
 
 /// The screen size assumed when the output is not a terminal: frames appended to a file or a
@@ -72,7 +127,8 @@ pub fn run(options: WatchOptions) -> Result<()> {
         },
     )?;
     let name = session.name();
-    let (mut live, walk_reason) = if options.walk {
+    let mut guard = Guard::new(options.max_rate);
+    let (mut live, mut walk_reason) = if options.walk {
         (None, Some("asked for (--walk)".to_string()))
     } else {
         match Live::start(&mut session, options.live) {
@@ -127,6 +183,22 @@ pub fn run(options: WatchOptions) -> Result<()> {
             render::check_arena(options.arena, heap, options.pid)?;
         }
         history.push(&sample);
+        // The overhead guard: per-call probes off above the rate, on again later.
+        if live.is_some()
+            && let Some(why) = guard.too_busy(&history)
+        {
+            live = None;
+            log::info!("walk mode: {why}");
+            walk_reason = Some(why);
+        } else if live.is_none() && guard.retry_due() {
+            match Live::start(&mut session, options.live) {
+                Ok(started) => {
+                    live = Some(started);
+                    walk_reason = None;
+                }
+                Err(e) => walk_reason = Some(live_unavailable(&e)),
+            }
+        }
         show(
             &mut output,
             &sample,
@@ -173,7 +245,9 @@ fn show(
         ..screen_options(options, name, columns, rows, terminal)
     };
     match output {
-        Output::Json => render::write_stdout(&(render::json::watch_line(sample) + "\n")),
+        Output::Json => {
+            render::write_stdout(&(render::json::watch_line(sample, walk_reason.as_deref()) + "\n"))
+        }
         Output::Appended => {
             let text = screen::frame(
                 sample,

@@ -172,3 +172,53 @@ fn noncontiguous_main_arena_with_a_region_not_found() {
     assert_eq!(f.system_bytes, figures.system_bytes);
     check_accounting(&map).unwrap();
 }
+
+/// memalign moved chunks up 48 bytes in their mappings (`aligned_alloc(32)`,
+/// `posix_memalign(64)`), then realloc mremapped them: glibc rewrote the moved chunk's header,
+/// not the one at the start of the mapping, which keeps the old size. A chunk shrunk to one
+/// page alone in its mapping (its old size does not fit there), and in a mapping the kernel
+/// merged: one shrunk (its old size covers the next chunk), a plain chunk, one grown.
+#[test]
+fn mmapped_chunks_memaligned_then_remapped() {
+    let o = &glibc().o;
+    let page = glibc().page;
+    let lead = 64 - 2 * o.size_sz;
+    let mut syn = one_arena();
+    // The header at the start of a mapping, and the header of the chunk moved up `lead`.
+    let memaligned = |bytes: &mut Vec<u8>, at: u64, stale: u64, current: u64| {
+        put_word(bytes, at + o.chunk_size, stale | IS_MMAPPED);
+        put_word(bytes, at + lead + o.chunk_size - o.size_sz, lead);
+        put_word(
+            bytes,
+            at + lead + o.chunk_size,
+            (current - lead) | IS_MMAPPED,
+        );
+    };
+    let alone = MMAP_CHUNK;
+    let mut bytes = vec![0u8; page as usize];
+    memaligned(&mut bytes, 0, 60 * page, page);
+    syn.memory.regions.push((alone, bytes));
+    syn.mappings.push(mapping(alone, page, ""));
+
+    let merged = MMAP_CHUNK + 16 * page;
+    let mut bytes = vec![0u8; 5 * page as usize];
+    memaligned(&mut bytes, 0, 3 * page, page);
+    put_word(&mut bytes, page + o.chunk_size, (2 * page) | IS_MMAPPED);
+    memaligned(&mut bytes, 3 * page, page, 2 * page);
+    syn.memory.regions.push((merged, bytes));
+    syn.mappings.push(mapping(merged, 5 * page, ""));
+
+    let mut memory = syn.memory.clone();
+    poke(&mut memory, MP + o.mp_n_mmaps, 4);
+    poke(&mut memory, MP + o.mp_mmapped_mem, 6 * page);
+    let map = walked(&syn, &memory);
+    assert!(map.notes.is_empty(), "{:?}", map.notes);
+    let expected = [
+        (alone, page),
+        (merged, page),
+        (merged + page, 2 * page),
+        (merged + 3 * page, 2 * page),
+    ];
+    let found: Vec<(u64, u64)> = map.mmapped.iter().map(|c| (c.address, c.bytes)).collect();
+    assert_eq!(found, expected);
+}
