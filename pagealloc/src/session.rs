@@ -3,7 +3,7 @@
 //! each sample then reads only memory: the mappings, the page map, and the heap.
 //!
 //! A snapshot is one sample, `watch` a loop of samples.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::debuginfo::{self, DebugInfoError, DebugOptions};
@@ -41,6 +41,8 @@ struct LibcMapping {
     path: String,
     /// The run-time address of its first byte (its lowest mapping minus that mapping's offset).
     load_base: u64,
+    /// The file as this process can open it.
+    file: PathBuf,
 }
 
 struct ResolvedLibc {
@@ -53,7 +55,7 @@ struct ResolvedLibc {
 /// Where live mode's probes go (see [`Session::probe_site`]).
 #[derive(Clone, Debug)]
 pub struct ProbeSite {
-    pub libc: std::path::PathBuf,
+    pub libc: PathBuf,
     pub internals: Internals,
     pub header_bytes: u64,
 }
@@ -104,7 +106,7 @@ impl Session {
             unreachable!("resolved just above");
         };
         Ok(ProbeSite {
-            libc: self.target.root_path(Path::new(&mapping.path)),
+            libc: mapping.file.clone(),
             internals: resolved.internals.clone(),
             header_bytes: resolved.libc.offsets.chunk_struct_size,
         })
@@ -177,8 +179,9 @@ impl Session {
         match glibc::walk(&resolved.libc, &memory, maps, Split::for_this_machine()) {
             Ok(map) => {
                 log::debug!("heap walked in {:?}", started.elapsed());
-                let map =
-                    glibc::identity::note_interposer(map, maps, |path| target.root_path(path));
+                let map = glibc::identity::note_interposer(map, maps, |path| {
+                    target.mapped_file(path, maps)
+                });
                 (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
             }
             Err(e) => (
@@ -191,7 +194,7 @@ impl Session {
     /// The C library of the process, resolved the first time and again only if the process
     /// now maps another one (it exec'd).
     fn resolve_libc(&mut self, maps: &[Mapping], page_size: u64) -> Result<(), HeapUnavailable> {
-        let mapping = libc_mapping(maps).ok_or_else(|| {
+        let mapping = libc_mapping(&self.target, maps).ok_or_else(|| {
             HeapUnavailable::NotGlibc(format!(
                 "process {} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
                  reads glibc's malloc only; the page map still applies",
@@ -225,7 +228,7 @@ impl Session {
         mapping: &LibcMapping,
         page_size: u64,
     ) -> Result<ResolvedLibc, HeapUnavailable> {
-        let host_path = self.target.root_path(Path::new(&mapping.path));
+        let host_path = &mapping.file;
         let debug = debuginfo::load(&host_path, &self.options.debug).map_err(unavailable)?;
         log::debug!(
             "malloc layout loaded (from the cache: {})",
@@ -253,7 +256,7 @@ impl Session {
 }
 
 /// Where the process has glibc's C library; None for static or non-glibc programs.
-fn libc_mapping(maps: &[Mapping]) -> Option<LibcMapping> {
+fn libc_mapping(target: &Target, maps: &[Mapping]) -> Option<LibcMapping> {
     let path = &maps
         .iter()
         .filter(|m| m.offset == 0)
@@ -267,6 +270,7 @@ fn libc_mapping(maps: &[Mapping]) -> Option<LibcMapping> {
     Some(LibcMapping {
         path: path.clone(),
         load_base,
+        file: target.mapped_file(Path::new(path), maps),
     })
 }
 

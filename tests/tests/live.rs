@@ -14,9 +14,13 @@ struct Watch {
 }
 
 impl Watch {
+    /// Live mode's overhead guard is off (`--max-rate` out of reach) unless `args` set it.
     fn start(pid: i32, args: &[&str]) -> Watch {
         let pid = pid.to_string();
         let mut all = vec!["watch", pid.as_str(), "--format", "json"];
+        if !args.contains(&"--max-rate") {
+            all.extend_from_slice(&["--max-rate", "1000000000000"]);
+        }
         all.extend_from_slice(args);
         let mut child = pagealloc_command(&all)
             .stdout(Stdio::piped())
@@ -291,4 +295,58 @@ fn root_watch_ends_when_the_target_execs() {
     let status = watch.child.try_wait().unwrap().expect("exited");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("exec"), "{stderr}");
+}
+
+/// A process in a container-style root of its own (here a chroot with a copy of the C library,
+/// at a path the host does not have): its libc is read and probed through `/proc/PID/root`,
+/// and live mode is exact there too.
+#[test]
+fn root_live_mode_through_the_process_root() {
+    require_root();
+    let root = std::env::temp_dir().join(format!("pagealloc-root-{}", std::process::id()));
+    let lib = root.join("opt/containerlib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let fixture_binary = fixture_path!("CHURN_CALLS");
+    std::fs::copy(fixture_binary, root.join("churn_calls")).unwrap();
+    // The loader finds the C library where the container keeps it, not where the host does.
+    for (from, to) in [
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", lib.join("libc.so.6")),
+        (
+            "/lib64/ld-linux-x86-64.so.2",
+            root.join("lib64/ld-linux-x86-64.so.2"),
+        ),
+    ] {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+    let mut fixture = Fixture::spawn_with(
+        std::process::Command::new("chroot")
+            .arg(&root)
+            .args(["/churn_calls", "50000", "2"])
+            .env("LD_LIBRARY_PATH", "/opt/containerlib"),
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
+    assert!(maps.contains("/opt/containerlib/libc.so.6"), "{maps}");
+    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
+    let before = watch.next_after(SystemTime::now(), |_| true);
+    assert_eq!(before["mode"], "live", "{before}");
+    let held_before = fixture.get("held_bytes");
+    let calls_before = fixture.get("allocs") + fixture.get("frees");
+    fixture.command("g");
+    let after = watch.next_after(SystemTime::now(), |_| true);
+    let calls = fixture.get("allocs") + fixture.get("frees") - calls_before;
+    assert_eq!(
+        events(&after, "allocs") + events(&after, "frees")
+            - events(&before, "allocs")
+            - events(&before, "frees"),
+        calls
+    );
+    assert_eq!(
+        live(&after, "live_bytes") as i64 - live(&before, "live_bytes") as i64,
+        fixture.get("held_bytes") as i64 - held_before as i64
+    );
+    assert_eq!(events(&after, "lost"), 0);
+    drop(watch);
+    drop(fixture);
+    let _ = std::fs::remove_dir_all(&root);
 }

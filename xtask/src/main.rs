@@ -129,9 +129,12 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
         "demo workload running as pid {}; Ctrl-C ends the demo",
         child.id()
     );
+    // The workload makes hundreds of thousands of calls a second as it grows: past the
+    // overhead guard's default, which is for production processes, not for a demo of live mode.
     let mut watch = Command::new(root.join("target/release/pagealloc"))
         .arg("watch")
         .arg(child.id().to_string())
+        .args(["--max-rate", "10000000"])
         .args(args)
         .spawn()
         .context("starting pagealloc watch")?;

@@ -151,6 +151,21 @@ impl Target {
         }
     }
 
+    /// A file the target has mapped (`path` as its maps show it), as this process can open it:
+    /// through the mapping itself (`map_files`, whatever namespace or root the target has),
+    /// else through the target's root, else as the path reads.
+    pub fn mapped_file(&self, path: &Path, maps: &[Mapping]) -> PathBuf {
+        let through_mapping = maps.iter().find(|m| Path::new(&m.path) == path).map(|m| {
+            self.proc_dir()
+                .join(format!("map_files/{:x}-{:x}", m.start, m.end))
+        });
+        through_mapping
+            .into_iter()
+            .chain([self.root_path(path), path.to_path_buf()])
+            .find(|candidate| std::fs::metadata(candidate).is_ok())
+            .unwrap_or_else(|| self.root_path(path))
+    }
+
     /// A path inside the target's mount namespace (so files of containers resolve).
     pub fn root_path(&self, path: &Path) -> PathBuf {
         let relative = path.strip_prefix("/").unwrap_or(path);
