@@ -1,17 +1,21 @@
 //! `pagealloc watch` in live mode, against what a fixture knows it did: probes in the kernel,
 //! events applied to the heap map, walks only to seed, resync and reconcile.
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, Stdio};
 use std::time::SystemTime;
 
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// `pagealloc watch PID --format json ARGS`, stdout piped.
+/// `pagealloc watch PID --format json ARGS`, its lines read by a thread of their own so that a
+/// test waiting for one fails after [`LIMIT`] instead of hanging.
 struct Watch {
     child: Child,
-    lines: BufReader<ChildStdout>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
+
+/// How long a test waits for any one line (never reached when it works).
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Watch {
     /// Live mode's overhead guard is off (`--max-rate` out of reach) unless `args` set it.
@@ -27,28 +31,47 @@ impl Watch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("watch starts");
-        let lines = BufReader::new(child.stdout.take().unwrap());
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         Watch { child, lines }
     }
 
     fn next(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.lines.read_line(&mut line).expect("watch's output");
-        if n == 0 {
-            let _ = self.child.kill();
-            let output = self.child.wait_with_output_stderr();
-            panic!("watch ended early: {output}");
-        }
+        let line = match self.lines.recv_timeout(LIMIT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                panic!("no line from watch within {LIMIT:?}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.child.kill();
+                let output = self.child.wait_with_output_stderr();
+                panic!("watch ended early: {output}");
+            }
+        };
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
-    /// The next line of a sample begun after `after` that satisfies `wanted`.
+    /// The next line of a sample begun after `after` that satisfies `wanted` (within
+    /// [`LIMIT`]).
     fn next_after(&mut self, after: SystemTime, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + LIMIT;
         loop {
             let line = self.next();
             if started(&line) >= after && wanted(&line) {
                 return line;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such line within {LIMIT:?}; the last: {line}"
+            );
         }
     }
 }
