@@ -183,7 +183,9 @@ impl Live {
                     bytes: kept.1.abs_diff(walked.1),
                 });
             }
-            None if !consistent => {
+            // A busy target reads a little inconsistently; the events settle what was unknown.
+            // Only a walk that left much of the heap unknown is taken again.
+            None if !consistent && mostly_unknown(&self.heap.map) => {
                 self.needs.get_or_insert(Walk::Resync);
             }
             None => {}
@@ -270,6 +272,17 @@ fn mode(time: u64, from: u64, until: u64) -> Option<Apply> {
     } else {
         Some(Apply::Strict)
     }
+}
+
+/// A reconcile whose walk read the heap inconsistently is tried again this much later.
+const RECONCILE_RETRY: Duration = Duration::from_secs(5);
+
+/// Unknown bytes past this share of the heap make a walk worth taking again.
+const UNKNOWN_SHARE_LIMIT: f64 = 0.01;
+
+fn mostly_unknown(map: &HeapMap) -> bool {
+    let totals = &map.totals;
+    totals.unknown_bytes as f64 > totals.system_bytes as f64 * UNKNOWN_SHARE_LIMIT
 }
 
 fn empty_map() -> HeapMap {
