@@ -228,8 +228,7 @@ impl Session {
         mapping: &LibcMapping,
         page_size: u64,
     ) -> Result<ResolvedLibc, HeapUnavailable> {
-        let host_path = &mapping.file;
-        let debug = debuginfo::load(&host_path, &self.options.debug).map_err(unavailable)?;
+        let debug = debuginfo::load(&mapping.file, &self.options.debug).map_err(unavailable)?;
         log::debug!(
             "malloc layout loaded (from the cache: {})",
             debug.from_cache

@@ -169,11 +169,13 @@ impl Live {
             Some((old, broken)) if !consistent => {
                 self.heap = old;
                 (self.walked_from, self.walked_until) = old_window;
-                self.needs = Some(if broken {
-                    Walk::Resync
+                if broken {
+                    self.resync();
                 } else {
-                    Walk::Reconcile
-                });
+                    // Not a walk every sample on a busy target: again a little later.
+                    let retry = self.options.reconcile.min(RECONCILE_RETRY);
+                    self.last_walk = Instant::now() - self.options.reconcile + retry;
+                }
             }
             Some((old, _)) => {
                 let (kept, walked) = (old.map.live(), self.heap.map.live());
