@@ -57,7 +57,8 @@ pub struct Live {
     /// Events stamped up to this may be in it already (replayed).
     walked_until: u64,
     needs: Option<Walk>,
-    last_walk: Instant,
+    /// When the next reconcile is due.
+    next_reconcile: Instant,
     header_bytes: u64,
     options: LiveOptions,
     /// The libc the state's walk read, for samples that only read the page map.
@@ -81,7 +82,7 @@ impl Live {
             walked_from: 0,
             walked_until: 0,
             needs: None,
-            last_walk: Instant::now(),
+            next_reconcile: Instant::now() + options.reconcile,
             header_bytes: site.header_bytes,
             options,
             libc: None,
@@ -104,7 +105,7 @@ impl Live {
     pub fn sample(&mut self, session: &mut Session) -> Result<Sample> {
         self.take_events();
         self.check_lost()?;
-        if self.needs.is_none() && self.last_walk.elapsed() >= self.options.reconcile {
+        if self.needs.is_none() && Instant::now() >= self.next_reconcile {
             self.needs = Some(Walk::Reconcile);
         }
         let mut sample = match self.needs {
@@ -164,7 +165,7 @@ impl Live {
                 break;
             }
         }
-        self.last_walk = Instant::now();
+        self.next_reconcile = Instant::now() + self.options.reconcile;
         match old {
             Some((old, broken)) if !consistent => {
                 self.heap = old;
@@ -174,7 +175,7 @@ impl Live {
                 } else {
                     // Not a walk every sample on a busy target: again a little later.
                     let retry = self.options.reconcile.min(RECONCILE_RETRY);
-                    self.last_walk = Instant::now() - self.options.reconcile + retry;
+                    self.next_reconcile = Instant::now() + retry;
                 }
             }
             Some((old, _)) => {
