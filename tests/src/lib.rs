@@ -507,3 +507,102 @@ pub fn exits_within(pid: i32, limit: std::time::Duration) -> bool {
         ready == 1
     }
 }
+
+/// `pagealloc watch PID ARGS` writing JSON lines, read by a thread of their own so that a test
+/// waiting for one fails after [`LIMIT`] instead of hanging.
+pub struct Watch {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+/// How long a test waits for any one line (never reached when it works).
+pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Watch {
+    pub fn start(pid: i32, args: &[&str]) -> Watch {
+        let pid = pid.to_string();
+        let mut all = vec!["watch", pid.as_str()];
+        all.extend_from_slice(args);
+        let mut child = pagealloc_command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("watch starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, lines }
+    }
+
+    /// The next line, parsed.
+    pub fn next(&mut self) -> serde_json::Value {
+        let line = match self.lines.recv_timeout(LIMIT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                panic!("no line from watch within {LIMIT:?}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.child.kill();
+                let output = self.child.wait_with_output_stderr();
+                panic!("watch ended early: {output}");
+            }
+        };
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next line of a sample begun after `after` that satisfies `wanted` (within
+    /// [`LIMIT`]).
+    pub fn next_after(
+        &mut self,
+        after: std::time::SystemTime,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let line = self.next();
+            if started(&line) >= after && wanted(&line) {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such line within {LIMIT:?}; the last: {line}"
+            );
+        }
+    }
+}
+
+/// What a child wrote to its stderr, once it has exited.
+pub trait StderrOf {
+    fn wait_with_output_stderr(&mut self) -> String;
+}
+
+impl StderrOf for Child {
+    fn wait_with_output_stderr(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// When a watch line's sample began.
+pub fn started(line: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(line["time"].as_str().expect("time")).expect("RFC 3339 time")
+}

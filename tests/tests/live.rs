@@ -1,106 +1,19 @@
 //! `pagealloc watch` in live mode, against what a fixture knows it did: probes in the kernel,
 //! events applied to the heap map, walks only to seed, resync and reconcile.
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::time::SystemTime;
 
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// `pagealloc watch PID --format json ARGS`, its lines read by a thread of their own so that a
-/// test waiting for one fails after [`LIMIT`] instead of hanging.
-struct Watch {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-/// How long a test waits for any one line (never reached when it works).
-const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
-
-impl Watch {
-    /// Live mode's overhead guard is off (`--max-rate` out of reach) unless `args` set it.
-    fn start(pid: i32, args: &[&str]) -> Watch {
-        let pid = pid.to_string();
-        let mut all = vec!["watch", pid.as_str(), "--format", "json"];
-        if !args.contains(&"--max-rate") {
-            all.extend_from_slice(&["--max-rate", "1000000000000"]);
-        }
-        all.extend_from_slice(args);
-        let mut child = pagealloc_command(&all)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("watch starts");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Watch { child, lines }
+/// `pagealloc watch PID --format json ARGS`, with live mode's overhead guard out of reach unless
+/// `args` set it.
+fn watch(pid: i32, args: &[&str]) -> Watch {
+    let mut all = vec!["--format", "json"];
+    if !args.contains(&"--max-rate") {
+        all.extend_from_slice(&["--max-rate", "1000000000000"]);
     }
-
-    fn next(&mut self) -> Value {
-        let line = match self.lines.recv_timeout(LIMIT) {
-            Ok(line) => line,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                panic!("no line from watch within {LIMIT:?}");
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = self.child.kill();
-                let output = self.child.wait_with_output_stderr();
-                panic!("watch ended early: {output}");
-            }
-        };
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    /// The next line of a sample begun after `after` that satisfies `wanted` (within
-    /// [`LIMIT`]).
-    fn next_after(&mut self, after: SystemTime, wanted: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + LIMIT;
-        loop {
-            let line = self.next();
-            if started(&line) >= after && wanted(&line) {
-                return line;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no such line within {LIMIT:?}; the last: {line}"
-            );
-        }
-    }
-}
-
-trait StderrOf {
-    fn wait_with_output_stderr(&mut self) -> String;
-}
-
-impl StderrOf for Child {
-    fn wait_with_output_stderr(&mut self) -> String {
-        use std::io::Read;
-        let _ = self.wait();
-        let mut text = String::new();
-        if let Some(mut stderr) = self.stderr.take() {
-            let _ = stderr.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn started(line: &Value) -> SystemTime {
-    humantime::parse_rfc3339(line["time"].as_str().expect("time")).expect("RFC 3339 time")
+    all.extend_from_slice(args);
+    Watch::start(pid, &all)
 }
 
 fn events(line: &Value, key: &str) -> u64 {
@@ -122,7 +35,7 @@ fn root_live_mode_is_exact_under_churn() {
         fixture_path!("CHURN_CALLS"),
         &[&CALLS_PER_THREAD.to_string(), "4"],
     );
-    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
+    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
     let quiet = SystemTime::now();
     let before = watch.next_after(quiet, |_| true);
     assert_eq!(before["mode"], "live", "{before}");
@@ -177,7 +90,7 @@ fn root_live_mode_is_exact_under_churn() {
 fn root_lost_events_are_counted_and_resynced() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["100000", "4"]);
-    let mut watch = Watch::start(
+    let mut watch = watch(
         fixture.pid(),
         &[
             "--interval",
@@ -219,7 +132,7 @@ fn heap_against_holdings(fixture: &Fixture, line: &Value) -> Result<(), String> 
 fn root_watch_says_why_it_walks() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["10", "1"]);
-    let mut watch = Watch::start(
+    let mut watch = watch(
         fixture.pid(),
         &["--interval", "100ms", "--walk", "--count", "1"],
     );
@@ -238,7 +151,7 @@ fn root_watch_says_why_it_walks() {
 fn root_overhead_guard_takes_the_probes_off_a_busy_process() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["300000", "4"]);
-    let mut watch = Watch::start(
+    let mut watch = watch(
         fixture.pid(),
         &["--interval", "100ms", "--max-rate", "1000"],
     );
@@ -265,7 +178,7 @@ fn reconciled_after(watch: &mut Watch, after: SystemTime) -> Value {
 fn root_live_follows_threads_arenas_and_growing_heaps() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
-    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
+    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
     let before = watch.next_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live");
     for command in ["n", "b", "n", "x", "n"] {
@@ -307,7 +220,7 @@ fn root_live_follows_threads_arenas_and_growing_heaps() {
 fn root_watch_ends_when_the_target_execs() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
-    let mut watch = Watch::start(fixture.pid(), &["--interval", "100ms"]);
+    let mut watch = watch(fixture.pid(), &["--interval", "100ms"]);
     watch.next();
     fixture.command("e");
     assert!(
@@ -350,7 +263,7 @@ fn root_live_mode_through_the_process_root() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
     assert!(maps.contains("/opt/containerlib/libc.so.6"), "{maps}");
-    let mut watch = Watch::start(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
+    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
     let before = watch.next_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live", "{before}");
     let held_before = fixture.get("held_bytes");

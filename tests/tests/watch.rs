@@ -1,48 +1,19 @@
 //! `pagealloc watch` as a user runs it: its NDJSON against a fixture's ground truth as the heap
 //! changes, its end when the target exits, and its terminal screen (fitting, restored on exit).
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// How long any one awaited thing may take before the test fails (never reached when it works).
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// `pagealloc watch PID ARGS` with its stdout piped.
-fn watch(pid: i32, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let pid = pid.to_string();
-    let mut all = vec!["watch", pid.as_str()];
-    all.extend_from_slice(args);
-    let mut child = pagealloc_command(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("watch starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    (child, stdout)
-}
-
-/// The next NDJSON line, parsed.
-fn next_line(lines: &mut BufReader<ChildStdout>) -> Value {
-    let mut line = String::new();
-    let n = lines.read_line(&mut line).expect("watch's output");
-    assert!(n > 0, "watch ended early");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-}
-
-fn started(line: &Value) -> SystemTime {
-    humantime::parse_rfc3339(line["time"].as_str().expect("time")).expect("RFC 3339 time")
-}
-
 /// Each NDJSON line taken while the fixture is quiet equals its ground truth at that moment,
-/// through growth, fragmentation, trimming and freeing.
+/// through growth, fragmentation, trimming and freeing (walk mode: every figure is the walk's;
+/// live mode's freed chunks are checked in `live.rs`).
 #[test]
 fn root_watch_lines_follow_the_heap_as_it_changes() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("PHASES"), &[]);
-    let (mut child, mut lines) = watch(fixture.pid(), &["--format", "json", "--interval", "100ms"]);
+    let args = ["--format", "json", "--interval", "100ms", "--walk"];
+    let mut watch = Watch::start(fixture.pid(), &args);
     let mut checked = 0;
     for command in ["g", "g", "f", "t", "g", "x"] {
         // The fixture is quiet from its report until the next command.
@@ -50,7 +21,7 @@ fn root_watch_lines_follow_the_heap_as_it_changes() {
         let quiet_from = SystemTime::now();
         let mut quiet_samples = 0;
         while quiet_samples < 2 {
-            let line = next_line(&mut lines);
+            let line = watch.next();
             assert_eq!(line["pid"], fixture.pid());
             assert_eq!(line["mode"], "walk");
             assert!(line["pages"]["anon"].as_u64().unwrap() > 0);
@@ -68,10 +39,10 @@ fn root_watch_lines_follow_the_heap_as_it_changes() {
     drop(fixture);
     // The fixture's exit ends watch, cleanly.
     assert!(
-        exits_within(child.id() as i32, LIMIT),
+        exits_within(watch.child.id() as i32, LIMIT),
         "watch outlived its target"
     );
-    let status = child.wait().unwrap();
+    let status = watch.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -105,17 +76,16 @@ fn root_watch_stops_after_count_samples() {
 fn root_watch_ends_when_the_target_exits() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("PHASES"), &[]);
-    let (child, mut lines) = watch(fixture.pid(), &["--format", "json", "--interval", "50ms"]);
-    next_line(&mut lines);
+    let mut watch = Watch::start(fixture.pid(), &["--format", "json", "--interval", "50ms"]);
+    watch.next();
     drop(fixture); // closes its stdin: it exits
-    let mut stderr = String::new();
     assert!(
-        exits_within(child.id() as i32, LIMIT),
+        exits_within(watch.child.id() as i32, LIMIT),
         "watch outlived its target"
     );
-    let output = child.wait_with_output().unwrap();
-    stderr.push_str(&String::from_utf8_lossy(&output.stderr));
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stderr = watch.child.wait_with_output_stderr();
+    let status = watch.child.try_wait().unwrap().expect("exited");
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("exited"), "{stderr}");
 }
 
