@@ -541,7 +541,7 @@ impl Watch {
     }
 
     /// The next line, parsed.
-    pub fn next(&mut self) -> serde_json::Value {
+    pub fn line(&mut self) -> serde_json::Value {
         let line = match self.lines.recv_timeout(LIMIT) {
             Ok(line) => line,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -559,14 +559,14 @@ impl Watch {
 
     /// The next line of a sample begun after `after` that satisfies `wanted` (within
     /// [`LIMIT`]).
-    pub fn next_after(
+    pub fn line_after(
         &mut self,
         after: std::time::SystemTime,
         wanted: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = std::time::Instant::now() + LIMIT;
         loop {
-            let line = self.next();
+            let line = self.line();
             if started(&line) >= after && wanted(&line) {
                 return line;
             }

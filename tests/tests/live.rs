@@ -37,13 +37,13 @@ fn root_live_mode_is_exact_under_churn() {
     );
     let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
     let quiet = SystemTime::now();
-    let before = watch.next_after(quiet, |_| true);
+    let before = watch.line_after(quiet, |_| true);
     assert_eq!(before["mode"], "live", "{before}");
     let calls_before = (fixture.get("allocs"), fixture.get("frees"));
     let held_before = (fixture.get("held_chunks"), fixture.get("held_bytes"));
     fixture.command("g");
     let quiet = SystemTime::now();
-    let after = watch.next_after(quiet, |_| true);
+    let after = watch.line_after(quiet, |_| true);
     let allocs = fixture.get("allocs") - calls_before.0;
     let frees = fixture.get("frees") - calls_before.1;
     assert!(allocs + frees >= 1_000_000, "{allocs} + {frees} calls");
@@ -71,7 +71,7 @@ fn root_live_mode_is_exact_under_churn() {
     );
     // A reconcile after the churn: a fresh walk agrees with the state to the byte.
     let reconciles = events(&after, "reconciles");
-    let reconciled = watch.next_after(quiet, |l| events(l, "reconciles") > reconciles);
+    let reconciled = watch.line_after(quiet, |l| events(l, "reconciles") > reconciles);
     assert_eq!(
         events(&reconciled, "reconcile_mismatch_chunks"),
         0,
@@ -101,13 +101,13 @@ fn root_lost_events_are_counted_and_resynced() {
             "1h",
         ],
     );
-    let before = watch.next_after(SystemTime::now(), |_| true);
+    let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(events(&before, "lost"), 0);
     fixture.command("g");
     let quiet = SystemTime::now();
-    let after = watch.next_after(quiet, |l| events(l, "lost") > 0 && events(l, "resyncs") > 0);
+    let after = watch.line_after(quiet, |l| events(l, "lost") > 0 && events(l, "resyncs") > 0);
     // Once resynced from a walk taken while the fixture is quiet, exact again.
-    let settled = watch.next_after(SystemTime::now(), |l| {
+    let settled = watch.line_after(SystemTime::now(), |l| {
         events(l, "resyncs") == events(&after, "resyncs")
             && events(l, "lost") == events(&after, "lost")
     });
@@ -136,7 +136,7 @@ fn root_watch_says_why_it_walks() {
         fixture.pid(),
         &["--interval", "100ms", "--walk", "--count", "1"],
     );
-    let line = watch.next();
+    let line = watch.line();
     assert_eq!(line["mode"], "walk");
     assert!(line.get("events").is_none());
     assert!(
@@ -155,10 +155,10 @@ fn root_overhead_guard_takes_the_probes_off_a_busy_process() {
         fixture.pid(),
         &["--interval", "100ms", "--max-rate", "1000"],
     );
-    let first = watch.next();
+    let first = watch.line();
     assert_eq!(first["mode"], "live");
     fixture.send("g");
-    let guarded = watch.next_after(SystemTime::now(), |l| l["mode"] == "walk");
+    let guarded = watch.line_after(SystemTime::now(), |l| l["mode"] == "walk");
     let why = guarded["walk_reason"].as_str().unwrap_or_default();
     assert!(why.contains("--max-rate 1000"), "{guarded}");
     assert!(guarded["heap"]["totals"]["live_chunks"].as_u64().is_some());
@@ -166,9 +166,9 @@ fn root_overhead_guard_takes_the_probes_off_a_busy_process() {
 
 /// The next line whose reconcile began after `after`.
 fn reconciled_after(watch: &mut Watch, after: SystemTime) -> Value {
-    let first = watch.next_after(after, |_| true);
+    let first = watch.line_after(after, |_| true);
     let counted = events(&first, "reconciles");
-    watch.next_after(after, |l| events(l, "reconciles") > counted)
+    watch.line_after(after, |l| events(l, "reconciles") > counted)
 }
 
 /// Threads and arenas made after watch attached, an arena growing past its first 64 MiB heap
@@ -179,7 +179,7 @@ fn root_live_follows_threads_arenas_and_growing_heaps() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
     let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
-    let before = watch.next_after(SystemTime::now(), |_| true);
+    let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live");
     for command in ["n", "b", "n", "x", "n"] {
         fixture.command(command);
@@ -221,7 +221,7 @@ fn root_watch_ends_when_the_target_execs() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
     let mut watch = watch(fixture.pid(), &["--interval", "100ms"]);
-    watch.next();
+    watch.line();
     fixture.command("e");
     assert!(
         exits_within(watch.child.id() as i32, std::time::Duration::from_secs(60)),
@@ -264,12 +264,12 @@ fn root_live_mode_through_the_process_root() {
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
     assert!(maps.contains("/opt/containerlib/libc.so.6"), "{maps}");
     let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
-    let before = watch.next_after(SystemTime::now(), |_| true);
+    let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live", "{before}");
     let held_before = fixture.get("held_bytes");
     let calls_before = fixture.get("allocs") + fixture.get("frees");
     fixture.command("g");
-    let after = watch.next_after(SystemTime::now(), |_| true);
+    let after = watch.line_after(SystemTime::now(), |_| true);
     let calls = fixture.get("allocs") + fixture.get("frees") - calls_before;
     assert_eq!(
         events(&after, "allocs") + events(&after, "frees")

@@ -21,7 +21,7 @@ fn root_watch_lines_follow_the_heap_as_it_changes() {
         let quiet_from = SystemTime::now();
         let mut quiet_samples = 0;
         while quiet_samples < 2 {
-            let line = watch.next();
+            let line = watch.line();
             assert_eq!(line["pid"], fixture.pid());
             assert_eq!(line["mode"], "walk");
             assert!(line["pages"]["anon"].as_u64().unwrap() > 0);
@@ -77,7 +77,7 @@ fn root_watch_ends_when_the_target_exits() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("PHASES"), &[]);
     let mut watch = Watch::start(fixture.pid(), &["--format", "json", "--interval", "50ms"]);
-    watch.next();
+    watch.line();
     drop(fixture); // closes its stdin: it exits
     assert!(
         exits_within(watch.child.id() as i32, LIMIT),
