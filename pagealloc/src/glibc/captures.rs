@@ -7,7 +7,6 @@
 //! are kept in address order, so the rank of its bit among the set bits is its index. That rank
 //! also finds a chunk by its address in constant time, without a search.
 use std::ops::Range;
-use std::sync::atomic::AtomicU64;
 
 use crate::state::heap::GRANULE;
 
@@ -117,9 +116,9 @@ pub(super) fn bitmap(start: u64, end: u64) -> Vec<u64> {
 /// addresses are the set bits).
 #[derive(Default)]
 pub(super) struct Run {
-    /// Each chunk's first link (fastbin links revealed). Atomic: [`super::lists`] later turns
-    /// each into the index of the chunk it leads to and marks it from several threads.
-    pub links: Vec<AtomicU64>,
+    /// Each chunk's first link (fastbin links revealed); [`Kepts`] turns each into the index of
+    /// the chunk it leads to.
+    pub links: Vec<u64>,
     /// Each chunk's size in granules; 0 for a size too large for a byte, kept in `large`.
     pub sizes: Vec<u8>,
     /// (place in this run, size) of the chunks too large for `sizes`, in order.
@@ -135,7 +134,7 @@ impl Run {
                 self.large.push((self.links.len(), size));
             }
         }
-        self.links.push(AtomicU64::new(link));
+        self.links.push(link);
     }
 
     pub fn len(&self) -> usize {
@@ -253,8 +252,7 @@ pub(super) struct Spot {
 }
 
 /// Asks the cache for the line of `value`: the lists are followed many at a time, each asking
-/// for what its next step reads before the others take theirs. A plain load would not do: the
-/// locked instruction that marks a chunk met waits for every load before it, not for prefetches.
+/// for what its next step reads before the others take theirs.
 #[inline(always)]
 fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
@@ -303,27 +301,88 @@ impl Bitmap {
     }
 }
 
-/// The chunks of one kind kept in an arena's heaps, after the walk: in address order, each found
-/// by its address or its index.
-pub(super) struct Kepts {
+/// Where the chunks of one kind kept in an arena's heaps start: each found by its address, in
+/// constant time.
+struct Starts {
     /// By address.
     maps: Vec<Bitmap>,
+}
+
+impl Starts {
+    #[inline]
+    fn locate(&self, addr: u64) -> Option<Spot> {
+        let map = self
+            .maps
+            .partition_point(|m| m.start <= addr)
+            .checked_sub(1)?;
+        let m = &self.maps[map];
+        (addr < m.end && addr.is_multiple_of(GRANULE)).then_some(Spot {
+            map,
+            bit: (addr - m.start) / GRANULE,
+        })
+    }
+
+    #[inline]
+    fn index(&self, spot: Spot) -> Option<usize> {
+        let map = &self.maps[spot.map];
+        let word = map.words[(spot.bit / WORD_BITS) as usize];
+        (word >> (spot.bit % WORD_BITS) & 1 == 1).then(|| map.rank(spot.bit))
+    }
+
+    #[inline]
+    fn find(&self, addr: u64) -> Option<usize> {
+        self.locate(addr).and_then(|spot| self.index(spot))
+    }
+
+    /// Asks for what [`Self::index`] will read at `spot`, ahead of it.
+    #[inline]
+    fn prefetch(&self, spot: Spot) {
+        let map = &self.maps[spot.map];
+        let word = (spot.bit / WORD_BITS) as usize;
+        prefetch(&map.words[word]);
+        prefetch(&map.ranks[word / RANK_WORDS]);
+    }
+}
+
+/// The chunks of one kind kept in an arena's heaps, after the walk: in address order, each found
+/// by its address or its index, each link already turned into the index of the chunk it leads
+/// to (following a list then reads one word per step, not a bitmap, its rank and a link).
+pub(super) struct Kepts {
+    starts: Starts,
     runs: Vec<Run>,
     /// The index of each run's first chunk.
     run_starts: Vec<usize>,
     /// The run that holds chunk `k << RUN_TABLE_SHIFT`, for each k: a chunk's run is then at
     /// most a few runs on, not a search away (this is looked up at every step of a list).
     run_table: Vec<u32>,
+    /// (chunk, link) of each chunk whose link leads to no chunk kept, by chunk: its word in
+    /// [`Run::links`] is [`EXIT`].
+    exits: Vec<(usize, u64)>,
     pub len: usize,
 }
 
 const RUN_TABLE_SHIFT: u32 = 12;
+/// The word of a link that leads to no chunk kept.
+const EXIT: u64 = u64::MAX;
+/// Links resolved per piece of work.
+const RESOLVE_PIECE: usize = 1 << 16;
+/// How many links ahead the bitmap is asked for while links are resolved.
+const RESOLVE_AHEAD: usize = 16;
+
+/// What a walk of an arena's heaps kept of one kind.
+#[derive(Default)]
+pub(super) struct KeptRuns {
+    /// The bitmap (start, end, words: see [`bitmap`]) of each heap.
+    pub maps: Vec<(u64, u64, Vec<u64>)>,
+    /// The runs of chunks kept along them, each with the start of the stretch it was kept
+    /// along; the runs of one stretch in the order they were kept.
+    pub runs: Vec<(u64, Run)>,
+}
 
 impl Kepts {
-    /// The bitmaps (start, end, words: see [`bitmap`]) of an arena's heap segments, and the runs of chunks kept
-    /// along them, each with the start of the stretch it was kept along (runs of one stretch in
-    /// the order they were kept).
-    pub fn new(maps: Vec<(u64, u64, Vec<u64>)>, mut runs: Vec<(u64, Run)>) -> Kepts {
+    /// The chunks `kept`, their links resolved on `threads` threads.
+    pub fn new(kept: KeptRuns, threads: usize) -> Kepts {
+        let KeptRuns { maps, mut runs } = kept;
         let mut maps: Vec<Bitmap> = (maps.into_iter())
             .map(|(start, end, words)| Bitmap {
                 start,
@@ -345,9 +404,10 @@ impl Kepts {
         }
         runs.retain(|(_, run)| run.len() > 0);
         runs.sort_by_key(|&(start, _)| start); // stable: a stretch's runs keep their order
+        let mut runs: Vec<Run> = runs.into_iter().map(|(_, run)| run).collect();
         let mut run_starts = Vec::with_capacity(runs.len());
         let mut kept = 0;
-        for (_, run) in &runs {
+        for run in &runs {
             run_starts.push(kept);
             kept += run.len();
         }
@@ -356,61 +416,58 @@ impl Kepts {
         let run_table = (0..len.div_ceil(1 << RUN_TABLE_SHIFT))
             .map(|k| (run_starts.partition_point(|&s| s <= k << RUN_TABLE_SHIFT) - 1) as u32)
             .collect();
+        let starts = Starts { maps };
+        let mut pieces = Vec::new();
+        for (run, &first) in runs.iter_mut().zip(&run_starts) {
+            let links = &mut run.links[..];
+            let mut at = first;
+            for piece in links.chunks_mut(RESOLVE_PIECE) {
+                let len = piece.len();
+                pieces.push((at, piece));
+                at += len;
+            }
+        }
+        let exits = crate::parallel::map(pieces, threads, |(first, links)| {
+            resolve(&starts, first, links)
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         Kepts {
-            maps,
-            runs: runs.into_iter().map(|(_, run)| run).collect(),
+            starts,
+            runs,
             run_starts,
             run_table,
+            exits,
             len,
         }
     }
 
     /// The index of the chunk kept at `addr`, if one is.
-    #[inline]
     pub fn find(&self, addr: u64) -> Option<usize> {
-        self.locate(addr).and_then(|spot| self.index(spot))
+        self.starts.find(addr)
     }
 
-    /// Where the bit of a chunk at `addr` would be, if `addr` can be a chunk start in a heap;
-    /// reads nothing but the list of heaps.
-    #[inline]
-    pub fn locate(&self, addr: u64) -> Option<Spot> {
-        let map = self
-            .maps
-            .partition_point(|m| m.start <= addr)
-            .checked_sub(1)?;
-        let m = &self.maps[map];
-        (addr < m.end && addr.is_multiple_of(GRANULE)).then_some(Spot {
-            map,
-            bit: (addr - m.start) / GRANULE,
-        })
-    }
-
-    /// The index of the chunk at `spot`, if one is kept there.
-    #[inline]
-    pub fn index(&self, spot: Spot) -> Option<usize> {
-        let map = &self.maps[spot.map];
-        let word = map.words[(spot.bit / WORD_BITS) as usize];
-        (word >> (spot.bit % WORD_BITS) & 1 == 1).then(|| map.rank(spot.bit))
-    }
-
-    /// Asks for what [`Self::index`] will read at `spot`, ahead of it.
-    #[inline]
-    pub fn prefetch_spot(&self, spot: Spot) {
-        let map = &self.maps[spot.map];
-        let word = (spot.bit / WORD_BITS) as usize;
-        let block = word / RANK_WORDS;
-        // The rank counts the words of the block before this one: they may lie on the line
-        // before.
-        prefetch(&map.words[block * RANK_WORDS]);
-        prefetch(&map.words[word]);
-        prefetch(&map.ranks[block]);
-    }
-
-    /// Asks for the link of the chunk at `index`, ahead of reading it.
-    #[inline]
-    pub fn prefetch_link(&self, index: usize) {
-        prefetch(self.link(index));
+    /// The address of the chunk at `index`.
+    pub fn address(&self, index: usize) -> u64 {
+        let maps = &self.starts.maps;
+        let map = &maps[maps
+            .partition_point(|m| m.ranks.first().is_some_and(|&r| r <= index))
+            .saturating_sub(1)];
+        let block = map.ranks.partition_point(|&r| r <= index).saturating_sub(1);
+        let mut left = index - map.ranks[block];
+        for (w, &word) in map.words.iter().enumerate().skip(block * RANK_WORDS) {
+            let ones = word.count_ones() as usize;
+            if left < ones {
+                let mut word = word;
+                for _ in 0..left {
+                    word &= word - 1;
+                }
+                return map.address(w as u64 * WORD_BITS + u64::from(word.trailing_zeros()));
+            }
+            left -= ones;
+        }
+        unreachable!("index {index} past the kept chunks")
     }
 
     /// The run holding the chunk at `index`, and its place there.
@@ -423,11 +480,25 @@ impl Kepts {
         (&self.runs[run], index - self.run_starts[run])
     }
 
-    /// The link word of the chunk at `index` (see [`Run::links`]).
+    /// Where the link of the chunk at `index` leads: the chunk kept there, or the link itself
+    /// if it leads to no chunk kept.
     #[inline]
-    pub fn link(&self, index: usize) -> &AtomicU64 {
+    pub fn next(&self, index: usize) -> Result<usize, u64> {
         let (run, at) = self.place(index);
-        &run.links[at]
+        match run.links[at] {
+            EXIT => {
+                let exit = self.exits.binary_search_by_key(&index, |&(chunk, _)| chunk);
+                Err(exit.map_or(0, |found| self.exits[found].1))
+            }
+            next => Ok(next as usize),
+        }
+    }
+
+    /// Asks for what [`Self::next`] will read for `index`, ahead of it.
+    #[inline]
+    pub fn prefetch_next(&self, index: usize) {
+        let (run, at) = self.place(index);
+        prefetch(&run.links[at]);
     }
 
     /// The size of the chunk at `index`.
@@ -453,11 +524,9 @@ impl Kepts {
     /// The chunks kept in `from..to` (addresses in one heap segment): (index, address), in
     /// address order.
     pub fn chunks_in(&self, from: u64, to: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
-        let map = self
-            .maps
-            .partition_point(|m| m.start <= from)
-            .checked_sub(1)
-            .map(|m| &self.maps[m])
+        let maps = &self.starts.maps;
+        let map = (maps.partition_point(|m| m.start <= from).checked_sub(1))
+            .map(|m| &maps[m])
             .filter(|m| from < m.end);
         map.into_iter().flat_map(move |map| {
             let (first, last) = (map.bit_from(from), map.bit_from(to));
@@ -495,6 +564,27 @@ impl Kepts {
     }
 }
 
+/// Turns each of `links` (of the chunks from index `first` on) into the index of the chunk it
+/// leads to, or [`EXIT`]; returns (chunk, link) of those. The links are independent of each
+/// other: the bitmap of links a few ahead is asked for while one is resolved.
+fn resolve(starts: &Starts, first: usize, links: &mut [u64]) -> Vec<(usize, u64)> {
+    let mut exits = Vec::new();
+    for at in 0..links.len() {
+        if let Some(spot) = (links.get(at + RESOLVE_AHEAD)).and_then(|&l| starts.locate(l)) {
+            starts.prefetch(spot);
+        }
+        let link = links[at];
+        links[at] = match starts.find(link) {
+            Some(next) => next as u64,
+            None => {
+                exits.push((first + at, link));
+                EXIT
+            }
+        };
+    }
+    exits
+}
+
 /// Kept chunks (address, size, link) in heaps (start, end), the way walks in parts keep them:
 /// in runs, one per `run_bytes` of each heap (a multiple of 1 KiB), handed over out of order.
 #[cfg(test)]
@@ -526,17 +616,17 @@ pub(super) fn kepts_of(heaps: &[(u64, u64)], chunks: &[(u64, u64, u64)], run_byt
         }
     }
     runs.reverse();
-    Kepts::new(maps, runs)
+    Kepts::new(KeptRuns { maps, runs }, 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::{Bits, Kept, bitmap, kepts_of};
-    use std::sync::atomic::Ordering::Relaxed;
 
     /// Two heaps, one starting off a granule boundary, chunks of every size class (some too
     /// large for a byte), kept in runs handed over out of order: every chunk is found at its
-    /// place in address order with its link and size, and nothing else is.
+    /// place in address order with its size, its link leads to the chunk it points to (or is
+    /// kept as it is), and nothing else is found.
     #[test]
     fn kept_chunks_are_found_across_runs_and_heaps() {
         let heaps = [(0x10_0008u64, 0x18_0000u64), (0x4000_0000, 0x4002_0000)];
@@ -551,11 +641,20 @@ mod tests {
                 k += 1;
             }
         }
+        for i in (0..chunks.len() - 7).step_by(3) {
+            chunks[i].2 = chunks[i + 7].0;
+        }
         let kept = kepts_of(&heaps, &chunks, 0x2000);
         assert_eq!(kept.len, chunks.len());
         for (i, &(addr, size, link)) in chunks.iter().enumerate() {
             assert_eq!(kept.find(addr), Some(i), "{addr:#x}");
-            assert_eq!(kept.link(i).load(Relaxed), link);
+            let next = if i % 3 == 0 && i + 7 < chunks.len() {
+                Ok(i + 7)
+            } else {
+                Err(link)
+            };
+            assert_eq!(kept.next(i), next, "{addr:#x}");
+            assert_eq!(kept.address(i), addr);
             assert_eq!(kept.size(i), size, "{addr:#x}");
             assert_eq!(kept.find(addr + 16), None);
             assert_eq!(kept.find(addr + 8), None);
@@ -617,14 +716,15 @@ mod tests {
         kept.starts.take(&mut other.starts, start, start + 0x800);
         assert_eq!(other.starts.count(start, end), 0);
         let runs = vec![(start, other.run), (start, kept.run)];
-        let all = super::Kepts::new(vec![(start, end, words)], runs);
+        let maps = vec![(start, end, words)];
+        let all = super::Kepts::new(super::KeptRuns { maps, runs }, 1);
         let expected: Vec<u64> = (addrs.iter().copied())
             .filter(|&a| !(start + 0x1000..start + 0x1800).contains(&a) && a < start + 0x3fc0)
             .collect();
         assert_eq!(all.len, expected.len());
         for (i, &addr) in expected.iter().enumerate() {
             assert_eq!(all.find(addr), Some(i), "{addr:#x}");
-            assert_eq!(all.link(i).load(Relaxed), addr + 1);
+            assert_eq!(all.next(i), Err(addr + 1));
             let size = if addr % 0x1000 == 0 { 0x1_0000 } else { 64 };
             assert_eq!(all.size(i), size, "{addr:#x}");
         }

@@ -17,13 +17,11 @@
 //! another, a cycle, a list ending at another list's end) sends the lists to the walk link by
 //! link ([`follow_one_by_one`]), which says what broke where. Segments no list reaches (say
 //! from a chunk in use whose first word merely looks like a link) cannot change the answer.
-use std::ops::Range;
-use std::sync::atomic::Ordering::Relaxed;
-
-use super::captures::{Kepts, Spot};
+use super::captures::Kepts;
 use super::layout::Offsets;
 use super::window::Residency;
 use crate::state::heap::{CHUNK_START, ChunkState, HeapFigures, Segment, Stretch};
+use std::ops::Range;
 
 /// One splitter per block of this many chunks (in address order).
 pub(super) const BLOCK: usize = 64;
@@ -351,29 +349,25 @@ fn follow_again(
         conflict |= conflicts.is_some_and(|c| c.contains(chunk));
         chunks.insert(chunk);
     };
-    // (the chase, chunks left): each chunk is marked when the chase gets there.
-    let cursors: Vec<(Chase, usize)> = (segments.iter())
+    // (the chunk the chase is at, chunks left): each chunk is marked when the chase gets there.
+    let cursors: Vec<(usize, usize)> = (segments.iter())
         .filter(|&&(_, count)| count > 0)
         .map(|&(start, count)| {
             mark(start);
-            (Chase::new(kept, start), count - 1)
+            kept.prefetch_next(start);
+            (start, count - 1)
         })
         .collect();
-    side_by_side(cursors.into_iter(), |(chase, left)| {
-        if *left == 0 {
+    side_by_side(cursors.into_iter(), |(chunk, left)| {
+        // Followed before, to the end: every link up to its last chunk leads to a chunk.
+        let (Ok(next), true) = (kept.next(*chunk), *left > 0) else {
             return false;
-        }
-        match chase.step(kept) {
-            None => true,
-            // Followed before, to the end: every link up to its last chunk leads to a chunk.
-            Some(Some(next)) => {
-                mark(next);
-                *left -= 1;
-                chase.go(kept, next);
-                *left > 0
-            }
-            Some(None) => false,
-        }
+        };
+        mark(next);
+        kept.prefetch_next(next);
+        *chunk = next;
+        *left -= 1;
+        *left > 0
     });
     (!conflict).then_some(chunks)
 }
@@ -395,27 +389,26 @@ fn follow_segments(
         segments.len()
     ];
     let first = segments.start;
-    // (segment, the chase from its last chunk, chunks met): a segment whose start another met
-    // first is done.
+    // (segment, the chunk it is at, chunks met): a segment whose start another met first is
+    // done.
     let mut started = Vec::with_capacity(segments.len());
     for segment in segments {
         if met.insert(starts[segment]) {
-            started.push((segment, Chase::new(kept, starts[segment]), 1));
+            kept.prefetch_next(starts[segment]);
+            started.push((segment, starts[segment], 1));
         }
     }
-    side_by_side(started.into_iter(), |(segment, chase, chunks)| {
-        let end = match chase.step(kept) {
-            None => return true,
-            Some(None) => End::Exit(chase.link),
-            Some(Some(next)) if splitters.is_splitter(next) => {
-                End::Splitter(splitters.block_of(next))
-            }
-            Some(Some(next)) if met.insert(next) => {
-                chase.go(kept, next);
+    side_by_side(started.into_iter(), |(segment, chunk, chunks)| {
+        let end = match kept.next(*chunk) {
+            Err(link) => End::Exit(link),
+            Ok(next) if splitters.is_splitter(next) => End::Splitter(splitters.block_of(next)),
+            Ok(next) if met.insert(next) => {
+                kept.prefetch_next(next);
+                *chunk = next;
                 *chunks += 1;
                 return true;
             }
-            Some(Some(_)) => End::Met,
+            Ok(_) => End::Met,
         };
         ends[*segment - first] = SegmentEnd {
             end,
@@ -424,54 +417,6 @@ fn follow_segments(
         false
     });
     ends
-}
-
-/// A walk along the links of the chunks kept, a half step at a time, so that many walks side
-/// by side keep the memory busy: first the link of `chunk` is read and what it leads to asked
-/// for, then, a turn later, where it leads is known.
-struct Chase {
-    chunk: usize,
-    /// The link of `chunk`, once read.
-    link: u64,
-    /// Where that link leads, once read.
-    spot: Option<Spot>,
-}
-
-impl Chase {
-    fn new(kept: &Kepts, chunk: usize) -> Chase {
-        kept.prefetch_link(chunk);
-        Chase {
-            chunk,
-            link: 0,
-            spot: None,
-        }
-    }
-
-    /// Half a step: None while the chunk the link of `chunk` leads to is not known yet, then
-    /// that chunk (None: the link leads to no chunk kept).
-    #[inline]
-    fn step(&mut self, kept: &Kepts) -> Option<Option<usize>> {
-        match self.spot.take() {
-            None => {
-                self.link = kept.link(self.chunk).load(Relaxed);
-                match kept.locate(self.link) {
-                    None => Some(None),
-                    Some(spot) => {
-                        kept.prefetch_spot(spot);
-                        self.spot = Some(spot);
-                        None
-                    }
-                }
-            }
-            Some(spot) => Some(kept.index(spot)),
-        }
-    }
-
-    /// Goes on from `next`.
-    fn go(&mut self, kept: &Kepts, next: usize) {
-        self.chunk = next;
-        kept.prefetch_link(next);
-    }
 }
 
 /// Runs `step` on several cursors side by side, up to [`LANES`] at once, each until `step`
@@ -504,29 +449,40 @@ fn follow_one_by_one(kind: &Kind) -> (ChunkBits, Vec<String>) {
         expected,
         ..
     } = *kind;
-    let mut met = ChunkBits::new(kept.len);
-    let starts = (kind.starts.iter())
-        .map(|&(list, first, _)| (list, first))
-        .collect();
     let lists_count = kind.starts.iter().map(|&(list, _, _)| list + 1).max();
-    let mut ends = vec![0; lists_count.unwrap_or(0)];
+    // The link that ends each list, and the chunk kept there if one is (a corrupt heap).
+    let mut ends = vec![(0, None); lists_count.unwrap_or(0)];
     for &(list, _, end) in &kind.starts {
-        ends[list] = end;
+        ends[list] = (end, kept.find(end));
     }
-    let broken = follow_lists(starts, |list, chunk| {
-        let Some(i) = kept.find(chunk) else {
-            return Err(format!(
-                "{lists} {list} reaches {chunk:#x}, not {expected} to the walk (or the target \
-                 changed during the snapshot)"
-            ));
+    let starts = (kind.starts.iter())
+        .map(|&(list, first, _)| (list, kept.find(first).ok_or(first)))
+        .collect();
+    let mut met = ChunkBits::new(kept.len);
+    // A list is at a chunk kept, or at a link that leads to none.
+    let broken = follow_lists(starts, |list, at: Result<usize, u64>| {
+        let chunk = match at {
+            Ok(chunk) => chunk,
+            Err(link) => {
+                return Err(format!(
+                    "{lists} {list} reaches {link:#x}, not {expected} to the walk (or the target \
+                     changed during the snapshot)"
+                ));
+            }
         };
-        if !met.insert(i) {
+        if !met.insert(chunk) {
             return Err(format!(
-                "{lists} {list} reaches {chunk:#x} again (a cycle, or two lists joined)"
+                "{lists} {list} reaches {:#x} again (a cycle, or two lists joined)",
+                kept.address(chunk)
             ));
         }
-        let link = kept.link(i).load(Relaxed);
-        Ok((link != ends[list]).then_some(link))
+        let next = kept.next(chunk);
+        let (end, end_chunk) = ends[list];
+        let at_end = match next {
+            Ok(next) => Some(next) == end_chunk,
+            Err(link) => link == end,
+        };
+        Ok((!at_end).then_some(next))
     });
     (met, broken)
 }
@@ -535,9 +491,9 @@ fn follow_one_by_one(kind: &Kind) -> (ChunkBits, Vec<String>) {
 /// independent, so the memory system serves several at once. `step(list, node)` returns the next
 /// node, None at the end of the list, or why the list cannot be followed further; it must end
 /// each list in bounded time (every node is met once). Returns why each broken list broke.
-fn follow_lists(
-    starts: Vec<(usize, u64)>,
-    mut step: impl FnMut(usize, u64) -> Result<Option<u64>, String>,
+fn follow_lists<N: Copy>(
+    starts: Vec<(usize, N)>,
+    mut step: impl FnMut(usize, N) -> Result<Option<N>, String>,
 ) -> Vec<String> {
     let mut cursors = starts;
     let mut broken = Vec::new();

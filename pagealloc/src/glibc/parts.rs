@@ -8,7 +8,7 @@
 //! chains are the same (each size decides the next chunk), so the part's walk is kept from there
 //! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
 //! the known chain is followed through the whole part, as one thread would have.
-use super::captures::{Bits, Captures, Kepts, Run, bitmap};
+use super::captures::{Bits, Captures, KeptRuns, bitmap};
 use super::chain::{ChainEnd, HeapBounds, Mode};
 use super::tally::Tally;
 use super::walker::Walker;
@@ -37,17 +37,17 @@ pub(super) struct HeapsWalked {
     pub notes: Vec<(u64, String)>,
     /// The chunks kept that can be on a fastbin (in use, of fastbin size, with a plausible
     /// link) and on a bin (free).
-    pub fast: Kepts,
-    pub bin: Kepts,
+    pub fast: KeptRuns,
+    pub bin: KeptRuns,
 }
 
 /// What the walks of an arena's heaps found so far, as their parts are joined.
 #[derive(Default)]
 struct Found {
     figures: HeapFigures,
-    /// The runs of chunks kept, each with the start of the stretch it was kept along.
-    fast: Vec<(u64, Run)>,
-    bin: Vec<(u64, Run)>,
+    /// The chunks kept, with the bitmaps still to come.
+    fast: KeptRuns,
+    bin: KeptRuns,
     notes: Vec<(u64, String)>,
     /// The last chunk counted along the heap walked last: (address, size, state).
     last: Option<(u64, u64, ChunkState)>,
@@ -59,8 +59,8 @@ impl Found {
         self.figures.add(&tally.figures);
         let stretch = tally.captures.fast.starts.start;
         let (fast, bin) = tally.captures.into_runs();
-        self.fast.push((stretch, fast));
-        self.bin.push((stretch, bin));
+        self.fast.runs.push((stretch, fast));
+        self.bin.runs.push((stretch, bin));
         self.notes.extend(tally.notes);
         if tally.last.is_some() {
             self.last = tally.last;
@@ -209,16 +209,17 @@ impl<'w> Walker<'w> {
         }
 
         (found.into_iter().zip(segments).zip(bitmaps).zip(arenas))
-            .map(|(((found, segments), bitmaps), arena)| {
-                let (fast, bin): (Vec<_>, Vec<_>) = (bitmaps.into_iter().zip(&arena.heaps))
-                    .map(|([fast, bin], &(start, end, _))| ((start, end, fast), (start, end, bin)))
-                    .unzip();
+            .map(|(((mut found, segments), bitmaps), arena)| {
+                for ([fast, bin], &(start, end, _)) in bitmaps.into_iter().zip(&arena.heaps) {
+                    found.fast.maps.push((start, end, fast));
+                    found.bin.maps.push((start, end, bin));
+                }
                 HeapsWalked {
                     segments,
                     figures: found.figures,
                     notes: found.notes,
-                    fast: Kepts::new(fast, found.fast),
-                    bin: Kepts::new(bin, found.bin),
+                    fast: found.fast,
+                    bin: found.bin,
                 }
             })
             .collect()

@@ -186,7 +186,10 @@ impl Walker<'_> {
         // The lists of several arenas side by side; an arena with more than its share of the
         // chunks kept follows its own on every thread.
         let threads = self.split.threads.max(1);
-        let kept = |w: &HeapsWalked| w.fast.len + w.bin.len;
+        let kept = |w: &HeapsWalked| {
+            let runs = w.fast.runs.iter().chain(&w.bin.runs);
+            runs.map(|(_, run)| run.len()).sum::<usize>()
+        };
         let all_kept: usize = walked.iter().map(kept).sum();
         let finished = crate::parallel::map(
             headers.iter().zip(&to_walk).zip(walked).collect(),
@@ -262,6 +265,9 @@ impl Walker<'_> {
             fast,
             bin,
         } = walked;
+        let started = Instant::now();
+        let (fast, bin) = (Kepts::new(fast, threads), Kepts::new(bin, threads));
+        let resolved = started.elapsed();
         let mut notes: Vec<HeapNote> = (notes.into_iter())
             .map(|(_, note)| HeapNote::inconsistent(note))
             .collect();
@@ -272,7 +278,6 @@ impl Walker<'_> {
             bins_address: header.bins_address,
             bins: &header.bins,
         };
-        let started = Instant::now();
         let lists = lists::follow(o, &heads, &fast, &bin, threads);
         let followed = started.elapsed();
         notes.extend(lists.broken.iter().cloned().map(HeapNote::inconsistent));
@@ -299,12 +304,13 @@ impl Walker<'_> {
             )));
         }
         log::debug!(
-            "arena {:#x}: {} fast and {} bin chunks kept; fastbins and bins followed in {:?}, \
-             fastbin chunks recounted in {:?}",
+            "arena {:#x}: {} fast and {} bin chunks kept, their links resolved in {:?}; \
+             fastbins and bins followed in {:?}, fastbin chunks recounted in {:?}",
             header.address,
             fast.len,
             bin.len,
-            followed,
+            resolved,
+            followed - resolved,
             started.elapsed() - followed
         );
         // From the chunks kept, not from the walk's running maximum: parts walked from a wrong
