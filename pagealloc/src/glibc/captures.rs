@@ -268,13 +268,24 @@ fn prefetch<T>(value: &T) {
 
 /// Rank entries are kept per block of this many words.
 const RANK_WORDS: usize = 8;
+/// Bits per count of chunks in the words of a block before one of them (at most 7 × 64).
+const COUNT_BITS: usize = 9;
 
-/// The bitmap of one heap segment, with the index of the first chunk of each block of words.
+/// The rank entry of a block of words: the index of its first chunk, and the chunks in its
+/// first 1 to 7 words, packed: a chunk's index then costs one count of bits, not eight (this
+/// runs for every link).
+#[derive(Clone, Copy, Default)]
+struct Rank {
+    first: usize,
+    before: u64,
+}
+
+/// The bitmap of one heap segment, with the rank entry of each block of words.
 struct Bitmap {
     start: u64,
     end: u64,
     words: Vec<u64>,
-    ranks: Vec<usize>,
+    ranks: Vec<Rank>,
 }
 
 impl Bitmap {
@@ -290,14 +301,40 @@ impl Bitmap {
     }
 
     /// The index of the chunk whose bit is `bit` (set or not: the index it would have).
+    #[inline]
     fn rank(&self, bit: u64) -> usize {
         let word = (bit / WORD_BITS) as usize;
-        let block = word / RANK_WORDS;
-        let before: u32 = (self.words[block * RANK_WORDS..word].iter())
-            .map(|w| w.count_ones())
-            .sum();
+        let rank = self.ranks[word / RANK_WORDS];
+        let before = match word % RANK_WORDS {
+            0 => 0,
+            k => rank.before >> (COUNT_BITS * (k - 1)) & ((1 << COUNT_BITS) - 1),
+        };
         let below = self.words[word] & ((1 << (bit % WORD_BITS)) - 1);
-        self.ranks[block] + before as usize + below.count_ones() as usize
+        rank.first + before as usize + below.count_ones() as usize
+    }
+
+    /// The rank entries of `words`, counting from `first`: written only where not zero, so that
+    /// a bitmap with nothing set costs no memory for them either.
+    fn ranks(words: &[u64], first: &mut usize) -> Vec<Rank> {
+        let mut ranks = vec![Rank::default(); words.len().div_ceil(RANK_WORDS)];
+        for (rank, block) in ranks.iter_mut().zip(words.chunks(RANK_WORDS)) {
+            let mut before = 0u64;
+            let mut count = 0u64;
+            for (k, word) in block.iter().enumerate() {
+                if k > 0 {
+                    before |= count << (COUNT_BITS * (k - 1));
+                }
+                count += u64::from(word.count_ones());
+            }
+            if *first != 0 || before != 0 {
+                *rank = Rank {
+                    first: *first,
+                    before,
+                };
+            }
+            *first += count as usize;
+        }
+        ranks
     }
 }
 
@@ -394,13 +431,7 @@ impl Kepts {
         maps.sort_unstable_by_key(|m| m.start);
         let mut len = 0;
         for map in &mut maps {
-            map.ranks = (map.words.chunks(RANK_WORDS))
-                .map(|block| {
-                    let first = len;
-                    len += block.iter().map(|w| w.count_ones() as usize).sum::<usize>();
-                    first
-                })
-                .collect();
+            map.ranks = Bitmap::ranks(&map.words, &mut len);
         }
         runs.retain(|(_, run)| run.len() > 0);
         runs.sort_by_key(|&(start, _)| start); // stable: a stretch's runs keep their order
@@ -452,10 +483,10 @@ impl Kepts {
     pub fn address(&self, index: usize) -> u64 {
         let maps = &self.starts.maps;
         let map = &maps[maps
-            .partition_point(|m| m.ranks.first().is_some_and(|&r| r <= index))
+            .partition_point(|m| m.ranks.first().is_some_and(|r| r.first <= index))
             .saturating_sub(1)];
-        let block = map.ranks.partition_point(|&r| r <= index).saturating_sub(1);
-        let mut left = index - map.ranks[block];
+        let block = (map.ranks.partition_point(|r| r.first <= index)).saturating_sub(1);
+        let mut left = index - map.ranks[block].first;
         for (w, &word) in map.words.iter().enumerate().skip(block * RANK_WORDS) {
             let ones = word.count_ones() as usize;
             if left < ones {
