@@ -503,12 +503,12 @@ impl Kepts {
 
     /// The run holding the chunk at `index`, and its place there.
     #[inline]
-    fn place(&self, index: usize) -> (&Run, usize) {
+    fn place(&self, index: usize) -> (usize, usize) {
         let mut run = self.run_table[index >> RUN_TABLE_SHIFT] as usize;
         while self.run_starts.get(run + 1).is_some_and(|&s| s <= index) {
             run += 1;
         }
-        (&self.runs[run], index - self.run_starts[run])
+        (run, index - self.run_starts[run])
     }
 
     /// Where the link of the chunk at `index` leads: the chunk kept there, or the link itself
@@ -516,7 +516,7 @@ impl Kepts {
     #[inline]
     pub fn next(&self, index: usize) -> Result<usize, u64> {
         let (run, at) = self.place(index);
-        match run.links[at] {
+        match self.runs[run].links[at] {
             EXIT => {
                 let exit = self.exits.binary_search_by_key(&index, |&(chunk, _)| chunk);
                 Err(exit.map_or(0, |found| self.exits[found].1))
@@ -529,13 +529,13 @@ impl Kepts {
     #[inline]
     pub fn prefetch_next(&self, index: usize) {
         let (run, at) = self.place(index);
-        prefetch(&run.links[at]);
+        prefetch(&self.runs[run].links[at]);
     }
 
     /// The size of the chunk at `index`.
     pub fn size(&self, index: usize) -> u64 {
         let (run, at) = self.place(index);
-        run.size(at)
+        self.runs[run].size(at)
     }
 
     /// The largest chunk kept.
@@ -552,46 +552,91 @@ impl Kepts {
         small.max(large)
     }
 
-    /// The chunks kept in `from..to` (addresses in one heap segment): (index, address), in
-    /// address order.
-    pub fn chunks_in(&self, from: u64, to: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
+    /// The chunks kept in `from..to` (addresses in one heap segment), in address order.
+    pub fn chunks_in(&self, from: u64, to: u64) -> ChunksIn<'_> {
         let maps = &self.starts.maps;
         let map = (maps.partition_point(|m| m.start <= from).checked_sub(1))
             .map(|m| &maps[m])
             .filter(|m| from < m.end);
-        map.into_iter().flat_map(move |map| {
-            let (first, last) = (map.bit_from(from), map.bit_from(to));
-            let mut index = if first < last { map.rank(first) } else { 0 };
-            let mut word = first / WORD_BITS;
-            let mut bits = if first < last {
-                map.words[word as usize] & (u64::MAX << (first % WORD_BITS))
-            } else {
-                0
-            };
-            std::iter::from_fn(move || {
-                loop {
-                    if bits != 0 {
-                        let bit = word * WORD_BITS + u64::from(bits.trailing_zeros());
-                        if bit >= last {
-                            return None;
-                        }
-                        bits &= bits - 1;
-                        index += 1;
-                        return Some((index - 1, map.address(bit)));
-                    }
-                    word += 1;
-                    if word * WORD_BITS >= last {
-                        return None;
-                    }
-                    bits = map.words[word as usize];
-                }
-            })
-        })
+        let (first, last) = map.map_or((0, 0), |m| (m.bit_from(from), m.bit_from(to)));
+        let (map, index) = match map {
+            Some(map) if first < last => (Some(map), map.rank(first)),
+            _ => (None, 0),
+        };
+        ChunksIn {
+            kepts: self,
+            map,
+            word: first / WORD_BITS,
+            bits: map.map_or(0, |m| {
+                m.words[(first / WORD_BITS) as usize] & (u64::MAX << (first % WORD_BITS))
+            }),
+            last,
+            index,
+            place: None,
+        }
     }
 
     /// The first chunk kept at or after `addr` in its heap segment, if any before `end`.
     pub fn first_from(&self, addr: u64, end: u64) -> Option<u64> {
-        self.chunks_in(addr, end).next().map(|(_, at)| at)
+        self.chunks_in(addr, end).next().map(|chunk| chunk.address)
+    }
+}
+
+/// A chunk kept.
+#[derive(Clone, Copy)]
+pub(super) struct Chunk {
+    pub index: usize,
+    pub address: u64,
+    pub size: u64,
+}
+
+/// The chunks kept along a stretch of a heap: its bitmap read word by word, their sizes run by
+/// run.
+pub(super) struct ChunksIn<'k> {
+    kepts: &'k Kepts,
+    map: Option<&'k Bitmap>,
+    word: u64,
+    /// The bits of `word` not yet gone through.
+    bits: u64,
+    /// The bit where the stretch ends.
+    last: u64,
+    index: usize,
+    /// The run of the chunk at `index` and its place there, once found.
+    place: Option<(usize, usize)>,
+}
+
+impl Iterator for ChunksIn<'_> {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        let map = self.map?;
+        while self.bits == 0 {
+            self.word += 1;
+            if self.word * WORD_BITS >= self.last {
+                return None;
+            }
+            self.bits = map.words[self.word as usize];
+        }
+        let bit = self.word * WORD_BITS + u64::from(self.bits.trailing_zeros());
+        if bit >= self.last {
+            return None;
+        }
+        self.bits &= self.bits - 1;
+        let runs = &self.kepts.runs;
+        let (mut run, mut at) = match self.place {
+            Some(place) => place,
+            None => self.kepts.place(self.index),
+        };
+        while at >= runs[run].len() {
+            (run, at) = (run + 1, 0);
+        }
+        self.place = Some((run, at + 1));
+        self.index += 1;
+        Some(Chunk {
+            index: self.index - 1,
+            address: map.address(bit),
+            size: runs[run].size(at),
+        })
     }
 }
 
@@ -701,16 +746,24 @@ mod tests {
             assert_eq!(kept.find(outside), None, "{outside:#x}");
         }
         assert_eq!(kept.largest(), 0x2010);
+        let last_first = chunks.iter().filter(|c| c.0 < 0x18_0000).count() - 1;
         let (from, to) = (chunks[100].0, chunks[110].0);
-        let found: Vec<(usize, u64)> = kept.chunks_in(from, to).collect();
-        let expected: Vec<(usize, u64)> = (100..110).map(|i| (i, chunks[i].0)).collect();
+        let found: Vec<(usize, u64, u64)> = (kept.chunks_in(from, to))
+            .map(|c| (c.index, c.address, c.size))
+            .collect();
+        let expected: Vec<(usize, u64, u64)> =
+            (100..110).map(|i| (i, chunks[i].0, chunks[i].1)).collect();
         assert_eq!(found, expected);
+        let next = kept.chunks_in(from + 1, to + 1).next();
         assert_eq!(
-            kept.chunks_in(from + 1, to + 1).next(),
+            next.map(|c| (c.index, c.address)),
             Some((101, chunks[101].0))
         );
+        let across: Vec<usize> = (kept.chunks_in(chunks[1].0, 0x18_0000))
+            .map(|c| c.index)
+            .collect();
+        assert_eq!(across, (1..=last_first).collect::<Vec<_>>(), "across runs");
         assert_eq!(kept.first_from(from + 8, 0x18_0000), Some(chunks[101].0));
-        let last_first = chunks.iter().filter(|c| c.0 < 0x18_0000).count() - 1;
         assert_eq!(
             kept.first_from(chunks[last_first].0 + 16, 0x18_0000),
             None,

@@ -17,7 +17,7 @@
 //! another, a cycle, a list ending at another list's end) sends the lists to the walk link by
 //! link ([`follow_one_by_one`]), which says what broke where. Segments no list reaches (say
 //! from a chunk in use whose first word merely looks like a link) cannot change the answer.
-use super::captures::Kepts;
+use super::captures::{Chunk, Kepts};
 use super::layout::Offsets;
 use super::window::Residency;
 use crate::state::heap::{CHUNK_START, ChunkState, HeapFigures, Segment, Stretch};
@@ -552,14 +552,18 @@ pub(super) fn recount_fastbins(
     }
     let counted = crate::parallel::map(tasks, threads, |(mut stretch, pages, range)| {
         let mut found = HeapFigures::default();
-        for (index, chunk) in fast.chunks_in(range.start, range.end) {
+        for Chunk {
+            index,
+            address: chunk,
+            size,
+        } in fast.chunks_in(range.start, range.end)
+        {
             // Captured from the walk as a chunk in use, and marked so since.
             if !on_fastbin.contains(index)
                 || stretch.get(chunk) != Some(CHUNK_START | ChunkState::Live as u8)
             {
                 continue;
             }
-            let size = fast.size(index);
             stretch.mark(chunk, size, ChunkState::Fastbin);
             found.count(ChunkState::Fastbin, size);
             let (resident, trimmable) = pages.free_bytes(o, chunk, size, ChunkState::Fastbin);
