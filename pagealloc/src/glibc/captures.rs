@@ -271,21 +271,15 @@ const RANK_WORDS: usize = 8;
 /// Bits per count of chunks in the words of a block before one of them (at most 7 × 64).
 const COUNT_BITS: usize = 9;
 
-/// The rank entry of a block of words: the index of its first chunk, and the chunks in its
-/// first 1 to 7 words, packed: a chunk's index then costs one count of bits, not eight (this
-/// runs for every link).
-#[derive(Clone, Copy, Default)]
-struct Rank {
-    first: usize,
-    before: u64,
-}
-
 /// The bitmap of one heap segment, with the rank entry of each block of words.
 struct Bitmap {
     start: u64,
     end: u64,
     words: Vec<u64>,
-    ranks: Vec<Rank>,
+    /// Per block of words: the index of its first chunk, and the chunks in its first 1 to 7
+    /// words, packed: a chunk's index then costs one count of bits, not eight (this runs for
+    /// every link). Plain words, so that the allocator hands them over zeroed and untouched.
+    ranks: Vec<[u64; 2]>,
 }
 
 impl Bitmap {
@@ -304,33 +298,30 @@ impl Bitmap {
     #[inline]
     fn rank(&self, bit: u64) -> usize {
         let word = (bit / WORD_BITS) as usize;
-        let rank = self.ranks[word / RANK_WORDS];
+        let [first, counts] = self.ranks[word / RANK_WORDS];
         let before = match word % RANK_WORDS {
             0 => 0,
-            k => rank.before >> (COUNT_BITS * (k - 1)) & ((1 << COUNT_BITS) - 1),
+            k => counts >> (COUNT_BITS * (k - 1)) & ((1 << COUNT_BITS) - 1),
         };
         let below = self.words[word] & ((1 << (bit % WORD_BITS)) - 1);
-        rank.first + before as usize + below.count_ones() as usize
+        (first + before) as usize + below.count_ones() as usize
     }
 
     /// The rank entries of `words`, counting from `first`: written only where not zero, so that
     /// a bitmap with nothing set costs no memory for them either.
-    fn ranks(words: &[u64], first: &mut usize) -> Vec<Rank> {
-        let mut ranks = vec![Rank::default(); words.len().div_ceil(RANK_WORDS)];
+    fn ranks(words: &[u64], first: &mut usize) -> Vec<[u64; 2]> {
+        let mut ranks = vec![[0; 2]; words.len().div_ceil(RANK_WORDS)];
         for (rank, block) in ranks.iter_mut().zip(words.chunks(RANK_WORDS)) {
-            let mut before = 0u64;
+            let mut counts = 0u64;
             let mut count = 0u64;
             for (k, word) in block.iter().enumerate() {
                 if k > 0 {
-                    before |= count << (COUNT_BITS * (k - 1));
+                    counts |= count << (COUNT_BITS * (k - 1));
                 }
                 count += u64::from(word.count_ones());
             }
-            if *first != 0 || before != 0 {
-                *rank = Rank {
-                    first: *first,
-                    before,
-                };
+            if *first != 0 || counts != 0 {
+                *rank = [*first as u64, counts];
             }
             *first += count as usize;
         }
@@ -483,10 +474,10 @@ impl Kepts {
     pub fn address(&self, index: usize) -> u64 {
         let maps = &self.starts.maps;
         let map = &maps[maps
-            .partition_point(|m| m.ranks.first().is_some_and(|r| r.first <= index))
+            .partition_point(|m| m.ranks.first().is_some_and(|r| r[0] as usize <= index))
             .saturating_sub(1)];
-        let block = (map.ranks.partition_point(|r| r.first <= index)).saturating_sub(1);
-        let mut left = index - map.ranks[block].first;
+        let block = (map.ranks.partition_point(|r| r[0] as usize <= index)).saturating_sub(1);
+        let mut left = index - map.ranks[block][0] as usize;
         for (w, &word) in map.words.iter().enumerate().skip(block * RANK_WORDS) {
             let ones = word.count_ones() as usize;
             if left < ones {
