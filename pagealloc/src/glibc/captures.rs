@@ -377,19 +377,14 @@ impl Starts {
 /// to (following a list then reads one word per step, not a bitmap, its rank and a link).
 pub(super) struct Kepts {
     starts: Starts,
-    runs: Vec<Run>,
-    /// The index of each run's first chunk.
-    run_starts: Vec<usize>,
-    /// The run that holds chunk `k << RUN_TABLE_SHIFT`, for each k: a chunk's run is then at
-    /// most a few runs on, not a search away (this is looked up at every step of a list).
-    run_table: Vec<u32>,
+    /// The runs of the walk end to end: a chunk's index is its place here.
+    chunks: Run,
     /// (chunk, link) of each chunk whose link leads to no chunk kept, by chunk: its word in
     /// [`Run::links`] is [`EXIT`].
     exits: Vec<(usize, u64)>,
     pub len: usize,
 }
 
-const RUN_TABLE_SHIFT: u32 = 12;
 /// The word of a link that leads to no chunk kept.
 const EXIT: u64 = u64::MAX;
 /// Links resolved per piece of work.
@@ -424,42 +419,36 @@ impl Kepts {
         for map in &mut maps {
             map.ranks = Bitmap::ranks(&map.words, &mut len);
         }
-        runs.retain(|(_, run)| run.len() > 0);
         runs.sort_by_key(|&(start, _)| start); // stable: a stretch's runs keep their order
-        let mut runs: Vec<Run> = runs.into_iter().map(|(_, run)| run).collect();
-        let mut run_starts = Vec::with_capacity(runs.len());
-        let mut kept = 0;
-        for run in &runs {
-            run_starts.push(kept);
-            kept += run.len();
-        }
-        debug_assert_eq!(len, kept, "every kept chunk has its bit");
-        let len = len.min(kept);
-        let run_table = (0..len.div_ceil(1 << RUN_TABLE_SHIFT))
-            .map(|k| (run_starts.partition_point(|&s| s <= k << RUN_TABLE_SHIFT) - 1) as u32)
-            .collect();
         let starts = Starts { maps };
-        let mut pieces = Vec::new();
-        for (run, &first) in runs.iter_mut().zip(&run_starts) {
-            let links = &mut run.links[..];
-            let mut at = first;
-            for piece in links.chunks_mut(RESOLVE_PIECE) {
-                let len = piece.len();
-                pieces.push((at, piece));
-                at += len;
-            }
+        // The runs end to end, their links resolved on the way, each run freed once done with:
+        // the copy costs the memory of one run, not of all.
+        let mut chunks = Run {
+            links: vec![0; runs.iter().map(|(_, run)| run.len()).sum()],
+            sizes: Vec::with_capacity(len),
+            large: Vec::new(),
+        };
+        let mut exits = Vec::new();
+        for (_, run) in runs {
+            let first = chunks.sizes.len();
+            let to = &mut chunks.links[first..first + run.len()];
+            let pieces: Vec<_> = (run.links.chunks(RESOLVE_PIECE))
+                .zip(to.chunks_mut(RESOLVE_PIECE))
+                .enumerate()
+                .map(|(k, (from, to))| (first + k * RESOLVE_PIECE, from, to))
+                .collect();
+            let found = crate::parallel::map(pieces, threads, |(first, from, to)| {
+                resolve(&starts, first, from, to)
+            });
+            exits.extend(found.into_iter().flatten());
+            chunks.sizes.extend_from_slice(&run.sizes);
+            (chunks.large).extend(run.large.iter().map(|&(place, size)| (first + place, size)));
         }
-        let exits = crate::parallel::map(pieces, threads, |(first, links)| {
-            resolve(&starts, first, links)
-        })
-        .into_iter()
-        .flatten()
-        .collect();
+        debug_assert_eq!(len, chunks.len(), "every kept chunk has its bit");
+        let len = len.min(chunks.len());
         Kepts {
             starts,
-            runs,
-            run_starts,
-            run_table,
+            chunks,
             exits,
             len,
         }
@@ -492,22 +481,11 @@ impl Kepts {
         unreachable!("index {index} past the kept chunks")
     }
 
-    /// The run holding the chunk at `index`, and its place there.
-    #[inline]
-    fn place(&self, index: usize) -> (usize, usize) {
-        let mut run = self.run_table[index >> RUN_TABLE_SHIFT] as usize;
-        while self.run_starts.get(run + 1).is_some_and(|&s| s <= index) {
-            run += 1;
-        }
-        (run, index - self.run_starts[run])
-    }
-
     /// Where the link of the chunk at `index` leads: the chunk kept there, or the link itself
     /// if it leads to no chunk kept.
     #[inline]
     pub fn next(&self, index: usize) -> Result<usize, u64> {
-        let (run, at) = self.place(index);
-        match self.runs[run].links[at] {
+        match self.chunks.links[index] {
             EXIT => {
                 let exit = self.exits.binary_search_by_key(&index, |&(chunk, _)| chunk);
                 Err(exit.map_or(0, |found| self.exits[found].1))
@@ -519,28 +497,19 @@ impl Kepts {
     /// Asks for what [`Self::next`] will read for `index`, ahead of it.
     #[inline]
     pub fn prefetch_next(&self, index: usize) {
-        let (run, at) = self.place(index);
-        prefetch(&self.runs[run].links[at]);
+        prefetch(&self.chunks.links[index]);
     }
 
     /// The size of the chunk at `index`.
     pub fn size(&self, index: usize) -> u64 {
-        let (run, at) = self.place(index);
-        self.runs[run].size(at)
+        self.chunks.size(index)
     }
 
     /// The largest chunk kept.
     pub fn largest(&self) -> u64 {
-        let small = (self.runs.iter())
-            .flat_map(|r| r.sizes.iter())
-            .max()
-            .map_or(0, |&g| u64::from(g) * GRANULE);
-        let large = (self.runs.iter())
-            .flat_map(|r| r.large.iter())
-            .map(|&(_, size)| size)
-            .max()
-            .unwrap_or(0);
-        small.max(large)
+        let small = self.chunks.sizes.iter().max();
+        let large = self.chunks.large.iter().map(|&(_, size)| size).max();
+        (small.map_or(0, |&g| u64::from(g) * GRANULE)).max(large.unwrap_or(0))
     }
 
     /// The chunks kept in `from..to` (addresses in one heap segment), in address order.
@@ -563,7 +532,6 @@ impl Kepts {
             }),
             last,
             index,
-            place: None,
         }
     }
 
@@ -581,8 +549,7 @@ pub(super) struct Chunk {
     pub size: u64,
 }
 
-/// The chunks kept along a stretch of a heap: its bitmap read word by word, their sizes run by
-/// run.
+/// The chunks kept along a stretch of a heap: its bitmap read word by word.
 pub(super) struct ChunksIn<'k> {
     kepts: &'k Kepts,
     map: Option<&'k Bitmap>,
@@ -592,8 +559,6 @@ pub(super) struct ChunksIn<'k> {
     /// The bit where the stretch ends.
     last: u64,
     index: usize,
-    /// The run of the chunk at `index` and its place there, once found.
-    place: Option<(usize, usize)>,
 }
 
 impl Iterator for ChunksIn<'_> {
@@ -613,36 +578,27 @@ impl Iterator for ChunksIn<'_> {
             return None;
         }
         self.bits &= self.bits - 1;
-        let runs = &self.kepts.runs;
-        let (mut run, mut at) = match self.place {
-            Some(place) => place,
-            None => self.kepts.place(self.index),
-        };
-        while at >= runs[run].len() {
-            (run, at) = (run + 1, 0);
-        }
-        self.place = Some((run, at + 1));
         self.index += 1;
         Some(Chunk {
             index: self.index - 1,
             address: map.address(bit),
-            size: runs[run].size(at),
+            size: self.kepts.chunks.size(self.index - 1),
         })
     }
 }
 
-/// Turns each of `links` (of the chunks from index `first` on) into the index of the chunk it
-/// leads to, or [`EXIT`]; returns (chunk, link) of those. The links are independent of each
-/// other: the bitmap of links a few ahead is asked for while one is resolved.
-fn resolve(starts: &Starts, first: usize, links: &mut [u64]) -> Vec<(usize, u64)> {
+/// Writes into `to` where each of the links `from` (of the chunks from index `first` on) leads:
+/// the index of the chunk kept there, or [`EXIT`]; returns (chunk, link) of those. The links
+/// are independent of each other: the bitmap of links a few ahead is asked for while one is
+/// resolved.
+fn resolve(starts: &Starts, first: usize, from: &[u64], to: &mut [u64]) -> Vec<(usize, u64)> {
     let mut exits = Vec::new();
-    for at in 0..links.len() {
-        if let Some(spot) = (links.get(at + RESOLVE_AHEAD)).and_then(|&l| starts.locate(l)) {
+    for (at, (&link, next)) in from.iter().zip(to).enumerate() {
+        if let Some(spot) = (from.get(at + RESOLVE_AHEAD)).and_then(|&l| starts.locate(l)) {
             starts.prefetch(spot);
         }
-        let link = links[at];
-        links[at] = match starts.find(link) {
-            Some(next) => next as u64,
+        *next = match starts.find(link) {
+            Some(chunk) => chunk as u64,
             None => {
                 exits.push((first + at, link));
                 EXIT
