@@ -73,22 +73,22 @@ impl<'a> Bits<'a> {
         });
     }
 
-    /// This stretch cut in two at `addr`, which must lie a whole number of words from its start.
-    pub fn split_at(self, addr: u64) -> (Bits<'a>, Bits<'a>) {
-        let bit = self.bit(addr);
+    /// Cuts off the stretch up to `addr` (a whole number of words from the start), or the
+    /// whole of it for None, and returns it.
+    pub fn take_head(&mut self, addr: Option<u64>) -> Bits<'a> {
+        let all = std::mem::replace(self, Bits::empty());
+        let Some(addr) = addr else {
+            return all;
+        };
+        let bit = all.bit(addr);
         debug_assert_eq!(bit % WORD_BITS, 0, "cut inside a word");
-        let (head, tail) = self.words.split_at_mut((bit / WORD_BITS) as usize);
-        let middle = self.start + bit * GRANULE;
-        (
-            Bits {
-                start: self.start,
-                words: head,
-            },
-            Bits {
-                start: middle,
-                words: tail,
-            },
-        )
+        let start = all.start;
+        let (head, tail) = all.words.split_at_mut((bit / WORD_BITS) as usize);
+        *self = Bits {
+            start: start + bit * GRANULE,
+            words: tail,
+        };
+        Bits { start, words: head }
     }
 }
 
@@ -624,13 +624,7 @@ pub(super) fn kepts_of(heaps: &[(u64, u64)], chunks: &[(u64, u64, u64)], run_byt
         let mut from = *start;
         while from < *end {
             let to = (from + run_bytes).min(*end);
-            let (bits, tail) = if to < *end {
-                std::mem::replace(&mut rest, Bits::empty()).split_at(to)
-            } else {
-                (std::mem::replace(&mut rest, Bits::empty()), Bits::empty())
-            };
-            rest = tail;
-            let mut kept = Kept::new(bits);
+            let mut kept = Kept::new(rest.take_head((to < *end).then_some(to)));
             for &(addr, size, link) in chunks.iter().filter(|c| c.0 >= from && c.0 < to) {
                 kept.push(addr, size, link);
             }

@@ -612,7 +612,7 @@ mod tests {
     /// A random case: chunks in address order, lists through some of them in random order,
     /// chunks off the lists whose links lead anywhere (into the lists too if `into_lists`), and
     /// `corruptions` of the lists (cycles, joins, links to no chunk, a list ending at another's
-    /// end, a shared first chunk).
+    /// end, a shared first chunk, a list whose end is a chunk).
     struct Case {
         kept: Kepts,
         starts: Vec<(usize, u64, u64)>,
@@ -665,14 +665,21 @@ mod tests {
         }
         for _ in 0..corruptions {
             let victim = order[random.below(on.max(1))];
-            links[victim] = match random.below(5) {
+            links[victim] = match random.below(6) {
                 0 => addrs[order[random.below(on.max(1))]], // a cycle or a join
                 1 if on < chunks => addrs[order[on + random.below(chunks - on)]],
                 1 | 2 => addrs[victim] + 8,
                 3 => bin_end(random.below(lists + 1)),
-                _ => {
+                4 => {
                     if let Some(&(list, first, end)) = starts.first() {
                         starts.push((list + 1000, first, end));
+                    }
+                    links[victim]
+                }
+                _ => {
+                    // A list that ends at a chunk (its end word corrupt).
+                    if let Some(start) = starts.last_mut() {
+                        start.2 = addrs[random.below(chunks)];
                     }
                     links[victim]
                 }

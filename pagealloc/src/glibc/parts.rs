@@ -162,21 +162,8 @@ impl<'w> Walker<'w> {
                     marks = rest;
                     debug_assert_eq!(part_marks.start, cut);
                     // The last part takes what is left: the heap's end need not fall on a word.
-                    let (part_fast, part_bin) = match next {
-                        Some(cut) => {
-                            let (head, rest) =
-                                std::mem::replace(&mut fast, Bits::empty()).split_at(cut);
-                            fast = rest;
-                            let (bin_head, rest) =
-                                std::mem::replace(&mut bin, Bits::empty()).split_at(cut);
-                            bin = rest;
-                            (head, bin_head)
-                        }
-                        None => (
-                            std::mem::replace(&mut fast, Bits::empty()),
-                            std::mem::replace(&mut bin, Bits::empty()),
-                        ),
-                    };
+                    let part_fast = fast.take_head(next);
+                    let part_bin = bin.take_head(next);
                     parts.push(Part {
                         arena: index,
                         heap,
