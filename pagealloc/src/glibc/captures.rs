@@ -373,16 +373,77 @@ impl Starts {
 }
 
 /// The chunks of one kind kept in an arena's heaps, after the walk: in address order, each found
-/// by its address or its index, each link already turned into the index of the chunk it leads
+/// by its address or its index, each link already turned into the place of the chunk it leads
 /// to (following a list then reads one word per step, not a bitmap, its rank and a link).
 pub(super) struct Kepts {
     starts: Starts,
-    /// The runs of the walk end to end: a chunk's index is its place here.
-    chunks: Run,
+    runs: Vec<Run>,
+    places: Places,
     /// (chunk, link) of each chunk whose link leads to no chunk kept, by chunk: its word in
     /// [`Run::links`] is [`EXIT`].
     exits: Vec<(usize, u64)>,
     pub len: usize,
+}
+
+/// Where a chunk kept lies: its run, and its place there. The runs stay where the walk made
+/// them: copied end to end, the copy and the runs freed to the allocator but not to the system
+/// would coexist (an arena's worth of links more at the peak).
+#[derive(Clone, Copy)]
+pub(super) struct Place(u64);
+
+impl Place {
+    const RUN_SHIFT: u32 = 40;
+
+    fn new(run: usize, at: usize) -> Place {
+        Place((run as u64) << Self::RUN_SHIFT | at as u64)
+    }
+
+    fn run(self) -> usize {
+        (self.0 >> Self::RUN_SHIFT) as usize
+    }
+
+    fn at(self) -> usize {
+        (self.0 & ((1 << Self::RUN_SHIFT) - 1)) as usize
+    }
+}
+
+/// The index of each run's first chunk, to and from the place of a chunk.
+struct Places {
+    run_starts: Vec<usize>,
+    /// The run that holds chunk `k << TABLE_SHIFT`, for each k: a chunk's run is then at most a
+    /// few runs on, not a search away.
+    table: Vec<u32>,
+}
+
+impl Places {
+    const TABLE_SHIFT: u32 = 12;
+
+    fn new(runs: &[Run]) -> Places {
+        let mut run_starts = Vec::with_capacity(runs.len());
+        let mut kept = 0;
+        for run in runs {
+            run_starts.push(kept);
+            kept += run.len();
+        }
+        let table = (0..kept.div_ceil(1 << Self::TABLE_SHIFT))
+            .map(|k| (run_starts.partition_point(|&s| s <= k << Self::TABLE_SHIFT) - 1) as u32)
+            .collect();
+        Places { run_starts, table }
+    }
+
+    #[inline]
+    fn place(&self, index: usize) -> Place {
+        let mut run = self.table[index >> Self::TABLE_SHIFT] as usize;
+        while self.run_starts.get(run + 1).is_some_and(|&s| s <= index) {
+            run += 1;
+        }
+        Place::new(run, index - self.run_starts[run])
+    }
+
+    #[inline]
+    fn index(&self, place: Place) -> usize {
+        self.run_starts[place.run()] + place.at()
+    }
 }
 
 /// The word of a link that leads to no chunk kept.
@@ -419,36 +480,30 @@ impl Kepts {
         for map in &mut maps {
             map.ranks = Bitmap::ranks(&map.words, &mut len);
         }
+        runs.retain(|(_, run)| run.len() > 0);
         runs.sort_by_key(|&(start, _)| start); // stable: a stretch's runs keep their order
+        let mut runs: Vec<Run> = runs.into_iter().map(|(_, run)| run).collect();
+        let places = Places::new(&runs);
+        let kept: usize = runs.iter().map(Run::len).sum();
+        debug_assert_eq!(len, kept, "every kept chunk has its bit");
+        let len = len.min(kept);
         let starts = Starts { maps };
-        // The runs end to end, their links resolved on the way, each run freed once done with:
-        // the copy costs the memory of one run, not of all.
-        let mut chunks = Run {
-            links: vec![0; runs.iter().map(|(_, run)| run.len()).sum()],
-            sizes: Vec::with_capacity(len),
-            large: Vec::new(),
-        };
-        let mut exits = Vec::new();
-        for (_, run) in runs {
-            let first = chunks.sizes.len();
-            let to = &mut chunks.links[first..first + run.len()];
-            let pieces: Vec<_> = (run.links.chunks(RESOLVE_PIECE))
-                .zip(to.chunks_mut(RESOLVE_PIECE))
-                .enumerate()
-                .map(|(k, (from, to))| (first + k * RESOLVE_PIECE, from, to))
-                .collect();
-            let found = crate::parallel::map(pieces, threads, |(first, from, to)| {
-                resolve(&starts, first, from, to)
-            });
-            exits.extend(found.into_iter().flatten());
-            chunks.sizes.extend_from_slice(&run.sizes);
-            (chunks.large).extend(run.large.iter().map(|&(place, size)| (first + place, size)));
+        let mut pieces = Vec::new();
+        for (run, &first) in runs.iter_mut().zip(&places.run_starts) {
+            for (k, piece) in run.links.chunks_mut(RESOLVE_PIECE).enumerate() {
+                pieces.push((first + k * RESOLVE_PIECE, piece));
+            }
         }
-        debug_assert_eq!(len, chunks.len(), "every kept chunk has its bit");
-        let len = len.min(chunks.len());
+        let exits = crate::parallel::map(pieces, threads, |(first, links)| {
+            resolve(&starts, &places, first, links)
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         Kepts {
             starts,
-            chunks,
+            runs,
+            places,
             exits,
             len,
         }
@@ -481,35 +536,49 @@ impl Kepts {
         unreachable!("index {index} past the kept chunks")
     }
 
-    /// Where the link of the chunk at `index` leads: the chunk kept there, or the link itself
+    /// Where the chunk at `index` lies.
+    #[inline]
+    pub fn place(&self, index: usize) -> Place {
+        self.places.place(index)
+    }
+
+    /// The index of the chunk at `place`.
+    #[inline]
+    pub fn index(&self, place: Place) -> usize {
+        self.places.index(place)
+    }
+
+    /// Where the link of the chunk at `place` leads: the chunk kept there, or the link itself
     /// if it leads to no chunk kept.
     #[inline]
-    pub fn next(&self, index: usize) -> Result<usize, u64> {
-        match self.chunks.links[index] {
+    pub fn next(&self, place: Place) -> Result<Place, u64> {
+        match self.runs[place.run()].links[place.at()] {
             EXIT => {
+                let index = self.index(place);
                 let exit = self.exits.binary_search_by_key(&index, |&(chunk, _)| chunk);
                 Err(exit.map_or(0, |found| self.exits[found].1))
             }
-            next => Ok(next as usize),
+            next => Ok(Place(next)),
         }
     }
 
-    /// Asks for what [`Self::next`] will read for `index`, ahead of it.
+    /// Asks for what [`Self::next`] will read at `place`, ahead of it.
     #[inline]
-    pub fn prefetch_next(&self, index: usize) {
-        prefetch(&self.chunks.links[index]);
+    pub fn prefetch_next(&self, place: Place) {
+        prefetch(&self.runs[place.run()].links[place.at()]);
     }
 
     /// The size of the chunk at `index`.
     pub fn size(&self, index: usize) -> u64 {
-        self.chunks.size(index)
+        let place = self.place(index);
+        self.runs[place.run()].size(place.at())
     }
 
     /// The largest chunk kept.
     pub fn largest(&self) -> u64 {
-        let small = self.chunks.sizes.iter().max();
-        let large = self.chunks.large.iter().map(|&(_, size)| size).max();
-        (small.map_or(0, |&g| u64::from(g) * GRANULE)).max(large.unwrap_or(0))
+        let small = self.runs.iter().flat_map(|r| r.sizes.iter()).max();
+        let large = (self.runs.iter().flat_map(|r| r.large.iter())).map(|&(_, size)| size);
+        (small.map_or(0, |&g| u64::from(g) * GRANULE)).max(large.max().unwrap_or(0))
     }
 
     /// The chunks kept in `from..to` (addresses in one heap segment), in address order.
@@ -532,6 +601,7 @@ impl Kepts {
             }),
             last,
             index,
+            place: None,
         }
     }
 
@@ -549,7 +619,8 @@ pub(super) struct Chunk {
     pub size: u64,
 }
 
-/// The chunks kept along a stretch of a heap: its bitmap read word by word.
+/// The chunks kept along a stretch of a heap: its bitmap read word by word, their sizes run by
+/// run.
 pub(super) struct ChunksIn<'k> {
     kepts: &'k Kepts,
     map: Option<&'k Bitmap>,
@@ -559,6 +630,8 @@ pub(super) struct ChunksIn<'k> {
     /// The bit where the stretch ends.
     last: u64,
     index: usize,
+    /// The place of the chunk at `index`, once found.
+    place: Option<Place>,
 }
 
 impl Iterator for ChunksIn<'_> {
@@ -578,27 +651,34 @@ impl Iterator for ChunksIn<'_> {
             return None;
         }
         self.bits &= self.bits - 1;
+        let runs = &self.kepts.runs;
+        let place = self.place.unwrap_or_else(|| self.kepts.place(self.index));
+        let (mut run, mut at) = (place.run(), place.at());
+        while at >= runs[run].len() {
+            (run, at) = (run + 1, 0);
+        }
+        self.place = Some(Place::new(run, at + 1));
         self.index += 1;
         Some(Chunk {
             index: self.index - 1,
             address: map.address(bit),
-            size: self.kepts.chunks.size(self.index - 1),
+            size: runs[run].size(at),
         })
     }
 }
 
-/// Writes into `to` where each of the links `from` (of the chunks from index `first` on) leads:
-/// the index of the chunk kept there, or [`EXIT`]; returns (chunk, link) of those. The links
-/// are independent of each other: the bitmap of links a few ahead is asked for while one is
-/// resolved.
-fn resolve(starts: &Starts, first: usize, from: &[u64], to: &mut [u64]) -> Vec<(usize, u64)> {
+/// Turns each of `links` (of the chunks from index `first` on) into the place of the chunk it
+/// leads to, or [`EXIT`]; returns (chunk, link) of those. The links are independent of each
+/// other: the bitmap of links a few ahead is asked for while one is resolved.
+fn resolve(starts: &Starts, places: &Places, first: usize, links: &mut [u64]) -> Vec<(usize, u64)> {
     let mut exits = Vec::new();
-    for (at, (&link, next)) in from.iter().zip(to).enumerate() {
-        if let Some(spot) = (from.get(at + RESOLVE_AHEAD)).and_then(|&l| starts.locate(l)) {
+    for at in 0..links.len() {
+        if let Some(spot) = (links.get(at + RESOLVE_AHEAD)).and_then(|&l| starts.locate(l)) {
             starts.prefetch(spot);
         }
-        *next = match starts.find(link) {
-            Some(chunk) => chunk as u64,
+        let link = links[at];
+        links[at] = match starts.find(link) {
+            Some(next) => places.place(next).0,
             None => {
                 exits.push((first + at, link));
                 EXIT
@@ -670,7 +750,9 @@ mod tests {
             } else {
                 Err(link)
             };
-            assert_eq!(kept.next(i), next, "{addr:#x}");
+            let place = kept.place(i);
+            assert_eq!(kept.index(place), i);
+            assert_eq!(kept.next(place).map(|p| kept.index(p)), next, "{addr:#x}");
             assert_eq!(kept.address(i), addr);
             assert_eq!(kept.size(i), size, "{addr:#x}");
             assert_eq!(kept.find(addr + 16), None);
@@ -749,7 +831,7 @@ mod tests {
         assert_eq!(all.len, expected.len());
         for (i, &addr) in expected.iter().enumerate() {
             assert_eq!(all.find(addr), Some(i), "{addr:#x}");
-            assert_eq!(all.next(i), Err(addr + 1));
+            assert_eq!(all.next(all.place(i)).map(|p| all.index(p)), Err(addr + 1));
             let size = if addr % 0x1000 == 0 { 0x1_0000 } else { 64 };
             assert_eq!(all.size(i), size, "{addr:#x}");
         }

@@ -17,7 +17,7 @@
 //! another, a cycle, a list ending at another list's end) sends the lists to the walk link by
 //! link ([`follow_one_by_one`]), which says what broke where. Segments no list reaches (say
 //! from a chunk in use whose first word merely looks like a link) cannot change the answer.
-use super::captures::{Chunk, Kepts};
+use super::captures::{Chunk, Kepts, Place};
 use super::layout::Offsets;
 use super::window::Residency;
 use crate::state::heap::{CHUNK_START, ChunkState, HeapFigures, Segment, Stretch};
@@ -349,23 +349,24 @@ fn follow_again(
         conflict |= conflicts.is_some_and(|c| c.contains(chunk));
         chunks.insert(chunk);
     };
-    // (the chunk the chase is at, chunks left): each chunk is marked when the chase gets there.
-    let cursors: Vec<(usize, usize)> = (segments.iter())
+    // (where the chase is, chunks left): each chunk is marked when the chase gets there.
+    let cursors: Vec<(Place, usize)> = (segments.iter())
         .filter(|&&(_, count)| count > 0)
         .map(|&(start, count)| {
             mark(start);
-            kept.prefetch_next(start);
-            (start, count - 1)
+            let place = kept.place(start);
+            kept.prefetch_next(place);
+            (place, count - 1)
         })
         .collect();
-    side_by_side(cursors.into_iter(), |(chunk, left)| {
+    side_by_side(cursors.into_iter(), |(place, left)| {
         // Followed before, to the end: every link up to its last chunk leads to a chunk.
-        let (Ok(next), true) = (kept.next(*chunk), *left > 0) else {
+        let (Ok(next), true) = (kept.next(*place), *left > 0) else {
             return false;
         };
-        mark(next);
+        mark(kept.index(next));
         kept.prefetch_next(next);
-        *chunk = next;
+        *place = next;
         *left -= 1;
         *left > 0
     });
@@ -389,22 +390,22 @@ fn follow_segments(
         segments.len()
     ];
     let first = segments.start;
-    // (segment, the chunk it is at, chunks met): a segment whose start another met first is
-    // done.
+    // (segment, where it is, chunks met): a segment whose start another met first is done.
     let mut started = Vec::with_capacity(segments.len());
     for segment in segments {
         if met.insert(starts[segment]) {
-            kept.prefetch_next(starts[segment]);
-            started.push((segment, starts[segment], 1));
+            let place = kept.place(starts[segment]);
+            kept.prefetch_next(place);
+            started.push((segment, place, 1));
         }
     }
-    side_by_side(started.into_iter(), |(segment, chunk, chunks)| {
-        let end = match kept.next(*chunk) {
+    side_by_side(started.into_iter(), |(segment, place, chunks)| {
+        let end = match kept.next(*place).map(|next| (next, kept.index(next))) {
             Err(link) => End::Exit(link),
-            Ok(next) if splitters.is_splitter(next) => End::Splitter(splitters.block_of(next)),
-            Ok(next) if met.insert(next) => {
+            Ok((_, next)) if splitters.is_splitter(next) => End::Splitter(splitters.block_of(next)),
+            Ok((next, index)) if met.insert(index) => {
                 kept.prefetch_next(next);
-                *chunk = next;
+                *place = next;
                 *chunks += 1;
                 return true;
             }
@@ -456,13 +457,13 @@ fn follow_one_by_one(kind: &Kind) -> (ChunkBits, Vec<String>) {
         ends[list] = (end, kept.find(end));
     }
     let starts = (kind.starts.iter())
-        .map(|&(list, first, _)| (list, kept.find(first).ok_or(first)))
+        .map(|&(list, first, _)| (list, kept.find(first).map(|c| kept.place(c)).ok_or(first)))
         .collect();
     let mut met = ChunkBits::new(kept.len);
     // A list is at a chunk kept, or at a link that leads to none.
-    let broken = follow_lists(starts, |list, at: Result<usize, u64>| {
-        let chunk = match at {
-            Ok(chunk) => chunk,
+    let broken = follow_lists(starts, |list, at: Result<Place, u64>| {
+        let place = match at {
+            Ok(place) => place,
             Err(link) => {
                 return Err(format!(
                     "{lists} {list} reaches {link:#x}, not {expected} to the walk (or the target \
@@ -470,16 +471,17 @@ fn follow_one_by_one(kind: &Kind) -> (ChunkBits, Vec<String>) {
                 ));
             }
         };
+        let chunk = kept.index(place);
         if !met.insert(chunk) {
             return Err(format!(
                 "{lists} {list} reaches {:#x} again (a cycle, or two lists joined)",
                 kept.address(chunk)
             ));
         }
-        let next = kept.next(chunk);
+        let next = kept.next(place);
         let (end, end_chunk) = ends[list];
         let at_end = match next {
-            Ok(next) => Some(next) == end_chunk,
+            Ok(next) => Some(kept.index(next)) == end_chunk,
             Err(link) => link == end,
         };
         Ok((!at_end).then_some(next))
