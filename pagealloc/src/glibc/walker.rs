@@ -247,8 +247,8 @@ impl Walker<'_> {
         })
     }
 
-    /// Follows the fastbins and bins of an arena whose heaps were walked through what the walk
-    /// kept of the chunks they can hold, on `threads` threads.
+    /// Follows an arena's fastbins and bins, its heaps walked, through the chunks the walk kept
+    /// that they can hold, and recounts the fastbin chunks, on `threads` threads.
     fn finish_arena(
         &self,
         header: &ArenaHeader,
