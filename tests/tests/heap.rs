@@ -316,3 +316,18 @@ fn root_arena_out_of_range_is_an_error() {
         "{stderr}"
     );
 }
+
+/// Threads that ended gave their tcache back to the fastbins, the chunks still carrying the
+/// tcache key: they are fastbin chunks, not tcache ones, and no list looks corrupt.
+#[test]
+fn root_tcache_given_back_by_ended_threads_is_in_the_fastbins() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
+    fixture.command("n");
+    fixture.command("x");
+    let doc = snapshot_json(fixture.pid(), &[]);
+    if let Err(why) = heap_matches_mallinfo(&fixture.report, &doc["heap"]) {
+        panic!("{why}\n{}", doc["heap"]);
+    }
+    assert!(n(&doc["heap"]["totals"], "fastbin_chunks") > 0);
+}

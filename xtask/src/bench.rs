@@ -1,6 +1,7 @@
-//! `cargo xtask bench snapshot`: pagealloc's snapshot of a ~1 GiB, ~10 million chunk heap, side
-//! by side with the floor (merely reading that heap's present pages into a buffer faulted in
-//! beforehand, by one thread and by two: pagealloc uses every core), medians of several runs.
+//! `cargo xtask bench snapshot`: pagealloc's snapshot of ~1 GiB heaps of ~10 million chunks in
+//! the shapes real programs make, each side by side with its floor: merely reading the heaps'
+//! present pages into a buffer faulted in beforehand, by one thread and by two (pagealloc uses
+//! every core). Medians of interleaved runs, and the snapshot's peak memory.
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -13,28 +14,99 @@ use crate::{cargo, run};
 
 const RUNS: usize = 7;
 const PAGE: u64 = 4096;
+/// glibc's HEAP_MAX_SIZE on 64-bit: every heap of a thread arena starts at a multiple of it.
+const THREAD_HEAP_ALIGN: u64 = 64 << 20;
 
-pub fn snapshot(root: &Path, chunks: u64) -> Result<()> {
-    run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
-    let workload = root.join("target/bench/bigheap");
-    std::fs::create_dir_all(workload.parent().unwrap())?;
-    run(Command::new("gcc")
-        .args(["-O2", "-fno-builtin-malloc", "-fno-builtin-free", "-o"])
-        .arg(&workload)
-        .arg(root.join("xtask/bench/bigheap.c")))?;
-    println!("bench: building a heap of {chunks} chunks...");
-    let mut child = Command::new(&workload)
-        .arg(chunks.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let result = measure(root, &mut child);
-    drop(child.stdin.take());
-    child.wait()?;
-    result
+/// The heap shapes of `xtask/bench/heaps.c` (its header says what each one is).
+pub const SHAPES: [&str; 5] = [
+    "scattered",
+    "mass-free",
+    "unsorted",
+    "one-fastbin",
+    "arenas",
+];
+
+/// What one shape measured: medians and the snapshot's peak RSS.
+struct Figures {
+    shape: &'static str,
+    heap_bytes: u64,
+    snapshot: Duration,
+    floors: [Duration; 2],
+    peak_rss: u64,
 }
 
-fn measure(root: &Path, child: &mut Child) -> Result<()> {
+pub fn snapshot(root: &Path, chunks: u64, shape: Option<&str>) -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
+    let workload = root.join("target/bench/heaps");
+    std::fs::create_dir_all(workload.parent().unwrap())?;
+    run(Command::new("gcc")
+        .args([
+            "-O2",
+            "-pthread",
+            "-fno-builtin-malloc",
+            "-fno-builtin-free",
+        ])
+        .arg("-o")
+        .arg(&workload)
+        .arg(root.join("xtask/bench/heaps.c")))?;
+    run(Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(root.join("target/bench/peak_rss"))
+        .arg(root.join("xtask/bench/peak_rss.c")))?;
+    let mut all = Vec::new();
+    for name in SHAPES.into_iter().filter(|&s| shape.is_none_or(|n| n == s)) {
+        println!("bench: building the {name} heap of {chunks} chunks...");
+        let mut child = Command::new(&workload)
+            .args([name, &chunks.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let result = measure(root, name, &mut child);
+        drop(child.stdin.take());
+        child.wait()?;
+        all.push(result?);
+    }
+    if all.len() > 1 {
+        println!("\nbench snapshot: medians of {RUNS} interleaved runs per shape");
+        println!(
+            "{:<12} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>8}",
+            "shape",
+            "heap MiB",
+            "snapshot",
+            "floor 1t",
+            "floor 2t",
+            "÷1t",
+            "÷2t",
+            "peak RSS",
+            "÷heap"
+        );
+        for f in &all {
+            println!(
+                "{:<12} {:>9.0} {:>7.3} s {:>7.3} s {:>7.3} s {:>7.2} {:>7.2} {:>5.0} MiB {:>8.3}",
+                f.shape,
+                mib(f.heap_bytes),
+                f.snapshot.as_secs_f64(),
+                f.floors[0].as_secs_f64(),
+                f.floors[1].as_secs_f64(),
+                ratio(f.snapshot, f.floors[0]),
+                ratio(f.snapshot, f.floors[1]),
+                mib(f.peak_rss),
+                f.peak_rss as f64 / f.heap_bytes as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn measure(root: &Path, shape: &'static str, child: &mut Child) -> Result<Figures> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     if line.trim() != "ready" {
@@ -42,56 +114,76 @@ fn measure(root: &Path, child: &mut Child) -> Result<()> {
     }
     let pid = child.id();
     let pagealloc = root.join("target/release/pagealloc");
-    let snapshot_once = || -> Result<Duration> {
-        let start = Instant::now();
-        let out = Command::new(&pagealloc)
+    let launcher = root.join("target/bench/peak_rss");
+    // Timed and measured by a small launcher: see xtask/bench/peak_rss.c for why.
+    let snapshot_once = || -> Result<(Duration, u64)> {
+        let out = Command::new(&launcher)
+            .arg(&pagealloc)
             .args(["snapshot", &pid.to_string(), "--format", "json"])
-            .stdout(Stdio::null())
-            .status()?;
-        let elapsed = start.elapsed();
-        if !out.success() {
-            bail!("pagealloc snapshot failed: {out}");
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("pagealloc snapshot failed: {}", out.status);
         }
-        Ok(elapsed)
+        let line = String::from_utf8_lossy(&out.stdout);
+        let mut words = line.split_whitespace();
+        let seconds: f64 = words.next().context("no time from peak_rss")?.parse()?;
+        let kib: u64 = words.next().context("no peak RSS from peak_rss")?.parse()?;
+        Ok((Duration::from_secs_f64(seconds), kib * 1024))
     };
     // Warm the layout cache and the page cache of the binary: not what is measured.
     snapshot_once()?;
-    let (heap_start, heap_end) = heap_range(pid)?;
+    let heaps = heap_ranges(pid)?;
+    let heap_bytes: u64 = heaps.iter().map(|(start, end)| end - start).sum();
     let mut snapshot = Vec::new();
+    let mut peak_rss = 0;
     // The floor, read by one thread and by two (pagealloc uses every core).
     let mut floors = [Vec::new(), Vec::new()];
     let mut bytes = 0;
     // The floor reads into a buffer faulted in beforehand: the cost of the reads alone.
-    let mut buffer = vec![1u8; (heap_end - heap_start) as usize];
+    let mut buffer = vec![1u8; heap_bytes as usize];
     // Interleaved, so that all see the same machine load.
     for _ in 0..RUNS {
-        snapshot.push(snapshot_once()?);
+        let (elapsed, rss) = snapshot_once()?;
+        snapshot.push(elapsed);
+        peak_rss = peak_rss.max(rss);
         for (threads, floor) in (1..).zip(floors.iter_mut()) {
             let start = Instant::now();
-            bytes = read_present(pid, heap_start, heap_end, &mut buffer, threads)?;
+            bytes = read_present(pid, &heaps, &mut buffer, threads)?;
             floor.push(start.elapsed());
         }
     }
-    let snapshot = median(snapshot);
+    let figures = Figures {
+        shape,
+        heap_bytes,
+        snapshot: median(snapshot),
+        floors: floors.map(median),
+        peak_rss,
+    };
     println!(
-        "bench snapshot: heap {:.0} MiB, {:.0} MiB present; medians of {RUNS} interleaved runs",
-        (heap_end - heap_start) as f64 / 1048576.0,
-        bytes as f64 / 1048576.0
+        "bench snapshot {shape}: {} heap{} of {:.0} MiB, {:.0} MiB present; medians of {RUNS} \
+         interleaved runs",
+        heaps.len(),
+        if heaps.len() == 1 { "" } else { "s" },
+        mib(heap_bytes),
+        mib(bytes)
     );
     println!(
-        "  pagealloc snapshot --format json              {:>8.3} s",
-        snapshot.as_secs_f64()
+        "  pagealloc snapshot --format json              {:>8.3} s   peak RSS {:.0} MiB ({:.3} \
+         of the heap)",
+        figures.snapshot.as_secs_f64(),
+        mib(peak_rss),
+        peak_rss as f64 / heap_bytes as f64
     );
-    for (threads, floor) in (1..).zip(floors) {
-        let floor = median(floor);
+    for (threads, floor) in (1..).zip(figures.floors) {
         println!(
             "  floor: read the present heap pages, {threads} thread{} {:>8.3} s   ratio {:.2}",
             if threads == 1 { " " } else { "s" },
             floor.as_secs_f64(),
-            snapshot.as_secs_f64() / floor.as_secs_f64()
+            ratio(figures.snapshot, floor)
         );
     }
-    Ok(())
+    Ok(figures)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -99,46 +191,63 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn heap_range(pid: u32) -> Result<(u64, u64)> {
+/// The heaps of every arena: the `[heap]`, and the thread arenas' heaps, which are the
+/// anonymous read-write mappings that start at a multiple of HEAP_MAX_SIZE (glibc aligns them
+/// so; thread stacks and the workload's other mappings are not, and are not read).
+fn heap_ranges(pid: u32) -> Result<Vec<(u64, u64)>> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let line = maps
-        .lines()
-        .find(|l| l.ends_with("[heap]"))
-        .context("the workload has no [heap]")?;
-    let range = line.split_whitespace().next().unwrap();
-    let (start, end) = range.split_once('-').unwrap();
-    Ok((
-        u64::from_str_radix(start, 16)?,
-        u64::from_str_radix(end, 16)?,
-    ))
+    let mut heaps = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(&perms)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        let (start, end) = range
+            .split_once('-')
+            .context("a maps line without a range")?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16)?,
+            u64::from_str_radix(end, 16)?,
+        );
+        let path = fields.get(5).copied().unwrap_or("");
+        let thread_heap = path.is_empty() && perms == "rw-p" && start % THREAD_HEAP_ALIGN == 0;
+        if path == "[heap]" || thread_heap {
+            heaps.push((start, end));
+        }
+    }
+    if heaps.is_empty() {
+        bail!("the workload has no heap");
+    }
+    Ok(heaps)
 }
 
-/// The floor: which pages are present (pagemap), then one read per run of present pages (in
-/// pieces of at most 8 MiB, over one or two threads), into `buffer`.
-fn read_present(pid: u32, start: u64, end: u64, buffer: &mut [u8], threads: usize) -> Result<u64> {
-    const PIECE_PAGES: usize = (8 << 20) / PAGE as usize;
-    let pages = ((end - start) / PAGE) as usize;
+/// The floor: which pages of `heaps` are present (pagemap), then one read per run of present
+/// pages (in pieces of at most 8 MiB, over one or two threads), into `buffer`.
+fn read_present(pid: u32, heaps: &[(u64, u64)], buffer: &mut [u8], threads: usize) -> Result<u64> {
+    const PIECE_PAGES: u64 = (8 << 20) / PAGE;
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
-    pagemap.seek(SeekFrom::Start(start / PAGE * 8))?;
-    let mut entries = vec![0u8; pages * 8];
-    pagemap.read_exact(&mut entries)?;
-    let present = |i: usize| entries[i * 8 + 7] >> 7 == 1;
-    let mut pieces: Vec<(usize, usize)> = Vec::new();
-    for i in (0..pages).filter(|&i| present(i)) {
-        match pieces.last_mut() {
-            Some(last) if last.1 == i && last.1 - last.0 < PIECE_PAGES => last.1 += 1,
-            _ => pieces.push((i, i + 1)),
+    // (first page, end page) of each piece, as addresses / PAGE.
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in heaps {
+        let pages = ((end - start) / PAGE) as usize;
+        pagemap.seek(SeekFrom::Start(start / PAGE * 8))?;
+        let mut entries = vec![0u8; pages * 8];
+        pagemap.read_exact(&mut entries)?;
+        let present = |i: usize| entries[i * 8 + 7] >> 7 == 1;
+        for i in (0..pages).filter(|&i| present(i)) {
+            let page = start / PAGE + i as u64;
+            match pieces.last_mut() {
+                Some(last) if last.1 == page && last.1 - last.0 < PIECE_PAGES => last.1 += 1,
+                _ => pieces.push((page, page + 1)),
+            }
         }
     }
     let mut jobs: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len());
     let mut rest = buffer;
-    let mut consumed = 0;
     for &(lo, hi) in &pieces {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(lo * PAGE as usize - consumed);
-        let (slice, tail) = tail.split_at_mut((hi - lo) * PAGE as usize);
+        let (slice, tail) = std::mem::take(&mut rest).split_at_mut(((hi - lo) * PAGE) as usize);
         rest = tail;
-        consumed = hi * PAGE as usize;
-        jobs.push((start + lo as u64 * PAGE, slice));
+        jobs.push((lo * PAGE, slice));
     }
     let read = |jobs: &mut [(u64, &mut [u8])]| -> Result<u64> {
         let mut total = 0;

@@ -44,11 +44,15 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Snapshot of a ~1 GiB, ~10 million chunk heap against the floor (reading its pages).
+    /// Snapshots of ~1 GiB, ~10 million chunk heaps of every shape against the floor (reading
+    /// their pages).
     Snapshot {
-        /// Chunks in the benchmark heap.
+        /// Chunks in each benchmark heap.
         #[arg(long, default_value_t = 10_000_000)]
         chunks: u64,
+        /// Only this heap shape (all of them by default).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SHAPES))]
+        shape: Option<String>,
     },
     /// What each tracer costs a program doing malloc+free pairs (1 and 4 threads), side by side.
     Overhead {
@@ -71,8 +75,8 @@ fn main() -> Result<()> {
         Task::Demo { args } => demo(&root, &args),
         Task::Test { args } => test(&args),
         Task::Bench {
-            bench: Bench::Snapshot { chunks },
-        } => bench::snapshot(&root, chunks),
+            bench: Bench::Snapshot { chunks, shape },
+        } => bench::snapshot(&root, chunks, shape.as_deref()),
         Task::Bench {
             bench: Bench::Overhead { rounds, size },
         } => overhead::overhead(&root, rounds, size),

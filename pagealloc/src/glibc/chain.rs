@@ -165,7 +165,12 @@ impl Walker<'_> {
             // Unreadable, the link leads nowhere: the bin's list then says so.
             (ChunkState::Bin, Some(first_word.unwrap_or(0)))
         } else if tcache {
-            (ChunkState::Tcache, None)
+            // An exiting thread gives its tcache back to the fastbins without clearing the
+            // key: such a chunk looks cached, and is kept in case a fastbin holds it.
+            (
+                ChunkState::Tcache,
+                self.fastbin_link(heap, p, size, first_word),
+            )
         } else {
             (
                 ChunkState::Live,
@@ -188,9 +193,9 @@ impl Walker<'_> {
         first_word.is_some_and(|next| self.aligned(reveal(self.offsets, user, next)))
     }
 
-    /// The link of a chunk in use that could be a fastbin chunk (it looks in use to the walk):
-    /// of fastbin size, its first word a protected link to an aligned chunk of the arena's heaps
-    /// or the list's end.
+    /// The link of a chunk that could be a fastbin chunk (it looks in use, or cached, to the
+    /// walk): of fastbin size, its first word a protected link to an aligned chunk of the
+    /// arena's heaps or the list's end.
     fn fastbin_link(
         &self,
         heap: &HeapBounds,

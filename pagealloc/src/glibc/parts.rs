@@ -8,7 +8,7 @@
 //! chains are the same (each size decides the next chunk), so the part's walk is kept from there
 //! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
 //! the known chain is followed through the whole part, as one thread would have.
-use super::captures::Captures;
+use super::captures::{Bits, Captures, KeptRuns, bitmap};
 use super::chain::{ChainEnd, HeapBounds, Mode};
 use super::tally::Tally;
 use super::walker::Walker;
@@ -18,14 +18,40 @@ use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Segment,
 /// Parts per thread for a large heap.
 const PARTS_PER_THREAD: u64 = 4;
 
-/// What the walk of an arena's heaps found, besides the granule marks.
-#[derive(Default)]
-pub(super) struct Found {
+/// The heaps of one arena, to walk.
+pub(super) struct ArenaHeaps {
+    /// (start, end, first chunk) of each heap.
+    pub heaps: Vec<(u64, u64, u64)>,
+    /// Whether this is the main arena.
+    pub main: bool,
+    /// The arena's top chunk (in one of its heaps).
+    pub top: u64,
+    /// Bytes the arena got from the system beyond the heaps found (a main arena not
+    /// contiguous, regions not found): unknown.
+    pub unwalked: u64,
+}
+
+/// What the walk of an arena's heaps found.
+pub(super) struct HeapsWalked {
+    /// One per heap, in the order of [`ArenaHeaps::heaps`].
+    pub segments: Vec<Segment>,
     pub figures: HeapFigures,
-    /// The captures of each part: each run in address order.
-    pub captures: Vec<Captures>,
     /// (address, note), in address order within each heap.
     pub notes: Vec<(u64, String)>,
+    /// The chunks kept that can be on a fastbin (in use, of fastbin size, with a plausible
+    /// link) and on a bin (free).
+    pub fast: KeptRuns,
+    pub bin: KeptRuns,
+}
+
+/// What the walks of an arena's heaps found so far, as their parts are joined.
+#[derive(Default)]
+struct Found {
+    figures: HeapFigures,
+    /// The chunks kept, with the bitmaps still to come.
+    fast: KeptRuns,
+    bin: KeptRuns,
+    notes: Vec<(u64, String)>,
     /// The last chunk counted along the heap walked last: (address, size, state).
     last: Option<(u64, u64, ChunkState)>,
 }
@@ -34,7 +60,10 @@ impl Found {
     /// Adds what a walk found further along the heap.
     fn absorb(&mut self, tally: Tally) {
         self.figures.add(&tally.figures);
-        self.captures.push(tally.captures);
+        let stretch = tally.captures.fast.starts.start;
+        let (fast, bin) = tally.captures.into_runs();
+        self.fast.runs.push((stretch, fast));
+        self.bin.runs.push((stretch, bin));
         self.notes.extend(tally.notes);
         if tally.last.is_some() {
             self.last = tally.last;
@@ -45,16 +74,19 @@ impl Found {
 /// One part of a heap: its walk marks the stretch of granules from `marks.start`, and stops at
 /// the first chunk at or past `until`.
 struct Part<'a> {
+    arena: usize,
     heap: usize,
     /// The chunk to start from; None for a part that starts from a guess.
     first: Option<u64>,
     until: u64,
     pages: Residency<'a>,
     marks: Stretch<'a>,
+    captures: Captures<'a>,
 }
 
 /// A part walked: where the walk started (None: no guess was found) and ended.
 struct Walked<'a> {
+    arena: usize,
     heap: usize,
     until: u64,
     start: Option<u64>,
@@ -62,78 +94,125 @@ struct Walked<'a> {
     tally: Tally<'a>,
 }
 
+/// What the known chain marks and keeps over a part, reused from join to join: zeroed once,
+/// and only what the chain marks gets touched (and zeroed again after it).
+#[derive(Default)]
+struct Scratch {
+    marks: Vec<u8>,
+    fast: Vec<u64>,
+    bin: Vec<u64>,
+}
+
 impl<'w> Walker<'w> {
-    /// Walks the heaps (start, end, first chunk) of arena `arena` (the main one if `main`) whose
-    /// top chunk is `top`.
-    pub(super) fn walk_heaps(
-        &self,
-        arena: usize,
-        main: bool,
-        heaps: &[(u64, u64, u64)],
-        top: u64,
-    ) -> (Vec<Segment>, Found) {
+    /// Walks the heaps of every arena of `arenas` (the parts of all of them shared out between
+    /// the threads: many small arenas keep every core busy too).
+    pub(super) fn walk_heaps(&self, arenas: &[ArenaHeaps]) -> Vec<HeapsWalked> {
         let memory = self.memory;
         let page = memory.page_size();
         let page_shift = page.trailing_zeros();
-        let mut segments: Vec<Segment> = heaps
-            .iter()
-            .map(|&(start, end, _)| {
-                let mut segment = Segment::new(start, end, arena, page);
-                for (index, resident) in segment.resident.iter_mut().enumerate() {
-                    *resident = memory.is_resident(start + index as u64 * page);
-                }
-                segment
+        let mut segments: Vec<Vec<Segment>> = (arenas.iter().enumerate())
+            .map(|(index, arena)| {
+                (arena.heaps.iter())
+                    .map(|&(start, end, _)| {
+                        let mut segment = Segment::new(start, end, index, page);
+                        for (page_index, resident) in segment.resident.iter_mut().enumerate() {
+                            *resident = memory.is_resident(start + page_index as u64 * page);
+                        }
+                        segment
+                    })
+                    .collect()
             })
             .collect();
-        let arena_span = (heaps.iter().map(|h| h.0).min().unwrap_or(0))
-            ..(heaps.iter().map(|h| h.1).max().unwrap_or(0));
-        let bounds: Vec<HeapBounds> = heaps
-            .iter()
-            .map(|&(start, end, _)| HeapBounds {
-                start,
-                end,
-                top,
-                main,
-                arena_span: arena_span.clone(),
+        // Per heap, where the chunks kept start: fast and bin.
+        let mut bitmaps: Vec<Vec<[Vec<u64>; 2]>> = (arenas.iter())
+            .map(|arena| {
+                (arena.heaps.iter())
+                    .map(|&(start, end, _)| [bitmap(start, end), bitmap(start, end)])
+                    .collect()
+            })
+            .collect();
+        let bounds: Vec<Vec<HeapBounds>> = (arenas.iter())
+            .map(|arena| {
+                let heaps = &arena.heaps;
+                let arena_span = (heaps.iter().map(|h| h.0).min().unwrap_or(0))
+                    ..(heaps.iter().map(|h| h.1).max().unwrap_or(0));
+                (heaps.iter())
+                    .map(|&(start, end, _)| HeapBounds {
+                        start,
+                        end,
+                        top: arena.top,
+                        main: arena.main,
+                        arena_span: arena_span.clone(),
+                    })
+                    .collect()
             })
             .collect();
 
         let mut parts = Vec::new();
-        for (heap, segment) in segments.iter_mut().enumerate() {
-            let (start, end, first) = heaps[heap];
-            let (pages, mut rest) = Residency::of(segment, page_shift);
-            let cuts = self.cuts(start, end, first, top, page);
-            for (index, &cut) in cuts.iter().enumerate() {
-                let until = cuts.get(index + 1).copied().unwrap_or(end);
-                let (marks, tail) = std::mem::replace(&mut rest, Stretch::empty()).split_at(until);
-                rest = tail;
-                debug_assert_eq!(marks.start, cut);
-                parts.push(Part {
-                    heap,
-                    first: (index == 0).then_some(first),
-                    until,
-                    pages,
-                    marks,
-                });
+        let each_arena = (arenas.iter()).zip(segments.iter_mut().zip(bitmaps.iter_mut()));
+        for (index, (arena, (segments, bitmaps))) in each_arena.enumerate() {
+            for (heap, (segment, [fast, bin])) in segments.iter_mut().zip(bitmaps).enumerate() {
+                let (start, end, first) = arena.heaps[heap];
+                let (pages, mut marks) = Residency::of(segment, page_shift);
+                let mut fast = Bits { start, words: fast };
+                let mut bin = Bits { start, words: bin };
+                let cuts = self.cuts(start, end, first, arena.top, page);
+                for (part, &cut) in cuts.iter().enumerate() {
+                    let next = cuts.get(part + 1).copied();
+                    let until = next.unwrap_or(end);
+                    let (part_marks, rest) =
+                        std::mem::replace(&mut marks, Stretch::empty()).split_at(until);
+                    marks = rest;
+                    debug_assert_eq!(part_marks.start, cut);
+                    // The last part takes what is left: the heap's end need not fall on a word.
+                    let part_fast = fast.take_head(next);
+                    let part_bin = bin.take_head(next);
+                    parts.push(Part {
+                        arena: index,
+                        heap,
+                        first: (part == 0).then_some(first),
+                        until,
+                        pages,
+                        marks: part_marks,
+                        captures: Captures::new(part_fast, part_bin),
+                    });
+                }
             }
         }
         let walked = crate::parallel::map(parts, self.split.threads, |part| {
-            self.walk_part(&bounds[part.heap], part)
+            self.walk_part(&bounds[part.arena][part.heap], part)
         });
 
-        let mut found = Found::default();
-        let mut scratch = Vec::new();
+        let mut found: Vec<Found> = arenas.iter().map(|_| Found::default()).collect();
+        let mut scratch = Scratch::default();
         let mut walked = walked.into_iter().peekable();
         while let Some(first) = walked.next() {
-            let bounds = &bounds[first.heap];
+            let (arena, heap) = (first.arena, first.heap);
+            let bounds = &bounds[arena][heap];
+            let found = &mut found[arena];
             let mut chain = first.chain;
             found.last = None;
             found.absorb(first.tally);
-            while let Some(part) = walked.next_if(|w| w.heap == first.heap) {
-                chain = self.join(bounds, &mut found, &mut scratch, chain.end, part);
+            while let Some(part) = walked.next_if(|w| (w.arena, w.heap) == (arena, heap)) {
+                chain = self.join(bounds, found, &mut scratch, chain.end, part);
             }
         }
-        (segments, found)
+
+        (found.into_iter().zip(segments).zip(bitmaps).zip(arenas))
+            .map(|(((mut found, segments), bitmaps), arena)| {
+                for ([fast, bin], &(start, end, _)) in bitmaps.into_iter().zip(&arena.heaps) {
+                    found.fast.maps.push((start, end, fast));
+                    found.bin.maps.push((start, end, bin));
+                }
+                HeapsWalked {
+                    segments,
+                    figures: found.figures,
+                    notes: found.notes,
+                    fast: found.fast,
+                    bin: found.bin,
+                }
+            })
+            .collect()
     }
 
     /// Where the parts of a heap begin: the heap's start, then cuts a whole number of pages
@@ -166,13 +245,12 @@ impl<'w> Walker<'w> {
         let o = self.offsets;
         let until = part.until;
         let mut window = Window::new(self.memory, part.pages, heap.end);
-        let mut tally = Tally::new(o, part.pages, part.marks);
+        let mut tally = Tally::new(o, part.pages, part.marks, part.captures);
         // Room for the captures of a typical heap, reserved (not touched) up front: growing
-        // them as they come cost a large heap's walk a tenth of its time. Only a hint: without
-        // the room they grow as they come.
+        // them as they come cost a large heap's walk a tenth of its time.
         let bytes = until.saturating_sub(tally.marks.start) as usize;
-        let _ = tally.captures.fast.try_reserve(bytes / 256);
-        let _ = tally.captures.bin.try_reserve(bytes / 512);
+        tally.captures.fast.run.reserve(bytes / 256);
+        tally.captures.bin.run.reserve(bytes / 512);
         // The first part starts at the heap's first chunk, after malloc's own structures; the
         // others from a guess, if one is found.
         let start = match part.first {
@@ -196,6 +274,7 @@ impl<'w> Walker<'w> {
         };
         let start = start.map(|(from, _)| from);
         Walked {
+            arena: part.arena,
             heap: part.heap,
             until,
             start,
@@ -211,7 +290,7 @@ impl<'w> Walker<'w> {
         &self,
         heap: &HeapBounds,
         found: &mut Found,
-        scratch: &mut Vec<u8>,
+        scratch: &mut Scratch,
         p: u64,
         part: Walked<'a>,
     ) -> ChainEnd
@@ -226,19 +305,38 @@ impl<'w> Walker<'w> {
             ..
         } = part;
         let lo = tally.marks.start;
-        // The known chain's own marks over this part, until it meets the part's walk.
+        // The known chain's own marks and chunks kept over this part, until it meets the
+        // part's walk.
         let granules = tally.marks.granules.len();
-        if scratch.len() < granules {
+        if scratch.marks.len() < granules {
             // Zeroed by the allocator: only what the known chain marks gets touched.
-            *scratch = vec![0u8; granules];
+            scratch.marks = vec![0u8; granules];
+        }
+        let (bits, words) = (
+            tally.captures.fast.starts.start,
+            tally.captures.fast.starts.words.len(),
+        );
+        if scratch.fast.len() < words {
+            scratch.fast = vec![0; words];
+            scratch.bin = vec![0; words];
         }
         let mut known = Tally::new(
             self.offsets,
             tally.pages,
             Stretch {
                 start: lo,
-                granules: &mut scratch[..granules],
+                granules: &mut scratch.marks[..granules],
             },
+            Captures::new(
+                Bits {
+                    start: bits,
+                    words: &mut scratch.fast[..words],
+                },
+                Bits {
+                    start: bits,
+                    words: &mut scratch.bin[..words],
+                },
+            ),
         );
         let mut window = Window::new(self.memory, tally.pages, heap.end);
         let met = {
@@ -281,9 +379,14 @@ impl<'w> Walker<'w> {
         tally.marks.granules[a..b].copy_from_slice(&known.marks.granules[a..b]);
         // Left zeroed for the next part: the known chain marked nothing else.
         known.marks.granules[a..b].fill(0);
+        if !met.joined {
+            // The known chain passed the part's walk by: all it found is dropped.
+            tally.captures.clear(lo, hi);
+        }
+        tally.captures.take(&mut known.captures, from, to);
         found.absorb(known);
         if !met.joined {
-            return met; // the known chain passed the part's walk by: all it found is dropped
+            return met;
         }
         let mut end = guessed;
         if guessed.gave_up {

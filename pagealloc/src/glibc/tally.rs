@@ -1,7 +1,7 @@
 //! What a walk found along a stretch of a heap: the figures, the granule marks, the chunks that
 //! can be on a free list ([`super::captures`]), and the notes, each at its address so
 //! that a stretch walked from a wrong guess can be taken back (see [`super::parts`]).
-use super::captures::{Capture, Captures};
+use super::captures::Captures;
 use super::layout::Offsets;
 use super::window::Residency;
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Stretch};
@@ -11,7 +11,7 @@ pub(super) struct Tally<'a> {
     pub pages: Residency<'a>,
     pub marks: Stretch<'a>,
     pub figures: HeapFigures,
-    pub captures: Captures,
+    pub captures: Captures<'a>,
     /// (address, note)
     pub notes: Vec<(u64, String)>,
     /// The last chunk counted: (address, size, state).
@@ -19,13 +19,18 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    pub fn new(offsets: &'a Offsets, pages: Residency<'a>, marks: Stretch<'a>) -> Tally<'a> {
+    pub fn new(
+        offsets: &'a Offsets,
+        pages: Residency<'a>,
+        marks: Stretch<'a>,
+        captures: Captures<'a>,
+    ) -> Tally<'a> {
         Tally {
             offsets,
             pages,
             marks,
             figures: HeapFigures::default(),
-            captures: Captures::default(),
+            captures,
             notes: Vec::new(),
             last: None,
         }
@@ -46,14 +51,9 @@ impl<'a> Tally<'a> {
         self.figures.free_resident_bytes += resident;
         self.figures.trimmable_bytes += trimmable;
         if let Some(link) = link {
-            let capture = Capture {
-                chunk: addr,
-                size,
-                link,
-            };
             match state {
-                ChunkState::Bin => self.captures.bin.push(capture),
-                _ => self.captures.fast.push(capture),
+                ChunkState::Bin => self.captures.bin.push(addr, size, link),
+                _ => self.captures.fast.push(addr, size, link),
             }
         }
         self.last = Some((addr, size, state));

@@ -7,11 +7,14 @@
 //! bounded, a spot that looks inconsistent is read again once, and what stays inconsistent is
 //! counted as `unknown`, never guessed. The heap is read through a window that slides with the
 //! walk ([`super::window`]).
+use std::time::Instant;
+
 use super::Libc;
 use super::arenas::ArenaHeader;
-use super::captures::Sorted;
+use super::captures::Kepts;
 use super::layout::{Offsets, default_heap_max_size};
 use super::lists::{self, Heads};
+use super::parts::{ArenaHeaps, HeapsWalked};
 use crate::proc::memory::{Memory, ReadError};
 use crate::state::heap::{AddressRange, Arena, HeapFigures, HeapMap, HeapNote, Segment};
 use crate::state::pages::Mapping;
@@ -63,8 +66,15 @@ pub(super) struct Walker<'a> {
     pub tcache_key: Option<u64>,
     /// The largest chunk a fastbin holds (0 without fastbins).
     pub max_fast_chunk: u64,
-    /// What the lists of the arenas walked so far kept: freed off the caller's time, at the end.
-    garbage: Vec<(Sorted, Sorted)>,
+}
+
+/// An arena walked, its lists followed.
+struct Finished {
+    arena: Arena,
+    segments: Vec<Segment>,
+    notes: Vec<HeapNote>,
+    /// The chunks the lists were followed through: freed off the caller's time, at the end.
+    kept: (Kepts, Kepts),
 }
 
 /// Walks the heaps of the process whose glibc is `libc`, reading its memory from `memory`.
@@ -88,7 +98,6 @@ pub fn walk(
             0 => 0,
             n => (n + 1) * 2 * offsets.size_sz,
         },
-        garbage: Vec::new(),
     };
     walker.walk()
 }
@@ -147,25 +156,74 @@ impl Walker<'_> {
         };
 
         let headers = self.arenas()?;
-        let mut segments: Vec<Segment> = Vec::new();
-        let arenas: Vec<Arena> = headers
-            .iter()
-            .enumerate()
-            .map(|(index, header)| {
-                let heaps = if header.address == self.libc.main_arena {
+        // Every arena's heaps first, so that their parts are walked as one pool; the notes
+        // about each arena's heaps still come before what its walk finds.
+        let mut heap_notes = Vec::with_capacity(headers.len());
+        let to_walk: Vec<ArenaHeaps> = (headers.iter())
+            .map(|header| {
+                let before = self.notes.len();
+                let main = header.address == self.libc.main_arena;
+                let heaps = if main {
                     self.main_heap(header, sbrk_base)
                 } else {
                     self.arena_heaps(header, heap_max)
                 };
-                let (arena, arena_segments) = self.walk_arena(index, header, heaps);
-                segments.extend(arena_segments);
-                arena
+                // What system_mem has of the main arena beyond the heaps found.
+                let unwalked = if main {
+                    self.unwalked(header, &heaps)
+                } else {
+                    0
+                };
+                heap_notes.push(self.notes.split_off(before));
+                ArenaHeaps {
+                    heaps,
+                    main,
+                    top: header.top,
+                    unwalked,
+                }
             })
             .collect();
+        let started = Instant::now();
+        let walked = self.walk_heaps(&to_walk);
+        log::debug!(
+            "heaps of {} arenas walked in {:?}",
+            headers.len(),
+            started.elapsed()
+        );
+        // The lists of several arenas side by side; an arena with more than its share of the
+        // chunks kept follows its own on every thread.
+        let threads = self.split.threads.max(1);
+        let kept = |w: &HeapsWalked| {
+            let runs = w.fast.runs.iter().chain(&w.bin.runs);
+            runs.map(|(_, run)| run.len()).sum::<usize>()
+        };
+        let all_kept: usize = walked.iter().map(kept).sum();
+        let finished = crate::parallel::map(
+            headers.iter().zip(&to_walk).zip(walked).collect(),
+            threads,
+            |((header, heaps), walked)| {
+                let own = if kept(&walked) * threads > all_kept {
+                    threads
+                } else {
+                    1
+                };
+                self.finish_arena(header, heaps, walked, own)
+            },
+        );
+        let mut arenas = Vec::with_capacity(finished.len());
+        let mut segments = Vec::new();
+        let mut garbage = Vec::with_capacity(finished.len());
+        for (finished, notes) in finished.into_iter().zip(heap_notes) {
+            for note in notes.into_iter().chain(finished.notes) {
+                self.note(note);
+            }
+            arenas.push(finished.arena);
+            segments.extend(finished.segments);
+            garbage.push(finished.kept);
+        }
 
         // Freeing millions of captures takes milliseconds: beside the search for mmapped chunks.
-        let garbage = std::mem::take(&mut self.garbage);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mmapped = std::thread::scope(|scope| {
             scope.spawn(move || drop(garbage));
             self.mmapped_chunks(&segments, (n_mmaps, mmapped_mem))
@@ -198,68 +256,72 @@ impl Walker<'_> {
         })
     }
 
-    /// Walks every heap of one arena, then follows its fastbins and bins through what the walk
-    /// captured of the chunks they can hold.
-    fn walk_arena(
-        &mut self,
-        index: usize,
+    /// Follows an arena's fastbins and bins, its heaps walked, through the chunks the walk kept
+    /// that they can hold, and recounts the fastbin chunks, on `threads` threads.
+    fn finish_arena(
+        &self,
         header: &ArenaHeader,
-        heaps: Vec<(u64, u64, u64)>,
-    ) -> (Arena, Vec<Segment>) {
+        heaps: &ArenaHeaps,
+        walked: HeapsWalked,
+        threads: usize,
+    ) -> Finished {
         let o = self.offsets;
         if header.never_initialised() {
             // An empty heap: its all-zero bins are no lists to follow.
             let arena = Arena {
                 address: header.address,
-                main: header.address == self.libc.main_arena,
+                main: heaps.main,
                 heaps: Vec::new(),
                 figures: HeapFigures::default(),
             };
-            return (arena, Vec::new());
+            return Finished {
+                arena,
+                segments: walked.segments,
+                notes: Vec::new(),
+                kept: (
+                    Kepts::new(walked.fast, threads),
+                    Kepts::new(walked.bin, threads),
+                ),
+            };
         }
         let page_shift = self.memory.page_size().trailing_zeros();
-        let (mut segments, found) = self.walk_heaps(
-            index,
-            header.address == self.libc.main_arena,
-            &heaps,
-            header.top,
-        );
-        log::debug!("arena {:#x} walked", header.address);
-        for (_, note) in found.notes {
-            self.note(HeapNote::inconsistent(note));
-        }
-        let mut figures = found.figures;
+        let HeapsWalked {
+            mut segments,
+            mut figures,
+            notes,
+            fast,
+            bin,
+        } = walked;
+        let started = Instant::now();
+        let (fast, bin) = (Kepts::new(fast, threads), Kepts::new(bin, threads));
+        let resolved = started.elapsed();
+        let mut notes: Vec<HeapNote> = (notes.into_iter())
+            .map(|(_, note)| HeapNote::inconsistent(note))
+            .collect();
         figures.system_bytes = header.system_mem;
-        if header.address == self.libc.main_arena {
-            figures.unknown_bytes += self.unwalked(header, &heaps);
-        }
-        let (fast, bin): (Vec<_>, Vec<_>) = (found.captures.into_iter())
-            .map(|c| (c.fast, c.bin))
-            .unzip();
-        let (fast, bin) = (Sorted::new(fast), Sorted::new(bin));
+        figures.unknown_bytes += heaps.unwalked;
         let heads = Heads {
             arena: header.address,
             fastbins: &header.fastbins,
             bins_address: header.bins_address,
             bins: &header.bins,
         };
-        let lists = lists::follow(o, &heads, &fast, &bin, &segments, page_shift);
-        for why in &lists.broken {
-            self.note(HeapNote::inconsistent(why.clone()));
-        }
+        let lists = lists::follow(o, &heads, &fast, &bin, threads);
+        let followed = started.elapsed();
+        notes.extend(lists.broken.iter().cloned().map(HeapNote::inconsistent));
         let largest_fastbin = lists::recount_fastbins(
             o,
             &fast,
             &lists.on_fastbin,
             &mut segments,
             page_shift,
-            self.split.threads,
+            threads,
             &mut figures,
         );
         if lists.broken.is_empty()
             && (lists.bin_chunks, lists.bin_bytes) != (figures.bin_chunks, figures.bin_bytes)
         {
-            self.note(HeapNote::inconsistent(format!(
+            notes.push(HeapNote::inconsistent(format!(
                 "arena {:#x}: the bins hold {} chunks of {} bytes, the walk found {} free chunks \
                  of {} bytes: the target changed during the snapshot",
                 header.address,
@@ -269,21 +331,33 @@ impl Walker<'_> {
                 figures.bin_bytes
             )));
         }
-        log::debug!("arena {:#x}: fastbins and bins followed", header.address);
+        log::debug!(
+            "arena {:#x}: {} fast and {} bin chunks kept, their links resolved in {:?}; \
+             fastbins and bins followed in {:?}, fastbin chunks recounted in {:?}",
+            header.address,
+            fast.len,
+            bin.len,
+            resolved,
+            followed - resolved,
+            started.elapsed() - followed
+        );
         // From the chunks kept, not from the walk's running maximum: parts walked from a wrong
         // guess and taken back may have counted a larger one.
         figures.largest_free_bytes = largest_fastbin.max(lists.largest_bin);
         figures.finish();
-        self.garbage.push((fast, bin));
         let arena = Arena {
             address: header.address,
-            main: header.address == self.libc.main_arena,
-            heaps: heaps
-                .iter()
+            main: heaps.main,
+            heaps: (heaps.heaps.iter())
                 .map(|&(start, end, _)| AddressRange { start, end })
                 .collect(),
             figures,
         };
-        (arena, segments)
+        Finished {
+            arena,
+            segments,
+            notes,
+            kept: (fast, bin),
+        }
     }
 }

@@ -158,23 +158,41 @@ impl HeapFigures {
         };
     }
 
+    /// Takes away what `other` counted (chunks recounted in another state): every count but
+    /// the system bytes and the largest free chunk.
+    pub fn subtract(&mut self, other: &HeapFigures) {
+        for (mine, theirs) in self.counts().into_iter().zip(other.clone().counts()) {
+            *mine = mine.saturating_sub(*theirs);
+        }
+    }
+
+    /// The counts that add up across arenas (all but the system bytes, the largest free chunk
+    /// and the fragmentation).
+    fn counts(&mut self) -> [&mut u64; 15] {
+        [
+            &mut self.live_chunks,
+            &mut self.live_bytes,
+            &mut self.tcache_chunks,
+            &mut self.tcache_bytes,
+            &mut self.fastbin_chunks,
+            &mut self.fastbin_bytes,
+            &mut self.bin_chunks,
+            &mut self.bin_bytes,
+            &mut self.top_bytes,
+            &mut self.overhead_bytes,
+            &mut self.unknown_bytes,
+            &mut self.freed_chunks,
+            &mut self.freed_bytes,
+            &mut self.free_resident_bytes,
+            &mut self.trimmable_bytes,
+        ]
+    }
+
     pub fn add(&mut self, other: &HeapFigures) {
         self.system_bytes += other.system_bytes;
-        self.live_chunks += other.live_chunks;
-        self.live_bytes += other.live_bytes;
-        self.tcache_chunks += other.tcache_chunks;
-        self.tcache_bytes += other.tcache_bytes;
-        self.fastbin_chunks += other.fastbin_chunks;
-        self.fastbin_bytes += other.fastbin_bytes;
-        self.bin_chunks += other.bin_chunks;
-        self.bin_bytes += other.bin_bytes;
-        self.top_bytes += other.top_bytes;
-        self.overhead_bytes += other.overhead_bytes;
-        self.unknown_bytes += other.unknown_bytes;
-        self.freed_chunks += other.freed_chunks;
-        self.freed_bytes += other.freed_bytes;
-        self.free_resident_bytes += other.free_resident_bytes;
-        self.trimmable_bytes += other.trimmable_bytes;
+        for (mine, theirs) in self.counts().into_iter().zip(other.clone().counts()) {
+            *mine += *theirs;
+        }
         self.largest_free_bytes = self.largest_free_bytes.max(other.largest_free_bytes);
         self.finish();
     }
