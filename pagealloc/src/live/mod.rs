@@ -65,7 +65,7 @@ pub struct Live {
     libc: Option<crate::state::LibcInfo>,
 }
 
-/// How long a walk waits for the reader to hand over the events stamped before it ended.
+/// How long a sample waits for the reader to hand over the events stamped before it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 impl Live {
@@ -103,7 +103,8 @@ impl Live {
     /// A sample: the events since the last one applied, the heap walked again if they cannot
     /// be trusted or a reconcile is due, the page map read again.
     pub fn sample(&mut self, session: &mut Session) -> Result<Sample> {
-        self.take_events();
+        // Every call made before the sample began is in it.
+        self.receive(trace::monotonic_now(), |_| {})?;
         self.check_lost()?;
         if self.needs.is_none() && Instant::now() >= self.next_reconcile {
             self.needs = Some(Walk::Reconcile);
@@ -144,15 +145,7 @@ impl Live {
         self.needs = None;
         // The state before, for a reconcile: the same events applied to it.
         let mut old = (why == Walk::Reconcile).then_some((old, false));
-        let deadline = Instant::now() + DRAIN_LIMIT;
-        loop {
-            let batch = self
-                .batches
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .map_err(|_| Error::Ebpf {
-                    what: "reading the events".into(),
-                    reason: "the event reader stopped handing them over".into(),
-                })?;
+        self.receive(until.saturating_add(REPLAY_SLACK_NS), |batch| {
             if let Some((old, broken)) = &mut old {
                 for event in &batch.events {
                     if let Some(how) = mode(event.time, old_window.0, old_window.1) {
@@ -160,11 +153,7 @@ impl Live {
                     }
                 }
             }
-            self.apply_batch(&batch);
-            if batch.complete_before > until.saturating_add(REPLAY_SLACK_NS) {
-                break;
-            }
-        }
+        })?;
         self.next_reconcile = Instant::now() + self.options.reconcile;
         match old {
             Some((old, broken)) if !consistent => {
@@ -197,10 +186,23 @@ impl Live {
         Ok(sample)
     }
 
-    /// Applies what the reader has handed over so far.
-    fn take_events(&mut self) {
-        while let Ok(batch) = self.batches.try_recv() {
+    /// Applies the reader's batches until one vouches for every event stamped before `until`;
+    /// `also` sees each batch first.
+    fn receive(&mut self, until: u64, mut also: impl FnMut(&Batch)) -> Result<()> {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        loop {
+            let batch = self
+                .batches
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| Error::Ebpf {
+                    what: "reading the events".into(),
+                    reason: "the event reader stopped handing them over".into(),
+                })?;
+            also(&batch);
             self.apply_batch(&batch);
+            if batch.complete_before > until {
+                return Ok(());
+            }
         }
     }
 
