@@ -1,8 +1,10 @@
 //! The probes, loaded in the kernel and attached to a fixture that makes every kind of
 //! allocation call on four threads: every call is one event of its kind, with the chunk's exact
 //! size, and nothing else is (glibc's own calls from inside realloc and memalign, and the tcache
-//! an exiting thread gives back, are not the program's).
+//! an exiting thread gives back, are not the program's). Run twice: with malloc's results caught
+//! at one trap per call where the analysis of its code placed them, and with return probes.
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pagealloc::debuginfo::{self, DebugOptions};
@@ -12,9 +14,22 @@ use pagealloc::trace::{Internals, TraceOptions, Tracer};
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind, programs};
 use pagealloc_tests::*;
 
+/// One traced fixture at a time (the machine has few cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn root_probes_report_every_call_once() {
+    every_call_once(true);
+}
+
+#[test]
+fn root_probes_report_every_call_once_with_return_probes() {
+    every_call_once(false);
+}
+
+fn every_call_once(one_trap: bool) {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const ITERATIONS: u64 = 20_000;
     let mut fixture = Fixture::spawn(fixture_path!("ALL_CALLS"), &[&ITERATIONS.to_string(), "4"]);
     let target = Target::open(fixture.pid()).unwrap();
@@ -30,9 +45,34 @@ fn root_probes_report_every_call_once() {
         int_malloc: debug.layout.symbols.int_malloc,
         tcache_init: debug.layout.symbols.tcache_init.clone(),
     };
+    let options = TraceOptions {
+        one_trap,
+        ..TraceOptions::default()
+    };
     let (tracer, events) =
-        Tracer::attach(fixture.pid(), &libc, &internals, TraceOptions::default())
-            .expect("the probes attach");
+        Tracer::attach(fixture.pid(), &libc, &internals, options).expect("the probes attach");
+    let on_malloc: Vec<_> = tracer
+        .placed
+        .iter()
+        .filter(|p| p.function == "malloc")
+        .collect();
+    if one_trap {
+        // glibc 2.36 here: malloc's result is final in rax at an emulated instruction on each
+        // of its paths (calloc ends in a tail call to memset: a return probe).
+        assert!(
+            !on_malloc.is_empty()
+                && on_malloc
+                    .iter()
+                    .all(|p| p.program == programs::ALLOC_RESULT && !p.returns),
+            "malloc's results caught at one trap per call: {on_malloc:?}"
+        );
+    } else {
+        assert!(
+            on_malloc
+                .iter()
+                .all(|p| p.program == programs::ALLOC_RETURN && p.returns)
+        );
+    }
     // (The probe on a new thread's tcache sits where _int_malloc returns its result: once a
     // thread, it may be single-stepped.)
     for placed in tracer
