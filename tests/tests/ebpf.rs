@@ -114,7 +114,11 @@ fn single_threaded_mallocs(one_trap: bool) {
         }
     }
     assert_eq!(allocs, fixture.get("calls"), "one event per malloc");
-    assert_eq!(bytes, fixture.get("chunk_bytes"), "each with its chunk's size");
+    assert_eq!(
+        bytes,
+        fixture.get("chunk_bytes"),
+        "each with its chunk's size"
+    );
     assert_eq!(others, 0, "nothing else");
     assert_eq!(tracer.lost().unwrap(), 0);
 }

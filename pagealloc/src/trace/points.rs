@@ -344,7 +344,7 @@ struct Edge {
 
 enum Step {
     Next(Vec<Edge>),
-    Exit(Exit, State),
+    Exit(Exit, Box<State>),
 }
 
 enum Mode<'p> {
@@ -365,13 +365,16 @@ struct Node {
     exit: Option<Exit>,
 }
 
+/// A callee's address and the constant arguments (rdi, rsi, rdx, rcx, r8, r9) it is called with.
+type CalleeWith = (u64, [Option<u64>; 6]);
+
 struct Analysis<'a, 'c> {
     code: &'c dyn Fn(u64) -> &'a [u8],
     decoded: RefCell<HashMap<u64, Instruction>>,
     info: RefCell<InstructionInfoFactory>,
     /// Whether a callee, entered with these constant arguments, may return.
-    may_return: RefCell<HashMap<(u64, [Option<u64>; 6]), bool>>,
-    asking: RefCell<HashSet<(u64, [Option<u64>; 6])>>,
+    may_return: RefCell<HashMap<CalleeWith, bool>>,
+    asking: RefCell<HashSet<CalleeWith>>,
 }
 
 impl<'a, 'c> Analysis<'a, 'c> {
@@ -410,15 +413,17 @@ impl<'a, 'c> Analysis<'a, 'c> {
             Mode::Callee { level } => level,
         };
         let inside = |target: u64| match *mode {
-            Mode::Function { start, end, .. } if target < start || target >= end => unsure(
-                format!("a jump out of the function at {ip:#x} (a tail call: its return is not seen)"),
-            ),
+            Mode::Function { start, end, .. } if target < start || target >= end => {
+                unsure(format!(
+                    "a jump out of the function at {ip:#x} (a tail call: its return is not seen)"
+                ))
+            }
             _ => Ok(target),
         };
         // Where a path may go on anywhere: in the function, not sure; in a callee, it may return.
         let anywhere = |what: &str, state: State| match mode {
             Mode::Function { .. } => unsure(format!("{what} at {ip:#x}")),
-            Mode::Callee { .. } => Ok(Step::Exit(Exit::Return, state)),
+            Mode::Callee { .. } => Ok(Step::Exit(Exit::Return, Box::new(state))),
         };
         let mut state = state.clone();
         if let Mode::Function { points, .. } = mode {
@@ -437,7 +442,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
         };
         match instruction.mnemonic() {
             Mnemonic::Hlt | Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 => {
-                return Ok(Step::Exit(Exit::End, state));
+                return Ok(Step::Exit(Exit::End, Box::new(state)));
             }
             Mnemonic::Syscall => {
                 state.define(ip);
@@ -449,7 +454,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
             _ => {}
         }
         match instruction.flow_control() {
-            FlowControl::Return => Ok(Step::Exit(Exit::Return, state)),
+            FlowControl::Return => Ok(Step::Exit(Exit::Return, Box::new(state))),
             FlowControl::Next => {
                 self.effects(&instruction, &mut state, ip);
                 Ok(Step::Next(vec![along(next, state)]))
@@ -465,7 +470,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
             }
             FlowControl::Call if relative => {
                 if self.never_returns(instruction.near_branch_target(), &state, level) {
-                    return Ok(Step::Exit(Exit::End, state));
+                    return Ok(Step::Exit(Exit::End, Box::new(state)));
                 }
                 call(&mut state, ip);
                 Ok(Step::Next(vec![along(next, state)]))
@@ -520,7 +525,10 @@ impl<'a, 'c> Analysis<'a, 'c> {
         }
         if destination.is_some_and(|(index, _)| index == RSP) {
             let change = match mnemonic {
-                Mnemonic::Sub => instruction.try_immediate(1).ok().map(|v| (v as i64).wrapping_neg()),
+                Mnemonic::Sub => instruction
+                    .try_immediate(1)
+                    .ok()
+                    .map(|v| (v as i64).wrapping_neg()),
                 Mnemonic::Add => instruction.try_immediate(1).ok().map(|v| v as i64),
                 Mnemonic::Lea if stack_memory => Some(instruction.memory_displacement64() as i64),
                 _ => None,
@@ -541,7 +549,8 @@ impl<'a, 'c> Analysis<'a, 'c> {
         }
         // Anything else that reads the stack pointer's value gives the stack's address away.
         let reads_stack_pointer = (0..operands).any(|i| register(i).and_then(gpr) == Some(RSP))
-            || (mnemonic == Mnemonic::Lea && instruction.memory_base().full_register() == Register::RSP)
+            || (mnemonic == Mnemonic::Lea
+                && instruction.memory_base().full_register() == Register::RSP)
             || instruction.memory_index().full_register() == Register::RSP;
         if reads_stack_pointer {
             state.escaped = true;
@@ -597,7 +606,11 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 }
                 Mnemonic::And | Mnemonic::Or => {
                     if let (Value::Const(c), Some(imm), true) = (current, immediate, bytes >= 4) {
-                        let result = if mnemonic == Mnemonic::And { c & imm } else { c | imm };
+                        let result = if mnemonic == Mnemonic::And {
+                            c & imm
+                        } else {
+                            c | imm
+                        };
                         value = Value::Const(result & mask(bytes));
                     }
                     zf = Some((index, bytes));
@@ -628,7 +641,10 @@ impl<'a, 'c> Analysis<'a, 'c> {
         let writes = |access: OpAccess| {
             matches!(
                 access,
-                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
             )
         };
         let mut written: Vec<usize> = info
@@ -857,7 +873,11 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 break;
             }
         }
-        Ok(chains.iter().zip(&choice).map(|(chain, &c)| chain[c]).collect())
+        Ok(chains
+            .iter()
+            .zip(&choice)
+            .map(|(chain, &c)| chain[c])
+            .collect())
     }
 }
 
@@ -866,7 +886,9 @@ fn check_return(state: &State, ip: u64) -> Result<(), Unsure> {
     match (state.reported, state.registers[RAX]) {
         (Reported::Value(label), Value::Def(returned)) if label == returned => Ok(()),
         (Reported::Nothing, Value::Const(0)) => Ok(()),
-        (Reported::Nothing, _) => unsure(format!("a path to the return at {ip:#x} passes no point")),
+        (Reported::Nothing, _) => {
+            unsure(format!("a path to the return at {ip:#x} passes no point"))
+        }
         _ => unsure(format!(
             "a path to the return at {ip:#x} returns something else than its point reported"
         )),
@@ -897,7 +919,11 @@ fn branches(instruction: &Instruction, state: State, target: u64, next: u64) -> 
     let (Some(zero_taken), Some((register, bytes))) = (zero_taken, state.zf) else {
         return both(state);
     };
-    let (zero, nonzero) = if zero_taken { (target, next) } else { (next, target) };
+    let (zero, nonzero) = if zero_taken {
+        (target, next)
+    } else {
+        (next, target)
+    };
     match state.registers[register] {
         Value::Const(c) => {
             let to = if c & mask(bytes) == 0 { zero } else { nonzero };
@@ -1057,8 +1083,7 @@ fn cuts(nodes: &[Node], at: &HashMap<u64, Vec<usize>>, label: u64, ip: u64) -> b
         if nodes[n].ip == ip || !seen.insert(n) {
             continue;
         }
-        if nodes[n].exit == Some(Exit::Return)
-            && nodes[n].state.registers[RAX] == Value::Def(label)
+        if nodes[n].exit == Some(Exit::Return) && nodes[n].state.registers[RAX] == Value::Def(label)
         {
             return false;
         }
@@ -1204,7 +1229,12 @@ mod tests {
         ];
         assert_eq!(points(&image, 0x15), Ok(vec![(0xb, 8), (0x12, 8)]));
         // One side alone is not enough; the push at entry sees no result.
-        assert!(proof(&image, 0x15, &[0xb]).unwrap_err().0.contains("passes no point"));
+        assert!(
+            proof(&image, 0x15, &[0xb])
+                .unwrap_err()
+                .0
+                .contains("passes no point")
+        );
         assert!(proof(&image, 0x15, &[0x0]).is_err());
     }
 
@@ -1219,7 +1249,12 @@ mod tests {
         ];
         assert_eq!(points(&image, 0x1d), Ok(vec![(0x15, 8)]));
         // g's own first point and the shared one: its calls would report twice.
-        assert!(proof(&image, 0x1d, &[0xb, 0x15]).unwrap_err().0.contains("two points"));
+        assert!(
+            proof(&image, 0x1d, &[0xb, 0x15])
+                .unwrap_err()
+                .0
+                .contains("two points")
+        );
     }
 
     #[test]
