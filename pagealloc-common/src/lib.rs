@@ -14,6 +14,10 @@ pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";
 pub mod programs {
     /// At the return of malloc and calloc (cookie: the [`super::Call`]).
     pub const ALLOC_RETURN: &str = "alloc_return";
+    /// At an instruction on each of malloc's and calloc's paths to a `ret` where the result is
+    /// already final in rax: one trap per call instead of a return probe's two (cookie:
+    /// [`super::result_cookie`]).
+    pub const ALLOC_RESULT: &str = "alloc_result";
     /// At the entry of realloc and the memalign family, which may call malloc or free
     /// themselves (cookie: the [`super::Call`]).
     pub const OUTER_ENTRY: &str = "outer_entry";
@@ -28,6 +32,22 @@ pub mod programs {
     /// rax), which glibc allocates out of sight of the public functions.
     pub const TCACHE_ALLOC: &str = "tcache_alloc";
     pub const FLUSH_RETURN: &str = "flush_return";
+}
+
+/// The attach cookie of an `alloc_result` probe: the [`Call`] in the low byte, and above it how
+/// far (bytes) below its value at the function's entry the stack pointer is where the probe sits.
+pub const fn result_cookie(call: Call, depth: u64) -> u64 {
+    call as u64 | depth << 8
+}
+
+/// The [`Call`] of an attach cookie.
+pub const fn cookie_call(cookie: u64) -> u8 {
+    cookie as u8
+}
+
+/// The stack depth of an `alloc_result` cookie (see [`result_cookie`]).
+pub const fn cookie_depth(cookie: u64) -> u64 {
+    cookie >> 8
 }
 
 /// What happened to a chunk.

@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{map, uprobe, uretprobe};
 use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
-use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending};
+use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending, cookie_call, cookie_depth};
 
 /// Sized by user space at load time.
 #[map(name = "EVENTS")]
@@ -113,6 +113,30 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let tid = tid();
     if pointer != 0 && !nested(tid, stack(&ctx), AT_RETURN) {
         emit(EventKind::Alloc, cookie(&ctx) as u8, chunk(pointer), tid);
+    }
+    0
+}
+
+/// malloc and calloc, at an instruction on one of their paths to a `ret` where the result is
+/// already final in rax (one trap per call, where `alloc_return` costs two). Each call passes
+/// exactly one such probe with its result, or only ones that see 0 (user space proved it). The
+/// cookie: the call, and how far below the function's entry stack pointer this probe's is.
+#[uprobe]
+pub fn alloc_result(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context of a uprobe is the thread's saved registers.
+    let pointer = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rax };
+    if pointer == 0 {
+        return 0;
+    }
+    let cookie = cookie(&ctx);
+    let tid = tid();
+    // The stack pointer the function's `ret` will leave (its entry's, plus the return address
+    // popped): what `alloc_return` sees, so the same test. A malloc called from inside an outer
+    // call returns at or below the outer call's entry stack; one the outer call jumped to
+    // (memalign's tail call) returns one word above it, as the outer call itself would.
+    let at_return = stack(&ctx) + cookie_depth(cookie) + AT_RETURN;
+    if !nested(tid, at_return, AT_RETURN) {
+        emit(EventKind::Alloc, cookie_call(cookie), chunk(pointer), tid);
     }
     0
 }

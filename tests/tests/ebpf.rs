@@ -1,22 +1,46 @@
 //! The probes, loaded in the kernel and attached to a fixture that makes every kind of
 //! allocation call on four threads: every call is one event of its kind, with the chunk's exact
 //! size, and nothing else is (glibc's own calls from inside realloc and memalign, and the tcache
-//! an exiting thread gives back, are not the program's).
+//! an exiting thread gives back, are not the program's); and to a single-threaded one (glibc's
+//! malloc takes a path of its own there). Each run twice: with malloc's results caught at one
+//! trap per call where the analysis of its code placed them, and with return probes.
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use pagealloc::debuginfo::{self, DebugOptions};
 use pagealloc::glibc::identity::is_libc_name;
 use pagealloc::proc::Target;
-use pagealloc::trace::{Internals, TraceOptions, Tracer};
+use pagealloc::trace::{Batch, Internals, TraceOptions, Tracer, monotonic_now};
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind, programs};
 use pagealloc_tests::*;
 
+/// One traced fixture at a time (the machine has few cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn root_probes_report_every_call_once() {
-    require_root();
-    const ITERATIONS: u64 = 20_000;
-    let mut fixture = Fixture::spawn(fixture_path!("ALL_CALLS"), &[&ITERATIONS.to_string(), "4"]);
+    every_call_once(true);
+}
+
+#[test]
+fn root_probes_report_every_call_once_with_return_probes() {
+    every_call_once(false);
+}
+
+#[test]
+fn root_single_threaded_mallocs_each_once() {
+    single_threaded_mallocs(true);
+}
+
+#[test]
+fn root_single_threaded_mallocs_each_once_with_return_probes() {
+    single_threaded_mallocs(false);
+}
+
+/// The probes on `fixture`'s C library, malloc's results caught at one trap per call or not.
+fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
     let target = Target::open(fixture.pid()).unwrap();
     let maps = target.maps().unwrap();
     let libc = maps
@@ -30,9 +54,81 @@ fn root_probes_report_every_call_once() {
         int_malloc: debug.layout.symbols.int_malloc,
         tcache_init: debug.layout.symbols.tcache_init.clone(),
     };
+    let options = TraceOptions {
+        one_trap,
+        ..TraceOptions::default()
+    };
     let (tracer, events) =
-        Tracer::attach(fixture.pid(), &libc, &internals, TraceOptions::default())
-            .expect("the probes attach");
+        Tracer::attach(fixture.pid(), &libc, &internals, options).expect("the probes attach");
+    let on_malloc: Vec<_> = tracer
+        .placed
+        .iter()
+        .filter(|p| p.function == "malloc")
+        .collect();
+    if one_trap {
+        // glibc 2.36 here: malloc's result is final in rax at an emulated instruction on each
+        // of its paths (calloc ends in a tail call to memset: a return probe).
+        assert!(
+            !on_malloc.is_empty()
+                && on_malloc
+                    .iter()
+                    .all(|p| p.program == programs::ALLOC_RESULT && !p.returns),
+            "malloc's results caught at one trap per call: {on_malloc:?}"
+        );
+    } else {
+        assert!(
+            on_malloc
+                .iter()
+                .all(|p| p.program == programs::ALLOC_RETURN && p.returns)
+        );
+    }
+    (tracer, events)
+}
+
+/// malloc_calls makes N mallocs of mixed sizes (tcache, bins, mmapped) on its only thread.
+fn single_threaded_mallocs(one_trap: bool) {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const CALLS: u64 = 20_000;
+    let mut fixture = Fixture::spawn(fixture_path!("MALLOC_CALLS"), &[&CALLS.to_string()]);
+    let (tracer, events) = attach(&fixture, one_trap);
+    fixture.command("g");
+    // Every event stamped before the fixture's report is in the batches that vouch for it.
+    let reported = monotonic_now();
+    let (mut allocs, mut bytes, mut others) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batch = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("events until the report");
+        for event in &batch.events {
+            if event.kind == EventKind::Alloc as u8 && event.call == Call::Malloc as u8 {
+                allocs += 1;
+                bytes += event.size & !CHUNK_FLAG_BITS;
+            } else {
+                others += 1;
+            }
+        }
+        if batch.complete_before > reported {
+            break;
+        }
+    }
+    assert_eq!(allocs, fixture.get("calls"), "one event per malloc");
+    assert_eq!(
+        bytes,
+        fixture.get("chunk_bytes"),
+        "each with its chunk's size"
+    );
+    assert_eq!(others, 0, "nothing else");
+    assert_eq!(tracer.lost().unwrap(), 0);
+}
+
+fn every_call_once(one_trap: bool) {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const ITERATIONS: u64 = 20_000;
+    let mut fixture = Fixture::spawn(fixture_path!("ALL_CALLS"), &[&ITERATIONS.to_string(), "4"]);
+    let (tracer, events) = attach(&fixture, one_trap);
     // (The probe on a new thread's tcache sits where _int_malloc returns its result: once a
     // thread, it may be single-stepped.)
     for placed in tracer

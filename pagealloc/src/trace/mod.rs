@@ -1,11 +1,13 @@
 //! eBPF probes on the target's C library, scoped to one process (`UProbeScope::OneProcess`:
 //! other processes pay nothing), and the stream of allocation events they produce.
 //!
-//! The probes (see `pagealloc-ebpf`): the returns of malloc and calloc; entry and return of
+//! The probes (see `pagealloc-ebpf`): the results of malloc and calloc; entry and return of
 //! realloc and the memalign family (they may call malloc or free themselves: the outer call
 //! reports, once); free's entry; and the function with which an exiting thread gives its tcache
 //! back (its frees are marked so). Each probe sits on the first instruction of its function the
-//! kernel emulates ([`points`]). Events are read from the ring buffer by a thread of their own
+//! kernel emulates ([`points`]). malloc's and calloc's results are caught with one trap per call
+//! where the analysis of their code finds, on each path to a `ret`, an emulated instruction at
+//! which the result is final in rax ([`points::result_points`]); else by a return probe (two). Events are read from the ring buffer by a thread of their own
 //! that wakes on a short timer or when the buffer fills, and handed over in batches.
 pub mod points;
 
@@ -23,7 +25,9 @@ use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use object::{Object, ObjectSegment, ObjectSymbol};
-use pagealloc_common::{Call, EVENTS_MAP, Event, LOST_MAP, WAKE_BYTES_GLOBAL, programs};
+use pagealloc_common::{
+    Call, EVENTS_MAP, Event, LOST_MAP, WAKE_BYTES_GLOBAL, programs, result_cookie,
+};
 
 use crate::error::{Error, Result};
 use points::Needs;
@@ -63,6 +67,9 @@ pub struct TraceOptions {
     pub wake_bytes: u64,
     /// ...and otherwise reads every this often.
     pub poll: Duration,
+    /// Catch malloc's and calloc's results with one trap per call where the analysis of their
+    /// code is sure how ([`points::result_points`]); else (or when false) with return probes.
+    pub one_trap: bool,
 }
 
 impl Default for TraceOptions {
@@ -71,6 +78,7 @@ impl Default for TraceOptions {
             ring_bytes: 8 << 20,
             wake_bytes: 1 << 20,
             poll: Duration::from_millis(10),
+            one_trap: true,
         }
     }
 }
@@ -193,6 +201,21 @@ pub struct Placed {
     pub call: Option<Call>,
     /// A return probe (the kernel takes the return address where it sits).
     pub returns: bool,
+    /// `alloc_result`: how far below its value at the function's entry the stack pointer is
+    /// there, in bytes (the program works out from it where the call returns to); else 0.
+    pub depth: u64,
+}
+
+impl Placed {
+    /// What the program is attached with.
+    pub fn cookie(&self) -> Option<u64> {
+        let call = self.call?;
+        Some(if self.program == programs::ALLOC_RESULT {
+            result_cookie(call, self.depth)
+        } else {
+            call as u64
+        })
+    }
 }
 
 /// glibc's internal functions probed, by their link-time addresses (from the debug info).
@@ -205,8 +228,14 @@ pub struct Internals {
     pub tcache_init: Vec<(u64, u64)>,
 }
 
-/// Where each probe goes in `libc` (see [`points`]).
+/// Where each probe goes in `libc` (see [`points`]), malloc's and calloc's results caught with
+/// one trap per call where the analysis is sure how.
 pub fn plan(libc: &Path, internals: &Internals) -> Result<Vec<Placed>> {
+    plan_with(libc, internals, true)
+}
+
+/// [`plan`], with `one_trap` false: return probes for malloc's and calloc's results.
+pub fn plan_with(libc: &Path, internals: &Internals, one_trap: bool) -> Result<Vec<Placed>> {
     let code = Code::read(libc)?;
     let file_offset = |address: u64, function: &str| {
         code.file_offset(address).ok_or_else(|| {
@@ -235,16 +264,40 @@ pub fn plan(libc: &Path, internals: &Internals) -> Result<Vec<Placed>> {
                 program,
                 programs::ALLOC_RETURN | programs::OUTER_RETURN | programs::FLUSH_RETURN
             ),
+            depth: 0,
         })
     };
     let mut placed = Vec::new();
     for probe in PROBES {
-        let address = code.symbol(probe.function).ok_or_else(|| {
+        let (address, size) = code.symbol(probe.function).ok_or_else(|| {
             ebpf_error(
                 &format!("placing a probe on {}", probe.function),
                 format!("{} does not export it", libc.display()),
             )
         })?;
+        if one_trap && probe.program == programs::ALLOC_RETURN {
+            match points::result_points(&|at| code.at(at), address, size) {
+                Ok(points) => {
+                    for point in points {
+                        placed.push(Placed {
+                            program: programs::ALLOC_RESULT,
+                            function: probe.function.to_string(),
+                            offset: point.offset,
+                            file_offset: file_offset(address + point.offset, probe.function)?,
+                            emulated: true,
+                            call: Some(probe.call),
+                            returns: false,
+                            depth: point.depth,
+                        });
+                    }
+                    continue;
+                }
+                Err(why) => log::info!(
+                    "{}'s result caught by a return probe (two traps a call): {why}",
+                    probe.function
+                ),
+            }
+        }
         placed.push(place(
             probe.program,
             probe.function,
@@ -268,6 +321,7 @@ pub fn plan(libc: &Path, internals: &Internals) -> Result<Vec<Placed>> {
                     emulated: false,
                     call: Some(Call::TcacheInit),
                     returns: false,
+                    depth: 0,
                 });
             }
         }
@@ -322,6 +376,7 @@ impl Tracer {
         for name in [
             programs::TCACHE_ALLOC,
             programs::ALLOC_RETURN,
+            programs::ALLOC_RESULT,
             programs::OUTER_ENTRY,
             programs::OUTER_RETURN,
             programs::FREE_ENTRY,
@@ -332,11 +387,11 @@ impl Tracer {
                 .load()
                 .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
         }
-        let placed = plan(libc, internals)?;
+        let placed = plan_with(libc, internals, options.one_trap)?;
         for p in &placed {
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
-                cookie: p.call.map(|call| call as u64),
+                cookie: p.cookie(),
             };
             program(&mut ebpf, p.program)?
                 .attach(point, libc, UProbeScope::OneProcess(pid))
@@ -452,7 +507,8 @@ fn program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe> {
 struct Code {
     path: PathBuf,
     data: Vec<u8>,
-    symbols: Vec<(String, u64)>,
+    /// (name, address, size) of each exported symbol.
+    symbols: Vec<(String, u64, u64)>,
     /// (address, file offset, size) of each loaded segment.
     segments: Vec<(u64, u64, u64)>,
 }
@@ -466,7 +522,7 @@ impl Code {
         let symbols = file
             .dynamic_symbols()
             .filter(|s| !s.is_undefined() && s.address() != 0)
-            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address())))
+            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), s.size())))
             .collect();
         let segments = file
             .segments()
@@ -483,11 +539,12 @@ impl Code {
         })
     }
 
-    fn symbol(&self, name: &str) -> Option<u64> {
+    /// The address and size of the exported symbol `name`.
+    fn symbol(&self, name: &str) -> Option<(u64, u64)> {
         self.symbols
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|&(_, address)| address)
+            .find(|(n, _, _)| n == name)
+            .map(|&(_, address, size)| (address, size))
     }
 
     fn file_offset(&self, address: u64) -> Option<u64> {
@@ -497,10 +554,15 @@ impl Code {
             .map(|&(start, offset, _)| address - start + offset)
     }
 
-    /// The code from `address` on (empty if it is not in the file).
+    /// The code from `address` to the end of its segment (empty if it is not in the file).
     fn at(&self, address: u64) -> &[u8] {
-        self.file_offset(address)
-            .and_then(|offset| self.data.get(offset as usize..))
+        self.segments
+            .iter()
+            .find(|&&(start, _, size)| address >= start && address < start + size)
+            .and_then(|&(start, offset, size)| {
+                let from = (address - start + offset) as usize;
+                self.data.get(from..(offset + size) as usize)
+            })
             .unwrap_or_else(|| {
                 log::debug!("{:#x} is not in {}", address, self.path.display());
                 &[]
