@@ -31,6 +31,10 @@ pub struct PageReader {
     /// Why kpageflags could not be opened.
     no_page_flags: Option<String>,
     page_size: u64,
+    /// The frame of the kernel's shared zero page, when pagemap shows frames: an anonymous page
+    /// that was read and never written maps it, and the process does not pay for it (it is not
+    /// in its RSS), so it reads as absent.
+    zero_frame: Option<u64>,
 }
 
 impl PageReader {
@@ -46,6 +50,7 @@ impl PageReader {
             kpageflags,
             no_page_flags,
             page_size: procfs::page_size(),
+            zero_frame: zero_frame(),
         })
     }
 
@@ -130,11 +135,16 @@ impl PageReader {
                     PageState::Absent
                 }
                 PageInfo::MemoryPage(flags) => {
-                    match flags.get_page_frame_number().0 {
+                    let pfn = flags.get_page_frame_number().0;
+                    let zero = pfn != 0 && Some(pfn) == self.zero_frame;
+                    match pfn {
                         0 => frames_hidden = true,
+                        _ if zero => {}
                         pfn => frames.push((i, pfn)),
                     }
-                    if flags.contains(MemoryPageFlags::FILE) {
+                    if zero {
+                        PageState::Absent
+                    } else if flags.contains(MemoryPageFlags::FILE) {
                         PageState::File
                     } else {
                         PageState::Anon
@@ -197,7 +207,13 @@ fn mark_huge(kpageflags: &File, frames: &[(usize, u64)], states: &mut [PageState
             for &(page, pfn, pair) in &lookups[span_start..span_end] {
                 let at = (pfn - low) as usize * ENTRY;
                 let word = u64::from_ne_bytes(bytes[at..at + ENTRY].try_into().unwrap());
-                if PhysicalPageFlags::parse_info(word).intersects(huge) {
+                let flags = PhysicalPageFlags::parse_info(word);
+                // The huge zero page: read, never written, not the process's memory.
+                if flags.contains(PhysicalPageFlags::ZERO_PAGE) {
+                    for state in &mut states[page..page + 1 + usize::from(pair)] {
+                        *state = PageState::Absent;
+                    }
+                } else if flags.intersects(huge) {
                     for state in &mut states[page..page + 1 + usize::from(pair)] {
                         *state = match *state {
                             PageState::File => PageState::ThpFile,
@@ -208,5 +224,32 @@ fn mark_huge(kpageflags: &File, frames: &[(usize, u64)], states: &mut [PageState
             }
         }
         span_start = span_end;
+    }
+}
+
+/// The frame of the shared zero page, found by reading (never writing) a fresh anonymous page of
+/// our own; None when pagemap hides frame numbers.
+fn zero_frame() -> Option<u64> {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    let page = procfs::page_size();
+    let length = std::num::NonZeroUsize::new(page as usize)?;
+    // SAFETY: a fresh private mapping of our own, read once and unmapped.
+    let mapped = unsafe {
+        mmap_anonymous(None, length, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE).ok()?
+    };
+    let address = mapped.as_ptr() as u64;
+    // SAFETY: the page was just mapped readable.
+    unsafe { std::ptr::read_volatile(mapped.as_ptr().cast::<u8>()) };
+    let mut entry = [0u8; ENTRY];
+    let read = File::open("/proc/self/pagemap")
+        .and_then(|pagemap| pagemap.read_exact_at(&mut entry, address / page * ENTRY as u64));
+    // SAFETY: unmapping what was mapped above.
+    let _ = unsafe { munmap(mapped, page as usize) };
+    read.ok()?;
+    match PageInfo::parse_info(u64::from_ne_bytes(entry)) {
+        PageInfo::MemoryPage(flags) if flags.contains(MemoryPageFlags::PRESENT) => {
+            Some(flags.get_page_frame_number().0).filter(|&pfn| pfn != 0)
+        }
+        _ => None,
     }
 }
