@@ -97,7 +97,7 @@ impl PageReader {
             .iter()
             .map(|e| Limitation::NoPageFlags(e.clone()))
             .collect();
-        if frames_hidden && self.kpageflags.is_some() {
+        if frames_hidden {
             limitations.push(Limitation::FramesHidden);
         }
         Ok(PageMap {

@@ -140,7 +140,8 @@ impl MappingPages {
 pub enum Limitation {
     /// `/proc/kpageflags` could not be opened (the error): huge pages look like small ones.
     NoPageFlags(String),
-    /// pagemap hides frame numbers without CAP_SYS_ADMIN: huge pages look like small ones.
+    /// pagemap hides frame numbers without CAP_SYS_ADMIN: huge pages look like small ones, and
+    /// pages mapped to the zero page like resident ones.
     FramesHidden,
 }
 
@@ -153,8 +154,9 @@ impl std::fmt::Display for Limitation {
                  read ({error}); it and pagemap's frame numbers need root (CAP_SYS_ADMIN)"
             ),
             Limitation::FramesHidden => f.write_str(
-                "huge pages are not told apart from small ones: pagemap hides frame numbers \
-                 without CAP_SYS_ADMIN",
+                "pages only read, never written (mapped to the kernel's zero page), count as \
+                 resident, and huge pages are not told apart from small ones: pagemap hides \
+                 frame numbers without CAP_SYS_ADMIN",
             ),
         }
     }
