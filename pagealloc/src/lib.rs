@@ -7,6 +7,7 @@ pub mod debuginfo;
 pub mod error;
 pub mod glibc;
 pub mod live;
+pub mod monitor;
 pub mod parallel;
 pub mod proc;
 pub mod render;

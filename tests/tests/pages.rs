@@ -233,7 +233,10 @@ fn root_unprivileged_user_sees_what_it_can() {
     assert_eq!(count(mapping_at(&doc, fixture.get("touched")), "anon"), 64);
     // Pages only read map the zero page, which only its frame number tells apart: resident
     // here, and the limitation says so.
-    assert_eq!(count(mapping_at(&doc, fixture.get("untouched")), "anon"), 64);
+    assert_eq!(
+        count(mapping_at(&doc, fixture.get("untouched")), "anon"),
+        64
+    );
     assert!(notes.contains("zero page"), "{notes}");
     // Said once in the text output too.
     let text = pagealloc_command(&["snapshot", &pid, "--color", "never"])

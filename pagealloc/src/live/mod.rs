@@ -241,8 +241,7 @@ impl Live {
         if event.kind == EventKind::Alloc as u8
             && !matches!(call, Some(Call::ReallocFailed | Call::TcacheInit))
         {
-            self.counts.allocs += 1;
-            self.counts.allocated_bytes += bytes;
+            self.counts.allocated(bytes);
         } else if matches!(call, Some(Call::Free | Call::ReallocToZero)) {
             self.counts.frees += 1;
             self.counts.freed_bytes += bytes;

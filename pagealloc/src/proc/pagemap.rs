@@ -234,9 +234,8 @@ fn zero_frame() -> Option<u64> {
     let page = procfs::page_size();
     let length = std::num::NonZeroUsize::new(page as usize)?;
     // SAFETY: a fresh private mapping of our own, read once and unmapped.
-    let mapped = unsafe {
-        mmap_anonymous(None, length, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE).ok()?
-    };
+    let mapped =
+        unsafe { mmap_anonymous(None, length, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE).ok()? };
     let address = mapped.as_ptr() as u64;
     // SAFETY: the page was just mapped readable.
     unsafe { std::ptr::read_volatile(mapped.as_ptr().cast::<u8>()) };

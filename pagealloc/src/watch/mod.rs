@@ -12,10 +12,10 @@ use signal_hook::iterator::Signals;
 
 use crate::debuginfo::DebugOptions;
 use crate::error::{Error, Result};
-use crate::live::{Live, LiveOptions};
+use crate::live::LiveOptions;
+use crate::monitor::{ModeChoice, Monitor, MonitorOptions};
 use crate::render::screen::{self, ScreenOptions};
 use crate::render::{self, ColorChoice, Style};
-use crate::session::{Session, SessionOptions};
 use crate::state::heap::GRANULE;
 use crate::state::{HeapUnavailable, History, Sample};
 use terminal::Screen;
@@ -45,58 +45,6 @@ pub struct WatchOptions {
     pub max_rate: u64,
 }
 
-/// Takes the per-call probes off a process that calls the allocator faster than `max_rate`
-/// (each call pays a trap), and tries them again after a while, waiting twice as long after
-/// each try that finds it still too busy.
-struct Guard {
-    max_rate: u64,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-}
-
-/// The first wait before the probes are tried again, and the longest.
-const RETRY_FIRST: Duration = Duration::from_secs(30);
-const RETRY_LONGEST: Duration = Duration::from_secs(600);
-
-impl Guard {
-    fn new(max_rate: u64) -> Guard {
-        Guard {
-            max_rate,
-            retry_at: None,
-            backoff: RETRY_FIRST,
-        }
-    }
-
-    /// Why the probes must come off, if the last interval's rate was above the limit.
-    fn too_busy(&mut self, history: &History) -> Option<String> {
-        let (now, before) = (history.current_events?, history.previous_events?);
-        let seconds = history.achieved_interval()?.as_secs_f64();
-        let calls = (now.allocs + now.frees).saturating_sub(before.allocs + before.frees);
-        let rate = calls as f64 / seconds.max(1e-3);
-        if rate <= self.max_rate as f64 {
-            self.backoff = RETRY_FIRST;
-            return None;
-        }
-        let wait = self.backoff;
-        self.retry_at = Some(Instant::now() + wait);
-        self.backoff = (self.backoff * 2).min(RETRY_LONGEST);
-        Some(format!(
-            "{rate:.0} calls/s is above --max-rate {}: the probes are off (each call pays a \
-             trap), trying again in {}",
-            self.max_rate,
-            humantime::format_duration(wait)
-        ))
-    }
-
-    fn retry_due(&mut self) -> bool {
-        let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
-        if due {
-            self.retry_at = None;
-        }
-        due
-    }
-}
-
 /// The screen size assumed when the output is not a terminal: frames appended to a file or a
 /// pipe stay readable.
 const APPENDED_COLUMNS: usize = 80 + render::LABEL_WIDTH;
@@ -119,27 +67,19 @@ enum Output {
 
 pub fn run(options: WatchOptions) -> Result<()> {
     let wakes = Wakes::listen()?;
-    let mut session = Session::open(
+    let mut monitor = Monitor::open(
         options.pid,
-        SessionOptions {
-            heap: true,
+        MonitorOptions {
             debug: options.debug.clone(),
+            mode: if options.walk {
+                ModeChoice::Walk("asked for (--walk)".into())
+            } else {
+                ModeChoice::Live(options.live)
+            },
+            max_rate: options.max_rate,
         },
     )?;
-    let name = session.name();
-    let mut guard = Guard::new(options.max_rate);
-    let (mut live, mut walk_reason) = if options.walk {
-        (None, Some("asked for (--walk)".to_string()))
-    } else {
-        match Live::start(&mut session, options.live) {
-            Ok(live) => (Some(live), None),
-            Err(e @ (Error::ProcessExited { .. } | Error::Heap(_))) => return Err(e),
-            Err(e) => (None, Some(live_unavailable(&e))),
-        }
-    };
-    if let Some(why) = &walk_reason {
-        log::info!("walk mode: {why}");
-    }
+    let name = monitor.name();
     let mut output = if options.json {
         Output::Json
     } else if std::io::stdout().is_terminal() {
@@ -147,13 +87,11 @@ pub fn run(options: WatchOptions) -> Result<()> {
     } else {
         Output::Appended
     };
-    let mut history = History::default();
     let started = Instant::now();
     loop {
-        let sample = match &mut live {
-            Some(live) => live.sample(&mut session),
-            None => session.sample(),
-        };
+        // The reason the sample walked, from before the guard looks at it.
+        let walk_reason = monitor.walk_reason().map(ToString::to_string);
+        let sample = monitor.sample();
         let sample = match sample {
             Ok(sample) => sample,
             Err(
@@ -182,31 +120,14 @@ pub fn run(options: WatchOptions) -> Result<()> {
         if let Some(heap) = sample.heap_map() {
             render::check_arena(options.arena, heap, options.pid)?;
         }
-        history.push(&sample);
-        // The overhead guard: per-call probes off above the rate, on again later.
-        if live.is_some()
-            && let Some(why) = guard.too_busy(&history)
-        {
-            live = None;
-            log::info!("walk mode: {why}");
-            walk_reason = Some(why);
-        } else if live.is_none() && guard.retry_due() {
-            match Live::start(&mut session, options.live) {
-                Ok(started) => {
-                    live = Some(started);
-                    walk_reason = None;
-                }
-                Err(e) => walk_reason = Some(live_unavailable(&e)),
-            }
-        }
-        show(
-            &mut output,
-            &sample,
-            &history,
-            &options,
-            &name,
-            &walk_reason,
-        )?;
+        let history = monitor.history();
+        let shown = Shown {
+            sample: &sample,
+            history,
+            name: &name,
+            walk_reason: &walk_reason,
+        };
+        show(&mut output, &shown, &options)?;
         if options.count.is_some_and(|count| history.samples >= count) {
             return Ok(());
         }
@@ -217,37 +138,34 @@ pub fn run(options: WatchOptions) -> Result<()> {
             let wait = next.saturating_duration_since(Instant::now());
             match wakes.recv_timeout(wait) {
                 Err(RecvTimeoutError::Timeout) => break,
-                Ok(Wake::Resize) => show(
-                    &mut output,
-                    &sample,
-                    &history,
-                    &options,
-                    &name,
-                    &walk_reason,
-                )?,
+                Ok(Wake::Resize) => show(&mut output, &shown, &options)?,
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
     }
 }
 
-fn show(
-    output: &mut Output,
-    sample: &Sample,
-    history: &History,
-    options: &WatchOptions,
-    name: &str,
-    walk_reason: &Option<String>,
-) -> Result<()> {
+/// What a frame shows.
+struct Shown<'a> {
+    sample: &'a Sample,
+    history: &'a History,
+    name: &'a str,
+    walk_reason: &'a Option<String>,
+}
+
+fn show(output: &mut Output, shown: &Shown, options: &WatchOptions) -> Result<()> {
     let failed = |e| Error::io("writing the output", e);
     let screen_options = |columns, rows, terminal| ScreenOptions {
-        walk_reason: walk_reason.clone(),
-        ..screen_options(options, name, columns, rows, terminal)
+        walk_reason: shown.walk_reason.clone(),
+        ..screen_options(options, shown.name, columns, rows, terminal)
     };
+    let Shown {
+        sample, history, ..
+    } = *shown;
     match output {
-        Output::Json => {
-            render::write_stdout(&(render::json::watch_line(sample, walk_reason.as_deref()) + "\n"))
-        }
+        Output::Json => render::write_stdout(
+            &(render::json::watch_line(sample, shown.walk_reason.as_deref()) + "\n"),
+        ),
         Output::Appended => {
             let text = screen::frame(
                 sample,
@@ -290,32 +208,6 @@ fn screen_options(
         interval: options.interval,
         name: name.to_string(),
         walk_reason: None,
-    }
-}
-
-/// Why live mode could not start, with the capabilities this process lacks for it.
-fn live_unavailable(error: &Error) -> String {
-    const NEEDED: [(u32, &str); 4] = [
-        (39, "CAP_BPF"),
-        (38, "CAP_PERFMON"),
-        (19, "CAP_SYS_PTRACE"),
-        (21, "CAP_SYS_ADMIN (frame numbers)"),
-    ];
-    let effective = procfs::process::Process::myself()
-        .and_then(|me| me.status())
-        .map_or(0, |status| status.capeff);
-    let missing: Vec<&str> = NEEDED
-        .iter()
-        .filter(|(bit, _)| effective & (1 << bit) == 0)
-        .map(|&(_, name)| name)
-        .collect();
-    if missing.is_empty() {
-        format!("the probes could not be attached: {error}")
-    } else {
-        format!(
-            "the probes could not be attached ({error}); missing: {}",
-            missing.join(", ")
-        )
     }
 }
 
