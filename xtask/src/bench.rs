@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, run};
+use crate::{cargo, compile_workload, run};
 
 const RUNS: usize = 7;
 const PAGE: u64 = 4096;
@@ -38,17 +38,7 @@ struct Figures {
 pub fn snapshot(root: &Path, chunks: u64, shape: Option<&str>) -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
     let workload = root.join("target/bench/heaps");
-    std::fs::create_dir_all(workload.parent().unwrap())?;
-    run(Command::new("gcc")
-        .args([
-            "-O2",
-            "-pthread",
-            "-fno-builtin-malloc",
-            "-fno-builtin-free",
-        ])
-        .arg("-o")
-        .arg(&workload)
-        .arg(root.join("xtask/bench/heaps.c")))?;
+    compile_workload("-O2", &root.join("xtask/bench/heaps.c"), &workload)?;
     run(Command::new("gcc")
         .args(["-O2", "-o"])
         .arg(root.join("target/bench/peak_rss"))

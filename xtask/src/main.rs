@@ -101,6 +101,25 @@ pub(crate) fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Compiles a C workload (demo or benchmark) with gcc at `opt` (e.g. "-O2"), into `output`
+/// (its directory made if need be): threaded, and with malloc and free kept as real calls
+/// (no builtins), so that the probes on them see every one.
+pub(crate) fn compile_workload(opt: &str, source: &Path, output: &Path) -> Result<()> {
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    run(Command::new("gcc")
+        .args([
+            opt,
+            "-pthread",
+            "-fno-builtin-malloc",
+            "-fno-builtin-free",
+            "-o",
+        ])
+        .arg(output)
+        .arg(source))
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -108,17 +127,7 @@ pub(crate) fn cargo() -> Command {
 fn demo(root: &Path, args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
     let workload = root.join("target/demo/workload");
-    std::fs::create_dir_all(workload.parent().unwrap())?;
-    run(Command::new("gcc")
-        .args([
-            "-O1",
-            "-pthread",
-            "-fno-builtin-malloc",
-            "-fno-builtin-free",
-            "-o",
-        ])
-        .arg(&workload)
-        .arg(root.join("xtask/demo/workload.c")))?;
+    compile_workload("-O1", &root.join("xtask/demo/workload.c"), &workload)?;
     let mut child = Command::new(&workload)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

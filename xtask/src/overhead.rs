@@ -6,7 +6,8 @@
 //!
 //! - untraced;
 //! - the trap floor: bare uprobes (the kernel's uprobe PMU, counting mode, no BPF program) at the
-//!   placements `pagealloc probes` reports for malloc and free;
+//!   placements `pagealloc probes` reports for malloc and free (malloc's result is caught on each
+//!   of its return paths: several probes, one of which fires per call);
 //! - the one-trap floor: bare entry uprobes at malloc's first instruction and at free's probe
 //!   (one trap per call: the least any per-call tracer can cost);
 //! - bpftrace's placements, bare: a uretprobe on malloc and an entry uprobe on free+0 (free's
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, run};
+use crate::{cargo, compile_workload, run};
 
 /// Workers in the process of each round: the 4-thread runs use them all.
 const THREADS: [u32; 2] = [1, 4];
@@ -45,6 +46,9 @@ const TARGET: Duration = Duration::from_millis(500);
 const RATE_TARGET: Duration = Duration::from_secs(2);
 /// Thread counts of the event-rate test.
 const RATE_THREADS: [u32; 4] = [1, 2, 4, 8];
+/// `pagealloc watch --max-rate` for the benchmark: a rate no process reaches, so that the
+/// overhead guard never takes the probes off what is being measured.
+const NO_RATE_LIMIT: &str = "1000000000000";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Setup {
@@ -142,17 +146,7 @@ type Samples = BTreeMap<(Setup, u32), Vec<Sample>>;
 pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
     let workload = root.join("target/bench/pairs");
-    std::fs::create_dir_all(workload.parent().unwrap())?;
-    run(Command::new("gcc")
-        .args([
-            "-O2",
-            "-pthread",
-            "-fno-builtin-malloc",
-            "-fno-builtin-free",
-            "-o",
-        ])
-        .arg(&workload)
-        .arg(root.join("xtask/bench/pairs.c")))?;
+    compile_workload("-O2", &root.join("xtask/bench/pairs.c"), &workload)?;
     let scratch = root.join("target/bench/overhead");
     std::fs::create_dir_all(&scratch)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -189,7 +183,7 @@ pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
     let mut errors: BTreeMap<Setup, Vec<String>> = BTreeMap::new();
     let mut notes: BTreeMap<Setup, Vec<String>> = BTreeMap::new();
     let mut agent = AgentCost::default();
-    let mut placements = BTreeMap::new();
+    let mut placements: BTreeMap<Setup, Vec<Bare>> = BTreeMap::new();
     println!(
         "bench overhead: {rounds} rounds of {} setups, each on a fresh process of {} threads \
          doing malloc({size})+free",
@@ -323,8 +317,8 @@ pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
             ratios(setup, Setup::Bpftrace),
         );
     }
-    for (setup, list) in &placements {
-        println!("  {}: {list}", setup_name(*setup));
+    for (setup, probes) in &placements {
+        println!("  {}: {}", setup_name(*setup), describe_all(probes));
     }
     for (setup, list) in &errors {
         if samples.keys().any(|(s, _)| s == setup) {
@@ -352,18 +346,36 @@ pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
         cpu1(Setup::OneTrap),
         cpu1(Setup::TrapFloor),
     ) {
+        // Whether pagealloc caught malloc's result with a return probe (two traps) or at its
+        // return paths (one trap).
+        let malloc_returns = placements
+            .get(&Setup::TrapFloor)
+            .is_some_and(|probes| probes.iter().any(|p| p.function == "malloc" && p.returns));
         println!(
             "traps (1 thread, CPU): an emulated entry trap ≈ {} ((one-trap floor − untraced) ÷ 2); \
-             a uretprobe instead of an entry probe on malloc adds {} per call",
+             {} {} per call",
             ns((one - untraced) / 2.0),
+            if malloc_returns {
+                "a uretprobe instead of an entry probe on malloc adds"
+            } else {
+                "pagealloc's probes at malloc's return paths instead of an entry probe add"
+            },
             ns(floor - one)
         );
         if let Some(bt) = cpu1(Setup::BpftraceFloor) {
-            println!(
-                "  free's entry at +0 (single-stepped) instead of its first emulated instruction \
-                 adds {} per call",
-                ns(bt - floor)
-            );
+            if malloc_returns {
+                println!(
+                    "  free's entry at +0 (single-stepped) instead of its first emulated \
+                     instruction adds {} per call",
+                    ns(bt - floor)
+                );
+            } else {
+                println!(
+                    "  bpftrace's places (a uretprobe on malloc, free's entry at +0, \
+                     single-stepped) instead of pagealloc's add {} per pair",
+                    ns(bt - floor)
+                );
+            }
         }
         if let Some(heaptrack) = medians(Setup::Heaptrack, 1) {
             let whole = heaptrack.cpu - untraced + heaptrack.tracer;
@@ -532,7 +544,9 @@ fn ns(v: f64) -> String {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
@@ -599,7 +613,7 @@ impl Bench {
         pairs: &BTreeMap<u32, u64>,
         order: &[u32],
         agent: &mut AgentCost,
-        placements: &mut BTreeMap<Setup, String>,
+        placements: &mut BTreeMap<Setup, Vec<Bare>>,
     ) -> Result<(Vec<Sample>, Vec<String>)> {
         let mut workload = self.start(THREADS[1])?;
         let result = (|| {
@@ -636,7 +650,7 @@ impl Bench {
         &self,
         setup: Setup,
         workload: &Workload,
-        placements: &mut BTreeMap<Setup, String>,
+        placements: &mut BTreeMap<Setup, Vec<Bare>>,
     ) -> Result<Tracer> {
         let pid = workload.pid;
         Ok(match setup {
@@ -647,20 +661,14 @@ impl Bench {
                     Setup::TrapFloor => plan.pagealloc.clone(),
                     Setup::OneTrap => vec![
                         Bare::entry("malloc", plan.malloc, 0),
-                        Bare::entry("free", plan.free, plan.free_probe - plan.free),
+                        Bare::entry("free", plan.free, plan.free_probe.saturating_sub(plan.free)),
                     ],
                     _ => vec![
                         Bare::ret("malloc", plan.malloc),
                         Bare::entry("free", plan.free, 0),
                     ],
                 };
-                placements.entry(setup).or_insert_with(|| {
-                    probes
-                        .iter()
-                        .map(Bare::describe)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                });
+                placements.entry(setup).or_insert_with(|| probes.clone());
                 // One counting event per probe, on worker 0's thread: every thread of the
                 // process traps (the breakpoint is in its memory), and worker 0's count
                 // checks the probe against the pairs it did. More events per probe would add
@@ -678,6 +686,9 @@ impl Bench {
                 let mut child = Command::new(&self.pagealloc)
                     .args(["watch", &pid.to_string(), "--format", "json"])
                     .args(["--interval", "1s"])
+                    // The benchmark calls malloc millions of times a second: far past the
+                    // overhead guard's default, which would take the probes off and walk.
+                    .args(["--max-rate", NO_RATE_LIMIT])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -790,20 +801,21 @@ impl Bench {
                 let run = workload.go(pairs, threads)?;
                 let expected = pairs * threads as u64;
                 let (after, complete) = watch.counted(&before, expected)?;
-                let cpu = tree_cpu_ns(watch.child.id())? - cpu_before;
-                let events = after.events() - before.events();
+                let cpu = cpu_since(tree_cpu_ns(watch.child.id())?, cpu_before);
+                let counted = Counted::of(&before, &after)?;
+                let events = counted.events();
                 let mut notes = Vec::new();
                 if !complete {
                     notes.push(format!(
-                        "pagealloc counted {} allocs for {expected} pairs",
-                        after.allocs - before.allocs
+                        "pagealloc counted {} allocs and {} frees for {expected} pairs",
+                        counted.allocs, counted.frees
                     ));
                 }
                 out.push(RateRun {
                     threads,
                     run,
                     events_per_second: events as f64 / (run.elapsed_ns as f64 / 1e9),
-                    lost: after.lost - before.lost,
+                    lost: counted.lost,
                     complete,
                     agent: AgentCost {
                         cpu_ns: cpu,
@@ -1016,7 +1028,9 @@ impl Plan {
             let file_offset = probe["file_offset"].as_u64().context("file_offset")?;
             let offset = probe["offset"].as_u64().context("offset")?;
             let returns = probe["returns"].as_bool().context("returns")?;
-            let start = file_offset - offset;
+            let start = file_offset.checked_sub(offset).with_context(|| {
+                format!("pagealloc probes: {function}+{offset} at file offset {file_offset}")
+            })?;
             if function == "malloc" {
                 malloc = Some(start);
             } else {
@@ -1080,13 +1094,12 @@ impl Bare {
         }
     }
 
+    fn kind(&self) -> &'static str {
+        if self.returns { "uretprobe" } else { "uprobe" }
+    }
+
     fn describe(&self) -> String {
-        format!(
-            "{} {}+{}",
-            if self.returns { "uretprobe" } else { "uprobe" },
-            self.function,
-            self.offset
-        )
+        format!("{} {}+{}", self.kind(), self.function, self.offset)
     }
 
     /// `perf_event_open` of this probe for thread `tid`, counting.
@@ -1123,6 +1136,25 @@ impl Bare {
         // SAFETY: a new descriptor that nothing else owns.
         Ok(unsafe { File::from_raw_fd(fd as i32) })
     }
+}
+
+/// Probes as a list, each kind named once where it starts: "uprobe malloc+156, malloc+343,
+/// free+3".
+fn describe_all(probes: &[Bare]) -> String {
+    let mut kind = None;
+    probes
+        .iter()
+        .map(|p| {
+            let named = kind == Some(p.kind());
+            kind = Some(p.kind());
+            if named {
+                format!("{}+{}", p.function, p.offset)
+            } else {
+                p.describe()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
@@ -1182,7 +1214,8 @@ fn expect_breakpoints(pid: u32, file_offsets: &[u64], timeout: Duration) -> Resu
             let lo = u64::from_str_radix(lo, 16).ok()?;
             let hi = u64::from_str_radix(hi, 16).ok()?;
             let file = u64::from_str_radix(f[2], 16).ok()?;
-            (offset >= file && offset < file + (hi - lo)).then(|| lo + offset - file)
+            let len = hi.checked_sub(lo)?;
+            (offset >= file && offset - file < len).then(|| lo + (offset - file))
         })
     };
     let deadline = Instant::now() + timeout;
@@ -1272,10 +1305,53 @@ impl Events {
             lost: e["lost"].as_u64().unwrap_or(0),
         })
     }
+}
+
+/// What pagealloc counted between two of its lines.
+struct Counted {
+    allocs: u64,
+    frees: u64,
+    lost: u64,
+}
+
+impl Counted {
+    /// The counts from `before` to `after`; an error if pagealloc left live mode meanwhile (the
+    /// overhead guard took the probes off) or its counts went back.
+    fn of(before: &Events, after: &Events) -> Result<Counted> {
+        if after.mode != "live" {
+            bail!(
+                "pagealloc watch left live mode during the run (mode {:?}; the overhead guard \
+                 took the probes off?)",
+                after.mode
+            );
+        }
+        Ok(Counted {
+            allocs: delta(after.allocs, before.allocs, || {
+                "pagealloc's alloc count".into()
+            })?,
+            frees: delta(after.frees, before.frees, || {
+                "pagealloc's free count".into()
+            })?,
+            lost: delta(after.lost, before.lost, || "pagealloc's lost count".into())?,
+        })
+    }
 
     fn events(&self) -> u64 {
-        self.allocs + self.frees
+        self.allocs.saturating_add(self.frees)
     }
+}
+
+/// `after - before` of a counter that only grows; an error, not a panic, if it went back.
+fn delta(after: u64, before: u64, what: impl FnOnce() -> String) -> Result<u64> {
+    after
+        .checked_sub(before)
+        .with_context(|| format!("{} went back from {before} to {after}", what()))
+}
+
+/// CPU time used since `before` (ns); never negative (a process of the tree that ended and was
+/// not waited for takes its time with it).
+fn cpu_since(now: f64, before: f64) -> f64 {
+    (now - before).max(0.0)
 }
 
 struct Watch {
@@ -1454,13 +1530,23 @@ impl Tracer {
         let mut events = 0;
         match self {
             Tracer::Bare { counters } => {
-                // Worker 0 did `run.pairs` pairs: one hit of each probe per pair.
+                // Worker 0 did `run.pairs` pairs: each function's probes together are hit once
+                // per pair (malloc's probes at its return paths: one of them per call).
+                let mut by_function: BTreeMap<&str, (u64, Vec<Bare>)> = BTreeMap::new();
                 for ((probe, file), before) in counters.iter().zip(&mark.counts) {
-                    let hits = read_count(file)? - before;
+                    let hits = delta(read_count(file)?, *before, || {
+                        format!("the hit count of {}", probe.describe())
+                    })?;
+                    let entry = by_function.entry(probe.function).or_default();
+                    entry.0 += hits;
+                    entry.1.push(probe.clone());
+                }
+                for (function, (hits, probes)) in by_function {
                     if hits != run.pairs {
                         bail!(
-                            "{} counted {hits} hits on worker 0 ({}) for {} pairs",
-                            probe.describe(),
+                            "{function}'s probes ({}) counted {hits} hits together on worker 0 \
+                             ({}) for {} pairs",
+                            describe_all(&probes),
                             workload.workers[0],
                             run.pairs
                         );
@@ -1471,24 +1557,25 @@ impl Tracer {
                 let before = mark.events.as_ref().context("no mark")?;
                 let expected = run.pairs * run.threads as u64;
                 let (after, complete) = watch.counted(before, expected)?;
-                if after.lost != before.lost {
+                let counted = Counted::of(before, &after)?;
+                if counted.lost != 0 {
                     bail!(
                         "pagealloc lost {} events in a run of {expected} pairs",
-                        after.lost - before.lost
+                        counted.lost
                     );
                 }
-                if !complete || after.allocs - before.allocs != expected {
+                if !complete || counted.allocs != expected {
                     bail!(
                         "pagealloc counted {} allocs and {} frees for {expected} pairs",
-                        after.allocs - before.allocs,
-                        after.frees - before.frees
+                        counted.allocs,
+                        counted.frees
                     );
                 }
-                events = after.events() - before.events();
+                events = counted.events();
             }
             _ => {}
         }
-        let cpu = self.pid().map_or(Ok(0.0), tree_cpu_ns)? - mark.tracer_cpu_ns;
+        let cpu = cpu_since(self.pid().map_or(Ok(0.0), tree_cpu_ns)?, mark.tracer_cpu_ns);
         Ok((cpu, events))
     }
 
