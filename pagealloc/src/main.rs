@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pagealloc::debuginfo::DebugOptions;
 use pagealloc::live::LiveOptions;
 use pagealloc::render::{self, ColorChoice, Parts, Style};
+use pagealloc::serve::{self, Selection, ServeOptions};
 use pagealloc::session::{self, Session, SessionOptions};
 use pagealloc::trace::TraceOptions;
 use pagealloc::watch::{self, WatchOptions};
@@ -23,6 +24,8 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Show the heap of a running process again and again, as it changes.
     Watch(WatchArgs),
+    /// Serve Prometheus metrics of one or many processes' heaps and memory.
+    Serve(ServeArgs),
     /// Show where live mode's probes go in a process's C library (nothing is attached).
     Probes(ProbesArgs),
 }
@@ -142,6 +145,53 @@ struct WatchArgs {
     heap: HeapArgs,
 }
 
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("select").required(true).multiple(true)))]
+struct ServeArgs {
+    /// Processes to follow, by PID.
+    #[arg(long, value_name = "PID", num_args = 1.., group = "select")]
+    pid: Vec<i32>,
+    /// Follow every process whose name (comm) matches, now and started later (as pgrep).
+    #[arg(long, value_name = "REGEX", group = "select")]
+    comm: Option<regex::Regex>,
+    /// Follow every process in this cgroup (v2) or below it, now and started later.
+    #[arg(long, value_name = "PATH", group = "select")]
+    cgroup: Option<std::path::PathBuf>,
+    /// Where to serve /metrics; anything but loopback is an explicit choice.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
+    /// Time between samples of each process (e.g. 15s, 1m).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Follow allocation events with eBPF probes (each call pays a trap), under the overhead
+    /// guard; without it every sample walks the heap and the processes pay nothing per call.
+    #[arg(long)]
+    live: bool,
+    /// Live mode: above this many allocation calls and frees a second in a process, its probes
+    /// come off (walk mode) until a later try finds the rate lower.
+    #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
+    max_rate: u64,
+    /// Live mode: how often a fresh walk checks the state kept from events.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    reconcile: Duration,
+    /// Export each arena's figures too (pagealloc_arena_heap_bytes).
+    #[arg(long)]
+    per_arena: bool,
+    /// The CPU the agent may use on average, in cores (0.25 = a quarter of one); samples are
+    /// taken later rather than exceed it (pagealloc_samples_delayed_total counts them).
+    #[arg(long, value_name = "CORES", default_value_t = 0.25, value_parser = parse_cores)]
+    cpu_budget: f64,
+    #[command(flatten)]
+    heap: HeapArgs,
+}
+
+fn parse_cores(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(cores) if cores > 0.0 && cores.is_finite() => Ok(cores),
+        _ => Err("a positive number of cores, such as 0.25 or 2".into()),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
@@ -182,6 +232,23 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
     match cli.command {
         Command::Snapshot(args) => snapshot(args),
         Command::Probes(args) => probes(args),
+        Command::Serve(args) => serve::run(ServeOptions {
+            selection: Selection {
+                pids: args.pid,
+                comm: args.comm,
+                cgroup: args.cgroup,
+            },
+            listen: args.listen,
+            interval: args.interval,
+            live: args.live.then_some(LiveOptions {
+                reconcile: args.reconcile,
+                ..LiveOptions::default()
+            }),
+            max_rate: args.max_rate,
+            per_arena: args.per_arena,
+            cpu_budget: args.cpu_budget,
+            debug: args.heap.debug_options(),
+        }),
         Command::Watch(args) => watch::run(WatchOptions {
             pid: args.pid,
             interval: args.interval,

@@ -312,7 +312,7 @@ mod tests {
 
     fn figures(live: &mut LiveHeap) -> HeapFigures {
         live.map.recount(0x1000, 48);
-        live.map.totals.clone()
+        live.map.totals
     }
 
     #[test]

@@ -58,6 +58,20 @@ impl ChunkState {
         }
     }
 
+    /// The prefix of its JSON figures (`live_bytes`, ...) and its label value.
+    pub fn key(self) -> &'static str {
+        match self {
+            ChunkState::Live => "live",
+            ChunkState::Tcache => "tcache",
+            ChunkState::Fastbin => "fastbin",
+            ChunkState::Bin => "bin",
+            ChunkState::Top => "top",
+            ChunkState::Overhead => "overhead",
+            ChunkState::Unknown => "unknown",
+            ChunkState::Freed => "freed",
+        }
+    }
+
     /// Not held by the program (cached or free in malloc).
     pub fn is_free(self) -> bool {
         matches!(
@@ -81,7 +95,7 @@ impl ChunkState {
 }
 
 /// The per-arena figures (their field names are JSON's, see [`crate::render::json`]).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct HeapFigures {
     /// `malloc_state.system_mem`: bytes this arena got from the system.
     pub system_bytes: u64,
@@ -135,6 +149,13 @@ impl HeapFigures {
         *total = total.saturating_sub(bytes);
     }
 
+    /// The chunks (of the states that count them) and the bytes in `state`.
+    pub fn get(&self, state: ChunkState) -> (Option<u64>, u64) {
+        let mut copy = *self;
+        let (chunks, bytes) = copy.slots(state);
+        (chunks.copied(), *bytes)
+    }
+
     /// The chunk counter (states that count chunks) and the byte counter of `state`.
     pub(crate) fn slots(&mut self, state: ChunkState) -> (Option<&mut u64>, &mut u64) {
         match state {
@@ -161,7 +182,8 @@ impl HeapFigures {
     /// Takes away what `other` counted (chunks recounted in another state): every count but
     /// the system bytes and the largest free chunk.
     pub fn subtract(&mut self, other: &HeapFigures) {
-        for (mine, theirs) in self.counts().into_iter().zip(other.clone().counts()) {
+        let mut other = *other;
+        for (mine, theirs) in self.counts().into_iter().zip(other.counts()) {
             *mine = mine.saturating_sub(*theirs);
         }
     }
@@ -190,7 +212,8 @@ impl HeapFigures {
 
     pub fn add(&mut self, other: &HeapFigures) {
         self.system_bytes += other.system_bytes;
-        for (mine, theirs) in self.counts().into_iter().zip(other.clone().counts()) {
+        let mut other = *other;
+        for (mine, theirs) in self.counts().into_iter().zip(other.counts()) {
             *mine += *theirs;
         }
         self.largest_free_bytes = self.largest_free_bytes.max(other.largest_free_bytes);

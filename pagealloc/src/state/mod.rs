@@ -4,6 +4,8 @@ pub mod events;
 pub mod heap;
 pub mod history;
 pub mod pages;
+pub mod report;
+pub mod resident;
 pub mod sample;
 
 pub use history::History;

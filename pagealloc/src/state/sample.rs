@@ -28,6 +28,17 @@ pub enum HeapUnavailable {
     Unwalkable(String),
 }
 
+impl HeapUnavailable {
+    /// A short stable name, for labels.
+    pub fn key(&self) -> &'static str {
+        match self {
+            HeapUnavailable::NoDebugInfo(_) => "no_debug_info",
+            HeapUnavailable::NotGlibc(_) => "not_glibc",
+            HeapUnavailable::Unwalkable(_) => "unwalkable",
+        }
+    }
+}
+
 /// What a look found of the heap.
 #[derive(Clone, Debug)]
 pub enum Heap {

@@ -108,7 +108,7 @@ fn noncontiguous() -> (Synthetic, ImageMemory, HeapFigures) {
     let system = main.end - main.start + 2 * page;
     poke(&mut memory, MAIN_ARENA + o.state_system_mem, system);
 
-    let mut figures = main.figures.clone();
+    let mut figures = main.figures;
     figures.system_bytes = system;
     figures.top_bytes = 2 * page;
     figures.live_chunks += 1;

@@ -375,7 +375,7 @@ pub(super) fn hole_case(case: usize) -> Verdict {
     }
     if case % 4 == 1 && inside.is_some() && holes.len() == 1 {
         // Nothing unreadable: the figures are exact but for the missing page's residency.
-        let mut figures = main.figures.clone();
+        let mut figures = main.figures;
         figures.free_resident_bytes -= g.page;
         figures.trimmable_bytes -= g.page;
         ensure!(

@@ -93,7 +93,7 @@ pub(super) fn walk_once(
 pub(super) fn same_map(a: &HeapMap, b: &HeapMap) -> Result<(), String> {
     let arenas = |m: &HeapMap| -> Vec<_> {
         (m.arenas.iter())
-            .map(|a| (a.address, a.heaps.clone(), a.figures.clone()))
+            .map(|a| (a.address, a.heaps.clone(), a.figures))
             .collect()
     };
     ensure!(

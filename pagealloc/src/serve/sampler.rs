@@ -1,0 +1,287 @@
+//! The sampling thread of `serve`: one monitor per process, each sampled on its own beat, one
+//! sample at a time, within the agent's CPU budget; each sample's report replaces the last in
+//! what scrapes read. Losing one process (it exits, it cannot be read) never stops the others.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::ServeOptions;
+use crate::error::Error;
+use crate::metrics::AgentFigures;
+use crate::monitor::{ModeChoice, Monitor, MonitorOptions};
+use crate::state::Heap;
+use crate::state::report::{Mode, Report};
+
+/// What scrapes read: the latest report of each process, and the agent's figures.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub reports: BTreeMap<i32, Report>,
+    pub agent: AgentFigures,
+}
+
+/// How often /proc is looked at for new processes that match.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+/// A process that could not be opened is tried again after this.
+const RETRY_REFUSED: Duration = Duration::from_secs(60);
+/// Live mode applies the events at least this often (they wait in memory until then).
+const LIVE_INTERVAL: Duration = Duration::from_secs(2);
+
+struct Tracked {
+    monitor: Monitor,
+    comm: String,
+    due: Instant,
+    /// The error of the last failed sample, said once until a sample succeeds.
+    failing: Option<String>,
+}
+
+pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Receiver<()>) {
+    let mut sampler = Sampler {
+        budget: Budget::new(options.cpu_budget),
+        options,
+        published,
+        tracked: BTreeMap::new(),
+        refused: HashMap::new(),
+        explicit: Vec::new(),
+        said_no_match: false,
+    };
+    sampler.explicit = sampler.options.selection.pids.clone();
+    let mut next_discovery = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_discovery {
+            sampler.discover();
+            next_discovery = now + DISCOVER_EVERY;
+        }
+        let due = sampler.tracked.iter().min_by_key(|(_, t)| t.due);
+        let due = due.map(|(&pid, t)| (pid, t.due));
+        // While the budget is overdrawn, samples wait until it is not.
+        let wait_until = sampler.budget.overdrawn_until();
+        let wake = match due {
+            Some((_, at)) => at.max(wait_until.unwrap_or(at)).min(next_discovery),
+            None => next_discovery,
+        };
+        match stop.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Some((pid, at)) = due
+            && Instant::now() >= at.max(wait_until.unwrap_or(at))
+        {
+            sampler.sample(pid, wait_until.is_some_and(|until| until > at));
+        }
+    }
+}
+
+struct Sampler {
+    options: ServeOptions,
+    published: Arc<RwLock<Published>>,
+    tracked: BTreeMap<i32, Tracked>,
+    /// Processes that could not be opened, and when to try again.
+    refused: HashMap<i32, Instant>,
+    /// The processes named by PID and not yet gone.
+    explicit: Vec<i32>,
+    budget: Budget,
+    said_no_match: bool,
+}
+
+impl Sampler {
+    /// Opens a monitor for each selected process not yet followed.
+    fn discover(&mut self) {
+        let mut candidates = self.explicit.clone();
+        candidates.extend(self.options.selection.matching());
+        candidates.sort_unstable();
+        candidates.dedup();
+        if candidates.is_empty() && !self.said_no_match && self.tracked.is_empty() {
+            eprintln!("pagealloc: no process matches yet; looking again every {DISCOVER_EVERY:?}");
+            self.said_no_match = true;
+        }
+        let now = Instant::now();
+        self.refused.retain(|_, retry| *retry > now);
+        for pid in candidates {
+            if self.tracked.contains_key(&pid) || self.refused.contains_key(&pid) {
+                continue;
+            }
+            match self.open(pid) {
+                Ok(monitor) => {
+                    let comm = monitor.name();
+                    let mode = monitor
+                        .walk_reason()
+                        .map_or("live mode".to_string(), |why| format!("walk mode: {why}"));
+                    eprintln!("pagealloc: following process {pid} ({comm}), {mode}");
+                    self.said_no_match = false;
+                    self.tracked.insert(
+                        pid,
+                        Tracked {
+                            monitor,
+                            comm,
+                            due: Instant::now(),
+                            failing: None,
+                        },
+                    );
+                }
+                Err(e) if gone(&e) => self.explicit.retain(|&p| p != pid),
+                Err(e) => {
+                    eprintln!(
+                        "pagealloc: process {pid} cannot be followed: {e}; trying again in {}",
+                        humantime::format_duration(RETRY_REFUSED)
+                    );
+                    self.refused.insert(pid, now + RETRY_REFUSED);
+                }
+            }
+        }
+    }
+
+    /// A monitor in the mode asked for; a process whose heap cannot be read (no debug info,
+    /// not glibc) is followed by its pages alone.
+    fn open(&self, pid: i32) -> crate::Result<Monitor> {
+        let mode = match self.options.live {
+            Some(live) => ModeChoice::Live(live),
+            None => ModeChoice::Walk("serve samples in walk mode unless --live".into()),
+        };
+        let options = MonitorOptions {
+            debug: self.options.debug.clone(),
+            mode,
+            max_rate: self.options.max_rate,
+        };
+        match Monitor::open(pid, options.clone()) {
+            Err(Error::Heap(why)) => Monitor::open(
+                pid,
+                MonitorOptions {
+                    mode: ModeChoice::Walk(why.to_string()),
+                    ..options
+                },
+            ),
+            other => other,
+        }
+    }
+
+    fn sample(&mut self, pid: i32, delayed: bool) {
+        let Some(tracked) = self.tracked.get_mut(&pid) else {
+            return;
+        };
+        let interval = match tracked.monitor.walk_reason() {
+            None => self.options.interval.min(LIVE_INTERVAL),
+            Some(_) => self.options.interval,
+        };
+        let walk_reason = tracked.monitor.walk_reason().cloned();
+        let result = tracked.monitor.sample();
+        self.budget.spent();
+        // Keep the beat; after a late sample, the next is one interval on.
+        tracked.due = (tracked.due + interval).max(Instant::now());
+        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        published.agent.samples_delayed += u64::from(delayed);
+        match result {
+            Ok(sample) => {
+                published.agent.samples += 1;
+                if tracked.failing.take().is_some() {
+                    eprintln!(
+                        "pagealloc: process {pid} ({}) is sampled again",
+                        tracked.comm
+                    );
+                }
+                let mode = match (&sample.heap, walk_reason) {
+                    (Heap::Unavailable(why), _) => Mode::Pages {
+                        key: why.key(),
+                        reason: why.to_string(),
+                    },
+                    (_, None) => Mode::Live,
+                    (_, Some(why)) => Mode::Walk {
+                        key: why.key(),
+                        reason: why.to_string(),
+                    },
+                };
+                let report = Report::of(&sample, &tracked.comm, mode);
+                published.reports.insert(pid, report);
+            }
+            Err(e) if gone(&e) => {
+                eprintln!(
+                    "pagealloc: process {pid} ({}) is gone ({e}); its series are dropped",
+                    tracked.comm
+                );
+                published.reports.remove(&pid);
+                self.tracked.remove(&pid);
+                self.explicit.retain(|&p| p != pid);
+            }
+            Err(e) => {
+                published.agent.sample_errors += 1;
+                let message = e.to_string();
+                if tracked.failing.as_ref() != Some(&message) {
+                    eprintln!(
+                        "pagealloc: sampling process {pid} ({}): {message}",
+                        tracked.comm
+                    );
+                }
+                tracked.failing = Some(message);
+            }
+        }
+    }
+}
+
+/// The process is gone for good (exited, or became another program: found again if it
+/// matches).
+fn gone(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::NoSuchProcess { .. }
+            | Error::ProcessExited { .. }
+            | Error::ProcessExeced { .. }
+            | Error::Zombie { .. }
+            | Error::KernelThread { .. }
+    )
+}
+
+/// The agent's CPU budget as a bucket of CPU seconds: it fills at `cores` seconds per second,
+/// up to one burst, and every CPU second the agent uses (sampling, the event readers, scrapes)
+/// empties it; a sample waits while it is below zero. On average the agent uses no more than
+/// its budget; a sample that costs more than it stretches the intervals after it.
+struct Budget {
+    cores: f64,
+    /// CPU seconds in hand (negative: owed).
+    balance: f64,
+    last_wall: Instant,
+    last_cpu: f64,
+}
+
+/// The most CPU seconds the budget saves up, in seconds of budget.
+const BURST: f64 = 10.0;
+
+impl Budget {
+    fn new(cores: f64) -> Budget {
+        Budget {
+            cores,
+            balance: cores * BURST,
+            last_wall: Instant::now(),
+            last_cpu: own_cpu_seconds(),
+        }
+    }
+
+    /// Brings the balance up to now.
+    fn spent(&mut self) {
+        let (wall, cpu) = (Instant::now(), own_cpu_seconds());
+        let earned = (wall - self.last_wall).as_secs_f64() * self.cores;
+        self.balance = (self.balance + earned).min(self.cores * BURST) - (cpu - self.last_cpu);
+        (self.last_wall, self.last_cpu) = (wall, cpu);
+    }
+
+    /// Until when samples must wait, if the budget is overdrawn.
+    fn overdrawn_until(&mut self) -> Option<Instant> {
+        self.spent();
+        if self.balance >= 0.0 {
+            return None;
+        }
+        let wait = (-self.balance / self.cores).min(3600.0);
+        Some(self.last_wall + Duration::from_secs_f64(wait))
+    }
+}
+
+/// The CPU time this process used so far, all threads, in seconds.
+fn own_cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}

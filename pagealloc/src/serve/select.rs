@@ -1,0 +1,117 @@
+//! Which processes serve samples: those named by PID, and those whose name or cgroup matches,
+//! found again at every look at /proc so that processes started later are picked up.
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub pids: Vec<i32>,
+    /// Matched against `comm` anywhere in it, as pgrep does.
+    pub comm: Option<Regex>,
+    /// A cgroup (v2) path: processes in it or in a cgroup below it.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Where the cgroup v2 hierarchy is mounted; `--cgroup` may name a path in it or under it.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+impl Selection {
+    /// Checks what can be checked before serving: the PIDs exist, the cgroup does.
+    pub fn check(&self) -> Result<()> {
+        for &pid in &self.pids {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::NoSuchProcess { pid });
+            }
+        }
+        if let Some(cgroup) = &self.cgroup {
+            let dir = Path::new(CGROUP_ROOT).join(cgroup_path(cgroup).trim_start_matches('/'));
+            if !dir.is_dir() {
+                return Err(Error::Usage(format!(
+                    "--cgroup {}: no such cgroup ({} does not exist; name a cgroup v2 path such \
+                     as /system.slice/nginx.service)",
+                    cgroup.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the selection names by pattern rather than by PID.
+    pub fn has_patterns(&self) -> bool {
+        self.comm.is_some() || self.cgroup.is_some()
+    }
+
+    /// Every process (not thread) that the patterns match now, ourselves excepted; kernel
+    /// threads have no memory to show and are left out.
+    pub fn matching(&self) -> Vec<i32> {
+        if !self.has_patterns() {
+            return Vec::new();
+        }
+        let me = std::process::id() as i32;
+        let Ok(processes) = procfs::process::all_processes() else {
+            return Vec::new();
+        };
+        let cgroup = self.cgroup.as_deref().map(cgroup_path);
+        processes
+            .filter_map(|p| p.ok())
+            .filter(|p| p.pid != me)
+            .filter(|p| {
+                // A process vanishing while it is looked at simply does not match.
+                let Ok(stat) = p.stat() else { return false };
+                let kernel_thread = stat.flags & 0x0020_0000 != 0; // PF_KTHREAD
+                let comm_ok = self.comm.as_ref().is_none_or(|re| re.is_match(&stat.comm));
+                let cgroup_ok = cgroup.as_ref().is_none_or(|want| in_cgroup(p, want));
+                !kernel_thread && comm_ok && cgroup_ok
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+}
+
+/// `--cgroup` as a path in the hierarchy: `/sys/fs/cgroup/a/b` and `/a/b` name the same.
+fn cgroup_path(given: &Path) -> String {
+    let text = given.to_string_lossy();
+    let inner = text.strip_prefix(CGROUP_ROOT).unwrap_or(&text);
+    let trimmed = inner.trim_end_matches('/');
+    if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// Whether the process is in cgroup `want` (v2) or below it.
+fn in_cgroup(process: &procfs::process::Process, want: &str) -> bool {
+    let Ok(groups) = process.cgroups() else {
+        return false;
+    };
+    groups.0.iter().filter(|g| g.hierarchy == 0).any(|g| {
+        want == "/"
+            || g.pathname == want
+            || g.pathname
+                .strip_prefix(want)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup_path;
+    use std::path::Path;
+
+    #[test]
+    fn cgroup_paths_name_the_same_group_either_way() {
+        for given in [
+            "/sys/fs/cgroup/system.slice/a.service",
+            "/system.slice/a.service",
+            "system.slice/a.service/",
+        ] {
+            assert_eq!(cgroup_path(Path::new(given)), "/system.slice/a.service");
+        }
+        assert_eq!(cgroup_path(Path::new("/sys/fs/cgroup")), "/");
+    }
+}

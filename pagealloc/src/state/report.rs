@@ -1,0 +1,79 @@
+//! What one sample tells an exporter, without the granules: small enough to keep for every
+//! process watched and to read at every scrape.
+use std::time::{Duration, SystemTime};
+
+use super::Sample;
+use super::events::Counts;
+use super::heap::HeapFigures;
+use super::pages::PageCounts;
+use super::resident::Resident;
+
+/// How a process's heap is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Kept current by allocation events between walks.
+    Live,
+    /// Walked at every sample; why not live (a short key, and the whole reason).
+    Walk { key: &'static str, reason: String },
+    /// No heap map, only pages; why (a short key, and the whole reason).
+    Pages { key: &'static str, reason: String },
+}
+
+impl Mode {
+    /// The label values: the mode and a short reason.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Mode::Live => ("live", "live"),
+            Mode::Walk { key, .. } => ("walk", key),
+            Mode::Pages { key, .. } => ("pages", key),
+        }
+    }
+}
+
+/// The figures of one heap, whole or of one arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeapReport {
+    pub totals: HeapFigures,
+    /// Each arena's, in the order of the heap map (0: the main arena).
+    pub arenas: Vec<HeapFigures>,
+    pub mmapped_chunks: u64,
+    pub mmapped_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub pid: i32,
+    pub comm: String,
+    pub mode: Mode,
+    pub taken: SystemTime,
+    pub duration: Duration,
+    pub pages: PageCounts,
+    pub page_size: u64,
+    pub heap: Option<HeapReport>,
+    pub resident: Resident,
+    /// Live mode: what the events did.
+    pub events: Option<Counts>,
+}
+
+impl Report {
+    pub fn of(sample: &Sample, comm: &str, mode: Mode) -> Report {
+        let heap = sample.heap_map().map(|map| HeapReport {
+            totals: map.totals,
+            arenas: map.arenas.iter().map(|a| a.figures).collect(),
+            mmapped_chunks: map.mmapped_chunks,
+            mmapped_bytes: map.mmapped_bytes,
+        });
+        Report {
+            pid: sample.pid,
+            comm: comm.to_string(),
+            mode,
+            taken: sample.taken,
+            duration: sample.duration,
+            pages: sample.pages.totals,
+            page_size: sample.pages.page_size,
+            heap,
+            resident: Resident::of(sample),
+            events: sample.events,
+        }
+    }
+}
