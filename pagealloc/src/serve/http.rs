@@ -52,7 +52,7 @@ pub async fn serve(
     }
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/", get(index))
         .fallback(|| async {
             (
@@ -113,6 +113,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+/// Alive while the sampling thread runs: metrics that no longer change are not health.
+async fn health(State(app): State<App>) -> (StatusCode, &'static str) {
+    if app
+        .published
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .sampling
+    {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sampling thread stopped\n",
+        )
     }
 }
 

@@ -49,6 +49,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
             cpu_budget: options.cpu_budget,
             ..Default::default()
         },
+        sampling: true,
         ..Default::default()
     }));
     let (stop, stopped) = mpsc::channel();

@@ -18,6 +18,17 @@ use crate::state::report::{Mode, Report};
 pub struct Published {
     pub reports: BTreeMap<i32, Report>,
     pub agent: AgentFigures,
+    /// Whether the sampling thread still runs (`/healthz` fails once it does not).
+    pub sampling: bool,
+}
+
+/// Marks the sampling thread stopped however it ends, a panic included.
+struct Running(Arc<RwLock<Published>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).sampling = false;
+    }
 }
 
 /// How often /proc is looked at for new processes that match.
@@ -26,6 +37,8 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 const RETRY_REFUSED: Duration = Duration::from_secs(60);
 /// Live mode applies the events at least this often (they wait in memory until then).
 const LIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the CPU budget delaying samples is said again.
+const SAY_DELAYED_EVERY: Duration = Duration::from_secs(600);
 
 struct Tracked {
     monitor: Monitor,
@@ -36,6 +49,7 @@ struct Tracked {
 }
 
 pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Receiver<()>) {
+    let _running = Running(published.clone());
     let mut sampler = Sampler {
         budget: Budget::new(options.cpu_budget),
         options,
@@ -44,6 +58,7 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
         refused: HashMap::new(),
         explicit: Vec::new(),
         said_no_match: false,
+        said_delayed: None,
     };
     sampler.explicit = sampler.options.selection.pids.clone();
     let mut next_discovery = Instant::now();
@@ -83,6 +98,8 @@ struct Sampler {
     explicit: Vec<i32>,
     budget: Budget,
     said_no_match: bool,
+    /// When the budget last delayed a sample and it was said.
+    said_delayed: Option<Instant>,
 }
 
 impl Sampler {
@@ -165,8 +182,35 @@ impl Sampler {
             Some(_) => self.options.interval,
         };
         let walk_reason = tracked.monitor.walk_reason().cloned();
-        let result = tracked.monitor.sample();
+        // A bug met while sampling one process must not stop the others: that one is dropped.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tracked.monitor.sample()));
         self.budget.spent();
+        if delayed
+            && self
+                .said_delayed
+                .is_none_or(|at| at.elapsed() >= SAY_DELAYED_EVERY)
+        {
+            eprintln!(
+                "pagealloc: samples are taken later than --interval to stay within --cpu-budget \
+                 {} cores (pagealloc_samples_delayed_total counts them)",
+                self.options.cpu_budget
+            );
+            self.said_delayed = Some(Instant::now());
+        }
+        let Ok(result) = result else {
+            eprintln!(
+                "pagealloc: sampling process {pid} ({}) failed on a bug (the panic above); it is \
+                 no longer followed",
+                tracked.comm
+            );
+            let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+            published.agent.sample_errors += 1;
+            published.reports.remove(&pid);
+            self.tracked.remove(&pid);
+            self.refused.insert(pid, Instant::now() + RETRY_REFUSED);
+            return;
+        };
         // Keep the beat; after a late sample, the next is one interval on.
         tracked.due = (tracked.due + interval).max(Instant::now());
         let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
