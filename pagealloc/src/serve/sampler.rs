@@ -154,7 +154,7 @@ impl Sampler {
     fn open(&self, pid: i32) -> crate::Result<Monitor> {
         let mode = match self.options.live {
             Some(live) => ModeChoice::Live(live),
-            None => ModeChoice::Walk("serve samples in walk mode unless --live".into()),
+            None => ModeChoice::Walk("serve's default (--live follows allocation events)".into()),
         };
         let options = MonitorOptions {
             debug: self.options.debug.clone(),

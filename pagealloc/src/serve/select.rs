@@ -11,11 +11,12 @@ pub struct Selection {
     pub pids: Vec<i32>,
     /// Matched against `comm` anywhere in it, as pgrep does.
     pub comm: Option<Regex>,
-    /// A cgroup (v2) path: processes in it or in a cgroup below it.
+    /// A cgroup path: processes in it or in a cgroup below it (in any hierarchy).
     pub cgroup: Option<PathBuf>,
 }
 
-/// Where the cgroup v2 hierarchy is mounted; `--cgroup` may name a path in it or under it.
+/// Where cgroup hierarchies are usually mounted; `--cgroup` may name a path in a hierarchy or
+/// under this.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 impl Selection {
@@ -27,13 +28,22 @@ impl Selection {
             }
         }
         if let Some(cgroup) = &self.cgroup {
-            let dir = Path::new(CGROUP_ROOT).join(cgroup_path(cgroup).trim_start_matches('/'));
-            if !dir.is_dir() {
+            let path = cgroup_path(cgroup);
+            let mounts = cgroup_mounts();
+            let exists = mounts
+                .iter()
+                .any(|mount| mount.join(path.trim_start_matches('/')).is_dir());
+            if !exists {
+                let looked: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
                 return Err(Error::Usage(format!(
-                    "--cgroup {}: no such cgroup ({} does not exist; name a cgroup v2 path such \
-                     as /system.slice/nginx.service)",
+                    "--cgroup {}: no such cgroup (looked for {path} in {}): name a cgroup such \
+                     as /system.slice/nginx.service",
                     cgroup.display(),
-                    dir.display()
+                    if looked.is_empty() {
+                        "no mounted cgroup hierarchy".to_string()
+                    } else {
+                        looked.join(", ")
+                    }
                 )));
             }
         }
@@ -72,10 +82,21 @@ impl Selection {
     }
 }
 
-/// `--cgroup` as a path in the hierarchy: `/sys/fs/cgroup/a/b` and `/a/b` name the same.
+/// `--cgroup` as a path in a hierarchy: `/sys/fs/cgroup/a/b` and `/a/b` name the same (and so
+/// does `/sys/fs/cgroup/memory/a/b` on a v1 system, for the memory hierarchy's `/a/b`).
 fn cgroup_path(given: &Path) -> String {
     let text = given.to_string_lossy();
-    let inner = text.strip_prefix(CGROUP_ROOT).unwrap_or(&text);
+    let mut inner = text.strip_prefix(CGROUP_ROOT).unwrap_or(&text);
+    for mount in cgroup_mounts() {
+        if let Some(rest) = mount
+            .to_str()
+            .and_then(|m| text.strip_prefix(m))
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            inner = rest;
+            break;
+        }
+    }
     let trimmed = inner.trim_end_matches('/');
     if trimmed.starts_with('/') {
         trimmed.to_string()
@@ -84,12 +105,25 @@ fn cgroup_path(given: &Path) -> String {
     }
 }
 
-/// Whether the process is in cgroup `want` (v2) or below it.
+/// Where the cgroup hierarchies (v2, and v1 on older or hybrid systems) are mounted.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let Ok(mounts) = procfs::process::Process::myself().and_then(|me| me.mountinfo()) else {
+        return Vec::new();
+    };
+    mounts
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup2" || m.fs_type == "cgroup")
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// Whether the process is in cgroup `want` or below it, in any hierarchy (the v2 one, or a v1
+/// controller's).
 fn in_cgroup(process: &procfs::process::Process, want: &str) -> bool {
     let Ok(groups) = process.cgroups() else {
         return false;
     };
-    groups.0.iter().filter(|g| g.hierarchy == 0).any(|g| {
+    groups.0.iter().any(|g| {
         want == "/"
             || g.pathname == want
             || g.pathname
