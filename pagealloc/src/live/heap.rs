@@ -106,21 +106,25 @@ impl LiveHeap {
         let first = ((chunk - start) / GRANULE) as usize;
         let count = (size / GRANULE) as usize;
         let range = first..first + count;
-        // Where the next chunk starts: there, or the heap's end.
-        let next = granules.get(range.end).copied();
-        let live_here = granules[first] == ChunkState::Live as u8 | CHUNK_START
-            && granules[range.clone()]
-                .iter()
-                .all(|&g| ChunkState::from_granule(g) == ChunkState::Live)
-            && next.is_none_or(|g| g & CHUNK_START != 0);
+        // Whether the state has this very chunk live (and the next chunk starting right after
+        // it, or the heap's end): asked only where the answer matters, each a pass over it.
+        let live_here = |granules: &[u8]| {
+            granules[first] == ChunkState::Live as u8 | CHUNK_START
+                && granules[range.clone()]
+                    .iter()
+                    .all(|&g| g & !CHUNK_START == ChunkState::Live as u8)
+                && granules.get(range.end).is_none_or(|g| g & CHUNK_START != 0)
+        };
         if alloc {
-            if live_here && how == Apply::Replay {
+            if how == Apply::Replay && live_here(granules) {
                 return Ok(()); // the walk saw it handed out already
             }
-            let over_live = granules[range.clone()]
-                .iter()
-                .any(|&g| ChunkState::from_granule(g) == ChunkState::Live);
-            if over_live && how == Apply::Strict {
+            let over_live = || {
+                granules[range.clone()]
+                    .iter()
+                    .any(|&g| g & !CHUNK_START == ChunkState::Live as u8)
+            };
+            if how == Apply::Strict && over_live() {
                 return Err(Contradiction::AllocOverLive {
                     address: chunk,
                     size,
@@ -129,7 +133,7 @@ impl LiveHeap {
             mark(granules, range, ChunkState::Live);
             return Ok(());
         }
-        if !live_here {
+        if !live_here(granules) {
             let state = ChunkState::from_granule(granules[first]);
             // What was read inconsistently, or given back by an exiting thread (its tcache,
             // and the tcache's own chunk that glibc allocated out of sight), may be freed.
