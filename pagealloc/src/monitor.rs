@@ -220,7 +220,11 @@ fn live_unavailable(error: &Error) -> String {
         (39, "CAP_BPF"),
         (38, "CAP_PERFMON"),
         (19, "CAP_SYS_PTRACE"),
-        (21, "CAP_SYS_ADMIN (frame numbers)"),
+        (
+            21,
+            "CAP_SYS_ADMIN (attaching uprobes on kernels with the fix for CVE-2025-38466, \
+             6.16 and the stable kernels since July 2025; frame numbers)",
+        ),
     ];
     let effective = procfs::process::Process::myself()
         .and_then(|me| me.status())

@@ -201,6 +201,13 @@ impl Session {
                 self.target.pid
             ))
         })?;
+        if mapping.path.ends_with(glibc::identity::DELETED) && !mapping.file.exists() {
+            return Err(HeapUnavailable::Unwalkable(format!(
+                "the C library of process {} was deleted since it was mapped (upgraded?): it \
+                 can be read only through /proc/{}/map_files, which needs CAP_SYS_ADMIN",
+                self.target.pid, self.target.pid
+            )));
+        }
         if self
             .libc
             .as_ref()

@@ -375,3 +375,21 @@ fn root_home_that_does_not_exist_is_not_created() {
     assert!(layout.is_file(), "{} is missing", layout.display());
     assert!(!home.parent().unwrap().exists());
 }
+
+/// A C library deleted since the process started, as a package upgrade leaves long-running
+/// processes (maps says `libc.so.6 (deleted)`): still glibc, read through the mapping itself
+/// (`/proc/PID/map_files`), the figures exact.
+#[test]
+fn root_libc_deleted_since_the_process_started() {
+    require_root();
+    let dir = TempDir::new("deleted-libc");
+    std::fs::copy(LIBC, dir.0.join("libc.so.6")).expect("copy libc");
+    let fixture =
+        Fixture::spawn_with(Command::new(fixture_path!("QUIET")).env("LD_LIBRARY_PATH", &dir.0));
+    std::fs::remove_file(dir.0.join("libc.so.6")).expect("delete the copy");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
+    assert!(maps.contains("libc.so.6 (deleted)"), "{maps}");
+    let (output, doc) = snapshot_with(fixture.pid(), &["--no-cache"], &[]);
+    assert_success(&output);
+    check_main_arena(&fixture, &doc);
+}

@@ -14,13 +14,23 @@ pub use pagealloc_common::{IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 
 /// `libc.so.6` (glibc ≥ 2.34 and most distributions before) or `libc-2.NN.so`.
 pub fn is_libc_name(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = file_name(path);
     name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
 }
 
+/// The file name of a mapping's path; a file deleted since it was mapped (a library upgraded
+/// under a running process) is still the library it was.
+fn file_name(path: &str) -> &str {
+    let path = path.strip_suffix(DELETED).unwrap_or(path);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// What maps appends to the path of a file deleted since it was mapped.
+pub const DELETED: &str = " (deleted)";
+
 /// glibc's dynamic loader: `ld-linux-x86-64.so.2` and the like, `ld.so.1`, `ld-2.NN.so`.
 fn is_loader_name(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = file_name(path);
     name.starts_with("ld-linux") || name.starts_with("ld.so") || name.starts_with("ld-2.")
 }
 

@@ -370,7 +370,10 @@ impl Tracer {
             .map_err(|e| {
                 ebpf_error(
                     "loading the eBPF programs",
-                    format!("{e} (this needs root, or CAP_BPF and CAP_PERFMON)"),
+                    format!(
+                        "{e} (this needs root, or CAP_BPF and CAP_PERFMON, and CAP_SYS_ADMIN to \
+                         attach uprobes on kernels since 6.16)"
+                    ),
                 )
             })?;
         for name in [
