@@ -55,6 +55,19 @@ pub fn run() -> Result<()> {
         "heaptrack (bench overhead: heaptrack attached at run time)",
         || debian_tool("heaptrack", &["heaptrack"]),
     )?;
+    step(
+        "prometheus and promtool (the serve tests: a real Prometheus scrapes, promtool checks)",
+        || {
+            // One Debian package has both.
+            let promtool = debian_tool("promtool", &["prometheus"])?;
+            match debian_tool("prometheus", &["prometheus"])? {
+                Outcome::Present(version) if matches!(promtool, Outcome::Installed(_)) => {
+                    Ok(Outcome::Installed(version))
+                }
+                outcome => Ok(outcome),
+            }
+        },
+    )?;
     Ok(())
 }
 
