@@ -4,6 +4,7 @@
 //! idempotently, printing one line per step.
 mod bench;
 mod overhead;
+mod serve;
 mod setup;
 
 use std::io::{BufRead, BufReader};
@@ -63,6 +64,18 @@ enum Bench {
         #[arg(long, default_value_t = 24)]
         size: u64,
     },
+    /// Scrape latency of `pagealloc serve` following 10 processes, from 1 and 8 clients.
+    Serve {
+        /// Processes the agent follows.
+        #[arg(long, default_value_t = 10)]
+        processes: usize,
+        /// Scrapes per setup (or --max-seconds, whichever comes first).
+        #[arg(long, default_value_t = 2000)]
+        scrapes: usize,
+        /// Seconds per setup at most.
+        #[arg(long, default_value_t = 30)]
+        max_seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -80,6 +93,19 @@ fn main() -> Result<()> {
         Task::Bench {
             bench: Bench::Overhead { rounds, size },
         } => overhead::overhead(&root, rounds, size),
+        Task::Bench {
+            bench:
+                Bench::Serve {
+                    processes,
+                    scrapes,
+                    max_seconds,
+                },
+        } => serve::serve(
+            &root,
+            processes,
+            scrapes,
+            std::time::Duration::from_secs(max_seconds),
+        ),
     }
 }
 
