@@ -14,21 +14,18 @@ pub fn wants_openmetrics(accept: &str) -> bool {
     accept.contains("application/openmetrics-text")
 }
 
-/// The Prometheus text format, and its content type.
-pub fn prometheus_text(families: &[MetricFamily]) -> (String, String) {
-    let encoder = TextEncoder::new();
+/// The Prometheus text format (content type [`prometheus::TEXT_FORMAT`]).
+pub fn prometheus_text(families: &[MetricFamily]) -> String {
     let mut buffer = Vec::new();
     // Writing to memory fails only on a family without samples, which `families` leaves out.
-    if let Err(e) = encoder.encode(families, &mut buffer) {
+    if let Err(e) = TextEncoder::new().encode(families, &mut buffer) {
         log::warn!("encoding the metrics: {e}");
     }
-    (
-        String::from_utf8_lossy(&buffer).into_owned(),
-        encoder.format_type().to_string(),
-    )
+    String::from_utf8(buffer).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// The OpenMetrics text format.
+/// The OpenMetrics text format of `families`, without the closing `# EOF` (an exposition may
+/// be made of several parts: [`OPENMETRICS_END`] ends it).
 pub fn openmetrics_text(families: &[MetricFamily]) -> String {
     let mut out = String::new();
     for family in families {
@@ -106,9 +103,11 @@ pub fn openmetrics_text(families: &[MetricFamily]) -> String {
             }
         }
     }
-    out.push_str("# EOF\n");
     out
 }
+
+/// What ends an OpenMetrics exposition.
+pub const OPENMETRICS_END: &str = "# EOF\n";
 
 /// One sample line; `extra` is a label of the line's own (a bucket's `le`, a quantile).
 fn sample(

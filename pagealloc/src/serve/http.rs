@@ -2,7 +2,7 @@
 //! for it), `/healthz`, and clear answers to everything else. Connections are bounded in number,
 //! and a client that is slow to send its request is cut off, so that neither a crowd nor a
 //! trickle of bytes can stop the scrapes.
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,7 +30,30 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 struct App {
     published: Arc<RwLock<Published>>,
     per_arena: bool,
+    /// The agent's own process metrics, read at every scrape.
     registry: prometheus::Registry,
+    /// The processes' part of the exposition in each format, as made for the latest
+    /// generation of the reports: scrapes between two samples only copy it.
+    cache: Arc<Mutex<[Option<Made>; 2]>>,
+}
+
+/// An exposition part, and the generation of the reports it was made from.
+type Made = (u64, Arc<str>);
+
+/// The exposition formats, as indices of [`App::cache`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Prometheus = 0,
+    OpenMetrics = 1,
+}
+
+impl Format {
+    fn encode(self, families: &[MetricFamily]) -> String {
+        match self {
+            Format::Prometheus => openmetrics::prometheus_text(families),
+            Format::OpenMetrics => openmetrics::openmetrics_text(families),
+        }
+    }
 }
 
 pub async fn serve(
@@ -64,6 +87,7 @@ pub async fn serve(
             published,
             per_arena,
             registry,
+            cache: Arc::default(),
         });
     eprintln!("pagealloc: serving metrics on http://{address}/metrics");
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -140,24 +164,44 @@ async fn index() -> &'static str {
 }
 
 async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {
-    let mut families: Vec<MetricFamily> = {
-        let published = app.published.read().unwrap_or_else(|e| e.into_inner());
-        let reports: Vec<_> = published.reports.values().collect();
-        metrics::families(&reports, &published.agent, app.per_arena)
-    };
-    families.extend(app.registry.gather());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let (body, content_type) = if openmetrics::wants_openmetrics(accept) {
-        (
-            openmetrics::openmetrics_text(&families),
-            openmetrics::OPENMETRICS_TYPE.to_string(),
-        )
+    let format = if openmetrics::wants_openmetrics(accept) {
+        Format::OpenMetrics
     } else {
-        openmetrics::prometheus_text(&families)
+        Format::Prometheus
     };
+    let processes = app.processes(format);
+    let agent = format.encode(&app.registry.gather());
+    let (mut body, content_type) = match format {
+        Format::OpenMetrics => (String::new(), openmetrics::OPENMETRICS_TYPE.to_string()),
+        Format::Prometheus => (String::new(), prometheus::TEXT_FORMAT.to_string()),
+    };
+    body.reserve(processes.len() + agent.len() + 8);
+    body.push_str(&processes);
+    body.push_str(&agent);
+    if format == Format::OpenMetrics {
+        body.push_str(openmetrics::OPENMETRICS_END);
+    }
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+impl App {
+    /// The processes' part of the exposition: made again only when the reports changed.
+    fn processes(&self, format: Format) -> Arc<str> {
+        let published = self.published.read().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((generation, text)) = &cache[format as usize]
+            && *generation == published.generation
+        {
+            return text.clone();
+        }
+        let reports: Vec<_> = published.reports.values().collect();
+        let families = metrics::families(&reports, &published.agent, self.per_arena);
+        let text: Arc<str> = format.encode(&families).into();
+        cache[format as usize] = Some((published.generation, text.clone()));
+        text
+    }
 }

@@ -18,6 +18,8 @@ use crate::state::report::{Mode, Report};
 pub struct Published {
     pub reports: BTreeMap<i32, Report>,
     pub agent: AgentFigures,
+    /// Counts every change of the above: an exposition made from them holds until it changes.
+    pub generation: u64,
     /// Whether the sampling thread still runs (`/healthz` fails once it does not).
     pub sampling: bool,
 }
@@ -124,7 +126,11 @@ impl Sampler {
             if self.tracked.contains_key(&pid) || self.refused.contains_key(&pid) {
                 continue;
             }
-            match self.open(pid) {
+            let cpu_before = own_cpu_seconds();
+            let opened = self.open(pid);
+            // Live mode's seed walk is a walk like the others.
+            self.budget.spend(own_cpu_seconds() - cpu_before);
+            match opened {
                 Ok(monitor) => {
                     let comm = monitor.name();
                     let mode = monitor
@@ -187,10 +193,25 @@ impl Sampler {
             Some(_) => self.options.interval,
         };
         let walk_reason = tracked.monitor.walk_reason().cloned();
+        let cpu_before = own_cpu_seconds();
         // A bug met while sampling one process must not stop the others: that one is dropped.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tracked.monitor.sample()));
-        self.budget.spent();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let sample = tracked.monitor.sample()?;
+            let mode = match (&sample.heap, walk_reason) {
+                (Heap::Unavailable(why), _) => Mode::Pages {
+                    key: why.key(),
+                    reason: why.to_string(),
+                },
+                (_, None) => Mode::Live,
+                (_, Some(why)) => Mode::Walk {
+                    key: why.key(),
+                    reason: why.to_string(),
+                },
+            };
+            // Made here, not under the lock that scrapes take.
+            Ok(Report::of(&sample, &tracked.comm, mode))
+        }));
+        self.budget.spend(own_cpu_seconds() - cpu_before);
         if delayed
             && self
                 .said_delayed
@@ -212,6 +233,7 @@ impl Sampler {
             let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
             published.agent.sample_errors += 1;
             published.reports.remove(&pid);
+            published.generation += 1;
             self.tracked.remove(&pid);
             self.refused.insert(pid, Instant::now() + RETRY_REFUSED);
             return;
@@ -219,41 +241,32 @@ impl Sampler {
         // Keep the beat; after a late sample, the next is one interval on.
         tracked.due = (tracked.due + interval).max(Instant::now());
         let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        published.generation += 1;
         published.agent.samples_delayed += u64::from(delayed);
         match result {
-            Ok(sample) => {
+            Ok(report) => {
                 published.agent.samples += 1;
+                published.reports.insert(pid, report);
                 if tracked.failing.take().is_some() {
                     eprintln!(
                         "pagealloc: process {pid} ({}) is sampled again",
                         tracked.comm
                     );
                 }
-                let mode = match (&sample.heap, walk_reason) {
-                    (Heap::Unavailable(why), _) => Mode::Pages {
-                        key: why.key(),
-                        reason: why.to_string(),
-                    },
-                    (_, None) => Mode::Live,
-                    (_, Some(why)) => Mode::Walk {
-                        key: why.key(),
-                        reason: why.to_string(),
-                    },
-                };
-                let report = Report::of(&sample, &tracked.comm, mode);
-                published.reports.insert(pid, report);
             }
             Err(e) if gone(&e) => {
+                published.reports.remove(&pid);
+                drop(published);
                 eprintln!(
                     "pagealloc: process {pid} ({}) is gone ({e}); its series are dropped",
                     tracked.comm
                 );
-                published.reports.remove(&pid);
                 self.tracked.remove(&pid);
                 self.explicit.retain(|&p| p != pid);
             }
             Err(e) => {
                 published.agent.sample_errors += 1;
+                drop(published);
                 let message = e.to_string();
                 if tracked.failing.as_ref() != Some(&message) {
                     eprintln!(
@@ -280,16 +293,17 @@ fn gone(error: &Error) -> bool {
     )
 }
 
-/// The agent's CPU budget as a bucket of CPU seconds: it fills at `cores` seconds per second,
-/// up to one burst, and every CPU second the agent uses (sampling, the event readers, scrapes)
-/// empties it; a sample waits while it is below zero. On average the agent uses no more than
-/// its budget; a sample that costs more than it stretches the intervals after it.
+/// The CPU budget of the samples, as a bucket of CPU seconds: it fills at `cores` seconds per
+/// second, up to [`BURST`] seconds' worth, and each sample empties it by the CPU the agent used
+/// while it ran (the walk's threads included); a walk waits while it is below zero. On average
+/// the samples use no more than the budget; one that costs more stretches the intervals after
+/// it. Scrapes are not charged: they are answered from memory, and charging them would let a
+/// busy scraper stop the samples it reads.
 struct Budget {
     cores: f64,
     /// CPU seconds in hand (negative: owed).
     balance: f64,
-    last_wall: Instant,
-    last_cpu: f64,
+    last: Instant,
 }
 
 /// The most CPU seconds the budget saves up, in seconds of budget.
@@ -300,27 +314,32 @@ impl Budget {
         Budget {
             cores,
             balance: cores * BURST,
-            last_wall: Instant::now(),
-            last_cpu: own_cpu_seconds(),
+            last: Instant::now(),
         }
     }
 
     /// Brings the balance up to now.
-    fn spent(&mut self) {
-        let (wall, cpu) = (Instant::now(), own_cpu_seconds());
-        let earned = (wall - self.last_wall).as_secs_f64() * self.cores;
-        self.balance = (self.balance + earned).min(self.cores * BURST) - (cpu - self.last_cpu);
-        (self.last_wall, self.last_cpu) = (wall, cpu);
+    fn earn(&mut self) {
+        let now = Instant::now();
+        let earned = (now - self.last).as_secs_f64() * self.cores;
+        self.balance = (self.balance + earned).min(self.cores * BURST);
+        self.last = now;
     }
 
-    /// Until when samples must wait, if the budget is overdrawn.
+    /// A sample used `cpu` seconds.
+    fn spend(&mut self, cpu: f64) {
+        self.earn();
+        self.balance -= cpu.max(0.0);
+    }
+
+    /// Until when walks must wait, if the budget is overdrawn.
     fn overdrawn_until(&mut self) -> Option<Instant> {
-        self.spent();
+        self.earn();
         if self.balance >= 0.0 {
             return None;
         }
         let wait = (-self.balance / self.cores).min(3600.0);
-        Some(self.last_wall + Duration::from_secs_f64(wait))
+        Some(self.last + Duration::from_secs_f64(wait))
     }
 }
 
