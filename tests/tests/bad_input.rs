@@ -50,24 +50,6 @@ fn assert_success(output: &Output) {
     );
 }
 
-/// A directory of its own for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("pagealloc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The main arena's figures against the fixture's mallinfo2(): what is free to malloc is
 /// `fordblks`, the rest of the system memory `uordblks`, every byte read.
 fn check_main_arena(fixture: &Fixture, doc: &Value) {

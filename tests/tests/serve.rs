@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,27 +44,6 @@ fn unix_now() -> f64 {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("its address").port()
-}
-
-/// A directory of its own under the temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("pagealloc-serve-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,15 +339,9 @@ impl Serve {
             let mut all = vec!["serve"];
             all.extend_from_slice(args);
             all.extend_from_slice(&["--listen", &listen]);
-            let mut child = pagealloc_command(&all)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("pagealloc serve starts");
-            let stderr = collect_stderr(&mut child);
+            let (child, stderr) = spawn_serve(&all);
             let mut serve = Serve {
-                child: Running(child),
+                child,
                 address,
                 stderr,
             };
@@ -1165,18 +1137,23 @@ fn root_bad_requests_get_proper_answers() {
     assert!(serve.running(), "serve ended: {}", serve.stderr());
 }
 
-/// `pagealloc serve ARGS` that must end by itself (within [`WAIT`]): its exit code and stderr.
-fn serve_ending(args: &[&str]) -> (Option<i32>, String) {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    let mut child = pagealloc_command(&all)
+/// `pagealloc ARGS` started, its stderr collected as it comes.
+fn spawn_serve(args: &[&str]) -> (Running, Collected) {
+    let mut child = pagealloc_command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("pagealloc serve starts");
     let stderr = collect_stderr(&mut child);
-    let mut child = Running(child);
+    (Running(child), stderr)
+}
+
+/// `pagealloc serve ARGS` that must end by itself (within [`WAIT`]): its exit code and stderr.
+fn serve_ending(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let (mut child, stderr) = spawn_serve(&all);
     assert!(
         exits_within(child.0.id() as i32, WAIT),
         "pagealloc {all:?} did not end within {WAIT:?}: {}",

@@ -413,7 +413,7 @@ fn report(
             agent[4],
         );
     }
-    // The agent's CPU budget counts the scrapes too: say so when sampling fell behind.
+    // Sampling must keep up while the scrapes come: say so when it fell behind.
     let agent: Vec<&Agent> = all.iter().filter_map(|f| f.agent.as_ref()).collect();
     let late = (2 * INTERVAL_SECONDS) as f64;
     let behind = agent.iter().filter(|a| a.after.oldest > late).count();
@@ -424,7 +424,7 @@ fn report(
         println!(
             "note: sampling fell behind in {behind} of {} setups (the oldest report over {late} s \
              old at the end, up to {:.1} s; pagealloc_samples_delayed_total rose by \
-             {delayed:.0}): the agent's CPU budget counts the scrapes' CPU too",
+             {delayed:.0}): the scrapes took the cores the samples needed",
             agent.len(),
             agent.iter().map(|a| a.after.oldest).fold(0.0, f64::max)
         );
