@@ -375,3 +375,79 @@ fn root_libc_deleted_since_the_process_started() {
     assert_success(&output);
     check_main_arena(&fixture, &doc);
 }
+
+/// The note that holds a GNU build-id, up to the id: namesz 4, descsz 20, NT_GNU_BUILD_ID, "GNU".
+const BUILD_ID_NOTE: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+
+/// `bytes` with the last byte of its build-id changed, and that new id in hex.
+fn with_other_build_id(mut bytes: Vec<u8>) -> (Vec<u8>, String) {
+    let at = bytes
+        .windows(BUILD_ID_NOTE.len())
+        .position(|w| w == BUILD_ID_NOTE)
+        .expect("a GNU build-id note")
+        + BUILD_ID_NOTE.len();
+    bytes[at + 19] ^= 0xff;
+    let hex = bytes[at..at + 20]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (bytes, hex)
+}
+
+/// A container whose C library has a build-id the host has no debug file for, its debug file in
+/// the container's own /usr/lib/debug: found there, whether the library is opened through
+/// /proc/PID/map_files (root) or through /proc/PID/root.
+#[test]
+fn root_container_debug_file_in_its_own_root() {
+    require_root();
+    let root = TempDir::new("container-debug");
+    let lib = root.0.join("opt/containerlib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.0.join("lib64")).unwrap();
+    std::fs::copy(fixture_path!("QUIET"), root.0.join("quiet")).unwrap();
+    std::fs::copy(
+        "/lib64/ld-linux-x86-64.so.2",
+        root.0.join("lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    let (libc, id) = with_other_build_id(std::fs::read(LIBC).unwrap());
+    std::fs::write(lib.join("libc.so.6"), libc).unwrap();
+    // The host's debug file of its libc, given the container's build-id.
+    let host = pagealloc_tests::snapshot_json(std::process::id() as i32, &[]);
+    let (debug, debug_id) = with_other_build_id(std::fs::read(system_debug_file(&host)).unwrap());
+    assert_eq!(debug_id, id);
+    let debug_dir = root.0.join(format!("usr/lib/debug/.build-id/{}", &id[..2]));
+    std::fs::create_dir_all(&debug_dir).unwrap();
+    std::fs::write(debug_dir.join(format!("{}.debug", &id[2..])), debug).unwrap();
+    assert!(
+        !Path::new(&format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &id[..2],
+            &id[2..]
+        ))
+        .exists()
+    );
+
+    let fixture = Fixture::spawn_with(
+        Command::new("chroot")
+            .arg(&root.0)
+            .arg("/quiet")
+            .env("LD_LIBRARY_PATH", "/opt/containerlib"),
+    );
+    let mut command = pagealloc_command(&[
+        "snapshot",
+        &fixture.pid().to_string(),
+        "--format",
+        "json",
+        "--no-cache",
+    ]);
+    let output = command.env_remove("DEBUGINFOD_URLS").output().unwrap();
+    assert_success(&output);
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let debug_file = doc["libc"]["debug_file"].as_str().unwrap_or_default();
+    assert!(
+        debug_file.starts_with(&format!("/proc/{}/root/usr/lib/debug/", fixture.pid())),
+        "{debug_file}"
+    );
+    check_main_arena(&fixture, &doc);
+}

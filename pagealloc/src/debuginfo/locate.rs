@@ -407,8 +407,9 @@ fn build_id_path(dir: &Path, build_id: &str) -> PathBuf {
 }
 
 /// `/proc/PID/root/usr/lib/libc.so.6` -> (`/proc/PID/root`, `/usr/lib/libc.so.6`): a process in
-/// another mount namespace has its debug files in its own root. Other paths are their own
-/// inner path (made absolute).
+/// another mount namespace has its debug files in its own root. A mapping opened through
+/// `/proc/PID/map_files/RANGE` is the file its link names, in that root too. Other paths are
+/// their own inner path (made absolute).
 fn split_proc_root(path: &Path) -> (Option<PathBuf>, PathBuf) {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let comps: Vec<Component<'_>> = absolute.components().collect();
@@ -427,6 +428,19 @@ fn split_proc_root(path: &Path) -> (Option<PathBuf>, PathBuf) {
             let mut inner = PathBuf::from("/");
             inner.extend(rest);
             return (Some(root_dir), inner);
+        }
+        if *proc == "proc" && *root == "map_files" && pid_ok && rest.len() == 1 {
+            let root_dir: PathBuf = comps[..3]
+                .iter()
+                .chain([&Component::Normal("root".as_ref())])
+                .collect();
+            if let Ok(link) = std::fs::read_link(&absolute) {
+                let text = link.to_string_lossy();
+                let named = text
+                    .strip_suffix(crate::glibc::identity::DELETED)
+                    .unwrap_or(&text);
+                return (Some(root_dir), PathBuf::from(named));
+            }
         }
     }
     (None, absolute)
