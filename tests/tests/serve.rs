@@ -1220,3 +1220,52 @@ fn serve_errors_are_clear() {
     );
     assert!(serve.running(), "serve keeps running: {}", serve.stderr());
 }
+
+/// A CPU budget smaller than the samples need: walks are taken later than their interval (and
+/// counted, and said), never more often than the budget pays for; scrapes are answered all the
+/// while and cost the budget nothing.
+#[test]
+fn root_cpu_budget_stretches_the_walks() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("SERVE_TARGET"), &["20000", "1"]);
+    let pid = fixture.pid().to_string();
+    // 0.005 cores: a sample of milliseconds of CPU buys the next one about a second later,
+    // once the 10 s of budget saved up at the start (50 ms of CPU) are spent.
+    let serve = Serve::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "100ms",
+        "--cpu-budget",
+        "0.005",
+    ]);
+    let samples = |m: &Metrics| m.int("pagealloc_samples_total", &[]);
+    let delayed = serve.metrics_when("a sample delayed by the budget", |m| {
+        heap_against_fixture(&fixture, &heap_of(m, &pid))?;
+        match m.int("pagealloc_samples_delayed_total", &[]) {
+            0 => Err("no sample delayed yet".into()),
+            _ => Ok(()),
+        }
+    });
+    assert!(
+        serve.stderr().contains("to stay within --cpu-budget"),
+        "{}",
+        serve.stderr()
+    );
+    // From here on the samples come at the budget's pace, not the interval's: two more take
+    // well over the 200 ms that two intervals are. Scrapes meanwhile see the fixture's figures.
+    let from = (Instant::now(), samples(&delayed));
+    let two_later = serve.metrics_when("two more samples", |m| {
+        heap_against_fixture(&fixture, &heap_of(m, &pid))?;
+        match samples(m) >= from.1 + 2 {
+            true => Ok(()),
+            false => Err(format!("{} samples", samples(m))),
+        }
+    });
+    let took = from.0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "two samples in {took:?} under a budget of 0.005 cores ({} taken in all)",
+        samples(&two_later)
+    );
+}

@@ -70,27 +70,26 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
             sampler.discover();
             next_discovery = now + DISCOVER_EVERY;
         }
-        let due = sampler.tracked.iter().min_by_key(|(_, t)| t.due);
-        let due = due.map(|(&pid, t)| (pid, t.due, t.monitor.walk_reason().is_none()));
         // While the budget is overdrawn, walks wait until it is not. Live mode's samples do
         // not: they only apply the events waiting in memory (which must not pile up) and read
         // the page map.
-        let wait_until = match due {
-            Some((_, _, false)) => sampler.budget.overdrawn_until(),
-            _ => None,
-        };
-        let wake = match due {
-            Some((_, at, _)) => at.max(wait_until.unwrap_or(at)).min(next_discovery),
-            None => next_discovery,
-        };
+        let budget = sampler.budget.overdrawn_until();
+        let next = (sampler.tracked.iter())
+            .map(|(&pid, tracked)| {
+                let walks = tracked.monitor.walk_reason().is_some();
+                let held = budget.filter(|&until| walks && until > tracked.due);
+                (held.unwrap_or(tracked.due), pid, held.is_some())
+            })
+            .min();
+        let wake = next.map_or(next_discovery, |(at, ..)| at.min(next_discovery));
         match stop.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        if let Some((pid, at, _)) = due
-            && Instant::now() >= at.max(wait_until.unwrap_or(at))
+        if let Some((at, pid, delayed)) = next
+            && Instant::now() >= at
         {
-            sampler.sample(pid, wait_until.is_some_and(|until| until > at));
+            sampler.sample(pid, delayed);
         }
     }
 }
