@@ -1,5 +1,6 @@
-//! The Prometheus exposition of what `serve` keeps: families built at each scrape from the
-//! processes' latest reports (a scrape never walks a heap), and the agent's own metrics.
+//! The Prometheus exposition of what `serve` keeps: families built from the processes' latest
+//! reports (never from a walk; serve makes them once per change of the reports), and the
+//! agent's own figures.
 //! Base units, `pagealloc_` prefix, labels `pid` and `comm` on every process's series, `arena`
 //! only on the per-arena family; never an address or a per-page series.
 pub mod openmetrics;
