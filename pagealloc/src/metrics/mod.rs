@@ -218,7 +218,7 @@ pub fn families(reports: &[&Report], agent: &AgentFigures, per_arena: bool) -> V
         reports,
         |r, s| {
             let (mode, reason) = r.mode.labels();
-            s.add(&[("mode", mode), ("reason", reason)], 1);
+            s.add(&[("mode", mode), ("reason", reason)], 1u64);
         },
     );
     out.single(
@@ -330,12 +330,6 @@ impl From<u64> for Value {
 impl From<f64> for Value {
     fn from(value: f64) -> Value {
         Value(value)
-    }
-}
-
-impl From<i32> for Value {
-    fn from(value: i32) -> Value {
-        Value(f64::from(value))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::ServeOptions;
 use crate::error::Error;
 use crate::metrics::AgentFigures;
-use crate::monitor::{ModeChoice, Monitor, MonitorOptions};
+use crate::monitor::{ModeChoice, Monitor, MonitorOptions, WalkReason};
 use crate::state::Heap;
 use crate::state::report::{Mode, Report};
 
@@ -187,25 +187,19 @@ impl Sampler {
         let Some(tracked) = self.tracked.get_mut(&pid) else {
             return;
         };
-        let interval = match tracked.monitor.walk_reason() {
+        let walk_reason = tracked.monitor.walk_reason().map(WalkReason::key);
+        let interval = match walk_reason {
             None => self.options.interval.min(LIVE_INTERVAL),
             Some(_) => self.options.interval,
         };
-        let walk_reason = tracked.monitor.walk_reason().cloned();
         let cpu_before = own_cpu_seconds();
         // A bug met while sampling one process must not stop the others: that one is dropped.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let sample = tracked.monitor.sample()?;
             let mode = match (&sample.heap, walk_reason) {
-                (Heap::Unavailable(why), _) => Mode::Pages {
-                    key: why.key(),
-                    reason: why.to_string(),
-                },
+                (Heap::Unavailable(why), _) => Mode::Pages(why.key()),
                 (_, None) => Mode::Live,
-                (_, Some(why)) => Mode::Walk {
-                    key: why.key(),
-                    reason: why.to_string(),
-                },
+                (_, Some(key)) => Mode::Walk(key),
             };
             // Made here, not under the lock that scrapes take.
             Ok(Report::of(&sample, &tracked.comm, mode))

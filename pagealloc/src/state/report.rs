@@ -9,23 +9,23 @@ use super::pages::PageCounts;
 use super::resident::Resident;
 
 /// How a process's heap is known.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Kept current by allocation events between walks.
     Live,
-    /// Walked at every sample; why not live (a short key, and the whole reason).
-    Walk { key: &'static str, reason: String },
-    /// No heap map, only pages; why (a short key, and the whole reason).
-    Pages { key: &'static str, reason: String },
+    /// Walked at every sample; why not live, as a short key (the log has the whole reason).
+    Walk(&'static str),
+    /// No heap map, only pages; why, as a short key.
+    Pages(&'static str),
 }
 
 impl Mode {
     /// The label values: the mode and a short reason.
-    pub fn labels(&self) -> (&'static str, &'static str) {
+    pub fn labels(self) -> (&'static str, &'static str) {
         match self {
             Mode::Live => ("live", "live"),
-            Mode::Walk { key, .. } => ("walk", key),
-            Mode::Pages { key, .. } => ("pages", key),
+            Mode::Walk(key) => ("walk", key),
+            Mode::Pages(key) => ("pages", key),
         }
     }
 }
@@ -48,7 +48,6 @@ pub struct Report {
     pub taken: SystemTime,
     pub duration: Duration,
     pub pages: PageCounts,
-    pub page_size: u64,
     pub heap: Option<HeapReport>,
     pub resident: Resident,
     /// Live mode: what the events did.
@@ -70,7 +69,6 @@ impl Report {
             taken: sample.taken,
             duration: sample.duration,
             pages: sample.pages.totals,
-            page_size: sample.pages.page_size,
             heap,
             resident: Resident::of(sample),
             events: sample.events,
