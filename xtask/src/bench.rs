@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, compile_workload, run};
+use crate::{cargo, compile_workload, mib, run};
 
 const RUNS: usize = 7;
 const PAGE: u64 = 4096;
@@ -86,10 +86,6 @@ pub fn snapshot(root: &Path, chunks: u64, shape: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

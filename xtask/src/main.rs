@@ -146,6 +146,19 @@ pub(crate) fn compile_workload(opt: &str, source: &Path, output: &Path) -> Resul
         .arg(source))
 }
 
+/// The 1-minute load average, as /proc/loadavg says it: the benchmarks print it beside their
+/// figures (these machines are shared).
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, compile_workload, run};
+use crate::{cargo, compile_workload, load_average, run};
 
 /// Workers in the process of each round: the 4-thread runs use them all.
 const THREADS: [u32; 2] = [1, 4];
@@ -494,14 +494,6 @@ pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// The 1-minute load average, as /proc/loadavg says it.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "not met" }
 }
@@ -683,19 +675,15 @@ impl Bench {
             }
             Setup::Pagealloc => {
                 let plan = Plan::of(&self.pagealloc, pid)?;
-                let mut child = Command::new(&self.pagealloc)
-                    .args(["watch", &pid.to_string(), "--format", "json"])
-                    .args(["--interval", "1s"])
-                    // The benchmark calls malloc millions of times a second: far past the
-                    // overhead guard's default, which would take the probes off and walk.
-                    .args(["--max-rate", NO_RATE_LIMIT])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting pagealloc watch")?;
-                let out = Lines::new(child.stdout.take().unwrap());
-                let err = Lines::new(child.stderr.take().unwrap());
+                let (child, out, err) = spawn_tracer(
+                    Command::new(&self.pagealloc)
+                        .args(["watch", &pid.to_string(), "--format", "json"])
+                        .args(["--interval", "1s"])
+                        // The benchmark calls malloc millions of times a second: far past the
+                        // overhead guard's default, which would take the probes off and walk.
+                        .args(["--max-rate", NO_RATE_LIMIT]),
+                    "pagealloc watch",
+                )?;
                 let mut watch = Watch {
                     child,
                     out,
@@ -722,15 +710,10 @@ impl Bench {
                      uretprobe:{libc}:malloc {{ @m[retval] = 1 }} \
                      uprobe:{libc}:free {{ delete(@m[arg0]) }}"
                 );
-                let mut child = Command::new("bpftrace")
-                    .args(["-p", &pid.to_string(), "-e", &program])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting bpftrace")?;
-                let out = Lines::new(child.stdout.take().unwrap());
-                let err = Lines::new(child.stderr.take().unwrap());
+                let (child, out, err) = spawn_tracer(
+                    Command::new("bpftrace").args(["-p", &pid.to_string(), "-e", &program]),
+                    "bpftrace",
+                )?;
                 let mut tracer = Tool {
                     child,
                     out,
@@ -744,17 +727,13 @@ impl Bench {
             }
             Setup::Heaptrack => {
                 let output = self.scratch.join(format!("heaptrack.pairs.{pid}"));
-                let mut child = Command::new("heaptrack")
-                    .arg("-o")
-                    .arg(&output)
-                    .args(["-p", &pid.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting heaptrack")?;
-                let out = Lines::new(child.stdout.take().unwrap());
-                let err = Lines::new(child.stderr.take().unwrap());
+                let (child, out, err) = spawn_tracer(
+                    Command::new("heaptrack")
+                        .arg("-o")
+                        .arg(&output)
+                        .args(["-p", &pid.to_string()]),
+                    "heaptrack",
+                )?;
                 let mut tracer = Tool {
                     child,
                     out,
@@ -835,6 +814,19 @@ impl Bench {
 }
 
 /// Lines of a child's output, read by a thread of their own (so that waits can time out).
+/// Starts a tracer (`what`, for the error) with its stdout and stderr read line by line.
+fn spawn_tracer(command: &mut Command, what: &str) -> Result<(Child, Lines, Lines)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let out = Lines::new(child.stdout.take().expect("piped stdout"));
+    let err = Lines::new(child.stderr.take().expect("piped stderr"));
+    Ok((child, out, err))
+}
+
 struct Lines {
     rx: Receiver<String>,
     closed: bool,

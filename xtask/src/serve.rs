@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, compile_workload, run};
+use crate::{cargo, compile_workload, load_average, mib, run};
 
 /// Chunks each thread of a workload allocates (a third are freed).
 const CHUNKS_PER_THREAD: u32 = 2000;
@@ -922,15 +922,4 @@ fn time(seconds: f64) -> String {
         write!(out, "{:.0} µs", seconds * 1e6)
     };
     out
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
 }
