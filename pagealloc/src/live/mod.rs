@@ -103,7 +103,9 @@ impl Live {
     /// A sample: the events since the last one applied, the heap walked again if they cannot
     /// be trusted or a reconcile is due, the page map read again.
     pub fn sample(&mut self, session: &mut Session) -> Result<Sample> {
-        // Every call made before the sample began is in it.
+        // Every call made before the sample began is in it; the page map is read later, so
+        // the sample's time is this moment, not the page map's.
+        let (taken, started) = (std::time::SystemTime::now(), Instant::now());
         self.receive(trace::monotonic_now(), |_| {})?;
         self.check_lost()?;
         if self.needs.is_none() && Instant::now() >= self.next_reconcile {
@@ -121,6 +123,7 @@ impl Live {
         sample.heap = Heap::Map(Box::new(self.heap.map.clone()));
         sample.libc = self.libc.clone();
         sample.events = Some(self.counts);
+        (sample.taken, sample.duration) = (taken, started.elapsed());
         Ok(sample)
     }
 

@@ -52,7 +52,7 @@ pub enum Heap {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub pid: i32,
-    /// When the look began.
+    /// When the look began: what the process did before this is in it.
     pub taken: SystemTime,
     /// How long it took.
     pub duration: Duration,
