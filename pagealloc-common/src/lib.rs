@@ -2,11 +2,11 @@
 //! layout change cannot make them disagree.
 #![no_std]
 
-/// The ring buffer of [`Event`]s.
+/// The array of ring buffers of [`Event`]s, one per CPU (indexed by CPU number).
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU count of events the ring buffer had no room for.
 pub const LOST_MAP: &str = "LOST";
-/// The global (set at load time) with the ring-buffer fill, in bytes, past which a submit wakes
+/// The global (set at load time) with a ring buffer's fill, in bytes, past which a submit wakes
 /// the reader; below it the reader wakes on its own timer.
 pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";
 

@@ -1,23 +1,26 @@
 //! pagealloc's probes on glibc's allocation functions, attached to one process. Each allocation
-//! and free becomes a 32-byte [`Event`] in a ring buffer. Calls that glibc makes on its own from
-//! inside realloc or the memalign family (realloc(NULL, n) calls malloc, ...) are not reported
-//! twice: the outer call reports what happened, once.
+//! and free becomes a 32-byte [`Event`] in the ring buffer of the CPU the probe ran on. Calls
+//! that glibc makes on its own from inside realloc or the memalign family (realloc(NULL, n) calls
+//! malloc, ...) are not reported twice: the outer call reports what happened, once.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::btf_maps::{ArrayOfMaps, RingBuf};
 use aya_ebpf::helpers::{
-    bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    bpf_probe_read_user, bpf_ringbuf_query,
 };
-use aya_ebpf::macros::{map, uprobe, uretprobe};
-use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::macros::{btf_map, map, uprobe, uretprobe};
+use aya_ebpf::maps::{HashMap, PerCpuArray};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending, cookie_call, cookie_depth};
 
-/// Sized by user space at load time.
-#[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+/// One ring buffer per CPU, put in place (and sized) by user space at load time: threads on
+/// different CPUs never share a lock or a cache line of the rings.
+#[btf_map]
+static EVENTS: ArrayOfMaps<RingBuf<Event, 4096>, 1> = ArrayOfMaps::new();
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -71,33 +74,46 @@ const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
 fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(Event {
-                time: unsafe { bpf_ktime_get_ns() },
-                pointer,
-                size,
-                tid,
-                kind: kind as u8,
-                call,
-                reserved: 0,
-            });
-            // SAFETY: a global set at load time.
-            let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
-            // The reader wakes on its own timer; only a filling buffer wakes it early.
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags as u64);
-        }
-        None => {
-            if let Some(lost) = LOST.get_ptr_mut(0) {
-                // SAFETY: the per-CPU slot is ours for the duration of this program.
-                unsafe { *lost += 1 };
-            }
-        }
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(ring) = EVENTS.get(cpu) else {
+        return count_lost();
+    };
+    let Some(mut entry) = ring.reserve(0) else {
+        return count_lost();
+    };
+    entry.write(Event {
+        // SAFETY: a helper without arguments.
+        time: unsafe { bpf_ktime_get_ns() },
+        pointer,
+        size,
+        tid,
+        kind: kind as u8,
+        call,
+        reserved: 0,
+    });
+    // SAFETY: a global set at load time.
+    let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
+    // SAFETY: the ring is a map the lookup above vouched for.
+    let waiting = unsafe {
+        bpf_ringbuf_query(
+            core::ptr::from_ref(ring).cast_mut().cast(),
+            BPF_RB_AVAIL_DATA as u64,
+        )
+    };
+    // The reader wakes on its own timer; only a filling buffer wakes it early.
+    let flags = if waiting >= wake_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is ours for the duration of this program.
+        unsafe { *lost += 1 };
     }
 }
 

@@ -7,12 +7,13 @@
 //! back (its frees are marked so). Each probe sits on the first instruction of its function the
 //! kernel emulates ([`points`]). malloc's and calloc's results are caught with one trap per call
 //! where the analysis of their code finds, on each path to a `ret`, an emulated instruction at
-//! which the result is final in rax ([`points::result_points`]); else by a return probe (two). Events are read from the ring buffer by a thread of their own
-//! that wakes on a short timer or when the buffer fills, and handed over in batches.
+//! which the result is final in rax ([`points::result_points`]); else by a return probe (two).
+//! Each CPU has a ring buffer of its own; a thread of ours reads them all, waking on a short
+//! timer or when a ring fills, and hands the events over in batches in the order of their
+//! stamps.
 pub mod points;
 
 use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +21,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{ArrayOfMaps, MapData, PerCpuArray, RingBuf};
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use object::{Object, ObjectSegment, ObjectSymbol};
 use pagealloc_common::{
     Call, EVENTS_MAP, Event, LOST_MAP, WAKE_BYTES_GLOBAL, programs, result_cookie,
@@ -58,13 +60,13 @@ pub fn monotonic_now() -> u64 {
 /// ring (a probe stamps, then commits): batches vouch only for events older than this.
 const COMMIT_SLACK_NS: u64 = 1_000_000;
 
-/// How the ring buffer is read.
+/// How the ring buffers are read.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceOptions {
-    /// The ring buffer's size (a power of two, a multiple of the page size).
-    pub ring_bytes: u32,
-    /// The reader is woken early when this many bytes wait...
-    pub wake_bytes: u64,
+    /// Each CPU's ring buffer (a power of two, a multiple of the page size); by default 8 MiB
+    /// shared out among the CPUs, 256 KiB to 4 MiB each. The reader is woken early when an
+    /// eighth of a ring waits.
+    pub ring_bytes: Option<u32>,
     /// ...and otherwise reads every this often.
     pub poll: Duration,
     /// Catch malloc's and calloc's results with one trap per call where the analysis of their
@@ -75,12 +77,18 @@ pub struct TraceOptions {
 impl Default for TraceOptions {
     fn default() -> Self {
         TraceOptions {
-            ring_bytes: 8 << 20,
-            wake_bytes: 1 << 20,
+            ring_bytes: None,
             poll: Duration::from_millis(10),
             one_trap: true,
         }
     }
+}
+
+/// Each CPU's ring buffer when not asked for: a CPU's traps make at most a few million events a
+/// second, and the reader is woken when an eighth of a ring waits.
+fn default_ring_bytes(cpus: u32) -> u32 {
+    let share = ((8u32 << 20) / cpus.max(1)).max(1);
+    (1 << share.ilog2()).clamp(256 << 10, 4 << 20)
 }
 
 /// One probe: which program, on which function, what it needs to see there, and the cookie.
@@ -363,9 +371,13 @@ impl Tracer {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or(Error::NoSuchProcess { pid })?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(file, e)| Error::io(format!("reading {file}"), e))?
+            as u32;
+        let ring_bytes = options.ring_bytes.unwrap_or(default_ring_bytes(cpus));
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(EVENTS_MAP, options.ring_bytes)
-            .override_global(WAKE_BYTES_GLOBAL, &options.wake_bytes, true)
+            .map_max_entries(EVENTS_MAP, cpus)
+            .override_global(WAKE_BYTES_GLOBAL, &(u64::from(ring_bytes) / 8), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 ebpf_error(
@@ -416,18 +428,15 @@ impl Tracer {
                 }
             );
         }
-        let ring = RingBuf::try_from(
-            ebpf.take_map(EVENTS_MAP)
-                .ok_or_else(|| ebpf_error(EVENTS_MAP, "missing from the eBPF object"))?,
-        )
-        .map_err(|e| ebpf_error(EVENTS_MAP, e))?;
+        let rings = rings(&mut ebpf, cpus, ring_bytes)?;
+        let wake_ups = wake_ups(&rings)?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("pagealloc-events".into())
-                .spawn(move || read_events(ring, send, &stop, options.poll))
+                .spawn(move || read_events(rings, wake_ups, send, &stop, options.poll))
                 .map_err(|e| Error::io("starting the event reader", e))?
         };
         Ok((
@@ -464,31 +473,69 @@ impl Drop for Tracer {
     }
 }
 
-/// Reads the ring buffer until `stop`: waits for a wake-up or `poll`, then takes everything
-/// there is, in one batch.
+/// A ring buffer for each CPU, put in the programs' array of rings.
+fn rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<RingBuf<MapData>>> {
+    let mut array: ArrayOfMaps<_> = ebpf
+        .map_mut(EVENTS_MAP)
+        .ok_or_else(|| ebpf_error(EVENTS_MAP, "missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| ebpf_error(EVENTS_MAP, e))?;
+    (0..cpus)
+        .map(|cpu| {
+            let definition =
+                aya_obj::Map::new_from_params(aya::maps::MapType::RingBuf as u32, 0, 0, bytes, 0);
+            let ring = MapData::create(definition, &format!("events{cpu}"), None)
+                .map_err(|e| ebpf_error(&format!("making CPU {cpu}'s ring buffer"), e))?;
+            array
+                .set(cpu, &ring, 0)
+                .map_err(|e| ebpf_error(&format!("putting CPU {cpu}'s ring buffer in place"), e))?;
+            RingBuf::try_from(aya::maps::Map::RingBuf(ring)).map_err(|e| ebpf_error(EVENTS_MAP, e))
+        })
+        .collect()
+}
+
+/// Wakes the reader when a program forces it (a ring an eighth full). Edge-triggered: a ring
+/// with events in it does not wake the reader by itself, or it would wake for nearly every event
+/// of a busy process.
+fn wake_ups(rings: &[RingBuf<MapData>]) -> Result<Epoll> {
+    let failed = |e: nix::Error| Error::io("waiting for the ring buffers", e.into());
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(failed)?;
+    for ring in rings {
+        let wanted = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0);
+        epoll.add(ring, wanted).map_err(failed)?;
+    }
+    Ok(epoll)
+}
+
+/// Reads the ring buffers until `stop`: waits for a wake-up or `poll`, then takes everything
+/// there is. Each ring is in its CPU's order; the events of all are handed over in the order
+/// of their stamps, as far as every ring vouches for them (the rest wait for the next round).
 fn read_events(
-    mut ring: RingBuf<MapData>,
+    mut rings: Vec<RingBuf<MapData>>,
+    wake_ups: Epoll,
     send: mpsc::Sender<Batch>,
     stop: &AtomicBool,
     poll: Duration,
 ) {
-    let timeout = poll.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let timeout = EpollTimeout::try_from(poll).unwrap_or(EpollTimeout::MAX);
+    let mut woken = [EpollEvent::empty(); 8];
+    let mut waiting: Vec<Event> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let mut ready = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, valid for the call.
-        unsafe { libc::poll(&mut ready, 1, timeout) };
+        let _ = wake_ups.wait(&mut woken, timeout);
         let complete_before = monotonic_now().saturating_sub(COMMIT_SLACK_NS);
-        let mut events = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        let mut events = std::mem::take(&mut waiting);
+        for ring in &mut rings {
+            while let Some(item) = ring.next() {
+                if item.len() >= size_of::<Event>() {
+                    // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
+                    events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+                }
             }
         }
+        // Runs already in order, merged (a stable sort finds them).
+        events.sort_by_key(|event| event.time);
+        let vouched = events.partition_point(|event| event.time < complete_before);
+        waiting = events.split_off(vouched);
         let batch = Batch {
             events,
             complete_before,
@@ -577,5 +624,31 @@ fn ebpf_error(what: &str, reason: impl std::fmt::Display) -> Error {
     Error::Ebpf {
         what: what.to_string(),
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_ring_bytes;
+
+    /// Each CPU's ring is a power of two the kernel takes, 256 KiB to 4 MiB, and together they
+    /// stay within 8 MiB wherever the 256 KiB floor allows.
+    #[test]
+    fn default_rings_share_out_8_mib() {
+        for cpus in [1, 2, 3, 4, 6, 8, 12, 32, 33, 64, 256, 4096] {
+            let bytes = default_ring_bytes(cpus);
+            assert!(bytes.is_power_of_two(), "{cpus} CPUs: {bytes}");
+            assert!(
+                (256 << 10..=4 << 20).contains(&bytes),
+                "{cpus} CPUs: {bytes}"
+            );
+            let total = u64::from(bytes) * u64::from(cpus);
+            assert!(
+                total <= 8 << 20 || bytes == 256 << 10,
+                "{cpus} CPUs: {total} bytes in all"
+            );
+        }
+        assert_eq!(default_ring_bytes(2), 4 << 20);
+        assert_eq!(default_ring_bytes(0), 4 << 20);
     }
 }
