@@ -4,8 +4,11 @@
 
 /// The array of ring buffers of [`Event`]s, one per CPU (indexed by CPU number).
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Per-CPU count of events the ring buffer had no room for.
+/// Per CPU: at [`LOST_COUNT`], the events the ring buffer had no room for; at [`LOST_LAST`],
+/// when the last of them was (`bpf_ktime_get_ns`).
 pub const LOST_MAP: &str = "LOST";
+pub const LOST_COUNT: u32 = 0;
+pub const LOST_LAST: u32 = 1;
 /// The global (set at load time) with a ring buffer's fill, in bytes, past which a submit wakes
 /// the reader; below it the reader wakes on its own timer.
 pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";

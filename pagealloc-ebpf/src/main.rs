@@ -15,7 +15,9 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{btf_map, map, uprobe, uretprobe};
 use aya_ebpf::maps::{HashMap, PerCpuArray};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
-use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending, cookie_call, cookie_depth};
+use pagealloc_common::{
+    Call, Event, EventKind, IS_MMAPPED, LOST_COUNT, LOST_LAST, Pending, cookie_call, cookie_depth,
+};
 
 /// One ring buffer per CPU, put in place (and sized) by user space at load time: threads on
 /// different CPUs never share a lock or a cache line of the rings.
@@ -23,7 +25,7 @@ use pagealloc_common::{Call, Event, EventKind, IS_MMAPPED, Pending, cookie_call,
 static EVENTS: ArrayOfMaps<RingBuf<Event, 4096>, 1> = ArrayOfMaps::new();
 
 #[map(name = "LOST")]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Outer calls under way, by thread.
 #[map(name = "PENDING")]
@@ -111,9 +113,13 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
 }
 
 fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
+    if let Some(count) = LOST.get_ptr_mut(LOST_COUNT) {
         // SAFETY: the per-CPU slot is ours for the duration of this program.
-        unsafe { *lost += 1 };
+        unsafe { *count += 1 };
+    }
+    if let Some(last) = LOST.get_ptr_mut(LOST_LAST) {
+        // SAFETY: as above; a helper without arguments.
+        unsafe { *last = bpf_ktime_get_ns() };
     }
 }
 

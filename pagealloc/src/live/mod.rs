@@ -52,11 +52,14 @@ pub struct Live {
     batches: Receiver<Batch>,
     heap: LiveHeap,
     counts: Counts,
-    /// Events stamped before this are in the walk the state comes from.
-    walked_from: u64,
+    /// Events stamped before this are in the walk the state comes from (or precede a lost
+    /// event: the walk is the truth then).
+    replay_from: u64,
     /// Events stamped up to this may be in it already (replayed).
     walked_until: u64,
     needs: Option<Walk>,
+    /// When the last event known lost was stamped to be (0: none).
+    lost_at: u64,
     /// When the next reconcile is due.
     next_reconcile: Instant,
     header_bytes: u64,
@@ -79,9 +82,10 @@ impl Live {
             batches,
             heap: LiveHeap::new(empty_map(), procfs::page_size()),
             counts: Counts::default(),
-            walked_from: 0,
+            replay_from: 0,
             walked_until: 0,
             needs: None,
+            lost_at: 0,
             next_reconcile: Instant::now() + options.reconcile,
             header_bytes: site.header_bytes,
             options,
@@ -143,8 +147,12 @@ impl Live {
         let consistent = walked.is_consistent();
         let page_size = sample.pages.page_size;
         let old = std::mem::replace(&mut self.heap, LiveHeap::new(walked, page_size));
-        let old_window = (self.walked_from, self.walked_until);
-        (self.walked_from, self.walked_until) = (from, until);
+        let old_window = (self.replay_from, self.walked_until);
+        // Events from before a loss are not replayed: a later event of the same chunk may be
+        // the one lost (a free replayed over the chunk's reuse, its allocation lost, would
+        // mark a live chunk free).
+        let replay_from = from.saturating_sub(REPLAY_SLACK_NS).max(self.lost_at);
+        (self.replay_from, self.walked_until) = (replay_from, until);
         self.needs = None;
         // The state before, for a reconcile: the same events applied to it.
         let mut old = (why == Walk::Reconcile).then_some((old, false));
@@ -161,7 +169,7 @@ impl Live {
         match old {
             Some((old, broken)) if !consistent => {
                 self.heap = old;
-                (self.walked_from, self.walked_until) = old_window;
+                (self.replay_from, self.walked_until) = old_window;
                 if broken {
                     self.resync();
                 } else {
@@ -212,7 +220,7 @@ impl Live {
     fn apply_batch(&mut self, batch: &Batch) {
         for event in &batch.events {
             self.count(event);
-            let Some(how) = mode(event.time, self.walked_from, self.walked_until) else {
+            let Some(how) = mode(event.time, self.replay_from, self.walked_until) else {
                 continue; // the walk saw it
             };
             match self.heap.apply(event, how) {
@@ -255,9 +263,10 @@ impl Live {
 
     fn check_lost(&mut self) -> Result<()> {
         let lost = self.tracer.lost()?;
-        if lost > self.counts.lost {
-            log::debug!("resync: {} events lost", lost - self.counts.lost);
-            self.counts.lost = lost;
+        if lost.count > self.counts.lost {
+            log::debug!("resync: {} events lost", lost.count - self.counts.lost);
+            self.counts.lost = lost.count;
+            self.lost_at = lost.last;
             self.resync();
         }
         Ok(())
@@ -269,10 +278,10 @@ impl Live {
 /// what the walk saw, or not. They are replayed against it.
 const REPLAY_SLACK_NS: u64 = 200_000_000;
 
-/// How an event stamped at `time` is applied to a walk taken from `from` to `until`, if at all
-/// (None: the walk saw it).
-fn mode(time: u64, from: u64, until: u64) -> Option<Apply> {
-    if time < from.saturating_sub(REPLAY_SLACK_NS) {
+/// How an event stamped at `time` is applied to a walk that ended at `until` and whose events
+/// are replayed from `replay_from`, if at all (None: the walk saw it).
+fn mode(time: u64, replay_from: u64, until: u64) -> Option<Apply> {
+    if time < replay_from {
         None
     } else if time <= until.saturating_add(REPLAY_SLACK_NS) {
         Some(Apply::Replay)

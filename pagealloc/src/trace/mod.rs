@@ -28,7 +28,8 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use object::{Object, ObjectSegment, ObjectSymbol};
 use pagealloc_common::{
-    Call, EVENTS_MAP, Event, LOST_MAP, WAKE_BYTES_GLOBAL, programs, result_cookie,
+    Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, WAKE_BYTES_GLOBAL, programs,
+    result_cookie,
 };
 
 use crate::error::{Error, Result};
@@ -450,18 +451,31 @@ impl Tracer {
         ))
     }
 
-    /// Events the ring buffer had no room for, so far.
-    pub fn lost(&self) -> Result<u64> {
+    /// Events the ring buffers had no room for so far, and when the last of them was (the
+    /// probes' clock, 0 if none).
+    pub fn lost(&self) -> Result<Losses> {
         let map = self
             .ebpf
             .map(LOST_MAP)
             .ok_or_else(|| ebpf_error(LOST_MAP, "missing from the eBPF object"))?;
         let lost = PerCpuArray::<_, u64>::try_from(map).map_err(|e| ebpf_error(LOST_MAP, e))?;
-        let per_cpu = lost
-            .get(&0, 0)
-            .map_err(|e| ebpf_error(&format!("reading {LOST_MAP}"), e))?;
-        Ok(per_cpu.iter().sum())
+        let per_cpu = |index| {
+            lost.get(&index, 0)
+                .map_err(|e| ebpf_error(&format!("reading {LOST_MAP}"), e))
+        };
+        Ok(Losses {
+            count: per_cpu(LOST_COUNT)?.iter().sum(),
+            last: per_cpu(LOST_LAST)?.iter().copied().max().unwrap_or(0),
+        })
     }
+}
+
+/// Events lost so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Losses {
+    pub count: u64,
+    /// When the last was lost (CLOCK_MONOTONIC, ns; 0 if none).
+    pub last: u64,
 }
 
 impl Drop for Tracer {
