@@ -154,8 +154,14 @@ fn every_call_once(one_trap: bool) {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("events until the marker's free");
         for event in batch.events {
-            assert!(event.time >= last_time, "events in the order of their stamps");
-            assert!(event.time < batch.complete_before, "vouched for by its batch");
+            assert!(
+                event.time >= last_time,
+                "events in the order of their stamps"
+            );
+            assert!(
+                event.time < batch.complete_before,
+                "vouched for by its batch"
+            );
             last_time = event.time;
             let bytes = event.size & !CHUNK_FLAG_BITS;
             let entry = seen.entry(event.call).or_default();

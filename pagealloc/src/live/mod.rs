@@ -58,7 +58,7 @@ pub struct Live {
     /// Events stamped up to this may be in it already (replayed).
     walked_until: u64,
     needs: Option<Walk>,
-    /// When the last event known lost was stamped to be (0: none).
+    /// When the last event known to be lost was dropped (the probes' clock; 0: none).
     lost_at: u64,
     /// When the next reconcile is due.
     next_reconcile: Instant,

@@ -41,6 +41,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// What the reader hands over each time it wakes.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// In the order of their stamps (across batches too), all stamped before `complete_before`.
     pub events: Vec<Event>,
     /// Every event stamped before this (CLOCK_MONOTONIC, ns) is in this batch or an earlier one.
     pub complete_before: u64,
