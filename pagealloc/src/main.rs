@@ -138,8 +138,8 @@ struct WatchArgs {
     /// (each call pays a trap) and watch walks the heap, trying the probes again later.
     #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
     max_rate: u64,
-    /// Live mode: each CPU's ring buffer of events, in bytes (a power of two, at least a page;
-    /// by default 8 MiB shared out among the CPUs, 256 KiB to 4 MiB each).
+    /// Live mode: each online CPU's ring buffer of events, in bytes (a power of two, at least
+    /// a page; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
     #[command(flatten)]

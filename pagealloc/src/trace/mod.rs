@@ -65,8 +65,8 @@ const COMMIT_SLACK_NS: u64 = 1_000_000;
 /// How the ring buffers are read.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceOptions {
-    /// Each CPU's ring buffer (a power of two, a multiple of the page size); by default 8 MiB
-    /// shared out among the CPUs, 256 KiB to 4 MiB each. The reader is woken early when an
+    /// Each online CPU's ring buffer (a power of two, a multiple of the page size); by default
+    /// 8 MiB shared out among them, 256 KiB to 4 MiB each. The reader is woken early when an
     /// eighth of a ring waits.
     pub ring_bytes: Option<u32>,
     /// ...and otherwise reads every this often.
@@ -373,12 +373,14 @@ impl Tracer {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or(Error::NoSuchProcess { pid })?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(file, e)| Error::io(format!("reading {file}"), e))?
-            as u32;
-        let ring_bytes = options.ring_bytes.unwrap_or(default_ring_bytes(cpus));
+        let cpus_error = |(file, e)| Error::io(format!("reading {file}"), e);
+        let possible = aya::util::nr_cpus().map_err(cpus_error)? as u32;
+        let online = aya::util::online_cpus().map_err(cpus_error)?;
+        let ring_bytes = options
+            .ring_bytes
+            .unwrap_or(default_ring_bytes(online.len() as u32));
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(EVENTS_MAP, cpus)
+            .map_max_entries(EVENTS_MAP, possible)
             .override_global(WAKE_BYTES_GLOBAL, &(u64::from(ring_bytes) / 8), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -430,7 +432,7 @@ impl Tracer {
                 }
             );
         }
-        let rings = rings(&mut ebpf, cpus, ring_bytes)?;
+        let rings = rings(&mut ebpf, possible, &online, ring_bytes)?;
         let wake_ups = wake_ups(&rings)?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -488,17 +490,29 @@ impl Drop for Tracer {
     }
 }
 
-/// A ring buffer for each CPU, put in the programs' array of rings.
-fn rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<RingBuf<MapData>>> {
+/// A ring buffer for each possible CPU, put in the programs' array of rings: `bytes` for the
+/// online ones, a page for the others (a VM may list far more CPUs than it has; one brought
+/// online later still reports, and what its small ring loses is counted).
+fn rings(
+    ebpf: &mut Ebpf,
+    possible: u32,
+    online: &[u32],
+    bytes: u32,
+) -> Result<Vec<RingBuf<MapData>>> {
     let mut array: ArrayOfMaps<_> = ebpf
         .map_mut(EVENTS_MAP)
         .ok_or_else(|| ebpf_error(EVENTS_MAP, "missing from the eBPF object"))?
         .try_into()
         .map_err(|e| ebpf_error(EVENTS_MAP, e))?;
-    (0..cpus)
+    (0..possible)
         .map(|cpu| {
+            let size = if online.contains(&cpu) {
+                bytes
+            } else {
+                procfs::page_size() as u32
+            };
             let definition =
-                aya_obj::Map::new_from_params(aya::maps::MapType::RingBuf as u32, 0, 0, bytes, 0);
+                aya_obj::Map::new_from_params(aya::maps::MapType::RingBuf as u32, 0, 0, size, 0);
             let ring = MapData::create(definition, &format!("events{cpu}"), None)
                 .map_err(|e| ebpf_error(&format!("making CPU {cpu}'s ring buffer"), e))?;
             array
