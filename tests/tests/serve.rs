@@ -1229,15 +1229,17 @@ fn root_cpu_budget_stretches_the_walks() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("SERVE_TARGET"), &["20000", "1"]);
     let pid = fixture.pid().to_string();
-    // 0.005 cores: a sample of milliseconds of CPU buys the next one about a second later,
-    // once the 10 s of budget saved up at the start (50 ms of CPU) are spent.
+    // 0.001 cores: a sample of a millisecond or more of CPU (a walk of 20,000 chunks and the
+    // page map) buys the next one a second or more later, once the 10 s of budget saved up at
+    // the start (10 ms of CPU) are spent. (At 0.005 cores a fast host's 2 ms samples came
+    // 0.4 s apart, under what the test asks.)
     let serve = Serve::start(&[
         "--pid",
         &pid,
         "--interval",
         "100ms",
         "--cpu-budget",
-        "0.005",
+        "0.001",
     ]);
     let samples = |m: &Metrics| m.int("pagealloc_samples_total", &[]);
     let delayed = serve.metrics_when("a sample delayed by the budget", |m| {
@@ -1265,7 +1267,7 @@ fn root_cpu_budget_stretches_the_walks() {
     let took = from.0.elapsed();
     assert!(
         took >= Duration::from_millis(1000),
-        "two samples in {took:?} under a budget of 0.005 cores ({} taken in all)",
+        "two samples in {took:?} under a budget of 0.001 cores ({} taken in all)",
         samples(&two_later)
     );
 }
