@@ -9,9 +9,6 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 pub const LOST_COUNT: u32 = 0;
 pub const LOST_LAST: u32 = 1;
-/// The global (set at load time) with a ring buffer's fill, in bytes, past which a submit wakes
-/// the reader; below it the reader wakes on its own timer.
-pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";
 
 /// The programs, by the kind of place they are attached to.
 pub mod programs {

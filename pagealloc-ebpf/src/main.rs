@@ -6,7 +6,9 @@
 #![no_main]
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{
+    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+};
 use aya_ebpf::btf_maps::{ArrayOfMaps, RingBuf};
 use aya_ebpf::helpers::{
     bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
@@ -34,10 +36,6 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(1 << 16, 0);
 /// Threads giving their tcache back as they exit.
 #[map(name = "FLUSHING")]
 static FLUSHING: HashMap<u32, u8> = HashMap::with_max_entries(1 << 16, 0);
-
-/// Set by user space at load time.
-#[unsafe(no_mangle)]
-static WAKE_BYTES: u64 = 1 << 18;
 
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
@@ -94,17 +92,16 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         call,
         reserved: 0,
     });
-    // SAFETY: a global set at load time.
-    let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
+    let ring_ptr = core::ptr::from_ref(ring).cast_mut().cast();
     // SAFETY: the ring is a map the lookup above vouched for.
-    let waiting = unsafe {
-        bpf_ringbuf_query(
-            core::ptr::from_ref(ring).cast_mut().cast(),
-            BPF_RB_AVAIL_DATA as u64,
+    let (ring_size, waiting) = unsafe {
+        (
+            bpf_ringbuf_query(ring_ptr, BPF_RB_RING_SIZE as u64),
+            bpf_ringbuf_query(ring_ptr, BPF_RB_AVAIL_DATA as u64),
         )
     };
-    // The reader wakes on its own timer; only a filling buffer wakes it early.
-    let flags = if waiting >= wake_bytes {
+    // The reader wakes on its own timer; only a ring an eighth full wakes it early.
+    let flags = if waiting >= ring_size / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

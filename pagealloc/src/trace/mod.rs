@@ -28,8 +28,7 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use object::{Object, ObjectSegment, ObjectSymbol};
 use pagealloc_common::{
-    Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, WAKE_BYTES_GLOBAL, programs,
-    result_cookie,
+    Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, programs, result_cookie,
 };
 
 use crate::error::{Error, Result};
@@ -381,7 +380,6 @@ impl Tracer {
             .unwrap_or(default_ring_bytes(online.len() as u32));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, possible)
-            .override_global(WAKE_BYTES_GLOBAL, &(u64::from(ring_bytes) / 8), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 ebpf_error(
