@@ -27,7 +27,7 @@ use pagealloc_common::{
 static EVENTS: ArrayOfMaps<RingBuf<Event, 4096>, 1> = ArrayOfMaps::new();
 
 #[map(name = "LOST")]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_LAST + 1, 0);
 
 /// Outer calls under way, by thread.
 #[map(name = "PENDING")]

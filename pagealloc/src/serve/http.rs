@@ -54,6 +54,13 @@ impl Format {
             Format::OpenMetrics => openmetrics::openmetrics_text(families),
         }
     }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus::TEXT_FORMAT,
+            Format::OpenMetrics => openmetrics::OPENMETRICS_TYPE,
+        }
+    }
 }
 
 pub async fn serve(
@@ -175,17 +182,13 @@ async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {
     };
     let processes = app.processes(format);
     let agent = format.encode(&app.registry.gather());
-    let (mut body, content_type) = match format {
-        Format::OpenMetrics => (String::new(), openmetrics::OPENMETRICS_TYPE.to_string()),
-        Format::Prometheus => (String::new(), prometheus::TEXT_FORMAT.to_string()),
-    };
-    body.reserve(processes.len() + agent.len() + 8);
+    let mut body = String::with_capacity(processes.len() + agent.len() + 8);
     body.push_str(&processes);
     body.push_str(&agent);
     if format == Format::OpenMetrics {
         body.push_str(openmetrics::OPENMETRICS_END);
     }
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 impl App {
