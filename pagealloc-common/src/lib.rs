@@ -2,8 +2,13 @@
 //! layout change cannot make them disagree.
 #![no_std]
 
-/// The array of ring buffers of [`Event`]s, one per CPU (indexed by CPU number).
+/// The array of ring buffers, one per CPU (indexed by CPU number). A record is one or more
+/// [`Event`]s, in the order their CPU made them.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Per CPU, one [`Staged`]: the events made since its last batch went to the ring.
+pub const STAGED_MAP: &str = "STAGED";
+/// How many events a CPU gathers before it writes them to its ring as one record.
+pub const BATCH_EVENTS: usize = 16;
 /// Per CPU: at [`LOST_COUNT`], the events the ring buffer had no room for; at [`LOST_LAST`],
 /// when the last of them was (`bpf_ktime_get_ns`).
 pub const LOST_MAP: &str = "LOST";
@@ -32,7 +37,14 @@ pub mod programs {
     /// rax), which glibc allocates out of sight of the public functions.
     pub const TCACHE_ALLOC: &str = "tcache_alloc";
     pub const FLUSH_RETURN: &str = "flush_return";
+    /// Run by user space on a CPU (`BPF_PROG_TEST_RUN`): writes the events the CPU has gathered
+    /// to its ring. Returns [`super::DRAIN_BUSY`] if a probe on that CPU was gathering one.
+    pub const DRAIN: &str = "drain";
 }
+
+/// What [`programs::DRAIN`] returns when a probe on its CPU was in the middle of gathering an
+/// event: ask again.
+pub const DRAIN_BUSY: u32 = 1;
 
 /// The attach cookie of an `alloc_result` probe: the [`Call`] in the low byte, and above it how
 /// far (bytes) below its value at the function's entry the stack pointer is where the probe sits.
@@ -125,6 +137,19 @@ pub struct Event {
     pub reserved: u16,
 }
 
+/// A CPU's events not yet in its ring. A ring record costs its writer a lock and an atomic
+/// exchange or two; a batch of [`BATCH_EVENTS`] pays them once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Staged {
+    /// Non-zero while a program of this CPU writes here (a probe can be preempted, and another
+    /// thread's probe run on the CPU meanwhile: it then writes to the ring itself).
+    pub busy: u64,
+    /// How many of `events` are gathered.
+    pub count: u64,
+    pub events: [Event; BATCH_EVENTS],
+}
+
 /// What an outer call (realloc, the memalign family) was entered with, per thread, until it
 /// returns.
 #[repr(C)]
@@ -157,4 +182,6 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Staged {}
 }

@@ -1,9 +1,13 @@
 //! pagealloc's probes on glibc's allocation functions, attached to one process. Each allocation
-//! and free becomes a 32-byte [`Event`] in the ring buffer of the CPU the probe ran on. Calls
+//! and free becomes a 32-byte [`Event`], gathered in the staging area of the CPU the probe ran
+//! on and written to that CPU's ring buffer in batches (or at once if another probe of the CPU
+//! holds the area; user space has a CPU's batch written early with [`drain`]). Calls
 //! that glibc makes on its own from inside realloc or the memalign family (realloc(NULL, n) calls
 //! malloc, ...) are not reported twice: the outer call reports what happened, once.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{
@@ -12,19 +16,24 @@ use aya_ebpf::bindings::{
 use aya_ebpf::btf_maps::{ArrayOfMaps, RingBuf};
 use aya_ebpf::helpers::{
     bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-    bpf_probe_read_user, bpf_ringbuf_query,
+    bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
 };
-use aya_ebpf::macros::{btf_map, map, uprobe, uretprobe};
+use aya_ebpf::macros::{btf_map, map, raw_tracepoint, uprobe, uretprobe};
 use aya_ebpf::maps::{HashMap, PerCpuArray};
-use aya_ebpf::programs::{ProbeContext, RetProbeContext};
+use aya_ebpf::programs::{ProbeContext, RawTracePointContext, RetProbeContext};
 use pagealloc_common::{
-    Call, Event, EventKind, IS_MMAPPED, LOST_COUNT, LOST_LAST, Pending, cookie_call, cookie_depth,
+    BATCH_EVENTS, Call, DRAIN_BUSY, Event, EventKind, IS_MMAPPED, LOST_COUNT, LOST_LAST, Pending,
+    Staged, cookie_call, cookie_depth,
 };
 
 /// One ring buffer per CPU, put in place (and sized) by user space at load time: threads on
 /// different CPUs never share a lock or a cache line of the rings.
 #[btf_map]
 static EVENTS: ArrayOfMaps<RingBuf<Event, 4096>, 1> = ArrayOfMaps::new();
+
+/// Per CPU, the events gathered for its ring's next record.
+#[map(name = "STAGED")]
+static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_LAST + 1, 0);
@@ -74,15 +83,7 @@ const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
 fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
-    // SAFETY: a helper without arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(ring) = EVENTS.get(cpu) else {
-        return count_lost();
-    };
-    let Some(mut entry) = ring.reserve(0) else {
-        return count_lost();
-    };
-    entry.write(Event {
+    let event = Event {
         // SAFETY: a helper without arguments.
         time: unsafe { bpf_ktime_get_ns() },
         pointer,
@@ -91,33 +92,139 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         kind: kind as u8,
         call,
         reserved: 0,
-    });
-    let ring_ptr = core::ptr::from_ref(ring).cast_mut().cast();
-    // SAFETY: the ring is a map the lookup above vouched for.
-    let (ring_size, waiting) = unsafe {
-        (
-            bpf_ringbuf_query(ring_ptr, BPF_RB_RING_SIZE as u64),
-            bpf_ringbuf_query(ring_ptr, BPF_RB_AVAIL_DATA as u64),
+    };
+    let Some(staged) = STAGED.get_ptr_mut(0) else {
+        return write_now(&event);
+    };
+    // SAFETY: this CPU's value, which `claim` keeps other programs of this CPU out of.
+    let staged = unsafe { &mut *staged };
+    if !claim(staged) {
+        return write_now(&event);
+    }
+    // Volatile writes: the compiler keeps them before `release`'s. Only this CPU's programs
+    // come here, so no fence is needed beyond that.
+    match staged.events.get_mut(staged.count as usize) {
+        Some(slot) => {
+            // SAFETY: places in the map value.
+            unsafe {
+                core::ptr::write_volatile(slot, event);
+                core::ptr::write_volatile(&mut staged.count, staged.count + 1);
+            }
+        }
+        None => count_lost(1),
+    }
+    if staged.count as usize >= BATCH_EVENTS {
+        flush(staged);
+    }
+    release(staged);
+}
+
+/// Takes this CPU's staging area if no other program of the CPU (a preempted probe, a drain
+/// from user space) holds it.
+fn claim(staged: &mut Staged) -> bool {
+    // SAFETY: an atomic exchange on a word of the map value.
+    let was = unsafe {
+        core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Acquire }>(
+            &mut staged.busy,
+            1,
         )
     };
-    // The reader wakes on its own timer; only a ring an eighth full wakes it early.
-    let flags = if waiting >= ring_size / 8 {
+    was == 0
+}
+
+fn release(staged: &mut Staged) {
+    // SAFETY: a word of the map value.
+    unsafe { core::ptr::write_volatile(&mut staged.busy, 0) };
+}
+
+/// Writes the gathered events to this CPU's ring, as one record.
+fn flush(staged: &mut Staged) {
+    let count = staged.count as usize;
+    // SAFETY: a word of the map value.
+    unsafe { core::ptr::write_volatile(&mut staged.count, 0) };
+    if count == 0 || count > BATCH_EVENTS {
+        return;
+    }
+    let Some(ring) = this_cpu_ring() else {
+        return count_lost(count as u64);
+    };
+    let flags = wake_flags(ring);
+    // SAFETY: the first `count` events of the map value; the ring is a map the lookup vouched for.
+    let failed = unsafe {
+        bpf_ringbuf_output(
+            ring_pointer(ring),
+            staged.events.as_mut_ptr().cast(),
+            (count * size_of::<Event>()) as u64,
+            flags,
+        )
+    } != 0;
+    if failed {
+        count_lost(count as u64);
+    }
+}
+
+/// Writes one event straight to this CPU's ring (the staging area is taken).
+fn write_now(event: &Event) {
+    let Some(ring) = this_cpu_ring() else {
+        return count_lost(1);
+    };
+    let Some(mut entry) = ring.reserve(0) else {
+        return count_lost(1);
+    };
+    entry.write(*event);
+    entry.submit(wake_flags(ring));
+}
+
+fn this_cpu_ring() -> Option<&'static RingBuf<Event, 4096>> {
+    // SAFETY: a helper without arguments.
+    EVENTS.get(unsafe { bpf_get_smp_processor_id() })
+}
+
+fn ring_pointer(ring: &RingBuf<Event, 4096>) -> *mut core::ffi::c_void {
+    core::ptr::from_ref(ring).cast_mut().cast()
+}
+
+/// The reader wakes on its own timer; only a ring an eighth full wakes it early.
+fn wake_flags(ring: &RingBuf<Event, 4096>) -> u64 {
+    // SAFETY: the ring is a map the lookup vouched for.
+    let (ring_size, waiting) = unsafe {
+        (
+            bpf_ringbuf_query(ring_pointer(ring), BPF_RB_RING_SIZE as u64),
+            bpf_ringbuf_query(ring_pointer(ring), BPF_RB_AVAIL_DATA as u64),
+        )
+    };
+    (if waiting >= ring_size / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    entry.submit(flags as u64);
+    }) as u64
 }
 
-fn count_lost() {
+fn count_lost(events: u64) {
     if let Some(count) = LOST.get_ptr_mut(LOST_COUNT) {
         // SAFETY: the per-CPU slot is ours for the duration of this program.
-        unsafe { *count += 1 };
+        unsafe { *count += events };
     }
     if let Some(last) = LOST.get_ptr_mut(LOST_LAST) {
         // SAFETY: as above; a helper without arguments.
         unsafe { *last = bpf_ktime_get_ns() };
     }
+}
+
+/// Run by user space on one CPU: that CPU's gathered events go to its ring now.
+#[raw_tracepoint]
+pub fn drain(_ctx: RawTracePointContext) -> i32 {
+    let Some(staged) = STAGED.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in `emit`.
+    let staged = unsafe { &mut *staged };
+    if !claim(staged) {
+        return DRAIN_BUSY as i32;
+    }
+    flush(staged);
+    release(staged);
+    0
 }
 
 fn cookie(ctx: &impl EbpfContext) -> u64 {

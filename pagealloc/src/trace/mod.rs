@@ -8,30 +8,32 @@
 //! kernel emulates ([`points`]). malloc's and calloc's results are caught with one trap per call
 //! where the analysis of their code finds, on each path to a `ret`, an emulated instruction at
 //! which the result is final in rax ([`points::result_points`]); else by a return probe (two).
-//! Each CPU has a ring buffer of its own; a thread of ours reads them all, waking on a short
-//! timer or when a ring fills, and hands the events over in batches in the order of their
-//! stamps.
+//! Each CPU has a ring buffer of its own, written in batches ([`drain`]); a thread of ours reads
+//! them all, waking on a short timer or when a ring fills, and hands the events over in batches
+//! in the order of their stamps.
+mod drain;
 pub mod points;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{ArrayOfMaps, MapData, PerCpuArray, RingBuf};
-use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use object::{Object, ObjectSegment, ObjectSymbol};
 use pagealloc_common::{
-    Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, programs, result_cookie,
+    Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, STAGED_MAP, programs, result_cookie,
 };
 
 use crate::error::{Error, Result};
+use drain::Drains;
 use points::Needs;
 
 /// The compiled programs of `pagealloc-ebpf`, embedded at build time.
@@ -352,6 +354,8 @@ pub fn plan_with(libc: &Path, internals: &Internals, one_trap: bool) -> Result<V
 /// The probes on one process's allocator, while this lives.
 pub struct Tracer {
     ebpf: Ebpf,
+    /// Events the reader found it could not hand over in order (see [`ReaderLosses`]).
+    reader_losses: Arc<ReaderLosses>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     pub placed: Vec<Placed>,
@@ -432,18 +436,27 @@ impl Tracer {
         }
         let rings = rings(&mut ebpf, possible, &online, ring_bytes)?;
         let wake_ups = wake_ups(&rings)?;
+        let drains = drains(&mut ebpf, online.first().copied().unwrap_or(0))?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let reader_losses = Arc::new(ReaderLosses::default());
         let reader = {
-            let stop = stop.clone();
+            let (stop, losses) = (stop.clone(), reader_losses.clone());
+            let reader = Reader {
+                rings,
+                wake_ups,
+                drains,
+                losses,
+            };
             std::thread::Builder::new()
                 .name("pagealloc-events".into())
-                .spawn(move || read_events(rings, wake_ups, send, &stop, options.poll))
+                .spawn(move || reader.run(send, &stop, options.poll))
                 .map_err(|e| Error::io("starting the event reader", e))?
         };
         Ok((
             Tracer {
                 ebpf,
+                reader_losses,
                 stop,
                 reader: Some(reader),
                 placed,
@@ -464,10 +477,35 @@ impl Tracer {
             lost.get(&index, 0)
                 .map_err(|e| ebpf_error(&format!("reading {LOST_MAP}"), e))
         };
+        let reader = &self.reader_losses;
         Ok(Losses {
-            count: per_cpu(LOST_COUNT)?.iter().sum(),
-            last: per_cpu(LOST_LAST)?.iter().copied().max().unwrap_or(0),
+            count: per_cpu(LOST_COUNT)?.iter().sum::<u64>() + reader.count.load(Ordering::Relaxed),
+            last: per_cpu(LOST_LAST)?
+                .iter()
+                .copied()
+                .chain([reader.last.load(Ordering::Relaxed)])
+                .max()
+                .unwrap_or(0),
         })
+    }
+}
+
+/// Events the probes wrote but the reader could not hand over in their place: stranded on a
+/// CPU taken offline, or arriving after a batch that vouched for their time (their probe
+/// preempted for longer than [`COMMIT_SLACK_NS`]). They count as lost.
+#[derive(Debug, Default)]
+struct ReaderLosses {
+    count: AtomicU64,
+    /// When the last was found (CLOCK_MONOTONIC, ns).
+    last: AtomicU64,
+}
+
+impl ReaderLosses {
+    fn add(&self, events: u64) {
+        if events > 0 {
+            self.count.fetch_add(events, Ordering::Relaxed);
+            self.last.store(monotonic_now(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -534,41 +572,90 @@ fn wake_ups(rings: &[RingBuf<MapData>]) -> Result<Epoll> {
     Ok(epoll)
 }
 
-/// Reads the ring buffers until `stop`: waits for a wake-up or `poll`, then takes everything
-/// there is. Each ring is in its CPU's order; the events of all are handed over in the order
-/// of their stamps, as far as every ring vouches for them (the rest wait for the next round).
-fn read_events(
-    mut rings: Vec<RingBuf<MapData>>,
+/// The drain program, loaded (run through `BPF_PROG_TEST_RUN`, never attached), and the staging
+/// areas.
+fn drains(ebpf: &mut Ebpf, cpu: u32) -> Result<Drains> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(programs::DRAIN)
+        .ok_or_else(|| ebpf_error(programs::DRAIN, "missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| ebpf_error(programs::DRAIN, e))?;
+    program
+        .load()
+        .map_err(|e| ebpf_error(&format!("loading {}", programs::DRAIN), e))?;
+    let fd = program
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|e| ebpf_error(programs::DRAIN, e))?;
+    let staged = ebpf
+        .take_map(STAGED_MAP)
+        .ok_or_else(|| ebpf_error(STAGED_MAP, "missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| ebpf_error(STAGED_MAP, e))?;
+    Drains::new(fd, staged, cpu)
+        .map_err(|e| ebpf_error(&format!("running {} on CPU {cpu}", programs::DRAIN), e))
+}
+
+/// The thread that reads the ring buffers.
+struct Reader {
+    rings: Vec<RingBuf<MapData>>,
     wake_ups: Epoll,
-    send: mpsc::Sender<Batch>,
-    stop: &AtomicBool,
-    poll: Duration,
-) {
-    let timeout = EpollTimeout::try_from(poll).unwrap_or(EpollTimeout::MAX);
-    let mut woken = [EpollEvent::empty(); 8];
-    let mut waiting: Vec<Event> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let _ = wake_ups.wait(&mut woken, timeout);
-        let complete_before = monotonic_now().saturating_sub(COMMIT_SLACK_NS);
-        let mut events = std::mem::take(&mut waiting);
-        for ring in &mut rings {
-            while let Some(item) = ring.next() {
-                if item.len() >= size_of::<Event>() {
-                    // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
-                    events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    drains: Drains,
+    losses: Arc<ReaderLosses>,
+}
+
+impl Reader {
+    /// Reads the ring buffers until `stop`: waits for a wake-up or `poll`, has every CPU write
+    /// out what it gathered, then takes everything there is. Each ring is in its CPU's order
+    /// (but for an event written past a staging area another probe held); the events of all
+    /// are handed over in the order of their stamps, as far as every CPU vouches for them (the
+    /// rest wait for the next round).
+    fn run(mut self, send: mpsc::Sender<Batch>, stop: &AtomicBool, poll: Duration) {
+        let timeout = EpollTimeout::try_from(poll).unwrap_or(EpollTimeout::MAX);
+        let mut woken = [EpollEvent::empty(); 8];
+        let mut waiting: Vec<Event> = Vec::new();
+        let mut handed_before = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let _ = self.wake_ups.wait(&mut woken, timeout);
+            let (emptied, stranded) = match self.drains.run(monotonic_now()) {
+                Ok(drained) => drained,
+                Err(e) => {
+                    // Events would wait unseen: stop, and live mode says the reader stopped.
+                    log::error!("draining the probes' staging areas: {e}");
+                    return;
+                }
+            };
+            self.losses.add(stranded);
+            let complete_before = emptied.saturating_sub(COMMIT_SLACK_NS).max(handed_before);
+            let mut events = std::mem::take(&mut waiting);
+            let mut late = 0;
+            for (cpu, ring) in self.rings.iter_mut().enumerate() {
+                while let Some(record) = ring.next() {
+                    for bytes in record.chunks_exact(size_of::<Event>()) {
+                        // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
+                        let event =
+                            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+                        if event.time >= handed_before {
+                            events.push(event);
+                        } else if !self.drains.was_stranded(cpu, event.time) {
+                            late += 1;
+                        }
+                    }
                 }
             }
-        }
-        // Runs already in order, merged (a stable sort finds them).
-        events.sort_by_key(|event| event.time);
-        let vouched = events.partition_point(|event| event.time < complete_before);
-        waiting = events.split_off(vouched);
-        let batch = Batch {
-            events,
-            complete_before,
-        };
-        if send.send(batch).is_err() {
-            return;
+            self.losses.add(late);
+            // Runs already in order, merged (a stable sort finds them).
+            events.sort_by_key(|event| event.time);
+            let vouched = events.partition_point(|event| event.time < complete_before);
+            waiting = events.split_off(vouched);
+            handed_before = complete_before;
+            let batch = Batch {
+                events,
+                complete_before,
+            };
+            if send.send(batch).is_err() {
+                return;
+            }
         }
     }
 }

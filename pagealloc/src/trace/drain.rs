@@ -1,0 +1,124 @@
+//! Each CPU's probes gather events in a staging area and write them to the CPU's ring in
+//! batches ([`pagealloc_common::Staged`]): one lock and one atomic exchange per batch instead of
+//! per event. Before each read of the rings the reader has every CPU with gathered events write
+//! them out, by running the `drain` program on it (`BPF_PROG_TEST_RUN` on that CPU), so that
+//! nothing stamped before the round waits in a staging area.
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::maps::{MapData, PerCpuArray};
+use aya_obj::generated::{BPF_F_TEST_RUN_ON_CPU, bpf_attr, bpf_cmd};
+use pagealloc_common::{DRAIN_BUSY, Staged};
+
+/// How often a drain is tried on a CPU whose probe is in the middle of gathering an event (it
+/// takes nanoseconds unless the thread was preempted there) before the round goes on without
+/// that CPU.
+const DRAIN_TRIES: usize = 3;
+
+pub(super) struct Drains {
+    program: aya::programs::ProgramFd,
+    staged: PerCpuArray<MapData, Staged>,
+    /// Per CPU: every event it stamped before this (CLOCK_MONOTONIC, ns) is in its ring.
+    emptied_at: Vec<u64>,
+    /// Per CPU taken offline with events gathered: the first one's stamp, once counted lost.
+    stranded: Vec<Option<u64>>,
+}
+
+impl Drains {
+    /// The drain program and the staging areas; the program is run once on `cpu`, so that a
+    /// kernel that will not run it is said at once.
+    pub(super) fn new(
+        program: aya::programs::ProgramFd,
+        staged: PerCpuArray<MapData, Staged>,
+        cpu: u32,
+    ) -> io::Result<Self> {
+        let drains = Drains {
+            program,
+            staged,
+            emptied_at: Vec::new(),
+            stranded: Vec::new(),
+        };
+        drains.drain(cpu)?;
+        Ok(drains)
+    }
+
+    /// Has every CPU with gathered events write them to its ring. Returns the time before
+    /// which every event stamped is in a ring (`now` unless a CPU's probe held its staging area
+    /// throughout), and how many events were found stranded on CPUs taken offline (lost: they
+    /// cannot be read).
+    pub(super) fn run(&mut self, now: u64) -> io::Result<(u64, u64)> {
+        let areas = self.staged.get(&0, 0).map_err(io::Error::other)?;
+        self.emptied_at.resize(areas.len(), 0);
+        self.stranded.resize(areas.len(), None);
+        let mut stranded_events = 0;
+        for (cpu, area) in areas.iter().enumerate() {
+            if area.count == 0 {
+                self.emptied_at[cpu] = now;
+                continue;
+            }
+            match self.drain(cpu as u32) {
+                Ok(true) => self.emptied_at[cpu] = now,
+                Ok(false) => log::debug!("CPU {cpu}'s staging area busy: drained next round"),
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    // Offline: what it gathered comes out only if it comes back, too late.
+                    let first = area.events[0].time;
+                    if self.stranded[cpu] != Some(first) {
+                        self.stranded[cpu] = Some(first);
+                        stranded_events += area.count.min(area.events.len() as u64);
+                    }
+                    self.emptied_at[cpu] = now;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let emptied = self.emptied_at.iter().copied().min().unwrap_or(now);
+        Ok((emptied, stranded_events))
+    }
+
+    /// Whether an event of `cpu`'s stamped at `time` was among those found stranded there (and
+    /// counted lost then): it comes out if the CPU comes back, too late to be used.
+    pub(super) fn was_stranded(&self, cpu: usize, time: u64) -> bool {
+        self.stranded
+            .get(cpu)
+            .copied()
+            .flatten()
+            .is_some_and(|first| time >= first)
+    }
+
+    /// Runs `drain` on `cpu`: true if it wrote the gathered events out.
+    fn drain(&self, cpu: u32) -> io::Result<bool> {
+        for _ in 0..DRAIN_TRIES {
+            if run_on_cpu(self.program.as_fd(), cpu)? != DRAIN_BUSY {
+                return Ok(true);
+            }
+            std::thread::yield_now();
+        }
+        Ok(false)
+    }
+}
+
+/// Runs a raw tracepoint program once on `cpu` (`BPF_PROG_TEST_RUN`, which aya does not offer)
+/// and returns what it returned.
+fn run_on_cpu(program: BorrowedFd, cpu: u32) -> io::Result<u32> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing asked".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: `test` is the union's member for this command.
+    let test = unsafe { &mut attr.test };
+    test.prog_fd = program.as_raw_fd() as u32;
+    test.flags = BPF_F_TEST_RUN_ON_CPU;
+    test.cpu = cpu;
+    // SAFETY: the bpf system call reads and writes `attr`, which outlives it.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_PROG_TEST_RUN as libc::c_int,
+            &mut attr as *mut bpf_attr,
+            size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { attr.test.retval })
+}
