@@ -156,7 +156,7 @@ pub fn families(reports: &[&Report], agent: &AgentFigures, per_arena: bool) -> V
         ),
         (
             "pagealloc_events_lost_total",
-            "Allocation events the ring buffer had no room for (each triggers a resync), live mode.",
+            "Allocation events lost: no room in the ring buffer, or not read in time (each triggers a resync), live mode.",
             |c| c.lost,
         ),
         (

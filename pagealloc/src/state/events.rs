@@ -9,7 +9,8 @@ pub struct Counts {
     pub frees: u64,
     pub allocated_bytes: u64,
     pub freed_bytes: u64,
-    /// Events the ring buffer had no room for.
+    /// Events lost: the ring buffer had no room for them, or they could not be read in their
+    /// place (stranded on a CPU taken offline, or late).
     pub lost: u64,
     /// Walks taken because the events could not be trusted.
     pub resyncs: u64,

@@ -465,7 +465,8 @@ impl Tracer {
         ))
     }
 
-    /// Events the ring buffers had no room for so far, and when the last of them was (the
+    /// Events lost so far (the ring buffers had no room for them, or the reader could not hand
+    /// them over in their place: [`ReaderLosses`]), and when the last of them was (the
     /// probes' clock, 0 if none).
     pub fn lost(&self) -> Result<Losses> {
         let map = self
