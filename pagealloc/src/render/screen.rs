@@ -139,26 +139,36 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<St
     lines
 }
 
-/// Live mode: the rates of calls since the last sample, and whether the events can be trusted.
+/// Live mode: the rates of calls since the last sample (the counts, at the first sample, which
+/// has no interval to divide by), and whether the events can be trusted.
 fn events_line(history: &History) -> Option<String> {
     let now = history.current_events?;
-    let previous = history.previous_events.unwrap_or_default();
-    let seconds = history
-        .achieved_interval()
-        .map_or(0.0, |d| d.as_secs_f64())
-        .max(1e-9);
-    let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / seconds;
     let mismatch = now.reconcile_mismatch.map_or("none yet".to_string(), |m| {
         format!("{} chunks, {}", m.chunks, size(m.bytes))
     });
+    let calls = match (history.previous_events, history.achieved_interval()) {
+        (Some(previous), Some(interval)) if !interval.is_zero() => {
+            let rate =
+                |now: u64, then: u64| now.saturating_sub(then) as f64 / interval.as_secs_f64();
+            format!(
+                "{:.0} allocs/s ({}/s), {:.0} frees/s ({}/s)",
+                rate(now.allocs, previous.allocs),
+                size(rate(now.allocated_bytes, previous.allocated_bytes) as u64),
+                rate(now.frees, previous.frees),
+                size(rate(now.freed_bytes, previous.freed_bytes) as u64),
+            )
+        }
+        _ => format!(
+            "{} allocs ({}), {} frees ({}) since attach",
+            now.allocs,
+            size(now.allocated_bytes),
+            now.frees,
+            size(now.freed_bytes),
+        ),
+    };
     Some(format!(
-        "live: {:.0} allocs/s ({}/s), {:.0} frees/s ({}/s); lost {}, resyncs {}, last reconcile off by {mismatch}",
-        rate(now.allocs, previous.allocs),
-        size(rate(now.allocated_bytes, previous.allocated_bytes) as u64),
-        rate(now.frees, previous.frees),
-        size(rate(now.freed_bytes, previous.freed_bytes) as u64),
-        now.lost,
-        now.resyncs,
+        "live: {calls}; lost {}, resyncs {}, last reconcile off by {mismatch}",
+        now.lost, now.resyncs,
     ))
 }
 
@@ -218,7 +228,56 @@ pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use std::time::{Duration, SystemTime};
+
+    use super::{events_line, fit};
+    use crate::state::events::Counts;
+    use crate::state::history::History;
+    use crate::state::pages::{PageCounts, PageMap};
+    use crate::state::sample::{Heap, Sample};
+
+    fn live_sample(taken: SystemTime, allocs: u64, frees: u64) -> Sample {
+        Sample {
+            pid: 1,
+            taken,
+            duration: Duration::ZERO,
+            pages: PageMap {
+                pid: 1,
+                page_size: 4096,
+                mappings: Vec::new(),
+                totals: PageCounts::default(),
+                limitations: Vec::new(),
+            },
+            libc: None,
+            heap: Heap::NotRead,
+            events: Some(Counts {
+                allocs,
+                frees,
+                allocated_bytes: allocs * 32,
+                freed_bytes: frees * 32,
+                ..Counts::default()
+            }),
+        }
+    }
+
+    /// The first live sample has no interval to make rates of: it says the counts.
+    #[test]
+    fn events_line_counts_then_rates() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut history = History::default();
+        history.push(&live_sample(start, 12, 3));
+        let first = events_line(&history).unwrap();
+        assert!(
+            first.starts_with("live: 12 allocs (384B), 3 frees (96B) since attach;"),
+            "{first}"
+        );
+        history.push(&live_sample(start + Duration::from_secs(2), 2012, 1003));
+        let second = events_line(&history).unwrap();
+        assert!(
+            second.starts_with("live: 1000 allocs/s (31.2KiB/s), 500 frees/s (15.6KiB/s);"),
+            "{second}"
+        );
+    }
 
     #[test]
     fn the_finest_scale_that_fits() {
