@@ -202,8 +202,13 @@ fn wake_flags(ring: &RingBuf<Event, 4096>) -> u64 {
 
 fn count_lost(events: u64) {
     if let Some(count) = LOST.get_ptr_mut(LOST_COUNT) {
-        // SAFETY: the per-CPU slot is ours for the duration of this program.
-        unsafe { *count += events };
+        // SAFETY: an atomic add to the per-CPU slot (a probe preempted here and another of
+        // the same CPU must not lose each other's count).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, events,
+            )
+        };
     }
     if let Some(last) = LOST.get_ptr_mut(LOST_LAST) {
         // SAFETY: as above; a helper without arguments.
