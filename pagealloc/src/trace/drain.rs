@@ -1,6 +1,6 @@
 //! Each CPU's probes gather events in a staging area and write them to the CPU's ring in
-//! batches ([`pagealloc_common::Staged`]): one lock and one atomic exchange per batch instead of
-//! per event. Before each read of the rings the reader has every CPU with gathered events write
+//! batches ([`pagealloc_common::Staged`]): one ring lock and commit per batch instead of per
+//! event. Before each read of the rings the reader has every CPU with gathered events write
 //! them out, by running the `drain` program on it (`BPF_PROG_TEST_RUN` on that CPU), so that
 //! nothing stamped before the round waits in a staging area.
 use std::io;
