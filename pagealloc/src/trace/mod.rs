@@ -480,7 +480,7 @@ impl Tracer {
         };
         let reader = &self.reader_losses;
         Ok(Losses {
-            count: per_cpu(LOST_COUNT)?.iter().sum::<u64>() + reader.count.load(Ordering::Relaxed),
+            count: per_cpu(LOST_COUNT)?.iter().sum::<u64>() + reader.count.load(Ordering::Acquire),
             last: per_cpu(LOST_LAST)?
                 .iter()
                 .copied()
@@ -504,8 +504,9 @@ struct ReaderLosses {
 impl ReaderLosses {
     fn add(&self, events: u64) {
         if events > 0 {
-            self.count.fetch_add(events, Ordering::Relaxed);
+            // The time first: whoever sees the count grow sees when, or later.
             self.last.store(monotonic_now(), Ordering::Relaxed);
+            self.count.fetch_add(events, Ordering::Release);
         }
     }
 }
