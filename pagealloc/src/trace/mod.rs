@@ -404,7 +404,7 @@ impl Tracer {
             programs::FLUSH_ENTRY,
             programs::FLUSH_RETURN,
         ] {
-            program(&mut ebpf, name)?
+            program::<UProbe>(&mut ebpf, name)?
                 .load()
                 .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
         }
@@ -414,7 +414,7 @@ impl Tracer {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
                 cookie: p.cookie(),
             };
-            program(&mut ebpf, p.program)?
+            program::<UProbe>(&mut ebpf, p.program)?
                 .attach(point, libc, UProbeScope::OneProcess(pid))
                 .map_err(|e| {
                     ebpf_error(
@@ -577,11 +577,7 @@ fn wake_ups(rings: &[RingBuf<MapData>]) -> Result<Epoll> {
 /// The drain program, loaded (run through `BPF_PROG_TEST_RUN`, never attached), and the staging
 /// areas.
 fn drains(ebpf: &mut Ebpf, cpu: u32) -> Result<Drains> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(programs::DRAIN)
-        .ok_or_else(|| ebpf_error(programs::DRAIN, "missing from the eBPF object"))?
-        .try_into()
-        .map_err(|e| ebpf_error(programs::DRAIN, e))?;
+    let program: &mut RawTracePoint = program(ebpf, programs::DRAIN)?;
     program
         .load()
         .map_err(|e| ebpf_error(&format!("loading {}", programs::DRAIN), e))?;
@@ -662,7 +658,11 @@ impl Reader {
     }
 }
 
-fn program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut UProbe> {
+/// The program `name`, as the kind `P` it is.
+fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut P>
+where
+    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| ebpf_error(name, "missing from the eBPF object"))?
         .try_into()
