@@ -60,27 +60,28 @@ fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
     };
     let (tracer, events) =
         Tracer::attach(fixture.pid(), &libc, &internals, options).expect("the probes attach");
-    let on_malloc: Vec<_> = tracer
-        .placed
-        .iter()
-        .filter(|p| p.function == "malloc")
-        .collect();
-    if one_trap {
-        // glibc 2.36 here: malloc's result is final in rax at an emulated instruction on each
-        // of its paths (calloc ends in a tail call to memset: a return probe).
-        assert!(
-            !on_malloc.is_empty()
-                && on_malloc
-                    .iter()
-                    .all(|p| p.program == programs::ALLOC_RESULT && !p.returns),
-            "malloc's results caught at one trap per call: {on_malloc:?}"
-        );
-    } else {
-        assert!(
-            on_malloc
-                .iter()
-                .all(|p| p.program == programs::ALLOC_RETURN && p.returns)
-        );
+    for function in ["malloc", "calloc"] {
+        let on: Vec<_> = tracer
+            .placed
+            .iter()
+            .filter(|p| p.function == function)
+            .collect();
+        if one_trap {
+            // glibc 2.36 here: the result is final in rax at an emulated instruction on each
+            // path (calloc's longer clears end in a tail call to memset, which returns it).
+            assert!(
+                !on.is_empty()
+                    && on
+                        .iter()
+                        .all(|p| p.program == programs::ALLOC_RESULT && !p.returns),
+                "{function}'s results caught at one trap per call: {on:?}"
+            );
+        } else {
+            assert!(
+                on.iter()
+                    .all(|p| p.program == programs::ALLOC_RETURN && p.returns)
+            );
+        }
     }
     (tracer, events)
 }

@@ -27,7 +27,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSegment, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
 use pagealloc_common::{
     Call, EVENTS_MAP, Event, LOST_COUNT, LOST_LAST, LOST_MAP, STAGED_MAP, programs, result_cookie,
 };
@@ -287,7 +287,8 @@ pub fn plan_with(libc: &Path, internals: &Internals, one_trap: bool) -> Result<V
             )
         })?;
         if one_trap && probe.program == programs::ALLOC_RETURN {
-            match points::result_points(&|at| code.at(at), address, size) {
+            let returns_first_argument = |at| code.returns_first_argument(at);
+            match points::result_points(&|at| code.at(at), &returns_first_argument, address, size) {
                 Ok(points) => {
                     for point in points {
                         placed.push(Placed {
@@ -669,6 +670,10 @@ where
         .map_err(|e| ebpf_error(name, e))
 }
 
+/// Functions that return their first argument (C11 7.24.2, 7.24.6.1): a tail call of one
+/// returns what the caller passed it.
+const RETURN_FIRST_ARGUMENT: [&str; 3] = ["memset", "memcpy", "memmove"];
+
 /// The library's code: its exported functions and its loaded segments.
 struct Code {
     path: PathBuf,
@@ -711,6 +716,40 @@ impl Code {
             .iter()
             .find(|(n, _, _)| n == name)
             .map(|&(_, address, size)| (address, size))
+    }
+
+    /// Whether the function at `address`, or the one its PLT entry there jumps to, returns its
+    /// first argument.
+    fn returns_first_argument(&self, address: u64) -> bool {
+        let named = |at: u64| {
+            self.symbols
+                .iter()
+                .any(|(name, a, _)| *a == at && RETURN_FIRST_ARGUMENT.contains(&name.as_str()))
+        };
+        if named(address) {
+            return true;
+        }
+        let Some(slot) = points::jump_slot(self.at(address), address) else {
+            return false;
+        };
+        let Ok(file) = object::File::parse(&*self.data) else {
+            return false;
+        };
+        let symbols = file.dynamic_symbol_table();
+        let mut filling = file.dynamic_relocations().into_iter().flatten();
+        filling.any(|(at, relocation)| {
+            at == slot
+                && match relocation.target() {
+                    RelocationTarget::Symbol(index) => symbols
+                        .as_ref()
+                        .and_then(|table| table.symbol_by_index(index).ok())
+                        .and_then(|symbol| symbol.name().ok())
+                        .is_some_and(|name| RETURN_FIRST_ARGUMENT.contains(&name)),
+                    // RELATIVE: that address; IRELATIVE: a variant of the IFUNC there.
+                    RelocationTarget::Absolute => named(relocation.addend() as u64),
+                    _ => false,
+                }
+        })
     }
 
     fn file_offset(&self, address: u64) -> Option<u64> {

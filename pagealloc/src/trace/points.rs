@@ -79,6 +79,18 @@ pub fn after_calls_to(code: &[u8], address: u64, target: u64) -> Vec<u64> {
     after
 }
 
+/// The slot an indirect `jmp *slot(%rip)` at `address` (a PLT entry, maybe after an `endbr64`)
+/// jumps through: where the dynamic linker wrote the function's address.
+pub fn jump_slot(code: &[u8], address: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut instruction = decoder.decode();
+    if instruction.mnemonic() == Mnemonic::Endbr64 {
+        instruction = decoder.decode();
+    }
+    (instruction.mnemonic() == Mnemonic::Jmp && instruction.is_ip_rel_memory_operand())
+        .then(|| instruction.ip_rel_memory_address())
+}
+
 /// Whether the kernel emulates `instruction` when a uprobe sits on it (x86: relative branches
 /// and calls, pushes of a register, nops).
 fn is_emulated(instruction: &iced_x86::Instruction) -> bool {
@@ -159,6 +171,7 @@ const MAX_CALL_DEPTH: usize = 4;
 const RAX: usize = 0;
 const RCX: usize = 1;
 const RSP: usize = 4;
+const RDI: usize = 7;
 const R11: usize = 11;
 /// Clobbered by a call (System V ABI); rbx, rbp and r12 to r15 survive it.
 const CALLER_SAVED: [usize; 9] = [0, 1, 2, 6, 7, 8, 9, 10, 11];
@@ -370,6 +383,8 @@ type CalleeWith = (u64, [Option<u64>; 6]);
 
 struct Analysis<'a, 'c> {
     code: &'c dyn Fn(u64) -> &'a [u8],
+    /// Whether the function at an address returns its first argument (memset, memcpy...).
+    returns_first_argument: &'c dyn Fn(u64) -> bool,
     decoded: RefCell<HashMap<u64, Instruction>>,
     info: RefCell<InstructionInfoFactory>,
     /// Whether a callee, entered with these constant arguments, may return.
@@ -378,9 +393,13 @@ struct Analysis<'a, 'c> {
 }
 
 impl<'a, 'c> Analysis<'a, 'c> {
-    fn new(code: &'c dyn Fn(u64) -> &'a [u8]) -> Self {
+    fn new(
+        code: &'c dyn Fn(u64) -> &'a [u8],
+        returns_first_argument: &'c dyn Fn(u64) -> bool,
+    ) -> Self {
         Analysis {
             code,
+            returns_first_argument,
             decoded: RefCell::default(),
             info: RefCell::new(InstructionInfoFactory::new()),
             may_return: RefCell::default(),
@@ -460,7 +479,19 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 Ok(Step::Next(vec![along(next, state)]))
             }
             FlowControl::UnconditionalBranch if relative => {
-                let target = inside(instruction.near_branch_target())?;
+                let target = instruction.near_branch_target();
+                // calloc's `return memset (mem, 0, n)`: a tail call of a function that returns
+                // its first argument is a return of rdi, here already in rax.
+                let leaves = matches!(*mode,
+                    Mode::Function { start, end, .. } if target < start || target >= end);
+                if leaves
+                    && state.rsp == Some(0)
+                    && state.registers[RDI] == state.registers[RAX]
+                    && (self.returns_first_argument)(target)
+                {
+                    return Ok(Step::Exit(Exit::Return, Box::new(state)));
+                }
+                let target = inside(target)?;
                 Ok(Step::Next(vec![along(target, state)]))
             }
             FlowControl::ConditionalBranch if relative => {
@@ -1094,17 +1125,19 @@ fn cuts(nodes: &[Node], at: &HashMap<u64, Vec<usize>>, label: u64, ip: u64) -> b
 
 /// Where to catch the result of the function at `address` (`size` bytes; `code` gives the
 /// library's code from an address on, for the function and what it calls) with one trap per
-/// call: emulated instructions, on every path to a `ret`, at which rax holds the result the
-/// function returns, each call passing exactly one with a non-zero rax. Not sure: why not.
+/// call: emulated instructions, on every path to a `ret` (or a tail call of a function that
+/// `returns_first_argument`), at which rax holds the result the function returns, each call
+/// passing exactly one with a non-zero rax. Not sure: why not.
 pub fn result_points<'a>(
     code: &dyn Fn(u64) -> &'a [u8],
+    returns_first_argument: &dyn Fn(u64) -> bool,
     address: u64,
     size: u64,
 ) -> Result<Vec<ResultPoint>, Unsure> {
     if size == 0 {
         return unsure("the function's size is not known");
     }
-    let analysis = Analysis::new(code);
+    let analysis = Analysis::new(code, returns_first_argument);
     let end = address + size;
     let nodes = analysis.explore(address, end, &HashSet::new())?;
     let points = analysis.choose(&nodes, address)?;
@@ -1194,11 +1227,20 @@ mod tests {
 
     /// The points found in `image` for `f`, its first `size` bytes.
     fn points(image: &[u8], size: u64) -> Result<Vec<(u64, u64)>, Unsure> {
+        points_knowing(image, size, &|_| false)
+    }
+
+    /// ...knowing which functions return their first argument.
+    fn points_knowing(
+        image: &[u8],
+        size: u64,
+        returns_first_argument: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, u64)>, Unsure> {
         let code = |address: u64| {
             let at = address.wrapping_sub(BASE) as usize;
             image.get(at..).unwrap_or(&[])
         };
-        result_points(&code, BASE, size).map(|points| {
+        result_points(&code, returns_first_argument, BASE, size).map(|points| {
             points
                 .into_iter()
                 .map(|ResultPoint { offset, depth }| (offset, depth))
@@ -1212,7 +1254,7 @@ mod tests {
             let at = address.wrapping_sub(BASE) as usize;
             image.get(at..).unwrap_or(&[])
         };
-        let analysis = super::Analysis::new(&code);
+        let analysis = super::Analysis::new(&code, &|_| false);
         let points = offsets.iter().map(|o| BASE + o).collect();
         analysis.explore(BASE, BASE + size, &points).map(|_| ())
     }
@@ -1327,6 +1369,34 @@ mod tests {
             0xc7, 0xeb, 0x06, 0x5b, 0xc3, 0x48, 0x89, 0xf8, 0xc3, 0x48, 0x89, 0xf8, 0xc3,
         ];
         assert!(points(&image, 0x13).unwrap_err().0.contains("jump out"));
+        // ...unless h returns its first argument (memset): the jump returns rdi, which is rax.
+        let h = BASE + 0x17;
+        assert_eq!(
+            points_knowing(&image, 0x13, &|at| at == h),
+            Ok(vec![(0x9, 8)])
+        );
+        // Not with a different value in rdi (mov %rbx,%rdi), nor with the stack not unwound
+        // (no pop %rbx: then it is no tail call).
+        let mut other = image;
+        other[0xe] = 0xdf;
+        assert!(points_knowing(&other, 0x13, &|at| at == h).is_err());
+        let mut deeper = image;
+        deeper[0xb] = 0x90;
+        assert!(points_knowing(&deeper, 0x13, &|at| at == h).is_err());
+    }
+
+    #[test]
+    fn the_slot_a_plt_entry_jumps_through() {
+        // endbr64; bnd jmp *0x2ff2(%rip)
+        let entry = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0xf2, 0xff, 0x25, 0xf2, 0x2f, 0x00, 0x00,
+        ];
+        assert_eq!(super::jump_slot(&entry, 0x1000), Some(0x1000 + 11 + 0x2ff2));
+        // jmp *0x1ace82(%rip), as in glibc 2.36's *ABS*+0x9c840@plt
+        let entry = [0xff, 0x25, 0x82, 0xce, 0x1a, 0x00];
+        assert_eq!(super::jump_slot(&entry, 0x262e0), Some(0x1d3168));
+        // a direct jmp is no PLT entry
+        assert_eq!(super::jump_slot(&[0xeb, 0x00], 0x1000), None);
     }
 
     #[test]
