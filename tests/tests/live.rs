@@ -29,12 +29,28 @@ fn live(line: &Value, key: &str) -> u64 {
 /// event is lost, no walk was needed, and a reconcile afterwards finds the state exact.
 #[test]
 fn root_live_mode_is_exact_under_churn() {
+    exact_under_churn(300_000, 4, false);
+}
+
+/// The same, with chunks passed between threads (one freed or reallocated by another thread
+/// than the one that made it, often on another CPU within microseconds), and more threads than
+/// glibc makes arenas on this machine (8 per core): threads share arenas, and chunks change
+/// hands and CPUs between events.
+#[test]
+fn root_live_mode_is_exact_when_threads_pass_chunks_around() {
+    let threads = 8 * std::thread::available_parallelism().map_or(2, |n| n.get()) + 4;
+    let threads = threads.min(32) as u64;
+    exact_under_churn(1_000_000 / threads + 1, threads, true);
+}
+
+fn exact_under_churn(calls_per_thread: u64, threads: u64, shared: bool) {
     require_root();
-    const CALLS_PER_THREAD: u64 = 300_000;
-    let mut fixture = Fixture::spawn(
-        fixture_path!("CHURN_CALLS"),
-        &[&CALLS_PER_THREAD.to_string(), "4"],
-    );
+    let mut arguments = vec![calls_per_thread.to_string(), threads.to_string()];
+    if shared {
+        arguments.push("shared".into());
+    }
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &arguments);
     let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
     let quiet = SystemTime::now();
     let before = watch.line_after(quiet, |_| true);
