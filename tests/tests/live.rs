@@ -100,6 +100,21 @@ fn exact_under_churn(calls_per_thread: u64, threads: u64, shared: bool) {
     );
 }
 
+/// Attaching to a process in the middle of its churn loses nothing: the rings are in place
+/// before the first probe fires.
+#[test]
+fn root_attaching_to_a_busy_process_loses_nothing() {
+    require_root();
+    // Far more calls than the test waits for: the churn runs throughout.
+    let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["50000000", "4"]);
+    fixture.send("g");
+    let mut watch = watch(fixture.pid(), &["--interval", "200ms"]);
+    let first = watch.line_after(SystemTime::now(), |_| true);
+    assert_eq!(first["mode"], "live", "{first}");
+    assert!(events(&first, "allocs") > 0, "the churn ran: {first}");
+    assert_eq!(events(&first, "lost"), 0, "{}", first["events"]);
+}
+
 /// A ring buffer too small for the churn: the losses are counted, a resync walks the heap, and
 /// the figures are exact again afterwards.
 #[test]

@@ -409,6 +409,11 @@ impl Tracer {
                 .load()
                 .map_err(|e| ebpf_error(&format!("loading {name}"), e))?;
         }
+        // The rings in place before the first probe fires: an event with nowhere to go counts
+        // as lost.
+        let rings = rings(&mut ebpf, possible, &online, ring_bytes)?;
+        let wake_ups = wake_ups(&rings)?;
+        let drains = drains(&mut ebpf, online.first().copied().unwrap_or(0))?;
         let placed = plan_with(libc, internals, options.one_trap)?;
         for p in &placed {
             let point = UProbeAttachPoint {
@@ -435,9 +440,6 @@ impl Tracer {
                 }
             );
         }
-        let rings = rings(&mut ebpf, possible, &online, ring_bytes)?;
-        let wake_ups = wake_ups(&rings)?;
-        let drains = drains(&mut ebpf, online.first().copied().unwrap_or(0))?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_losses = Arc::new(ReaderLosses::default());
@@ -641,6 +643,9 @@ impl Reader {
                         }
                     }
                 }
+            }
+            if late > 0 {
+                log::debug!("{late} events arrived after their time was vouched for: lost");
             }
             self.losses.add(late);
             // Runs already in order, merged (a stable sort finds them).
