@@ -112,6 +112,19 @@ impl Session {
         })
     }
 
+    /// What the `heap_info` at `heap` says now, if it reads (live mode meets heaps made after
+    /// its walk). Only that page is read, and only if it is resident.
+    pub fn heap_info(&mut self, heap: u64) -> Option<glibc::HeapInfo> {
+        let Some((_, Ok(resolved))) = &self.libc else {
+            return None;
+        };
+        let maps = self.target.maps().ok()?;
+        let mapping = maps.into_iter().find(|m| m.start <= heap && heap < m.end)?;
+        let pages = self.pages.read_mappings(&self.target, vec![mapping]).ok()?;
+        let memory = ProcessMemory::new(self.target.reader, &pages);
+        glibc::heap_info(&memory, &resolved.libc.offsets, heap).ok()
+    }
+
     fn look(&mut self, heap: bool) -> Result<Sample> {
         let taken = SystemTime::now();
         let started = Instant::now();

@@ -1,8 +1,9 @@
 //! The arena ring (from `main_arena` along `next`) and the heaps of each arena: the brk heap of
 //! the main arena, and the `heap_info` chain of the others.
 use super::walker::{WalkError, Walker, reason};
+use crate::glibc::Offsets;
 use crate::glibc::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
-use crate::proc::memory::Memory;
+use crate::proc::memory::{Memory, ReadError};
 use crate::state::heap::HeapNote;
 
 /// glibc's default arena_max is 8 per core; this bounds a corrupted `next` ring.
@@ -289,8 +290,7 @@ impl Walker<'_> {
 
     /// The first chunk at or after `addr` whose user pointer is aligned.
     pub(super) fn first_chunk_at(&self, addr: u64) -> u64 {
-        let header = 2 * self.offsets.size_sz;
-        (addr + header).next_multiple_of(self.offsets.alignment) - header
+        first_chunk_at(self.offsets, addr)
     }
 
     /// A non-main arena's heaps, newest (the one holding top) first.
@@ -303,16 +303,19 @@ impl Walker<'_> {
         let mut heaps = Vec::new();
         let mut heap = header.top & !(heap_max - 1);
         while heap != 0 {
-            let (Ok(ar_ptr), Ok(prev), Ok(size)) = (
-                self.memory.read_u64(heap + o.heap_info_ar_ptr),
-                self.memory.read_u64(heap + o.heap_info_prev),
-                self.memory.read_u64(heap + o.heap_info_size_field),
-            ) else {
+            let Ok(HeapInfo {
+                arena: ar_ptr,
+                prev,
+                end,
+                first,
+            }) = heap_info(self.memory, o, heap)
+            else {
                 self.note(HeapNote::inconsistent(format!(
                     "heap_info at {heap:#x} is unreadable"
                 )));
                 break;
             };
+            let size = end.wrapping_sub(heap);
             if heaps.iter().any(|&(h, _, _)| h == heap) {
                 self.note(HeapNote::inconsistent(format!(
                     "heap_info.prev of arena {:#x} loops back to {heap:#x}",
@@ -332,12 +335,6 @@ impl Walker<'_> {
                 )));
                 break;
             }
-            // The first heap holds the malloc_state right after heap_info.
-            let first = if header.address == heap + o.heap_info_size {
-                self.first_chunk_at(header.address + o.state_size)
-            } else {
-                heap + o.heap_info_size
-            };
             if first >= heap + size {
                 self.note(HeapNote::inconsistent(format!(
                     "heap_info.size at {heap:#x} ({size:#x}) leaves no room for chunks"
@@ -357,6 +354,44 @@ impl Walker<'_> {
         }
         heaps
     }
+}
+
+/// What a thread arena's heap says of itself in its `heap_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapInfo {
+    /// Its arena's `malloc_state`.
+    pub arena: u64,
+    /// The arena's heap before it (0: none, it is the arena's first).
+    pub prev: u64,
+    /// Where its chunks start (past the heap_info, and in an arena's first heap the
+    /// malloc_state), and where its mapped part ends.
+    pub first: u64,
+    pub end: u64,
+}
+
+/// Reads the `heap_info` at `heap` (nothing is checked: the caller knows what to expect).
+pub fn heap_info(memory: &dyn Memory, o: &Offsets, heap: u64) -> Result<HeapInfo, ReadError> {
+    let arena = memory.read_u64(heap + o.heap_info_ar_ptr)?;
+    let prev = memory.read_u64(heap + o.heap_info_prev)?;
+    let size = memory.read_u64(heap + o.heap_info_size_field)?;
+    // The first heap holds the malloc_state right after heap_info.
+    let first = if arena == heap + o.heap_info_size {
+        first_chunk_at(o, arena + o.state_size)
+    } else {
+        heap + o.heap_info_size
+    };
+    Ok(HeapInfo {
+        arena,
+        prev,
+        first,
+        end: heap.wrapping_add(size),
+    })
+}
+
+/// The first chunk at or after `addr` whose user pointer is aligned.
+fn first_chunk_at(o: &Offsets, addr: u64) -> u64 {
+    let header = 2 * o.size_sz;
+    (addr + header).next_multiple_of(o.alignment) - header
 }
 
 /// Words of the target read a page at a time: a chain of chunks read forward costs one read

@@ -14,6 +14,7 @@ mod tests;
 pub mod walker;
 mod window;
 
+pub use arenas::{HeapInfo, heap_info};
 pub use identity::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 pub use layout::{Libc, Offsets};
 pub use walker::{Split, WalkError, walk};

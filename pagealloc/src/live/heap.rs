@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, IS_MMAPPED};
 
-use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapMap, MmappedChunk};
+use crate::glibc::HeapInfo;
+use crate::state::heap::{
+    AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapMap, MmappedChunk,
+    Segment,
+};
 
 /// An event the state says cannot have happened: the state, or the event stream, is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,10 +61,7 @@ pub struct LiveHeap {
 
 impl LiveHeap {
     pub fn new(map: HeapMap, page_size: u64) -> LiveHeap {
-        let mut index: Vec<(u64, u64, usize)> = (map.segments.iter().enumerate())
-            .map(|(i, s)| (s.start, s.end, i))
-            .collect();
-        index.sort_unstable();
+        let index = index_of(&map.segments);
         let mmapped = map.mmapped.iter().map(|c| (c.address, c.bytes)).collect();
         LiveHeap {
             map,
@@ -231,6 +232,103 @@ impl LiveHeap {
         Some(self.index[i])
     }
 
+    /// The thread arena heap `address` would lie in (heaps are aligned to their reservation).
+    pub fn heap_of(address: u64) -> u64 {
+        address & !(HEAP_MAX - 1)
+    }
+
+    /// Takes in a heap made since the walk, as its `heap_info` at `heap` says it is now: a new
+    /// arena's first heap (an arena the walk did not know, holding its malloc_state), or a new
+    /// heap of a thread arena linked to a heap known of it. A heap is all top when glibc makes
+    /// it, and every chunk handed out of it since has its event to come: what the events tell
+    /// is then exact. The arena's heaps known newer than the one it links to were deleted
+    /// (glibc deletes an arena's newest heaps once all free), and go, if nothing in them is
+    /// live. Anything else (a heap the walk should have known): false, the caller walks again.
+    pub fn add_heap(&mut self, heap: u64, info: HeapInfo) -> bool {
+        let HeapInfo {
+            arena,
+            prev,
+            first,
+            end,
+        } = info;
+        let plausible = heap.is_multiple_of(HEAP_MAX)
+            && heap < first
+            && first < end
+            && end - heap <= HEAP_MAX
+            && (first - heap).is_multiple_of(GRANULE)
+            && (end - heap).is_multiple_of(self.page_size);
+        let overlaps = self.index.iter().any(|&(s, e, _)| s < end && heap < e);
+        if !plausible || overlaps {
+            return false;
+        }
+        let known = self.map.arenas.iter().position(|a| a.address == arena);
+        let index = match known {
+            // A new heap of an arena known, after one known (heaps are newest first).
+            Some(i) => {
+                let heaps = &self.map.arenas[i].heaps;
+                let Some(kept) = heaps.iter().position(|h| h.start == prev) else {
+                    return false;
+                };
+                let gone: Vec<u64> = heaps[..kept].iter().map(|h| h.start).collect();
+                if self.map.arenas[i].main || gone.iter().any(|&h| self.holds_live(h)) {
+                    return false;
+                }
+                self.drop_heaps(i, &gone);
+                i
+            }
+            // A new arena: its malloc_state sits in this, its first heap.
+            None => {
+                if prev != 0 || !(heap < arena && arena < first) {
+                    return false;
+                }
+                self.map.arenas.push(Arena {
+                    address: arena,
+                    main: false,
+                    heaps: Vec::new(),
+                    figures: HeapFigures::default(),
+                });
+                self.map.arenas.len() - 1
+            }
+        };
+        let mut segment = Segment::new(heap, end, index, self.page_size);
+        let header = ((first - heap) / GRANULE) as usize;
+        let granules = segment.granules.len();
+        mark(&mut segment.granules, 0..header, ChunkState::Overhead);
+        mark(&mut segment.granules, header..granules, ChunkState::Top);
+        let arena = &mut self.map.arenas[index];
+        arena.heaps.insert(0, AddressRange { start: heap, end });
+        arena.figures.system_bytes += end - heap;
+        self.map.segments.push(segment);
+        let at = self.index.partition_point(|s| s.0 < heap);
+        self.index
+            .insert(at, (heap, end, self.map.segments.len() - 1));
+        true
+    }
+
+    /// Whether the segment starting at `start` has a live granule.
+    fn holds_live(&self, start: u64) -> bool {
+        let live = ChunkState::Live as u8;
+        (self.map.segments.iter())
+            .filter(|s| s.start == start)
+            .any(|s| s.granules.iter().any(|&g| g & !CHUNK_START == live))
+    }
+
+    /// Forgets the heaps starting at `starts` of arena `arena`: unmapped.
+    fn drop_heaps(&mut self, arena: usize, starts: &[u64]) {
+        if starts.is_empty() {
+            return;
+        }
+        let arena_map = &mut self.map.arenas[arena];
+        let gone: u64 = (arena_map.heaps.iter())
+            .filter(|h| starts.contains(&h.start))
+            .map(|h| h.end - h.start)
+            .sum();
+        arena_map.figures.system_bytes = arena_map.figures.system_bytes.saturating_sub(gone);
+        arena_map.heaps.retain(|h| !starts.contains(&h.start));
+        (self.map.segments).retain(|s| !(s.arena == arena && starts.contains(&s.start)));
+        self.index = index_of(&self.map.segments);
+    }
+
     fn segment_of(&self, address: u64) -> Option<&(u64, u64, usize)> {
         let i = self
             .index
@@ -242,6 +340,14 @@ impl LiveHeap {
 
 /// Marks the granules `range` as one chunk in `state`; the chunk that follows, if it is not
 /// marked as starting there, is the rest of what this chunk was carved from: it starts there.
+fn index_of(segments: &[Segment]) -> Vec<(u64, u64, usize)> {
+    let mut index: Vec<(u64, u64, usize)> = (segments.iter().enumerate())
+        .map(|(i, s)| (s.start, s.end, i))
+        .collect();
+    index.sort_unstable();
+    index
+}
+
 fn mark(granules: &mut [u8], range: std::ops::Range<usize>, state: ChunkState) {
     if let Some(next) = granules.get_mut(range.end) {
         *next |= CHUNK_START;
@@ -343,6 +449,67 @@ mod tests {
         let topped = figures(&mut live);
         assert_eq!(topped.top_bytes, 0x1000 - 0x150 - 0x200);
         assert_eq!(topped.live_bytes, 0x230);
+    }
+
+    #[test]
+    fn heaps_made_since_the_walk_are_taken_in() {
+        use crate::glibc::HeapInfo;
+        let mut live = heap();
+        let max = super::HEAP_MAX;
+        let first_heap = 0x7f00_0000_0000u64;
+        let arena = first_heap + 0x30;
+        let info = |heap: u64, prev: u64, first: u64| HeapInfo {
+            arena,
+            prev,
+            first,
+            end: heap + 0x21000,
+        };
+        // A new arena's first heap: all top past its header; a chunk from it applies.
+        let chunk = first_heap + 0x8a0;
+        let alloc = event(EventKind::Alloc, chunk, 0x100, Call::Malloc);
+        assert!(matches!(
+            live.apply(&alloc, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
+        assert!(live.add_heap(first_heap, info(first_heap, 0, chunk)));
+        live.apply(&alloc, Apply::Strict).unwrap();
+        let totals = figures(&mut live);
+        assert_eq!(live.map.arenas.len(), 2);
+        assert_eq!(live.map.arenas[1].figures.system_bytes, 0x21000);
+        assert_eq!(
+            live.map.arenas[1].figures.top_bytes,
+            0x21000 - 0x8a0 - 0x100
+        );
+        assert_eq!(totals.live_bytes, 0x40 + 0x100);
+        // Taken in once: a heap known is not taken again.
+        assert!(!live.add_heap(first_heap, info(first_heap, 0, chunk)));
+        // Its second heap, after the first; a third after the first again means the second was
+        // deleted, which it cannot have been while it holds a live chunk.
+        let second = first_heap + max;
+        assert!(live.add_heap(second, info(second, first_heap, second + 0x30)));
+        let in_second = event(EventKind::Alloc, second + 0x30, 0x40, Call::Malloc);
+        live.apply(&in_second, Apply::Strict).unwrap();
+        let third = first_heap + 2 * max;
+        assert!(!live.add_heap(third, info(third, first_heap, third + 0x30)));
+        let freed = event(EventKind::Free, second + 0x30, 0x40, Call::Free);
+        live.apply(&freed, Apply::Strict).unwrap();
+        assert!(live.add_heap(third, info(third, first_heap, third + 0x30)));
+        let heaps: Vec<u64> = live.map.arenas[1].heaps.iter().map(|h| h.start).collect();
+        assert_eq!(heaps, vec![third, first_heap]);
+        assert_eq!(live.map.arenas[1].figures.system_bytes, 2 * 0x21000);
+        assert!(live.map.segments.iter().all(|s| s.start != second));
+        assert!(matches!(
+            live.apply(&in_second, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
+        // A heap linked to one never known, or claiming the main arena: walked instead.
+        let fourth = first_heap + 3 * max;
+        assert!(!live.add_heap(fourth, info(fourth, first_heap + 9 * max, fourth + 0x30)));
+        let main = HeapInfo {
+            arena: 0x1,
+            ..info(fourth, HEAP, fourth + 0x30)
+        };
+        assert!(!live.add_heap(fourth, main));
     }
 
     #[test]

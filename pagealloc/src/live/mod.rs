@@ -110,7 +110,7 @@ impl Live {
         // Every call made before the sample began is in it; the page map is read later, so
         // the sample's time is this moment, not the page map's.
         let (taken, started) = (std::time::SystemTime::now(), Instant::now());
-        self.receive(trace::monotonic_now(), |_| {})?;
+        self.receive(session, trace::monotonic_now(), |_, _| {})?;
         self.check_lost()?;
         if self.needs.is_none() && Instant::now() >= self.next_reconcile {
             self.needs = Some(Walk::Reconcile);
@@ -156,15 +156,23 @@ impl Live {
         self.needs = None;
         // The state before, for a reconcile: the same events applied to it.
         let mut old = (why == Walk::Reconcile).then_some((old, false));
-        self.receive(until.saturating_add(REPLAY_SLACK_NS), |batch| {
-            if let Some((old, broken)) = &mut old {
-                for event in &batch.events {
-                    if let Some(how) = mode(event.time, old_window.0, old_window.1) {
-                        *broken |= old.apply(event, how).is_err();
+        self.receive(
+            session,
+            until.saturating_add(REPLAY_SLACK_NS),
+            |session, batch| {
+                if let Some((old, broken)) = &mut old {
+                    for event in &batch.events {
+                        if let Some(how) = mode(event.time, old_window.0, old_window.1) {
+                            *broken |= if *broken {
+                                old.apply(event, how).is_err()
+                            } else {
+                                apply(old, session, event, how).is_err()
+                            };
+                        }
                     }
                 }
-            }
-        })?;
+            },
+        )?;
         self.next_reconcile = Instant::now() + self.options.reconcile;
         match old {
             Some((old, broken)) if !consistent => {
@@ -199,7 +207,12 @@ impl Live {
 
     /// Applies the reader's batches until one vouches for every event stamped before `until`;
     /// `also` sees each batch first.
-    fn receive(&mut self, until: u64, mut also: impl FnMut(&Batch)) -> Result<()> {
+    fn receive(
+        &mut self,
+        session: &mut Session,
+        until: u64,
+        mut also: impl FnMut(&mut Session, &Batch),
+    ) -> Result<()> {
         let deadline = Instant::now() + DRAIN_LIMIT;
         loop {
             let batch = self
@@ -209,21 +222,26 @@ impl Live {
                     what: "reading the events".into(),
                     reason: "the event reader stopped handing them over".into(),
                 })?;
-            also(&batch);
-            self.apply_batch(&batch);
+            also(session, &batch);
+            self.apply_batch(session, &batch);
             if batch.complete_before > until {
                 return Ok(());
             }
         }
     }
 
-    fn apply_batch(&mut self, batch: &Batch) {
+    fn apply_batch(&mut self, session: &mut Session, batch: &Batch) {
         for event in &batch.events {
             self.count(event);
             let Some(how) = mode(event.time, self.replay_from, self.walked_until) else {
                 continue; // the walk saw it
             };
-            match self.heap.apply(event, how) {
+            let applied = if self.needs == Some(Walk::Resync) {
+                self.heap.apply(event, how)
+            } else {
+                apply(&mut self.heap, session, event, how)
+            };
+            match applied {
                 Ok(()) => {}
                 // Past the first, the state is known to be off: they say nothing more.
                 Err(_) if self.needs == Some(Walk::Resync) => {}
@@ -270,6 +288,31 @@ impl Live {
             self.resync();
         }
         Ok(())
+    }
+}
+
+/// Applies `event` to `heap`; a chunk handed out of a heap made since the walk has the heap
+/// taken in first, as it says it is now ([`LiveHeap::add_heap`]).
+fn apply(
+    heap: &mut LiveHeap,
+    session: &mut Session,
+    event: &pagealloc_common::Event,
+    how: Apply,
+) -> Result<(), Contradiction> {
+    let applied = heap.apply(event, how);
+    let Err(Contradiction::Outside { address }) = applied else {
+        return applied;
+    };
+    if event.kind != EventKind::Alloc as u8 {
+        return applied;
+    }
+    let start = LiveHeap::heap_of(address);
+    match session.heap_info(start) {
+        Some(info) if heap.add_heap(start, info) => {
+            log::debug!("a heap made since the walk, taken in: {info:x?}");
+            heap.apply(event, how)
+        }
+        _ => applied,
     }
 }
 
