@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::Style;
 use super::canvas::{Canvas, Pixel};
 use crate::state::Sample;
-use crate::state::heap::{ChunkState, GRANULE, HeapFigures, HeapMap, Segment};
+use crate::state::heap::{ChunkState, GRANULE, HeapFigures, HeapMap, HeapNote, Segment};
 
 /// Granules per pixel in a snapshot, as in the original tool.
 pub const GRANULES_PER_PIXEL: u64 = 8;
@@ -82,8 +82,8 @@ pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Sty
     }
     canvas.text(&headline(&heap.totals));
     canvas.text(&table(heap));
-    for note in &heap.notes {
-        canvas.text(&format!("note: {note}"));
+    for line in note_lines(&heap.notes) {
+        canvas.text(&line);
     }
     canvas.text("");
     pictures(
@@ -97,6 +97,24 @@ pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Sty
 }
 
 /// The residency figures of the whole heap in one line.
+/// The notes shown above the pictures, at most; the JSON has every one.
+const NOTES_SHOWN: usize = 4;
+
+/// The map's notes as lines: the first few, and how many more (a walk of a busy heap can note
+/// hundreds of lists that changed while it read them).
+pub fn note_lines(notes: &[HeapNote]) -> Vec<String> {
+    let mut lines: Vec<String> = (notes.iter().take(NOTES_SHOWN))
+        .map(|note| format!("note: {note}"))
+        .collect();
+    if notes.len() > NOTES_SHOWN {
+        lines.push(format!(
+            "note: … and {} more (--format json lists them all)",
+            notes.len() - NOTES_SHOWN
+        ));
+    }
+    lines
+}
+
 pub fn headline(t: &HeapFigures) -> String {
     format!(
         "free but resident: {} of {} — malloc_trim(0) could return {}; largest free chunk {}, \
@@ -294,5 +312,28 @@ pub fn size(bytes: u64) -> String {
         format!("{bytes}B")
     } else {
         format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NOTES_SHOWN, note_lines};
+    use crate::state::heap::HeapNote;
+
+    #[test]
+    fn a_few_notes_are_shown_and_the_rest_counted() {
+        let notes = |n: usize| -> Vec<HeapNote> {
+            (0..n)
+                .map(|i| HeapNote::inconsistent(format!("list {i} changed")))
+                .collect()
+        };
+        assert_eq!(
+            note_lines(&notes(2)),
+            ["note: list 0 changed", "note: list 1 changed"]
+        );
+        let many = note_lines(&notes(NOTES_SHOWN + 57));
+        assert_eq!(many.len(), NOTES_SHOWN + 1);
+        assert_eq!(many[0], "note: list 0 changed");
+        assert!(many[NOTES_SHOWN].contains("57 more"), "{many:?}");
     }
 }

@@ -37,8 +37,9 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
     match (sample.heap_map(), sample.heap_unavailable()) {
         (Some(heap), _) => {
             let table = heap::table(heap);
+            let notes = heap::note_lines(&heap.notes);
             // Above the pictures: the header, the table, the notes, a blank line, the legend.
-            let used = header.len() + table.lines().count() + heap.notes.len() + 2;
+            let used = header.len() + table.lines().count() + notes.len() + 2;
             let granules = options.granules_per_pixel.unwrap_or_else(|| {
                 fit(
                     &segment_granules(heap, options.arena),
@@ -55,8 +56,8 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
                 canvas.text(line);
             }
             canvas.text(&table);
-            for note in &heap.notes {
-                canvas.text(&format!("note: {note}"));
+            for note in &notes {
+                canvas.text(note);
             }
             canvas.text("");
             heap::pictures(
