@@ -126,6 +126,14 @@ impl Monitor {
         &self.history
     }
 
+    /// In live mode, applies the events handed over since the last call: called every
+    /// [`PUMP_EVERY`] between samples.
+    pub fn pump(&mut self) {
+        if let Some(live) = &mut self.live {
+            live.pump(&mut self.session);
+        }
+    }
+
     /// A sample (from the events in live mode, a walk otherwise), remembered in the history;
     /// then the guard takes the probes off a process too busy for them, or tries them again.
     pub fn sample(&mut self) -> Result<Sample> {
@@ -161,6 +169,9 @@ impl Monitor {
         Ok(sample)
     }
 }
+
+/// How often live mode applies the events between samples (see [`Live::pump`]).
+pub const PUMP_EVERY: Duration = Duration::from_millis(50);
 
 /// Takes the per-call probes off a process that calls the allocator faster than `max_rate`
 /// (each call pays a trap), and tries them again after a while, waiting twice as long after

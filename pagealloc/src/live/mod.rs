@@ -131,6 +131,15 @@ impl Live {
         Ok(sample)
     }
 
+    /// Applies the events the reader has handed over so far, without waiting: between samples,
+    /// so that a heap made since the walk is taken in while its `heap_info` is still there
+    /// (glibc deletes an emptied heap soon), and the events do not pile up in memory.
+    pub fn pump(&mut self, session: &mut Session) {
+        while let Ok(batch) = self.batches.try_recv() {
+            self.apply_batch(session, &batch);
+        }
+    }
+
     /// Walks the heap; the events stamped while it ran are replayed against the walk, and it
     /// becomes the state. A reconcile first compares it with the state; a walk that read the
     /// heap inconsistently (the target busy) says nothing of the state, which a reconcile then

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::ServeOptions;
 use crate::error::Error;
 use crate::metrics::AgentFigures;
-use crate::monitor::{ModeChoice, Monitor, MonitorOptions, WalkReason};
+use crate::monitor::{ModeChoice, Monitor, MonitorOptions, PUMP_EVERY, WalkReason};
 use crate::state::Heap;
 use crate::state::report::{Mode, Report};
 
@@ -37,7 +37,7 @@ impl Drop for Running {
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 /// A process that could not be opened is tried again after this.
 const RETRY_REFUSED: Duration = Duration::from_secs(60);
-/// Live mode applies the events at least this often (they wait in memory until then).
+/// Live mode samples at least this often (its events are applied as they come, in between).
 const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the CPU budget delaying samples is said again.
 const SAY_DELAYED_EVERY: Duration = Duration::from_secs(600);
@@ -82,8 +82,9 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
             })
             .min();
         let wake = next.map_or(next_discovery, |(at, ..)| at.min(next_discovery));
-        match stop.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => {}
+        let wait = wake.saturating_duration_since(Instant::now());
+        match stop.recv_timeout(wait.min(PUMP_EVERY)) {
+            Err(RecvTimeoutError::Timeout) => sampler.pump(),
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         if let Some((at, pid, delayed)) = next
@@ -180,6 +181,15 @@ impl Sampler {
                 },
             ),
             other => other,
+        }
+    }
+
+    /// Live mode's events applied between samples (a bug met there is met again, and dealt
+    /// with, by the process's next sample).
+    fn pump(&mut self) {
+        for tracked in self.tracked.values_mut() {
+            let pump = std::panic::AssertUnwindSafe(|| tracked.monitor.pump());
+            let _ = std::panic::catch_unwind(pump);
         }
     }
 

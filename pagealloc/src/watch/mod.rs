@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 use crate::debuginfo::DebugOptions;
 use crate::error::{Error, Result};
 use crate::live::LiveOptions;
-use crate::monitor::{ModeChoice, Monitor, MonitorOptions};
+use crate::monitor::{ModeChoice, Monitor, MonitorOptions, PUMP_EVERY};
 use crate::render::screen::{self, ScreenOptions};
 use crate::render::{self, ColorChoice, Style};
 use crate::state::heap::GRANULE;
@@ -120,25 +120,31 @@ pub fn run(options: WatchOptions) -> Result<()> {
         if let Some(heap) = sample.heap_map() {
             render::check_arena(options.arena, heap, options.pid)?;
         }
-        let history = monitor.history();
-        let shown = Shown {
-            sample: &sample,
-            history,
-            name: &name,
-            walk_reason: &walk_reason,
+        let show_now = |output: &mut Output, monitor: &Monitor| {
+            let shown = Shown {
+                sample: &sample,
+                history: monitor.history(),
+                name: &name,
+                walk_reason: &walk_reason,
+            };
+            show(output, &shown, &options)
         };
-        show(&mut output, &shown, &options)?;
-        if options.count.is_some_and(|count| history.samples >= count) {
+        show_now(&mut output, &monitor)?;
+        let samples = monitor.history().samples;
+        if options.count.is_some_and(|count| samples >= count) {
             return Ok(());
         }
         // Samples keep to the interval's beat; one that took longer than the interval is
-        // followed by the next at once.
-        let next = started + options.interval.mul_f64(history.samples as f64);
+        // followed by the next at once. In between, live mode applies the events as they come.
+        let next = started + options.interval.mul_f64(samples as f64);
         loop {
             let wait = next.saturating_duration_since(Instant::now());
-            match wakes.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => break,
-                Ok(Wake::Resize) => show(&mut output, &shown, &options)?,
+            if wait.is_zero() {
+                break;
+            }
+            match wakes.recv_timeout(wait.min(PUMP_EVERY)) {
+                Err(RecvTimeoutError::Timeout) => monitor.pump(),
+                Ok(Wake::Resize) => show_now(&mut output, &monitor)?,
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
