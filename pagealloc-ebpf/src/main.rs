@@ -19,7 +19,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
 };
 use aya_ebpf::macros::{btf_map, map, raw_tracepoint, uprobe, uretprobe};
-use aya_ebpf::maps::{HashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
 use aya_ebpf::programs::{ProbeContext, RawTracePointContext, RetProbeContext};
 use pagealloc_common::{
     BATCH_EVENTS, Call, DRAIN_BUSY, Event, EventKind, IS_MMAPPED, LOST_COUNT, LOST_LAST, Pending,
@@ -45,6 +45,35 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(1 << 16, 0);
 /// Threads giving their tcache back as they exit.
 #[map(name = "FLUSHING")]
 static FLUSHING: HashMap<u32, u8> = HashMap::with_max_entries(1 << 16, 0);
+
+/// How many entries `PENDING` ([`OUTER_CALLS`]) and `FLUSHING` ([`FLUSHING_THREADS`]) hold:
+/// while one is 0 (a program that neither reallocates nor ends threads just now), malloc's and
+/// free's probes skip its hash look-up, which costs more than the rest of their work. A thread
+/// always sees its own entry's count (its own earlier write); other threads' counts only make
+/// a look-up that finds nothing.
+#[map(name = "GATES")]
+static GATES: Array<u64> = Array::with_max_entries(2, 0);
+const OUTER_CALLS: u32 = 0;
+const FLUSHING_THREADS: u32 = 1;
+
+fn any(gate: u32) -> bool {
+    // SAFETY: a word of the map value, read once.
+    GATES
+        .get_ptr(gate)
+        .is_none_or(|count| unsafe { core::ptr::read_volatile(count) } != 0)
+}
+
+/// Adds `by` (wrapping: -1 is `u64::MAX`) to a gate's count.
+fn count(gate: u32, by: u64) {
+    if let Some(count) = GATES.get_ptr_mut(gate) {
+        // SAFETY: an atomic add to a word of the map value.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, by,
+            )
+        };
+    }
+}
 
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
@@ -75,7 +104,8 @@ fn chunk(pointer: u64) -> (u64, u64) {
 /// above the outer call's entry stack still counts as inside.
 fn nested(tid: u32, stack: u64, slack: u64) -> bool {
     // SAFETY: the value is copied out at once.
-    unsafe { PENDING.get(&tid) }.is_some_and(|pending| stack <= pending.stack + slack)
+    any(OUTER_CALLS)
+        && unsafe { PENDING.get(&tid) }.is_some_and(|pending| stack <= pending.stack + slack)
 }
 
 /// At a return the stack is one word (the return address) above what it was at entry.
@@ -310,7 +340,9 @@ pub fn outer_entry(ctx: ProbeContext) -> u32 {
         request,
         call,
     };
-    let _ = PENDING.insert(&tid, &pending, 0);
+    if PENDING.insert(&tid, &pending, 0).is_ok() {
+        count(OUTER_CALLS, 1);
+    }
     0
 }
 
@@ -325,7 +357,9 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
     if stack(&ctx) <= pending.stack {
         return 0;
     }
-    let _ = PENDING.remove(&tid);
+    if PENDING.remove(&tid).is_ok() {
+        count(OUTER_CALLS, u64::MAX);
+    }
     let result: u64 = ctx.ret();
     let call = pending.call as u8;
     if pending.call == Call::Realloc as u64 {
@@ -360,7 +394,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: the value is copied out at once.
-    let call = if unsafe { FLUSHING.get(&tid) }.is_some() {
+    let call = if any(FLUSHING_THREADS) && unsafe { FLUSHING.get(&tid) }.is_some() {
         Call::Flush
     } else {
         Call::Free
@@ -387,13 +421,17 @@ pub fn tcache_alloc(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn flush_entry(_ctx: ProbeContext) -> u32 {
-    let _ = FLUSHING.insert(&tid(), &1, 0);
+    if FLUSHING.insert(&tid(), &1, 0).is_ok() {
+        count(FLUSHING_THREADS, 1);
+    }
     0
 }
 
 #[uretprobe]
 pub fn flush_return(_ctx: RetProbeContext) -> u32 {
-    let _ = FLUSHING.remove(&tid());
+    if FLUSHING.remove(&tid()).is_ok() {
+        count(FLUSHING_THREADS, u64::MAX);
+    }
     0
 }
 
