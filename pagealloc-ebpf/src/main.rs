@@ -46,11 +46,11 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(1 << 16, 0);
 #[map(name = "FLUSHING")]
 static FLUSHING: HashMap<u32, u8> = HashMap::with_max_entries(1 << 16, 0);
 
-/// How many entries `PENDING` ([`OUTER_CALLS`]) and `FLUSHING` ([`FLUSHING_THREADS`]) hold:
-/// while one is 0 (a program that neither reallocates nor ends threads just now), malloc's and
-/// free's probes skip its hash look-up, which costs more than the rest of their work. A thread
-/// always sees its own entry's count (its own earlier write); other threads' counts only make
-/// a look-up that finds nothing.
+/// How many entries `PENDING` ([`OUTER_CALLS`]) and `FLUSHING` ([`FLUSHING_THREADS`]) hold, at
+/// least (an entry replaced counts twice, which only costs look-ups): while one is 0 (a program
+/// that neither reallocates nor ends threads just now), malloc's and free's probes skip that
+/// hash look-up, which costs more than the rest of their work. A thread always sees the count
+/// of its own entry (its own earlier write); other threads' only make a look-up find nothing.
 #[map(name = "GATES")]
 static GATES: Array<u64> = Array::with_max_entries(2, 0);
 const OUTER_CALLS: u32 = 0;
