@@ -113,9 +113,8 @@ const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
 fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
-    let event = Event {
-        // SAFETY: a helper without arguments.
-        time: unsafe { bpf_ktime_get_ns() },
+    let mut event = Event {
+        time: 0,
         pointer,
         size,
         tid,
@@ -124,13 +123,18 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         reserved: 0,
     };
     let Some(staged) = STAGED.get_ptr_mut(0) else {
+        event.time = now();
         return write_now(&event);
     };
     // SAFETY: this CPU's value, which `claim` keeps other programs of this CPU out of.
     let staged = unsafe { &mut *staged };
     if !claim(staged) {
+        event.time = now();
         return write_now(&event);
     }
+    // Stamped once the area is held: a reader that finds it free and empty has every event
+    // of this CPU stamped before it looked, however long this vCPU stalls here.
+    event.time = now();
     // Volatile writes: the compiler keeps them before `release`'s. Only this CPU's programs
     // come here, so no fence is needed beyond that.
     match staged.events.get_mut(staged.count as usize) {
@@ -147,6 +151,11 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         flush(staged);
     }
     release(staged);
+}
+
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Takes this CPU's staging area if no other program of the CPU (a preempted probe, a drain
@@ -245,8 +254,8 @@ fn count_lost(events: u64) {
         };
     }
     if let Some(last) = LOST.get_ptr_mut(LOST_LAST) {
-        // SAFETY: as above; a helper without arguments.
-        unsafe { *last = bpf_ktime_get_ns() };
+        // SAFETY: as above.
+        unsafe { *last = now() };
     }
 }
 

@@ -52,7 +52,8 @@ impl Drains {
         self.stranded.resize(areas.len(), None);
         let mut stranded_events = 0;
         for (cpu, area) in areas.iter().enumerate() {
-            if area.count == 0 {
+            // Held (a probe between its stamp and its batch's commit): drained, or waited for.
+            if area.count == 0 && area.busy == 0 {
                 self.emptied_at[cpu] = now;
                 continue;
             }
@@ -62,7 +63,7 @@ impl Drains {
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                     // Offline: what it gathered comes out only if it comes back, too late.
                     let first = area.events[0].time;
-                    if self.stranded[cpu] != Some(first) {
+                    if area.count > 0 && self.stranded[cpu] != Some(first) {
                         self.stranded[cpu] = Some(first);
                         stranded_events += area.count.min(area.events.len() as u64);
                     }
