@@ -134,6 +134,10 @@ struct WatchArgs {
     /// Live mode: how often a fresh walk checks the state kept from events.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     reconcile: Duration,
+    /// Stop the target's threads (ptrace) while the heap is walked, for a consistent heap
+    /// (a pause of the walk's length: in live mode only to seed, resync and reconcile).
+    #[arg(long)]
+    stop: bool,
     /// Live mode: above this many allocation calls and frees a second the probes come off
     /// (each call pays a trap) and watch walks the heap, trying the probes again later.
     #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
@@ -262,6 +266,7 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             scale: args.scale,
             debug: args.heap.debug_options(),
             walk: args.walk,
+            stop: args.stop,
             max_rate: args.max_rate,
             live: LiveOptions {
                 trace: TraceOptions {
@@ -280,6 +285,7 @@ fn probes(args: ProbesArgs) -> pagealloc::Result<()> {
         SessionOptions {
             heap: true,
             debug: args.heap.debug_options(),
+            stop: false,
         },
     )?;
     let site = session.probe_site()?;
@@ -297,13 +303,10 @@ fn snapshot(args: SnapshotArgs) -> pagealloc::Result<()> {
         SessionOptions {
             heap: !args.pages_only,
             debug: args.heap.debug_options(),
+            stop: args.stop,
         },
     )?;
-    let sample = if args.stop {
-        session.sample_stopped()?
-    } else {
-        session.sample()?
-    };
+    let sample = session.sample()?;
     let text = match args.format {
         Format::Json => render::json::snapshot(&sample),
         Format::Text => {

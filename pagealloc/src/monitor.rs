@@ -13,6 +13,8 @@ use crate::state::{History, Sample};
 #[derive(Clone, Debug)]
 pub struct MonitorOptions {
     pub debug: DebugOptions,
+    /// Walks hold the process's threads still (see [`SessionOptions::stop`]).
+    pub stop: bool,
     pub mode: ModeChoice,
     /// Above this many allocation calls and frees a second, the probes come off (walk mode)
     /// until a later try finds the rate lower.
@@ -81,6 +83,7 @@ impl Monitor {
             SessionOptions {
                 heap: true,
                 debug: options.debug.clone(),
+                stop: options.stop,
             },
         )?;
         let (live, walk_reason) = match &options.mode {

@@ -23,6 +23,9 @@ pub struct SessionOptions {
     /// Walk the heap too (needs glibc's debug info).
     pub heap: bool,
     pub debug: DebugOptions,
+    /// Hold the process's threads still (ptrace) while the heap is walked: a consistent heap,
+    /// for a pause of the walk's length.
+    pub stop: bool,
 }
 
 pub struct Session {
@@ -87,7 +90,11 @@ impl Session {
     /// One look at the process while it runs. Fails only when the process itself cannot be
     /// read (gone, forbidden); a heap that cannot be walked is in the sample.
     pub fn sample(&mut self) -> Result<Sample> {
-        self.look(self.options.heap)
+        if self.options.stop && self.options.heap {
+            self.sample_stopped()
+        } else {
+            self.look(self.options.heap)
+        }
     }
 
     /// The page map alone (live mode keeps the heap map current from events in between).
@@ -160,11 +167,11 @@ impl Session {
     /// One look with every thread of the process held still (ptrace), for a consistent heap. A
     /// thread stopped in the middle of malloc can leave its arena half updated: when the heap
     /// reads inconsistent, the process runs on for a moment and is looked at again.
-    pub fn sample_stopped(&mut self) -> Result<Sample> {
+    fn sample_stopped(&mut self) -> Result<Sample> {
         let mut attempt = 1;
         loop {
             let frozen = Frozen::freeze(self.target.pid)?;
-            let sample = self.sample();
+            let sample = self.look(true);
             drop(frozen);
             let consistent = match &sample {
                 Ok(sample) => sample.heap_map().is_none_or(HeapMap::is_consistent),

@@ -115,6 +115,43 @@ fn root_attaching_to_a_busy_process_loses_nothing() {
     assert_eq!(events(&first, "lost"), 0, "{}", first["events"]);
 }
 
+/// With `--stop`, walks hold the threads still: a process churning without pause (whose heap
+/// no running walk reads consistently) is reconciled all the same, and the state its events
+/// kept matches each fresh walk exactly. (A loss or contradiction met on the way has made a
+/// walk of its own, which the reconcile then checks: each is counted, none asserted here.)
+#[test]
+fn root_stopped_reconciles_find_a_churning_state_exact() {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["50000000", "4"]);
+    fixture.send("g");
+    // Rings of 64 MiB: four threads churning flat out on this machine's cores can outrun a
+    // reader the scheduler leaves waiting; this test is about the reconciles.
+    let mut watch = watch(
+        fixture.pid(),
+        &[
+            "--interval",
+            "200ms",
+            "--reconcile",
+            "1s",
+            "--stop",
+            "--ring-bytes",
+            "67108864",
+        ],
+    );
+    let first = watch.line_after(SystemTime::now(), |_| true);
+    assert_eq!(first["mode"], "live", "{first}");
+    for _ in 0..3 {
+        let line = reconciled_after(&mut watch, SystemTime::now());
+        let context = format!("{}", line["events"]);
+        assert!(
+            events(&line, "allocs") > events(&first, "allocs"),
+            "{context}"
+        );
+        assert_eq!(events(&line, "reconcile_mismatch_chunks"), 0, "{context}");
+        assert_eq!(events(&line, "reconcile_mismatch_bytes"), 0, "{context}");
+    }
+}
+
 /// A ring buffer too small for the churn: the losses are counted, a resync walks the heap, and
 /// the figures are exact again afterwards.
 #[test]

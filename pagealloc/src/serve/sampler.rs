@@ -169,6 +169,7 @@ impl Sampler {
         };
         let options = MonitorOptions {
             debug: self.options.debug.clone(),
+            stop: false,
             mode,
             max_rate: self.options.max_rate,
         };

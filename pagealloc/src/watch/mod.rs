@@ -39,6 +39,8 @@ pub struct WatchOptions {
     pub debug: DebugOptions,
     /// Walk the heap at every sample; do not attach probes.
     pub walk: bool,
+    /// Walks hold the process's threads still.
+    pub stop: bool,
     pub live: LiveOptions,
     /// Above this many allocation calls and frees a second, the probes come off (walk mode)
     /// until a later try finds the rate lower.
@@ -71,6 +73,7 @@ pub fn run(options: WatchOptions) -> Result<()> {
         options.pid,
         MonitorOptions {
             debug: options.debug.clone(),
+            stop: options.stop,
             mode: if options.walk {
                 ModeChoice::Walk("asked for (--walk)".into())
             } else {
