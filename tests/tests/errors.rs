@@ -108,7 +108,7 @@ fn bad_arguments_are_usage_errors() {
     );
     expect_failure(&["watch", "1", "--scale", "100"], 2, "16-byte granules");
     expect_failure(&["watch", "1", "--count", "0"], 2, "invalid value");
-    expect_failure(&["watch", "1", "--stop"], 2, "unexpected argument");
+    expect_failure(&["watch", "1", "--reconcile", "soon"], 2, "invalid value");
 }
 
 /// A process that exits at any moment of a snapshot of its large heap: the snapshot says it
