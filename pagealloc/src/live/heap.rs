@@ -257,12 +257,11 @@ impl LiveHeap {
             && end - heap <= HEAP_MAX
             && (first - heap).is_multiple_of(GRANULE)
             && (end - heap).is_multiple_of(self.page_size);
-        let overlaps = self.index.iter().any(|&(s, e, _)| s < end && heap < e);
-        if !plausible || overlaps {
+        if !plausible {
             return false;
         }
         let known = self.map.arenas.iter().position(|a| a.address == arena);
-        let index = match known {
+        let gone: Vec<u64> = match known {
             // A new heap of an arena known, after one known (heaps are newest first).
             Some(i) => {
                 let heaps = &self.map.arenas[i].heaps;
@@ -273,14 +272,24 @@ impl LiveHeap {
                 if self.map.arenas[i].main || gone.iter().any(|&h| self.holds_live(h)) {
                     return false;
                 }
+                gone
+            }
+            // A new arena: its malloc_state sits in this, its first heap.
+            None if prev == 0 && heap < arena && arena < first => Vec::new(),
+            None => return false,
+        };
+        // A deleted heap's place may be taken by the new one; any other overlap: not sure.
+        let overlaps =
+            (self.index.iter()).any(|&(s, e, _)| s < end && heap < e && !gone.contains(&s));
+        if overlaps {
+            return false;
+        }
+        let index = match known {
+            Some(i) => {
                 self.drop_heaps(i, &gone);
                 i
             }
-            // A new arena: its malloc_state sits in this, its first heap.
             None => {
-                if prev != 0 || !(heap < arena && arena < first) {
-                    return false;
-                }
                 self.map.arenas.push(Arena {
                     address: arena,
                     main: false,
@@ -338,8 +347,7 @@ impl LiveHeap {
     }
 }
 
-/// Marks the granules `range` as one chunk in `state`; the chunk that follows, if it is not
-/// marked as starting there, is the rest of what this chunk was carved from: it starts there.
+/// (start, end, index) of each segment, by start.
 fn index_of(segments: &[Segment]) -> Vec<(u64, u64, usize)> {
     let mut index: Vec<(u64, u64, usize)> = (segments.iter().enumerate())
         .map(|(i, s)| (s.start, s.end, i))
@@ -348,6 +356,8 @@ fn index_of(segments: &[Segment]) -> Vec<(u64, u64, usize)> {
     index
 }
 
+/// Marks the granules `range` as one chunk in `state`; the chunk that follows, if it is not
+/// marked as starting there, is the rest of what this chunk was carved from: it starts there.
 fn mark(granules: &mut [u8], range: std::ops::Range<usize>, state: ChunkState) {
     if let Some(next) = granules.get_mut(range.end) {
         *next |= CHUNK_START;
@@ -502,6 +512,17 @@ mod tests {
             live.apply(&in_second, Apply::Strict),
             Err(Contradiction::Outside { .. })
         ));
+        // The third deleted too, and a new heap made in its place.
+        assert!(live.add_heap(third, info(third, first_heap, third + 0x30)));
+        assert_eq!(
+            live.map
+                .segments
+                .iter()
+                .filter(|s| s.start == third)
+                .count(),
+            1
+        );
+        assert_eq!(live.map.arenas[1].figures.system_bytes, 2 * 0x21000);
         // A heap linked to one never known, or claiming the main arena: walked instead.
         let fourth = first_heap + 3 * max;
         assert!(!live.add_heap(fourth, info(fourth, first_heap + 9 * max, fourth + 0x30)));
