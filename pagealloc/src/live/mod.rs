@@ -58,8 +58,10 @@ pub struct Live {
     /// Events stamped up to this may be in it already (replayed).
     walked_until: u64,
     needs: Option<Walk>,
-    /// When the last event known to be lost was dropped (the probes' clock; 0: none).
-    lost_at: u64,
+    /// Events stamped before this are not replayed against a walk: they may miss a later
+    /// event of their chunk. When the last event known to be lost was dropped, or when the
+    /// last probe was attached (before that, some calls had their probe and some not yet).
+    trusted_from: u64,
     /// When the next reconcile is due.
     next_reconcile: Instant,
     header_bytes: u64,
@@ -77,6 +79,7 @@ impl Live {
         let site = session.probe_site()?;
         let (tracer, batches) =
             Tracer::attach(session.pid(), &site.libc, &site.internals, options.trace)?;
+        let attached = trace::monotonic_now();
         let mut live = Live {
             tracer,
             batches,
@@ -85,7 +88,7 @@ impl Live {
             replay_from: 0,
             walked_until: 0,
             needs: None,
-            lost_at: 0,
+            trusted_from: attached,
             next_reconcile: Instant::now() + options.reconcile,
             header_bytes: site.header_bytes,
             options,
@@ -157,10 +160,12 @@ impl Live {
         let page_size = sample.pages.page_size;
         let old = std::mem::replace(&mut self.heap, LiveHeap::new(walked, page_size));
         let old_window = (self.replay_from, self.walked_until);
-        // Events from before a loss are not replayed: a later event of the same chunk may be
-        // the one lost (a free replayed over the chunk's reuse, its allocation lost, would
-        // mark a live chunk free).
-        let replay_from = from.saturating_sub(REPLAY_SLACK_NS).max(self.lost_at);
+        // Events from before a loss, or from while the probes were being attached, are not
+        // replayed: a later event of the same chunk may be missing (an allocation replayed
+        // whose free was made before free's probe was in place would leave a freed chunk
+        // live; a free replayed over the chunk's reuse, its allocation lost, would mark a live
+        // chunk free).
+        let replay_from = from.saturating_sub(REPLAY_SLACK_NS).max(self.trusted_from);
         (self.replay_from, self.walked_until) = (replay_from, until);
         self.needs = None;
         // The state before, for a reconcile: the same events applied to it.
@@ -293,7 +298,7 @@ impl Live {
         if lost.count > self.counts.lost {
             log::debug!("resync: {} events lost", lost.count - self.counts.lost);
             self.counts.lost = lost.count;
-            self.lost_at = lost.last;
+            self.trusted_from = self.trusted_from.max(lost.last);
             self.resync();
         }
         Ok(())
