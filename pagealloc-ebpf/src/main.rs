@@ -66,13 +66,19 @@ fn any(gate: u32) -> bool {
 /// Adds `by` (wrapping: -1 is `u64::MAX`) to a gate's count.
 fn count(gate: u32, by: u64) {
     if let Some(count) = GATES.get_ptr_mut(gate) {
-        // SAFETY: an atomic add to a word of the map value.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                count, by,
-            )
-        };
+        add(count, by);
     }
+}
+
+/// Adds `by` to a word of a map value atomically (a program preempted while adding, or one
+/// on another CPU, must not lose another's addition).
+fn add(word: *mut u64, by: u64) {
+    // SAFETY: the word is in a map value the caller's look-up vouched for.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            word, by,
+        )
+    };
 }
 
 fn tid() -> u32 {
@@ -122,19 +128,13 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         call,
         reserved: 0,
     };
-    let Some(staged) = STAGED.get_ptr_mut(0) else {
-        event.time = now();
-        return write_now(&event);
-    };
-    // SAFETY: this CPU's value, which `claim` keeps other programs of this CPU out of.
-    let staged = unsafe { &mut *staged };
-    if !claim(staged) {
-        event.time = now();
-        return write_now(&event);
-    }
+    let staged = take_area();
     // Stamped once the area is held: a reader that finds it free and empty has every event
     // of this CPU stamped before it looked, however long this vCPU stalls here.
     event.time = now();
+    let Some(staged) = staged else {
+        return write_now(&event);
+    };
     // Volatile writes: the compiler keeps them before `release`'s. Only this CPU's programs
     // come here, so no fence is needed beyond that.
     match staged.events.get_mut(staged.count as usize) {
@@ -158,9 +158,12 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Takes this CPU's staging area if no other program of the CPU (a preempted probe, a drain
-/// from user space) holds it.
-fn claim(staged: &mut Staged) -> bool {
+/// This CPU's staging area, taken, if no other program of the CPU (a preempted probe, a
+/// drain from user space) holds it.
+fn take_area() -> Option<&'static mut Staged> {
+    // SAFETY: this CPU's value, which the exchange below keeps other programs of this CPU out
+    // of until `release`.
+    let staged = unsafe { &mut *STAGED.get_ptr_mut(0)? };
     // SAFETY: an atomic exchange on a word of the map value.
     let was = unsafe {
         core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Acquire }>(
@@ -168,7 +171,7 @@ fn claim(staged: &mut Staged) -> bool {
             1,
         )
     };
-    was == 0
+    (was == 0).then_some(staged)
 }
 
 fn release(staged: &mut Staged) {
@@ -245,13 +248,7 @@ fn wake_flags(ring: &RingBuf<Event, 4096>) -> u64 {
 
 fn count_lost(events: u64) {
     if let Some(count) = LOST.get_ptr_mut(LOST_COUNT) {
-        // SAFETY: an atomic add to the per-CPU slot (a probe preempted here and another of
-        // the same CPU must not lose each other's count).
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                count, events,
-            )
-        };
+        add(count, events);
     }
     if let Some(last) = LOST.get_ptr_mut(LOST_LAST) {
         // SAFETY: as above.
@@ -262,14 +259,9 @@ fn count_lost(events: u64) {
 /// Run by user space on one CPU: that CPU's gathered events go to its ring now.
 #[raw_tracepoint]
 pub fn drain(_ctx: RawTracePointContext) -> i32 {
-    let Some(staged) = STAGED.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: as in `emit`.
-    let staged = unsafe { &mut *staged };
-    if !claim(staged) {
+    let Some(staged) = take_area() else {
         return DRAIN_BUSY as i32;
-    }
+    };
     flush(staged);
     release(staged);
     0
