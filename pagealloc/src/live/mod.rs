@@ -177,11 +177,7 @@ impl Live {
                 if let Some((old, broken)) = &mut old {
                     for event in &batch.events {
                         if let Some(how) = mode(event.time, old_window.0, old_window.1) {
-                            *broken |= if *broken {
-                                old.apply(event, how).is_err()
-                            } else {
-                                apply(old, session, event, how).is_err()
-                            };
+                            *broken |= apply(old, session, event, how, !*broken).is_err();
                         }
                     }
                 }
@@ -250,12 +246,8 @@ impl Live {
             let Some(how) = mode(event.time, self.replay_from, self.walked_until) else {
                 continue; // the walk saw it
             };
-            let applied = if self.needs == Some(Walk::Resync) {
-                self.heap.apply(event, how)
-            } else {
-                apply(&mut self.heap, session, event, how)
-            };
-            match applied {
+            let take_in = self.needs != Some(Walk::Resync);
+            match apply(&mut self.heap, session, event, how, take_in) {
                 Ok(()) => {}
                 // Past the first, the state is known to be off: they say nothing more.
                 Err(_) if self.needs == Some(Walk::Resync) => {}
@@ -305,19 +297,21 @@ impl Live {
     }
 }
 
-/// Applies `event` to `heap`; a chunk handed out of a heap made since the walk has the heap
-/// taken in first, as it says it is now ([`LiveHeap::add_heap`]).
+/// Applies `event` to `heap`; with `take_in`, a chunk handed out of a heap made since the walk
+/// has the heap taken in first, as it says it is now ([`LiveHeap::add_heap`]). (Without: the
+/// state is known to be off already, and a walk will replace it.)
 fn apply(
     heap: &mut LiveHeap,
     session: &mut Session,
     event: &pagealloc_common::Event,
     how: Apply,
+    take_in: bool,
 ) -> Result<(), Contradiction> {
     let applied = heap.apply(event, how);
     let Err(Contradiction::Outside { address }) = applied else {
         return applied;
     };
-    if event.kind != EventKind::Alloc as u8 {
+    if !take_in || event.kind != EventKind::Alloc as u8 {
         return applied;
     }
     let start = LiveHeap::heap_of(address);
