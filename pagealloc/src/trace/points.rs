@@ -385,6 +385,8 @@ struct Analysis<'a, 'c> {
     code: &'c dyn Fn(u64) -> &'a [u8],
     /// Whether the function at an address returns its first argument (memset, memcpy...).
     returns_first_argument: &'c dyn Fn(u64) -> bool,
+    /// ...as answered, by address (a tail call is met once per state that reaches it).
+    returning: RefCell<HashMap<u64, bool>>,
     decoded: RefCell<HashMap<u64, Instruction>>,
     info: RefCell<InstructionInfoFactory>,
     /// Whether a callee, entered with these constant arguments, may return.
@@ -400,6 +402,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
         Analysis {
             code,
             returns_first_argument,
+            returning: RefCell::default(),
             decoded: RefCell::default(),
             info: RefCell::new(InstructionInfoFactory::new()),
             may_return: RefCell::default(),
@@ -487,7 +490,9 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 if leaves
                     && state.rsp == Some(0)
                     && state.registers[RDI] == state.registers[RAX]
-                    && (self.returns_first_argument)(target)
+                    && *(self.returning.borrow_mut())
+                        .entry(target)
+                        .or_insert_with(|| (self.returns_first_argument)(target))
                 {
                     return Ok(Step::Exit(Exit::Return, Box::new(state)));
                 }
