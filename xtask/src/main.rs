@@ -3,6 +3,7 @@
 //! Every task first runs `setup`, which checks each prerequisite and installs what is missing,
 //! idempotently, printing one line per step.
 mod bench;
+mod layers;
 mod overhead;
 mod serve;
 mod setup;
@@ -36,6 +37,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check that pagealloc's modules import one another without cycles, outputs never sources.
+    Layers,
     /// Benchmarks; prints medians side by side.
     Bench {
         #[command(subcommand)]
@@ -82,9 +85,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
+    if let Task::Layers = cli.task {
+        return layers::check(Path::new(layers::SOURCE));
+    }
     setup::run()?;
     match cli.task {
-        Task::Setup => Ok(()),
+        Task::Setup | Task::Layers => Ok(()),
         Task::Demo { args } => demo(&root, &args),
         Task::Test { args } => test(&args),
         Task::Bench {
