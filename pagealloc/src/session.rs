@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use crate::debuginfo::{self, DebugInfoError, DebugOptions};
+use crate::debuginfo::{DebugInfoError, DebugOptions};
 use crate::error::{Error, Result};
 use crate::glibc::{self, Libc, Split};
 use crate::proc::Target;
@@ -221,7 +221,7 @@ impl Session {
                 self.target.pid
             ))
         })?;
-        if mapping.path.ends_with(glibc::identity::DELETED) && !mapping.file.exists() {
+        if mapping.path.ends_with(crate::proc::DELETED) && !mapping.file.exists() {
             return Err(HeapUnavailable::Unwalkable(format!(
                 "the C library of process {} was deleted since it was mapped (upgraded?): it \
                  can be read only through /proc/{}/map_files, which needs CAP_SYS_ADMIN",
@@ -255,7 +255,7 @@ impl Session {
         mapping: &LibcMapping,
         page_size: u64,
     ) -> Result<ResolvedLibc, HeapUnavailable> {
-        let debug = debuginfo::load(&mapping.file, &self.options.debug).map_err(unavailable)?;
+        let debug = glibc::debug::load(&mapping.file, &self.options.debug).map_err(unavailable)?;
         log::debug!(
             "malloc layout loaded (from the cache: {})",
             debug.from_cache

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use pagealloc::debuginfo::{self, DebugOptions};
+use pagealloc::debuginfo::DebugOptions;
+use pagealloc::glibc::debug;
 use pagealloc::glibc::identity::is_libc_name;
 use pagealloc::proc::Target;
 use pagealloc::trace::{Batch, Internals, TraceOptions, Tracer, monotonic_now};
@@ -48,11 +49,11 @@ fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
         .find(|m| is_libc_name(&m.path))
         .map(|m| target.root_path(std::path::Path::new(&m.path)))
         .expect("fixture uses glibc");
-    let debug = debuginfo::load(&libc, &DebugOptions::default()).expect("debug info");
+    let info = debug::load(&libc, &DebugOptions::default()).expect("debug info");
     let internals = Internals {
-        thread_freeres: debug.layout.symbols.thread_freeres,
-        int_malloc: debug.layout.symbols.int_malloc,
-        tcache_init: debug.layout.symbols.tcache_init.clone(),
+        thread_freeres: info.layout.symbols.thread_freeres,
+        int_malloc: info.layout.symbols.int_malloc,
+        tcache_init: info.layout.symbols.tcache_init.clone(),
     };
     let options = TraceOptions {
         one_trap,

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use super::MallocLayout;
 
 /// Bump when what is extracted changes, so that old cache files are recomputed.
 const FORMAT: u32 = 3;
@@ -44,12 +43,12 @@ pub(crate) fn resolve_dir(explicit: Option<&Path>) -> Option<PathBuf> {
 
 /// What a cache file holds: the layout's fields at top level, and where it came from.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Entry {
+pub(crate) struct Entry<L> {
     pub cache_format: u32,
     pub build_id: String,
     pub debug_file: PathBuf,
     #[serde(flatten)]
-    pub layout: MallocLayout,
+    pub layout: L,
 }
 
 pub(crate) struct LayoutCache {
@@ -66,9 +65,9 @@ impl LayoutCache {
     }
 
     /// The cached entry, or None if there is none usable.
-    pub fn read(&self) -> Option<Entry> {
+    pub fn read<L: DeserializeOwned>(&self) -> Option<Entry<L>> {
         let text = fs::read(&self.path).ok()?;
-        match serde_json::from_slice::<Entry>(&text) {
+        match serde_json::from_slice::<Entry<L>>(&text) {
             Ok(entry) if entry.cache_format == FORMAT && entry.build_id == self.build_id => {
                 Some(entry)
             }
@@ -87,13 +86,13 @@ impl LayoutCache {
     }
 
     /// Stores the layout, atomically (temporary file, then rename). Failures are only logged.
-    pub fn write(&self, debug_file: &Path, layout: &MallocLayout) {
+    pub fn write<L: Serialize>(&self, debug_file: &Path, layout: &L) {
         let entry = Entry {
             cache_format: FORMAT,
             build_id: self.build_id.clone(),
             // Read back by runs started elsewhere: a relative path would name another file.
             debug_file: std::path::absolute(debug_file).unwrap_or_else(|_| debug_file.into()),
-            layout: layout.clone(),
+            layout,
         };
         if let Err(e) = write_atomically(&self.path, |f| {
             serde_json::to_writer_pretty(&mut *f, &entry)?;

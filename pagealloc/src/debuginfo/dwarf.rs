@@ -1,13 +1,13 @@
 //! Struct layouts from DWARF and static symbol addresses from `.symtab`.
 //!
-//! The DWARF of a whole libc is large (about 10 MB of `.debug_info` for glibc 2.36), so the
+//! The DWARF of a whole library is large (about 10 MB of `.debug_info` for glibc 2.36), so the
 //! walk is lazy: only the sections that names and types need are decompressed, only the
-//! top-level DIEs of a unit are visited, and the unit compiled from `malloc.c` (which
-//! includes `arena.c` and defines every struct wanted) is read first. The other units are
-//! read only if it lacks a required struct (e.g. dwz moved the types to partial units).
+//! top-level DIEs of a unit are visited, and the unit that defines the structs wanted (for
+//! glibc: the one compiled from `malloc.c`, which includes `arena.c`) is read first. The other
+//! units are read only if it lacks a required struct (e.g. dwz moved the types to partial
+//! units).
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use gimli::{
@@ -16,108 +16,37 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::elf::{self, LibcFacts};
-use super::{DebugInfoError, Field, MallocLayout, StructLayout, Symbols};
-use crate::glibc::identity::{SYMBOLS, TCACHE_INIT, WANTED, is_malloc_unit_name};
+#[cfg(doc)]
+use super::DebugInfoError;
+use super::{Field, StructLayout};
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
 
-/// The layout of the libc described by `facts`, from the debug file `path` whose bytes are
-/// `data` (which may be the libc itself), and the dwz supplementary file its
-/// `.gnu_debugaltlink` names, if it has one.
-pub(crate) fn extract_layout(
-    facts: &LibcFacts,
-    path: &Path,
-    data: &[u8],
-    sup: Option<(&Path, &[u8])>,
-) -> Result<MallocLayout, DebugInfoError> {
-    let obj = elf::parse(path, data)?;
-    // Symbols first: they are cheap, and their absence says "not glibc's malloc" at once.
-    let syms = find_symbols(&obj, facts)?;
-    let sup_obj = match sup {
-        Some((sup_path, sup_data)) => Some(elf::parse(sup_path, sup_data)?),
-        None => None,
-    };
-    let mut structs =
-        extract_structs(&obj, sup_obj.as_ref()).map_err(|e| DebugInfoError::Dwarf {
-            path: path.to_path_buf(),
-            message: e.0,
-        })?;
-    let mut take = |name: &str| {
-        structs
-            .remove(name)
-            .ok_or_else(|| DebugInfoError::MissingStruct {
-                name: name.to_string(),
-            })
-    };
-    let mut symbols = syms.symbols;
-    // Only live mode needs it, and it does without: not finding it is no error.
-    symbols.tcache_init = super::inlined::ranges(&obj, TCACHE_INIT).unwrap_or_else(|e| {
-        log::debug!(
-            "tcache_init's code not found in {}: {}",
-            path.display(),
-            e.0
-        );
-        Vec::new()
-    });
-    let glibc_version = facts.glibc_version.clone().or_else(|| {
-        syms.libc_version
-            .and_then(|addr| facts.c_string_at(addr))
-            .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-    });
-    Ok(MallocLayout {
-        glibc_version,
-        malloc_state: take("malloc_state")?,
-        malloc_chunk: take("malloc_chunk")?,
-        heap_info: take("heap_info")?,
-        malloc_par: take("malloc_par")?,
-        tcache_perthread_struct: take("tcache_perthread_struct").ok(),
-        tcache_entry: take("tcache_entry").ok(),
-        symbols,
-    })
+/// One struct to find: the name it is found under, the DWARF struct tags and the typedef names
+/// it may go by.
+pub struct Want {
+    pub canonical: &'static str,
+    pub structs: &'static [&'static str],
+    pub typedefs: &'static [&'static str],
+    pub required: bool,
 }
 
-struct FoundSymbols {
-    symbols: Symbols,
-    /// Address of `__libc_version`, a fallback for the version banner.
-    libc_version: Option<u64>,
+/// The structs to find, and the compilation units that define them (read first; the others
+/// only if a required struct is still missing).
+pub struct Wanted {
+    pub structs: &'static [Want],
+    pub home_unit: fn(&[u8]) -> bool,
 }
 
-/// The [`SYMBOLS`] from the debug file's `.symtab`, falling back to the libc's own `.symtab` if
-/// it was not stripped.
-fn find_symbols(obj: &object::File<'_>, facts: &LibcFacts) -> Result<FoundSymbols, DebugInfoError> {
-    let mut found: [Option<u64>; SYMBOLS.len()] = [None; SYMBOLS.len()];
-    scan_symbols(obj, &mut found);
-    if found[0].is_none() || found[1].is_none() {
-        if let Ok(libc) = object::File::parse(&*facts.data) {
-            scan_symbols(&libc, &mut found);
-        }
-    }
-    let missing = |name: &str| DebugInfoError::MissingSymbol {
-        name: name.to_string(),
-    };
-    Ok(FoundSymbols {
-        symbols: Symbols {
-            main_arena: found[0].ok_or_else(|| missing("main_arena"))?,
-            mp_: found[1].ok_or_else(|| missing("mp_"))?,
-            tcache_key: found[2],
-            thread_freeres: found[4],
-            int_malloc: found[5],
-            tcache_init: Vec::new(),
-            first_load_vaddr: facts.first_load_vaddr,
-        },
-        libc_version: found[3],
-    })
-}
-
-/// Fills `found[i]` with the address of the first defined symbol called `SYMBOLS[i]`.
-fn scan_symbols(obj: &object::File<'_>, found: &mut [Option<u64>; SYMBOLS.len()]) {
+/// Fills `found[i]` with the address of the first defined symbol of `obj`'s `.symtab` called
+/// `names[i]`, where not filled already.
+pub(crate) fn scan_symbols(obj: &object::File<'_>, names: &[&[u8]], found: &mut [Option<u64>]) {
     for sym in obj.symbols() {
         if sym.is_undefined() || sym.address() == 0 {
             continue;
         }
         let Ok(name) = sym.name_bytes() else { continue };
-        if let Some(i) = SYMBOLS.iter().position(|n| *n == name) {
+        if let Some(i) = names.iter().position(|n| *n == name) {
             found[i].get_or_insert(sym.address());
         }
     }
@@ -145,6 +74,7 @@ fn fail<T>(msg: impl Into<String>) -> DResult<T> {
 pub(crate) fn extract_structs(
     obj: &object::File<'_>,
     sup: Option<&object::File<'_>>,
+    wanted: &Wanted,
 ) -> DResult<HashMap<&'static str, StructLayout>> {
     let endian = if obj.is_little_endian() {
         RunTimeEndian::Little
@@ -160,6 +90,7 @@ pub(crate) fn extract_structs(
     Extractor {
         main: &dwarf,
         sup: sup_dwarf.as_ref(),
+        wanted,
     }
     .run()
 }
@@ -219,6 +150,7 @@ const MAX_DEPTH: u32 = 64;
 struct Extractor<'d, 'a> {
     main: &'d gimli::Dwarf<R<'a>>,
     sup: Option<&'d gimli::Dwarf<R<'a>>>,
+    wanted: &'d Wanted,
 }
 
 impl<'d, 'a> Extractor<'d, 'a> {
@@ -234,16 +166,17 @@ impl<'d, 'a> Extractor<'d, 'a> {
     }
 
     fn run(&self) -> DResult<HashMap<&'static str, StructLayout>> {
+        let wanted = self.wanted.structs;
         let mut found = HashMap::new();
         let all_found = |found: &HashMap<&str, StructLayout>| {
-            WANTED.iter().all(|w| found.contains_key(w.canonical))
+            wanted.iter().all(|w| found.contains_key(w.canonical))
         };
         let required_found = |found: &HashMap<&str, StructLayout>| {
-            WANTED
+            wanted
                 .iter()
                 .all(|w| !w.required || found.contains_key(w.canonical))
         };
-        // Pass 1: the malloc.c unit(s). Pass 2: everything else, including the partial units
+        // Pass 1: the home unit(s) (malloc.c, for glibc). Pass 2: everything else, including the partial units
         // of a dwz supplementary file, only if a required struct is still missing (a glibc
         // without tcache legitimately lacks the optional ones).
         let mut saw_malloc_unit = false;
@@ -258,7 +191,7 @@ impl<'d, 'a> Extractor<'d, 'a> {
             let mut units = self.file(in_sup)?.units();
             while let Some(header) = units.next()? {
                 let unit = self.unit(in_sup, header)?;
-                let is_malloc = unit.name.is_some_and(is_malloc_unit_name);
+                let is_malloc = unit.name.is_some_and(self.wanted.home_unit);
                 if is_malloc != malloc_pass {
                     continue;
                 }
@@ -367,7 +300,7 @@ impl<'d, 'a> Extractor<'d, 'a> {
             let Some(name) = self.name(unit, entry)? else {
                 continue;
             };
-            for want in WANTED {
+            for want in self.wanted.structs {
                 if found.contains_key(want.canonical) {
                     continue;
                 }

@@ -1,12 +1,11 @@
-//! What pagealloc needs from the libc ELF itself: build-id, debug link, first `PT_LOAD`,
-//! whether it is glibc, and its version banner.
+//! What the search for debug info needs from a library's ELF file itself: build-id, debug
+//! link, first `PT_LOAD`, whether it carries DWARF.
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
 use super::DebugInfoError;
-use crate::glibc::identity;
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DebugInfoError> {
     fs::read(path).map_err(|e| DebugInfoError::io(path, e))
@@ -37,8 +36,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Facts about the libc, read once from its file.
-pub(crate) struct LibcFacts {
+/// A library, read once from its file.
+pub struct Library {
     pub path: PathBuf,
     /// The whole file, kept for DWARF it may carry itself.
     pub data: Vec<u8>,
@@ -48,12 +47,9 @@ pub(crate) struct LibcFacts {
     pub first_load_vaddr: u64,
     /// The file has a `.debug_info` section.
     pub has_dwarf: bool,
-    pub glibc_version: Option<String>,
-    /// Err(reason) if the file is not a shared glibc.
-    glibc: Result<(), String>,
 }
 
-impl LibcFacts {
+impl Library {
     pub fn read(path: &Path) -> Result<Self, DebugInfoError> {
         let data = read_file(path)?;
         let obj = parse(path, &data)?;
@@ -72,40 +68,27 @@ impl LibcFacts {
             .flatten()
             .map(|(name, crc)| (name.to_vec(), crc));
         let has_dwarf = obj.section_by_name(".debug_info").is_some();
-        let glibc = identity::check_elf(&obj);
-        let glibc_version = obj
-            .section_by_name(".rodata")
-            .and_then(|s| s.data().ok())
-            .and_then(identity::banner_version);
         drop(obj);
-        Ok(LibcFacts {
+        Ok(Library {
             path: path.to_path_buf(),
             data,
             build_id,
             debuglink,
             first_load_vaddr,
             has_dwarf,
-            glibc_version,
-            glibc,
         })
     }
 
-    /// `NotGlibc` unless the file is a shared glibc.
-    pub fn check_glibc(&self) -> Result<(), DebugInfoError> {
-        self.glibc
-            .clone()
-            .map_err(|reason| DebugInfoError::NotGlibc {
-                path: self.path.clone(),
-                reason,
-            })
+    /// The library parsed (it parsed when read).
+    pub fn object(&self) -> Result<object::File<'_>, DebugInfoError> {
+        parse(&self.path, &self.data)
     }
 
     pub fn build_id_hex(&self) -> String {
         self.build_id.as_deref().map(hex).unwrap_or_default()
     }
 
-    /// The NUL-terminated string at link-time address `vaddr` of the libc (for
-    /// `__libc_version`, when the banner was not found).
+    /// The NUL-terminated string at link-time address `vaddr` of the library.
     pub fn c_string_at(&self, vaddr: u64) -> Option<String> {
         let obj = object::File::parse(&*self.data).ok()?;
         let section = obj

@@ -1,25 +1,25 @@
-//! Where a static function of malloc.c was inlined: the code ranges of its inlined copies (and
-//! of its own body, if it has one), from the DWARF of the malloc.c unit. Live mode probes glibc's
-//! own allocation of each thread's tcache there (`tcache_init` calls `_int_malloc`, which no
-//! public probe sees).
+//! Where a static function was inlined: the code ranges of its inlined copies (and of its own
+//! body, if it has one), from the DWARF of the units that define it. (Live mode probes glibc's
+//! own allocation of each thread's tcache there: `tcache_init`, inlined in malloc.c, calls
+//! `_int_malloc`, which no public probe sees.)
 use std::borrow::Cow;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, SectionId};
 use object::{Object, ObjectSection};
 
 use super::dwarf::DwarfError;
-use crate::glibc::identity::is_malloc_unit_name;
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
 
-/// Bounds the entries looked at in the malloc.c unit (glibc 2.36's has about 20,000).
+/// Bounds the entries looked at in a unit (glibc 2.36's malloc.c has about 20,000).
 const MAX_ENTRIES: usize = 2_000_000;
 
-/// The link-time address ranges of `function`'s code in the malloc.c unit(s) of `obj`: its
-/// inlined copies and its out-of-line body.
+/// The link-time address ranges of `function`'s code in the units of `obj` that `home_unit`
+/// names: its inlined copies and its out-of-line body.
 pub(crate) fn ranges(
     obj: &object::File<'_>,
     function: &[u8],
+    home_unit: fn(&[u8]) -> bool,
 ) -> Result<Vec<(u64, u64)>, DwarfError> {
     let endian = if obj.is_little_endian() {
         RunTimeEndian::Little
@@ -41,7 +41,7 @@ pub(crate) fn ranges(
     while let Some(header) = units.next()? {
         let unit = dwarf.unit(header)?;
         let name = unit.name.map(|n| n.slice());
-        if !name.is_some_and(is_malloc_unit_name) {
+        if !name.is_some_and(home_unit) {
             continue;
         }
         found.extend(in_unit(&dwarf, &unit, function)?);
@@ -65,9 +65,7 @@ fn in_unit(
     while let Some((_, entry)) = entries.next_dfs()? {
         seen += 1;
         if seen > MAX_ENTRIES {
-            return Err(DwarfError(
-                "the malloc.c unit is too large to search".into(),
-            ));
+            return Err(DwarfError("the unit is too large to search".into()));
         }
         let tag = entry.tag();
         if tag == gimli::DW_TAG_subprogram

@@ -18,9 +18,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use object::Object;
 
 use super::debuginfod::{self, Failure};
-use super::dwarf;
-use super::elf::{self, LibcFacts};
-use super::{DebugInfoError, DebugOptions, MallocLayout};
+use super::elf::{self, Library};
+use super::{DebugFile, DebugInfoError, DebugOptions, Reader};
+use crate::proc::DELETED;
 
 /// The system's directory of separate debug info.
 const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
@@ -36,8 +36,9 @@ enum Check {
 }
 
 /// One search for the debug file of one libc, with what it looked at and why it rejected it.
-pub(crate) struct Finder<'f> {
-    facts: &'f LibcFacts,
+pub(crate) struct Finder<'f, R: Reader> {
+    facts: &'f Library,
+    reader: &'f R,
     options: &'f DebugOptions,
     cache_dir: Option<PathBuf>,
     /// `/proc/PID/root` if the libc was named through it.
@@ -57,10 +58,16 @@ pub(crate) struct Finder<'f> {
     store_dir: Option<Option<PathBuf>>,
 }
 
-type Found = (PathBuf, MallocLayout);
+/// The debug file, and what the reader read from it.
+type Found<L> = (PathBuf, L);
 
-impl<'f> Finder<'f> {
-    pub fn new(facts: &'f LibcFacts, options: &'f DebugOptions, cache_dir: Option<&Path>) -> Self {
+impl<'f, R: Reader> Finder<'f, R> {
+    pub fn new(
+        facts: &'f Library,
+        reader: &'f R,
+        options: &'f DebugOptions,
+        cache_dir: Option<&Path>,
+    ) -> Self {
         let (proc_root, inner_path) = split_proc_root(&facts.path);
         let mut debug_dirs = options.extra_debug_dirs.clone();
         debug_dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
@@ -69,6 +76,7 @@ impl<'f> Finder<'f> {
         }
         Finder {
             facts,
+            reader,
             options,
             cache_dir: cache_dir.map(Path::to_path_buf),
             proc_root,
@@ -83,8 +91,8 @@ impl<'f> Finder<'f> {
         }
     }
 
-    /// Searches in order and extracts from the first file that belongs to the libc.
-    pub fn find_and_extract(mut self) -> Result<Found, DebugInfoError> {
+    /// Searches in order and reads the first file that belongs to the library.
+    pub fn find_and_read(mut self) -> Result<Found<R::Layout>, DebugInfoError> {
         if let Some(path) = &self.options.debug_file {
             return self.explicit(path);
         }
@@ -165,7 +173,7 @@ impl<'f> Finder<'f> {
     }
 
     /// `--debug-file`: used as is, unless its build-id says it belongs to another build.
-    pub fn explicit(&mut self, path: &Path) -> Result<Found, DebugInfoError> {
+    pub fn explicit(&mut self, path: &Path) -> Result<Found<R::Layout>, DebugInfoError> {
         let unusable = |reason: String| DebugInfoError::UnusableDebugFile {
             path: path.to_path_buf(),
             reason,
@@ -199,7 +207,7 @@ impl<'f> Finder<'f> {
     }
 
     /// The layout from `path` if it exists, belongs to the libc and has malloc's DWARF.
-    fn try_candidate(&mut self, path: &Path, check: Check) -> Option<Found> {
+    fn try_candidate(&mut self, path: &Path, check: Check) -> Option<Found<R::Layout>> {
         let expected = self.facts.build_id.clone();
         let data = self.read_candidate(path, expected.as_deref(), check)?;
         match self.extract(path, &data) {
@@ -263,20 +271,30 @@ impl<'f> Finder<'f> {
         Some(data)
     }
 
-    /// Extracts the layout from the debug file `path`, with its dwz supplementary file if
-    /// its `.gnu_debugaltlink` names one.
-    fn extract(&mut self, path: &Path, data: &[u8]) -> Result<MallocLayout, DebugInfoError> {
-        let altlink = elf::parse(path, data)?
+    /// Has the reader read the debug file `path`, with its dwz supplementary file if its
+    /// `.gnu_debugaltlink` names one.
+    fn extract(&mut self, path: &Path, data: &[u8]) -> Result<R::Layout, DebugInfoError> {
+        let object = elf::parse(path, data)?;
+        let altlink = object
             .gnu_debugaltlink()
             .ok()
             .flatten()
             .map(|(name, id)| (name.to_vec(), id.to_vec()));
+        let read = |supplement| {
+            let debug = DebugFile {
+                path,
+                object: &object,
+                supplement,
+            };
+            self.reader.read(self.facts, &debug)
+        };
         match altlink {
-            None => dwarf::extract_layout(self.facts, path, data, None),
+            None => read(None),
             Some((name, id)) => {
                 let (sup_path, sup_data) = self.find_sup(path, &name, &id)?;
                 log::debug!("dwz supplementary file {}", sup_path.display());
-                dwarf::extract_layout(self.facts, path, data, Some((&sup_path, &sup_data)))
+                let supplement = elf::parse(&sup_path, &sup_data)?;
+                read(Some(&supplement))
             }
         }
     }
@@ -436,9 +454,7 @@ fn split_proc_root(path: &Path) -> (Option<PathBuf>, PathBuf) {
                 .collect();
             if let Ok(link) = std::fs::read_link(&absolute) {
                 let text = link.to_string_lossy();
-                let named = text
-                    .strip_suffix(crate::glibc::identity::DELETED)
-                    .unwrap_or(&text);
+                let named = text.strip_suffix(DELETED).unwrap_or(&text);
                 return (Some(root_dir), PathBuf::from(named));
             }
         }

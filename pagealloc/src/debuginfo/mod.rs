@@ -1,78 +1,64 @@
-//! The layout of glibc's malloc, read from the DWARF debug info of the target's C library.
+//! The debug info of a library: found, fetched, cached, and its DWARF read. Generic: what is
+//! read from it (glibc's malloc layout, for pagealloc: `crate::glibc::debug`) is a [`Reader`]'s.
 //!
-//! A heap walker must know where `struct malloc_state` keeps its bins, how big a
-//! `heap_info` is, and where `main_arena` and `mp_` live: none of that is fixed across glibc
-//! versions, builds or architectures, so none of it is hard-coded here. Given the host path of
-//! a process's `libc.so.6`, [`load`] finds its separate debug info (explicit file, embedded
-//! DWARF, `/usr/lib/debug/.build-id`, `.gnu_debuglink`, then debuginfod), extracts the struct
-//! layouts and the link-time addresses of the static symbols, and caches the result per
-//! build-id as JSON so that later runs do not parse DWARF again. dwz supplementary files
-//! (`.gnu_debugaltlink`, as in Fedora's debuginfo) are followed.
+//! Given the host path of a library, [`load`] finds its separate debug info (explicit file,
+//! embedded DWARF, `/usr/lib/debug/.build-id`, `.gnu_debuglink`, then debuginfod), has the
+//! reader read it, and caches the result per build-id as JSON so that later runs do not parse
+//! DWARF again. dwz supplementary files (`.gnu_debugaltlink`, as in Fedora's debuginfo) are
+//! followed.
 //!
-//! Submodules: `elf` reads the facts pagealloc needs from the libc ELF, `locate` finds the
-//! debug file, `dwarf` extracts the layouts, `cache` stores them and `debuginfod` downloads
-//! debug files over HTTP.
+//! Submodules: `elf` reads the facts the search needs from the library's ELF, `locate` finds
+//! the debug file, `dwarf` extracts struct layouts and symbols, `inlined` finds where a
+//! function was inlined, `cache` stores what was read and `debuginfod` downloads debug files
+//! over HTTP.
 mod cache;
 mod debuginfod;
-mod dwarf;
-mod elf;
-mod inlined;
-mod locate;
-#[cfg(test)]
-mod tests;
+pub(crate) mod dwarf;
+pub(crate) mod elf;
+pub(crate) mod inlined;
+pub(crate) mod locate;
 
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The debug info of one libc and what was read from it.
+pub use dwarf::{Want, Wanted};
+pub use elf::Library;
+
+/// What a caller reads from a library's debug info: this module finds the debug file (and its
+/// dwz supplement), the reader reads it.
+pub trait Reader {
+    /// What is read, cached per build-id as JSON.
+    type Layout: Clone + Serialize + DeserializeOwned;
+    /// Whether the library itself is the kind this reads (checked before any search).
+    fn check(&self, library: &Library) -> Result<(), DebugInfoError>;
+    /// Reads `debug` (which may be the library's own file) of `library`.
+    fn read(&self, library: &Library, debug: &DebugFile) -> Result<Self::Layout, DebugInfoError>;
+}
+
+/// A debug file found for a library, parsed.
+pub struct DebugFile<'d> {
+    pub path: &'d Path,
+    pub object: &'d object::File<'d>,
+    /// The dwz supplementary file its `.gnu_debugaltlink` names, if it names one.
+    pub supplement: Option<&'d object::File<'d>>,
+}
+
+/// The debug info of one library and what was read from it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LibcDebugInfo {
-    /// Lowercase hex of the GNU build-id note of the libc (empty if it has none).
+pub struct DebugInfo<L> {
+    /// Lowercase hex of the GNU build-id note of the library (empty if it has none).
     pub build_id: String,
-    /// Where the DWARF came from (the libc itself if it carries DWARF). When the layout came
-    /// from the cache, the file it was originally extracted from.
+    /// Where the DWARF came from (the library itself if it carries DWARF). When the layout
+    /// came from the cache, the file it was originally extracted from.
     pub debug_file: PathBuf,
-    pub layout: MallocLayout,
+    pub layout: L,
     /// True if `layout` was read from the cache (no DWARF was parsed).
     pub from_cache: bool,
-}
-
-/// Everything a heap walker needs to know about one build of glibc's malloc.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MallocLayout {
-    /// The glibc release, e.g. "2.36", from the banner string in the libc's `.rodata`.
-    pub glibc_version: Option<String>,
-    pub malloc_state: StructLayout,
-    pub malloc_chunk: StructLayout,
-    pub heap_info: StructLayout,
-    pub malloc_par: StructLayout,
-    /// Absent in glibc built without tcache (before 2.26, or `--disable-experimental-malloc`).
-    pub tcache_perthread_struct: Option<StructLayout>,
-    pub tcache_entry: Option<StructLayout>,
-    pub symbols: Symbols,
-}
-
-/// Link-time virtual addresses (`st_value`) in the libc ELF: add the load bias
-/// (runtime address of the first `PT_LOAD` minus `first_load_vaddr`) to get runtime addresses.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Symbols {
-    pub main_arena: u64,
-    pub mp_: u64,
-    /// The tcache double-free key (glibc >= 2.34).
-    pub tcache_key: Option<u64>,
-    /// `__malloc_arena_thread_freeres`: an exiting thread gives its tcache back in it.
-    pub thread_freeres: Option<u64>,
-    /// `_int_malloc`: where `tcache_init` gets a new thread's tcache.
-    pub int_malloc: Option<u64>,
-    /// The code of `tcache_init` (inlined where malloc starts a thread's tcache), as link-time
-    /// address ranges.
-    pub tcache_init: Vec<(u64, u64)>,
-    /// `p_vaddr` of the libc's first `PT_LOAD` segment.
-    pub first_load_vaddr: u64,
 }
 
 /// One C struct as laid out by the compiler that built the libc.
@@ -273,12 +259,16 @@ fn no_debug_info_message(
     s
 }
 
-/// Locate the debug info of `libc` (a host path), read or compute the layout, caching it per
-/// build-id.
-pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugInfoError> {
-    let facts = elf::LibcFacts::read(libc)?;
-    facts.check_glibc()?;
-    let build_id = facts.build_id_hex();
+/// Locates the debug info of `library` (a host path) and has `reader` read it, caching what
+/// it read per build-id.
+pub fn load<R: Reader>(
+    library: &Path,
+    options: &DebugOptions,
+    reader: &R,
+) -> Result<DebugInfo<R::Layout>, DebugInfoError> {
+    let library = Library::read(library)?;
+    reader.check(&library)?;
+    let build_id = library.build_id_hex();
     let cache_dir = cache::resolve_dir(options.cache_dir.as_deref());
 
     // Only layouts from files found by their build-id or debug link are cached: an explicit
@@ -292,8 +282,8 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
     };
     let hit = layout_cache.as_ref().and_then(cache::LayoutCache::read);
     if let Some(hit) = hit {
-        log::debug!("malloc layout of {} from cache", libc.display());
-        return Ok(LibcDebugInfo {
+        log::debug!("layout of {} from cache", library.path.display());
+        return Ok(DebugInfo {
             build_id,
             debug_file: hit.debug_file,
             layout: hit.layout,
@@ -302,11 +292,11 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
     }
 
     let (debug_file, layout) =
-        locate::Finder::new(&facts, options, cache_dir.as_deref()).find_and_extract()?;
+        locate::Finder::new(&library, reader, options, cache_dir.as_deref()).find_and_read()?;
     if let Some(cache) = &layout_cache {
         cache.write(&debug_file, &layout);
     }
-    Ok(LibcDebugInfo {
+    Ok(DebugInfo {
         build_id,
         debug_file,
         layout,
@@ -314,14 +304,18 @@ pub fn load(libc: &Path, options: &DebugOptions) -> Result<LibcDebugInfo, DebugI
     })
 }
 
-/// The layout of `libc` read from `debug_file`, with no search and no cache (except for a dwz
-/// supplementary file the debug file refers to, looked for as [`load`] does). A debug file
-/// whose build-id differs from the libc's is refused.
-pub fn load_uncached(libc: &Path, debug_file: &Path) -> Result<MallocLayout, DebugInfoError> {
-    let facts = elf::LibcFacts::read(libc)?;
-    facts.check_glibc()?;
+/// What `reader` reads of `library` from `debug_file`, with no search and no cache (except for
+/// a dwz supplementary file the debug file refers to, looked for as [`load`] does). A debug
+/// file whose build-id differs from the library's is refused.
+pub fn load_uncached<R: Reader>(
+    library: &Path,
+    debug_file: &Path,
+    reader: &R,
+) -> Result<R::Layout, DebugInfoError> {
+    let library = Library::read(library)?;
+    reader.check(&library)?;
     let options = DebugOptions::default();
     let cache_dir = cache::resolve_dir(None);
-    let mut finder = locate::Finder::new(&facts, &options, cache_dir.as_deref());
+    let mut finder = locate::Finder::new(&library, reader, &options, cache_dir.as_deref());
     finder.explicit(debug_file).map(|(_, layout)| layout)
 }

@@ -58,7 +58,8 @@ impl Walker<'_> {
             if next == self.libc.main_arena {
                 break;
             }
-            if next == 0 || !self.aligned(next) || headers.iter().any(|h| h.address == next) {
+            if next == 0 || !self.offsets.aligned(next) || headers.iter().any(|h| h.address == next)
+            {
                 self.note(HeapNote::inconsistent(format!(
                     "the arena list is broken after {address:#x} (next = {next:#x}): arenas past \
                      it are not shown"
@@ -172,7 +173,7 @@ impl Walker<'_> {
             )));
             return None;
         };
-        if header.top < sbrk_base || header.top >= mapped_end || !self.aligned(header.top) {
+        if header.top < sbrk_base || header.top >= mapped_end || !self.offsets.aligned(header.top) {
             return None;
         }
         // The heap ends with top; a top that claims more than is mapped is inconsistent, and
@@ -187,7 +188,7 @@ impl Walker<'_> {
         Some((
             sbrk_base,
             end.min(mapped_end),
-            self.first_chunk_at(sbrk_base),
+            self.offsets.first_chunk_at(sbrk_base),
         ))
     }
 
@@ -239,7 +240,7 @@ impl Walker<'_> {
                 let end = p + 2 * fencepost;
                 return (second & !PREV_INUSE == fencepost && end <= limit).then_some(end);
             }
-            if size < o.min_size || !self.aligned(size) || size > limit - p {
+            if size < o.min_size || !self.offsets.aligned(size) || size > limit - p {
                 return None;
             }
             p += size;
@@ -286,11 +287,6 @@ impl Walker<'_> {
             }
         }
         Some(end)
-    }
-
-    /// The first chunk at or after `addr` whose user pointer is aligned.
-    pub(super) fn first_chunk_at(&self, addr: u64) -> u64 {
-        first_chunk_at(self.offsets, addr)
     }
 
     /// A non-main arena's heaps, newest (the one holding top) first.
@@ -376,7 +372,7 @@ pub fn heap_info(memory: &dyn Memory, o: &Offsets, heap: u64) -> Result<HeapInfo
     let size = memory.read_u64(heap + o.heap_info_size_field)?;
     // The first heap holds the malloc_state right after heap_info.
     let first = if arena == heap + o.heap_info_size {
-        first_chunk_at(o, arena + o.state_size)
+        o.first_chunk_at(arena + o.state_size)
     } else {
         heap + o.heap_info_size
     };
@@ -386,12 +382,6 @@ pub fn heap_info(memory: &dyn Memory, o: &Offsets, heap: u64) -> Result<HeapInfo
         first,
         end: heap.wrapping_add(size),
     })
-}
-
-/// The first chunk at or after `addr` whose user pointer is aligned.
-fn first_chunk_at(o: &Offsets, addr: u64) -> u64 {
-    let header = 2 * o.size_sz;
-    (addr + header).next_multiple_of(o.alignment) - header
 }
 
 /// Words of the target read a page at a time: a chain of chunks read forward costs one read

@@ -5,7 +5,6 @@ use std::ops::Range;
 
 use super::layout::Offsets;
 use super::tally::Tally;
-use super::walker::Walker;
 use super::window::Window;
 use crate::glibc::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 use crate::state::heap::ChunkState;
@@ -14,7 +13,17 @@ use crate::state::heap::ChunkState;
 /// endless walk.
 const MAX_REREADS: u32 = 1024;
 
-impl Walker<'_> {
+/// What following a chain of chunks needs to know of the target's glibc.
+#[derive(Clone, Copy)]
+pub(super) struct Chains<'a> {
+    pub offsets: &'a Offsets,
+    /// The value of libc's `tcache_key` (glibc ≥ 2.34): it marks tcache chunks.
+    pub tcache_key: Option<u64>,
+    /// The largest chunk a fastbin holds (0 without fastbins).
+    pub max_fast_chunk: u64,
+}
+
+impl Chains<'_> {
     /// Walks the chain of chunks from `from` (a chunk start, or a guess in [`Mode::Guessed`])
     /// up to the first chunk at or past `until`, counting each in `tally`; stops early at a
     /// chunk where `joins` says another walk already is.
@@ -150,7 +159,7 @@ impl Walker<'_> {
         if size == header && left < o.min_size + 2 * header {
             return Some(Chunk::Fencepost(size));
         }
-        if size < o.min_size || !self.aligned(size) || size > left {
+        if size < o.min_size || !self.offsets.aligned(size) || size > left {
             return None;
         }
         let next = p + size;
@@ -190,7 +199,7 @@ impl Walker<'_> {
         if window.word(user + key_offset) != Some(key) {
             return false;
         }
-        first_word.is_some_and(|next| self.aligned(reveal(self.offsets, user, next)))
+        first_word.is_some_and(|next| self.offsets.aligned(reveal(self.offsets, user, next)))
     }
 
     /// The link of a chunk that could be a fastbin chunk (it looks in use, or cached, to the
@@ -207,7 +216,8 @@ impl Walker<'_> {
             return None;
         }
         let next = reveal(self.offsets, p + self.offsets.chunk_fd, first_word?);
-        (next == 0 || (self.aligned(next) && heap.arena_span.contains(&next))).then_some(next)
+        (next == 0 || (self.offsets.aligned(next) && heap.arena_span.contains(&next)))
+            .then_some(next)
     }
 
     /// A likely chunk start in `from..to`: the first place from which [`GUESS_CHUNKS`] chunks in
@@ -221,7 +231,7 @@ impl Walker<'_> {
     ) -> Option<u64> {
         let o = self.offsets;
         let limit = to.min(from.saturating_add(GUESS_SPAN)).min(heap.end);
-        let mut q = self.first_chunk_at(from);
+        let mut q = self.offsets.first_chunk_at(from);
         while q < limit {
             if self.plausible_run(heap, window, q) {
                 return Some(q);
@@ -247,7 +257,7 @@ impl Walker<'_> {
             if word & IS_MMAPPED != 0
                 || (heap.main && word & NON_MAIN_ARENA != 0)
                 || size < o.min_size
-                || !self.aligned(size)
+                || !self.offsets.aligned(size)
                 || size > heap.end - c
             {
                 return false;

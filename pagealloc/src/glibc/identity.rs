@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
 
+use crate::debuginfo::{Want, Wanted};
+use crate::proc::DELETED;
 use crate::state::heap::HeapMap;
 use crate::state::pages::Mapping;
 
@@ -24,9 +26,6 @@ fn file_name(path: &str) -> &str {
     let path = path.strip_suffix(DELETED).unwrap_or(path);
     path.rsplit('/').next().unwrap_or(path)
 }
-
-/// What maps appends to the path of a file deleted since it was mapped.
-pub const DELETED: &str = " (deleted)";
 
 /// glibc's dynamic loader: `ld-linux-x86-64.so.2` and the like, `ld.so.1`, `ld-2.NN.so`.
 fn is_loader_name(path: &str) -> bool {
@@ -105,16 +104,13 @@ fn defines<'d, const N: usize>(
     any_dynamic.then_some(found)
 }
 
-/// One struct to find: the name it gets in [`crate::debuginfo::MallocLayout`], the DWARF struct
-/// tags and the typedef names it may go by.
-pub struct Want {
-    pub canonical: &'static str,
-    pub structs: &'static [&'static str],
-    pub typedefs: &'static [&'static str],
-    pub required: bool,
-}
+/// The structs of malloc read from the debug info, found first in the unit of malloc.c.
+pub const WANTED: Wanted = Wanted {
+    structs: MALLOC_STRUCTS,
+    home_unit: is_malloc_unit_name,
+};
 
-pub const WANTED: &[Want] = &[
+const MALLOC_STRUCTS: &[Want] = &[
     Want {
         canonical: "malloc_state",
         structs: &["malloc_state"],

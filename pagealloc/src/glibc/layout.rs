@@ -1,6 +1,7 @@
 //! The offsets and constants the walker uses, derived from the DWARF layouts (never hard-coded),
 //! and the run-time addresses of malloc's static variables in one process.
-use crate::debuginfo::{DebugInfoError, MallocLayout};
+use super::debug::MallocLayout;
+use crate::debuginfo::DebugInfoError;
 
 /// The target's glibc as the walker needs it: where malloc's structures keep each field, and
 /// where its static variables are in this process. Resolved once per session: it holds while
@@ -72,6 +73,17 @@ pub fn default_heap_max_size(size_sz: u64) -> u64 {
 }
 
 impl Offsets {
+    /// MALLOC_ALIGNMENT is a power of two: a mask, not a division (this runs for every chunk).
+    pub fn aligned(&self, address: u64) -> bool {
+        address & (self.alignment - 1) == 0
+    }
+
+    /// The first chunk at or after `address` whose user pointer is aligned.
+    pub fn first_chunk_at(&self, address: u64) -> u64 {
+        let header = 2 * self.size_sz;
+        (address + header).next_multiple_of(self.alignment) - header
+    }
+
     pub fn new(layout: &MallocLayout) -> Result<Offsets, DebugInfoError> {
         let chunk = &layout.malloc_chunk;
         let state = &layout.malloc_state;

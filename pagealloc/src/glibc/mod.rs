@@ -3,6 +3,7 @@
 mod arenas;
 mod captures;
 mod chain;
+pub mod debug;
 pub mod identity;
 pub mod layout;
 mod lists;
@@ -11,10 +12,13 @@ mod parts;
 mod tally;
 #[cfg(test)]
 mod tests;
-pub mod walker;
+mod walk;
+mod walker;
 mod window;
 
 pub use arenas::{HeapInfo, heap_info};
 pub use identity::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 pub use layout::{Libc, Offsets};
-pub use walker::{Split, WalkError, walk};
+pub use parts::Split;
+pub use walk::walk;
+pub use walker::WalkError;

@@ -9,11 +9,37 @@
 //! and what it found before is taken back. A wrong guess costs time, never correctness: at worst
 //! the known chain is followed through the whole part, as one thread would have.
 use super::captures::{Bits, Captures, KeptRuns, bitmap};
-use super::chain::{ChainEnd, HeapBounds, Mode};
+use super::chain::{ChainEnd, Chains, HeapBounds, Mode};
 use super::tally::Tally;
-use super::walker::Walker;
 use super::window::{Residency, Window};
+use crate::proc::memory::Memory;
 use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapFigures, Segment, Stretch};
+
+/// How large heaps are cut into parts walked side by side.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    pub threads: usize,
+    /// Parts are at least this many bytes: below it a thread costs more than it saves.
+    pub min_part: u64,
+}
+
+impl Split {
+    /// All cores, for heaps of 32 MiB and more.
+    pub fn for_this_machine() -> Split {
+        Split {
+            threads: crate::parallel::cores(),
+            min_part: 16 << 20,
+        }
+    }
+}
+
+/// What walking heaps in parts needs: the chains of chunks, the memory they are in, and how to
+/// cut them.
+pub(super) struct Parts<'a> {
+    pub chains: Chains<'a>,
+    pub memory: &'a dyn Memory,
+    pub split: Split,
+}
 
 /// Parts per thread for a large heap.
 const PARTS_PER_THREAD: u64 = 4;
@@ -103,7 +129,7 @@ struct Scratch {
     bin: Vec<u64>,
 }
 
-impl<'w> Walker<'w> {
+impl<'w> Parts<'w> {
     /// Walks the heaps of every arena of `arenas` (the parts of all of them shared out between
     /// the threads: many small arenas keep every core busy too).
     pub(super) fn walk_heaps(&self, arenas: &[ArenaHeaps]) -> Vec<HeapsWalked> {
@@ -242,7 +268,7 @@ impl<'w> Walker<'w> {
     where
         'w: 'a,
     {
-        let o = self.offsets;
+        let o = self.chains.offsets;
         let until = part.until;
         let mut window = Window::new(self.memory, part.pages, heap.end);
         let mut tally = Tally::new(o, part.pages, part.marks, part.captures);
@@ -262,13 +288,14 @@ impl<'w> Walker<'w> {
             }
             None => {
                 let from = tally.marks.start;
-                (self.guess_chunk(heap, &mut window, from, until))
+                (self.chains.guess_chunk(heap, &mut window, from, until))
                     .map(|guess| (guess, Mode::Guessed))
             }
         };
         let chain = match start {
             Some((from, mode)) => {
-                self.walk_chain(heap, &mut window, &mut tally, from..until, mode, |_| false)
+                self.chains
+                    .walk_chain(heap, &mut window, &mut tally, from..until, mode, |_| false)
             }
             None => ChainEnd::at(tally.marks.start),
         };
@@ -321,7 +348,7 @@ impl<'w> Walker<'w> {
             scratch.bin = vec![0; words];
         }
         let mut known = Tally::new(
-            self.offsets,
+            self.chains.offsets,
             tally.pages,
             Stretch {
                 start: lo,
@@ -346,7 +373,7 @@ impl<'w> Walker<'w> {
                     && marks.get(q).is_some_and(|g| g & CHUNK_START != 0)
             };
             if p < hi {
-                self.walk_chain(
+                self.chains.walk_chain(
                     heap,
                     &mut window,
                     &mut known,
@@ -392,7 +419,7 @@ impl<'w> Walker<'w> {
         if guessed.gave_up {
             // The part's walk stopped at something it could not make sense of: the known chain
             // takes over there, with its re-reads.
-            end = self.walk_chain(
+            end = self.chains.walk_chain(
                 heap,
                 &mut window,
                 &mut tally,

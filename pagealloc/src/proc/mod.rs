@@ -11,6 +11,9 @@ use procfs::process::{MMapPath, Process, Stat};
 use crate::error::{Error, Result};
 use crate::state::pages::Mapping;
 
+/// What `/proc/PID/maps` appends to the path of a file deleted since it was mapped.
+pub const DELETED: &str = " (deleted)";
+
 /// `PF_EXITING` in `/proc/PID/stat`'s flags: the thread has begun to exit (set before its
 /// memory is released, so a process whose threads all carry it is going away).
 const PF_EXITING: u32 = 0x0000_0004;

@@ -1,6 +1,5 @@
 //! Corruptions, and what the walker must make of each.
 
-use super::suites::*;
 use super::synthetic::*;
 use super::walking::*;
 use crate::glibc::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
@@ -451,6 +450,9 @@ impl<'a> Mutator<'a> {
         }
     }
 }
+
+/// A case's outcome: Err(why) on failure. The message starts with a category and a colon.
+pub(super) type Verdict = Result<(), String>;
 
 /// What the walker must do with a corrupted image, beyond what it must always do.
 pub(super) struct Expect {

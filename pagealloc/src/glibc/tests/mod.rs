@@ -34,6 +34,7 @@ macro_rules! ensure {
 }
 
 mod corruptions;
+mod debug_info;
 mod runner;
 mod scenarios;
 mod suites;

@@ -8,9 +8,6 @@ use crate::proc::memory::ImageMemory;
 
 // --- The suites --------------------------------------------------------------------------------
 
-/// A case's outcome: Err(why) on failure. The message starts with a category and a colon.
-pub(super) type Verdict = Result<(), String>;
-
 pub(super) struct Suite {
     pub(super) name: &'static str,
     pub(super) cases: usize,

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::debuginfo::{self, DebugOptions};
+use crate::debuginfo::DebugOptions;
+use crate::glibc::debug;
 use crate::glibc::layout::{Offsets, default_heap_max_size};
 use crate::glibc::{IS_MMAPPED, Libc, NON_MAIN_ARENA, PREV_INUSE};
 use crate::proc::memory::{ImageMemory, Memory};
@@ -58,7 +59,7 @@ pub(super) fn glibc() -> &'static Glibc {
             debuginfod_urls: Some(Vec::new()),
             ..Default::default()
         };
-        let layout = debuginfo::load(Path::new(LIBC), &options)
+        let layout = debug::load(Path::new(LIBC), &options)
             .expect("this machine's glibc debug info (libc6-dbg)")
             .layout;
         let o = Offsets::new(&layout).expect("the walker's offsets for this glibc");

@@ -1,4 +1,5 @@
-//! Tests on this machine's real glibc (Debian 12 with `libc6-dbg`): no mocks.
+//! malloc's layout from the debug info of this machine's real glibc (Debian 12 with
+//! `libc6-dbg`), found every way the search knows: no mocks.
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use object::Object;
 
-use super::*;
+use crate::debuginfo::{DebugInfoError, DebugOptions, Field, Library, StructLayout, dwarf, locate};
+use crate::glibc::debug::{MallocLayout, MallocReader, load, load_uncached};
+use crate::glibc::identity::WANTED;
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 
@@ -803,7 +806,7 @@ fn synthetic_structs_match_the_compiler() {
         let printed = run(exe.to_str().unwrap(), &[]);
         let data = fs::read(&exe).unwrap();
         let obj = object::File::parse(&*data).unwrap();
-        let structs = super::dwarf::extract_structs(&obj, None)
+        let structs = dwarf::extract_structs(&obj, None, &WANTED)
             .unwrap_or_else(|e| panic!("{flags:?}: {}", e.0));
         let by_c_name = |t: &str| match t {
             "MC" => &structs["malloc_chunk"],
@@ -928,17 +931,18 @@ fn dwz_supplementary_file() {
 
     // With the supplementary file, the same layouts as before dwz.
     let orig = fs::read(d.join("a.orig")).unwrap();
-    let want = super::dwarf::extract_structs(&object::File::parse(&*orig).unwrap(), None).unwrap();
-    let got = super::dwarf::extract_structs(&a_obj, Some(&sup_obj)).unwrap();
+    let want =
+        dwarf::extract_structs(&object::File::parse(&*orig).unwrap(), None, &WANTED).unwrap();
+    let got = dwarf::extract_structs(&a_obj, Some(&sup_obj), &WANTED).unwrap();
     for name in ["malloc_state", "malloc_chunk"] {
         assert_eq!(got[name], want[name], "{name}");
     }
     assert_array(&got["malloc_state"], "bins", 7);
     // Without it, no guessing.
-    assert!(super::dwarf::extract_structs(&a_obj, None).map_or(true, |s| s.is_empty()));
+    assert!(dwarf::extract_structs(&a_obj, None, &WANTED).map_or(true, |s| s.is_empty()));
 
     // Finding it: at the name the link gives, by build-id in a debug dir, from debuginfod.
-    let facts = super::elf::LibcFacts::read(Path::new(LIBC)).unwrap();
+    let facts = Library::read(Path::new(LIBC)).unwrap();
     let extra = d.join("debug");
     let cache = d.join("cache");
     let opts = DebugOptions {
@@ -946,7 +950,7 @@ fn dwz_supplementary_file() {
         debuginfod_urls: Some(Vec::new()),
         ..options(&cache)
     };
-    let mut finder = super::locate::Finder::new(&facts, &opts, Some(&cache));
+    let mut finder = locate::Finder::new(&facts, &MallocReader, &opts, Some(&cache));
     let (found, _) = finder.find_sup(&d.join("a"), link_name, sup_id).unwrap();
     assert_eq!(found, sup);
 
@@ -954,12 +958,12 @@ fn dwz_supplementary_file() {
     let by_id = build_id_path(&extra, &sup_hex);
     copy_into(&sup, &by_id);
     fs::rename(&sup, d.join("moved.dwz")).unwrap();
-    let mut finder = super::locate::Finder::new(&facts, &opts, Some(&cache));
+    let mut finder = locate::Finder::new(&facts, &MallocReader, &opts, Some(&cache));
     let (found, _) = finder.find_sup(&d.join("a"), link_name, sup_id).unwrap();
     assert_eq!(found, by_id);
 
     fs::remove_file(&by_id).unwrap();
-    let mut finder = super::locate::Finder::new(&facts, &opts, Some(&cache));
+    let mut finder = locate::Finder::new(&facts, &MallocReader, &opts, Some(&cache));
     let err = finder
         .find_sup(&d.join("a"), link_name, sup_id)
         .unwrap_err();
@@ -975,7 +979,7 @@ fn dwz_supplementary_file() {
         debuginfod_urls: Some(vec![server.url.clone()]),
         ..opts
     };
-    let mut finder = super::locate::Finder::new(&facts, &opts, Some(&cache));
+    let mut finder = locate::Finder::new(&facts, &MallocReader, &opts, Some(&cache));
     let (found, data) = finder.find_sup(&d.join("a"), link_name, sup_id).unwrap();
     assert_eq!(
         found,
