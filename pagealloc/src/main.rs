@@ -4,6 +4,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use pagealloc::debuginfo::DebugOptions;
 use pagealloc::live::LiveOptions;
+use pagealloc::monitor::DEFAULT_MAX_RATE;
 use pagealloc::render::{self, ColorChoice, Parts, Style};
 use pagealloc::serve::{self, Selection, ServeOptions};
 use pagealloc::session::{self, Session, SessionOptions};
@@ -63,12 +64,59 @@ impl HeapArgs {
     }
 }
 
+/// Live mode, for every command that follows allocation events.
+#[derive(clap::Args)]
+struct LiveArgs {
+    /// Live mode: above this many allocation calls and frees a second in a process, its probes
+    /// come off (each call pays a trap) and the heap is walked instead, the probes tried again
+    /// later.
+    #[arg(long, value_name = "CALLS", default_value_t = DEFAULT_MAX_RATE)]
+    max_rate: u64,
+    /// Live mode: how often a fresh walk checks the state kept from events.
+    #[arg(long, value_name = "DURATION", default_value_t = LiveOptions::default().reconcile.into())]
+    reconcile: humantime::Duration,
+    /// Live mode: each online CPU's ring buffer of events, in bytes (a power of two, at least
+    /// a page; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    ring_bytes: Option<u32>,
+}
+
+impl LiveArgs {
+    fn live_options(&self) -> LiveOptions {
+        LiveOptions {
+            trace: TraceOptions {
+                ring_bytes: self.ring_bytes,
+                ..TraceOptions::default()
+            },
+            reconcile: self.reconcile.into(),
+        }
+    }
+}
+
+/// `--color`: when to colour the terminal output.
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<ColorArg> for ColorChoice {
+    fn from(arg: ColorArg) -> ColorChoice {
+        match arg {
+            ColorArg::Auto => ColorChoice::Auto,
+            ColorArg::Always => ColorChoice::Always,
+            ColorArg::Never => ColorChoice::Never,
+        }
+    }
+}
+
 /// How pictures look, for every command that draws.
 #[derive(clap::Args)]
 struct DrawArgs {
     /// When to use colour (NO_COLOR is honoured unless `always`).
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
-    color: ColorChoice,
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    color: ColorArg,
     /// Pixels per row (default: 80, fewer if the terminal is narrower).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     width: Option<u16>,
@@ -79,7 +127,7 @@ struct DrawArgs {
 
 impl DrawArgs {
     fn style(&self) -> Style {
-        Style::resolve(self.color, self.width.map(usize::from))
+        Style::resolve(self.color.into(), self.width.map(usize::from))
     }
 }
 
@@ -131,21 +179,12 @@ struct WatchArgs {
     /// default where eBPF probes can be attached).
     #[arg(long)]
     walk: bool,
-    /// Live mode: how often a fresh walk checks the state kept from events.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    reconcile: Duration,
+    #[command(flatten)]
+    live: LiveArgs,
     /// Stop the target's threads (ptrace) while the heap is walked, for a consistent heap
     /// (a pause of the walk's length: in live mode only to seed, resync and reconcile).
     #[arg(long)]
     stop: bool,
-    /// Live mode: above this many allocation calls and frees a second the probes come off
-    /// (each call pays a trap) and watch walks the heap, trying the probes again later.
-    #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
-    max_rate: u64,
-    /// Live mode: each online CPU's ring buffer of events, in bytes (a power of two, at least
-    /// a page; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
-    ring_bytes: Option<u32>,
     #[command(flatten)]
     heap: HeapArgs,
 }
@@ -170,15 +209,10 @@ struct ServeArgs {
     interval: Duration,
     /// Follow allocation events with eBPF probes (each call pays a trap), under the overhead
     /// guard; without it every sample walks the heap and the processes pay nothing per call.
-    #[arg(long)]
-    live: bool,
-    /// Live mode: above this many allocation calls and frees a second in a process, its probes
-    /// come off (walk mode) until a later try finds the rate lower.
-    #[arg(long, value_name = "CALLS", default_value_t = 250_000)]
-    max_rate: u64,
-    /// Live mode: how often a fresh walk checks the state kept from events.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    reconcile: Duration,
+    #[arg(long = "live")]
+    follow_events: bool,
+    #[command(flatten)]
+    live: LiveArgs,
     /// Export each arena's figures too (pagealloc_arena_heap_bytes).
     #[arg(long)]
     per_arena: bool,
@@ -245,11 +279,8 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             },
             listen: args.listen,
             interval: args.interval,
-            live: args.live.then_some(LiveOptions {
-                reconcile: args.reconcile,
-                ..LiveOptions::default()
-            }),
-            max_rate: args.max_rate,
+            live: args.follow_events.then(|| args.live.live_options()),
+            max_rate: args.live.max_rate,
             per_arena: args.per_arena,
             cpu_budget: args.cpu_budget,
             debug: args.heap.debug_options(),
@@ -259,7 +290,7 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             interval: args.interval,
             count: args.count,
             json: args.format == Format::Json,
-            color: args.draw.color,
+            color: args.draw.color.into(),
             width: args.draw.width.map(usize::from),
             arena: args.draw.arena,
             pages: args.pages,
@@ -267,14 +298,8 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             debug: args.heap.debug_options(),
             walk: args.walk,
             stop: args.stop,
-            max_rate: args.max_rate,
-            live: LiveOptions {
-                trace: TraceOptions {
-                    ring_bytes: args.ring_bytes,
-                    ..TraceOptions::default()
-                },
-                reconcile: args.reconcile,
-            },
+            max_rate: args.live.max_rate,
+            live: args.live.live_options(),
         }),
     }
 }

@@ -173,6 +173,9 @@ impl Monitor {
     }
 }
 
+/// The overhead guard's limit when none is given: allocation calls and frees a second.
+pub const DEFAULT_MAX_RATE: u64 = 250_000;
+
 /// How often live mode applies the events between samples (see [`Live::pump`]).
 pub const PUMP_EVERY: Duration = Duration::from_millis(50);
 

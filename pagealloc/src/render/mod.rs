@@ -12,7 +12,7 @@ use crate::state::Sample;
 use crate::state::heap::HeapMap;
 
 /// `--color`: when to colour the terminal output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColorChoice {
     Auto,
     Always,
