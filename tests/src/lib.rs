@@ -225,8 +225,59 @@ pub fn n(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
 
+/// The bytes of each chunk state, as an output gives them (JSON totals, or metrics).
+pub struct StateBytes {
+    pub live: u64,
+    pub tcache: u64,
+    pub overhead: u64,
+    pub unknown: u64,
+    pub top: u64,
+    pub fastbin: u64,
+    pub bin: u64,
+    pub mmapped: u64,
+}
+
+/// Where `bytes` disagree with what a quiet fixture reported (its `mallinfo2()` and the bytes
+/// it holds), one line each: free to malloc is `fordblks`, the rest of the arenas' memory
+/// `uordblks`, mmapped chunks `hblkhd`, nothing unknown, and live what the fixture holds plus
+/// at most libc's own.
+pub fn bytes_against_mallinfo(report: &HashMap<String, u64>, bytes: &StateBytes) -> Vec<String> {
+    let get = |key: &str| {
+        *report
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture did not report {key}"))
+    };
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, got: u64, want: u64| {
+        if got != want {
+            wrong.push(format!("{what}: {got}, expected {want}"));
+        }
+    };
+    expect(
+        "top + fastbin + bin bytes (fordblks)",
+        bytes.top + bytes.fastbin + bytes.bin,
+        get("fordblks"),
+    );
+    expect("fastbin bytes (fsmblks)", bytes.fastbin, get("fsmblks"));
+    expect(
+        "live + tcache + overhead + unknown bytes (uordblks)",
+        bytes.live + bytes.tcache + bytes.overhead + bytes.unknown,
+        get("uordblks"),
+    );
+    expect("unknown bytes", bytes.unknown, 0);
+    expect("mmapped bytes (hblkhd)", bytes.mmapped, get("hblkhd"));
+    let (live, held) = (bytes.live, get("held_bytes"));
+    if live < held || live - held > LIBC_INTERNAL_BYTES {
+        wrong.push(format!(
+            "live bytes {live} against {held} held: more than libc's own {LIBC_INTERNAL_BYTES}"
+        ));
+    }
+    wrong
+}
+
 /// A heap map (`heap` of the JSON of snapshot or of a watch line) against what a quiet fixture
-/// reported: its `mallinfo2()` and the chunks it holds. Err says which figure disagrees.
+/// reported: its `mallinfo2()` and the chunks it holds ([`bytes_against_mallinfo`], and the
+/// counts only the JSON has). Err says which figure disagrees.
 pub fn heap_matches_mallinfo(
     report: &HashMap<String, u64>,
     heap: &serde_json::Value,
@@ -238,7 +289,19 @@ pub fn heap_matches_mallinfo(
     };
     let arenas = heap["arenas"].as_array().ok_or("no heap.arenas")?;
     let totals = &heap["totals"];
-    let mut wrong = Vec::new();
+    let mut wrong = bytes_against_mallinfo(
+        report,
+        &StateBytes {
+            live: n(totals, "live_bytes"),
+            tcache: n(totals, "tcache_bytes"),
+            overhead: n(totals, "overhead_bytes"),
+            unknown: n(totals, "unknown_bytes"),
+            top: n(totals, "top_bytes"),
+            fastbin: n(totals, "fastbin_bytes"),
+            bin: n(totals, "bin_bytes"),
+            mmapped: n(heap, "mmapped_bytes"),
+        },
+    );
     let mut expect = |what: &str, got: u64, want: u64| {
         if got != want {
             wrong.push(format!("{what}: {got}, expected {want}"));
@@ -257,12 +320,6 @@ pub fn heap_matches_mallinfo(
         expect(&format!("Σ arenas' {key}"), sum, n(totals, key));
     }
     expect("system_bytes", n(totals, "system_bytes"), get("arena"));
-    expect(
-        "top + fastbin + bin bytes",
-        n(totals, "top_bytes") + n(totals, "fastbin_bytes") + n(totals, "bin_bytes"),
-        get("fordblks"),
-    );
-    expect("fastbin_bytes", n(totals, "fastbin_bytes"), get("fsmblks"));
     expect("fastbin_chunks", n(totals, "fastbin_chunks"), get("smblks"));
     // ordblks counts every bin chunk plus one top per arena.
     expect(
@@ -270,17 +327,7 @@ pub fn heap_matches_mallinfo(
         n(totals, "bin_chunks") + arenas.len() as u64,
         get("ordblks"),
     );
-    expect(
-        "live + tcache + overhead + unknown bytes",
-        n(totals, "live_bytes")
-            + n(totals, "tcache_bytes")
-            + n(totals, "overhead_bytes")
-            + n(totals, "unknown_bytes"),
-        get("uordblks"),
-    );
-    expect("unknown_bytes", n(totals, "unknown_bytes"), 0);
     expect("mmapped_chunks", n(heap, "mmapped_chunks"), get("hblks"));
-    expect("mmapped_bytes", n(heap, "mmapped_bytes"), get("hblkhd"));
     expect(
         "mmapped_chunks",
         n(heap, "mmapped_chunks"),
@@ -291,12 +338,6 @@ pub fn heap_matches_mallinfo(
         n(heap, "mmapped_bytes"),
         get("mmapped_bytes"),
     );
-    let (live, held) = (n(totals, "live_bytes"), get("held_bytes"));
-    if live < held || live - held > LIBC_INTERNAL_BYTES {
-        wrong.push(format!(
-            "live_bytes {live} against {held} held: more than libc's own {LIBC_INTERNAL_BYTES}"
-        ));
-    }
     if n(totals, "live_chunks") < get("held_chunks") {
         wrong.push(format!(
             "live_chunks {} < {} held",

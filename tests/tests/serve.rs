@@ -9,6 +9,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use pagealloc_testkit::exposition::{self, Series};
+use pagealloc_testkit::http::{self, get};
 use pagealloc_tests::*;
 use serde_json::Value;
 
@@ -40,124 +42,10 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// A port nobody listens on now (another process may still take it before we do).
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("its address").port()
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP, by hand: the requests the tests need, and every byte of the answers checked.
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// Names in lower case.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        let found = self.headers.iter().find(|(k, _)| k == name);
-        found.map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends `request` on a new connection and reads the answer until the server closes it.
-fn http(address: SocketAddr, request: &[u8]) -> Result<Response, String> {
-    let limit = Duration::from_secs(30);
-    let mut stream = TcpStream::connect_timeout(&address, limit)
-        .map_err(|e| format!("connecting to {address}: {e}"))?;
-    stream.set_read_timeout(Some(limit)).unwrap();
-    stream.set_write_timeout(Some(limit)).unwrap();
-    stream
-        .write_all(request)
-        .map_err(|e| format!("sending the request to {address}: {e}"))?;
-    let mut raw = Vec::new();
-    match stream.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // A server that answers before reading all of a request (a 431) may reset the
-        // connection after its answer: what came before counts, if it is whole.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
-        Err(e) => return Err(format!("reading the answer of {address}: {e}")),
-    }
-    parse_response(&raw)
-}
-
-/// `GET path` with `headers`, the connection closed after the answer.
-fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    http(address, request.as_bytes())
-}
-
-/// A whole HTTP/1.1 answer: a body shorter than its Content-Length is an error.
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let shown = || String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no end of headers in {} bytes: {:?}", raw.len(), shown()))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| format!("headers: {:?}", shown()))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no status line: {:?}", shown()))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        body = dechunk(&body)?;
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| format!("content-length {length}"))?;
-        if body.len() != length {
-            return Err(format!(
-                "a body of {} bytes for a content-length of {length}",
-                body.len()
-            ));
-        }
-    }
-    let body = String::from_utf8(body).map_err(|e| format!("a body that is not UTF-8: {e}"))?;
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// A chunked body's data; each chunk consumes input, so this ends.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a chunk without its size line")?;
-        let size = std::str::from_utf8(&data[..line])
-            .ok()
-            .and_then(|text| usize::from_str_radix(text.split(';').next()?.trim(), 16).ok())
-            .ok_or("a chunk size that is not hexadecimal")?;
-        data = &data[line + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err(format!("a chunk of {size} bytes cut at {}", data.len()));
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    pagealloc_testkit::free_port()
+        .expect("an ephemeral port")
+        .port()
 }
 
 /// `text` percent-encoded for a query string.
@@ -174,64 +62,6 @@ fn url_encode(text: &str) -> String {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// The exposition, parsed: every sample line with its labels.
-
-#[derive(Debug)]
-struct Series {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of an exposition (Prometheus text or OpenMetrics): comment lines are skipped.
-fn parse_exposition(text: &str) -> Result<Vec<Series>, String> {
-    let lines = text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    lines
-        .map(|line| parse_sample(line).ok_or_else(|| format!("not a sample line: {line:?}")))
-        .collect()
-}
-
-fn parse_sample(line: &str) -> Option<Series> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_string();
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(inside) = rest.strip_prefix('{') {
-        rest = inside;
-        loop {
-            if let Some(after) = rest.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (label, after) = rest.split_once("=\"")?;
-            let mut value = String::new();
-            let mut chars = after.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') => break i,
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    (_, c) => value.push(c),
-                }
-            };
-            labels.insert(label.to_string(), value);
-            rest = &after[end + 1..];
-            rest = rest.strip_prefix(',').unwrap_or(rest);
-        }
-    }
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some(Series {
-        name,
-        labels,
-        value,
-    })
-}
-
 struct Metrics {
     text: String,
     series: Vec<Series>,
@@ -239,7 +69,7 @@ struct Metrics {
 
 impl Metrics {
     fn parse(text: String) -> Metrics {
-        let series = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let series = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         Metrics { text, series }
     }
 
@@ -499,53 +329,30 @@ impl Prometheus {
 // ---------------------------------------------------------------------------------------------
 // Ground truth.
 
-/// Each chunk state's bytes, as a serve_target fixture's own `mallinfo2()` and holdings say
-/// they must be; Err names what disagrees. `heap` maps each state to its bytes, and
-/// `mmapped_bytes` to pagealloc_mmapped_bytes.
+/// Each chunk state's bytes against a serve_target fixture's own `mallinfo2()` and holdings
+/// ([`bytes_against_mallinfo`]), and nothing freed (walk mode); Err names what disagrees.
+/// `heap` maps each state to its bytes, and `mmapped_bytes` to pagealloc_mmapped_bytes.
 fn heap_against_fixture(fixture: &Fixture, heap: &BTreeMap<String, u64>) -> Result<(), String> {
     let state = |key: &str| {
         heap.get(key)
             .copied()
             .ok_or_else(|| format!("no {key} in {heap:?}"))
     };
-    let mut wrong = Vec::new();
-    let mut expect = |what: &str, got: u64, want: u64| {
-        if got != want {
-            wrong.push(format!("{what}: {got}, expected {want}"));
-        }
+    let bytes = StateBytes {
+        live: state("live")?,
+        tcache: state("tcache")?,
+        overhead: state("overhead")?,
+        unknown: state("unknown")?,
+        top: state("top")?,
+        fastbin: state("fastbin")?,
+        bin: state("bin")?,
+        mmapped: state("mmapped_bytes")?,
     };
-    let (live, tcache, overhead, unknown) = (
-        state("live")?,
-        state("tcache")?,
-        state("overhead")?,
-        state("unknown")?,
-    );
-    expect(
-        "live + tcache + overhead + unknown (uordblks)",
-        live + tcache + overhead + unknown,
-        fixture.get("uordblks"),
-    );
-    expect(
-        "top + fastbin + bin (fordblks)",
-        state("top")? + state("fastbin")? + state("bin")?,
-        fixture.get("fordblks"),
-    );
-    expect(
-        "fastbin (fsmblks)",
-        state("fastbin")?,
-        fixture.get("fsmblks"),
-    );
-    expect("unknown", unknown, 0);
-    expect("freed (walk mode)", state("freed")?, 0);
-    expect(
-        "pagealloc_mmapped_bytes (hblkhd)",
-        state("mmapped_bytes")?,
-        fixture.get("hblkhd"),
-    );
-    let held = fixture.get("held_bytes");
-    if live < held || live - held > LIBC_INTERNAL_BYTES {
+    let mut wrong = bytes_against_mallinfo(&fixture.report, &bytes);
+    if state("freed")? != 0 {
         wrong.push(format!(
-            "live {live} against {held} held: more than libc's own {LIBC_INTERNAL_BYTES}"
+            "freed (walk mode): {}, expected 0",
+            state("freed")?
         ));
     }
     match wrong.is_empty() {
@@ -1028,7 +835,7 @@ fn root_bad_requests_get_proper_answers() {
         ("an unknown path", get(address, "/nothing-here", &[]), 404),
         (
             "POST /metrics",
-            http(
+            http::request(
                 address,
                 b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             ),
@@ -1065,7 +872,7 @@ fn root_bad_requests_get_proper_answers() {
                     return Err(format!("status {}", answer.status));
                 }
                 let metrics = Metrics {
-                    series: parse_exposition(&answer.body)?,
+                    series: exposition::parse(&answer.body)?,
                     text: answer.body,
                 };
                 let heap = heap_of(&metrics, &pid);

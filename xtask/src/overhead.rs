@@ -25,15 +25,15 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use pagealloc_testkit::lines::Lines;
 use serde_json::Value;
 
 use crate::{cargo, compile_workload, load_average, run};
@@ -813,7 +813,6 @@ impl Bench {
     }
 }
 
-/// Lines of a child's output, read by a thread of their own (so that waits can time out).
 /// Starts a tracer (`what`, for the error) with its stdout and stderr read line by line.
 fn spawn_tracer(command: &mut Command, what: &str) -> Result<(Child, Lines, Lines)> {
     let mut child = command
@@ -825,62 +824,6 @@ fn spawn_tracer(command: &mut Command, what: &str) -> Result<(Child, Lines, Line
     let out = Lines::new(child.stdout.take().expect("piped stdout"));
     let err = Lines::new(child.stderr.take().expect("piped stderr"));
     Ok((child, out, err))
-}
-
-struct Lines {
-    rx: Receiver<String>,
-    closed: bool,
-}
-
-impl Lines {
-    fn new(stream: impl Read + Send + 'static) -> Lines {
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines { rx, closed: false }
-    }
-
-    /// The next line; `None` once the stream is closed.
-    fn next(&mut self, timeout: Duration) -> Result<Option<String>> {
-        if self.closed {
-            return Ok(None);
-        }
-        match self.rx.recv_timeout(timeout) {
-            Ok(line) => Ok(Some(line)),
-            Err(RecvTimeoutError::Timeout) => bail!("no output for {timeout:?}"),
-            Err(RecvTimeoutError::Disconnected) => {
-                self.closed = true;
-                Ok(None)
-            }
-        }
-    }
-
-    /// A line already there, if any.
-    fn try_next(&mut self) -> Option<String> {
-        match self.rx.try_recv() {
-            Ok(line) => Some(line),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                self.closed = true;
-                None
-            }
-        }
-    }
-
-    /// Everything there now (for error messages).
-    fn rest(&mut self) -> String {
-        let mut all = Vec::new();
-        while let Some(line) = self.try_next() {
-            all.push(line);
-        }
-        all.join("; ")
-    }
 }
 
 /// The benchmark process.
@@ -1361,8 +1304,8 @@ impl Watch {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match self.out.next(left.max(Duration::from_millis(1))) {
                 Ok(Some(line)) => line,
-                Ok(None) => bail!("pagealloc watch ended: {}", self.err.rest()),
-                Err(e) => bail!("pagealloc watch: {e}; {}", self.err.rest()),
+                Ok(None) => bail!("pagealloc watch ended: {}", self.err.rest().join("; ")),
+                Err(e) => bail!("pagealloc watch: {e}; {}", self.err.rest().join("; ")),
             };
             let events = Events::parse(&line)?;
             let finished = done(&events);
@@ -1413,9 +1356,9 @@ impl Tool {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     let _ = self.child.wait();
-                    bail!("it ended before attaching: {}", self.err.rest());
+                    bail!("it ended before attaching: {}", self.err.rest().join("; "));
                 }
-                Err(e) => bail!("it did not attach: {e}; {}", self.err.rest()),
+                Err(e) => bail!("it did not attach: {e}; {}", self.err.rest().join("; ")),
             }
         }
     }

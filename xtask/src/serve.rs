@@ -12,15 +12,18 @@
 //! RSS, and whether sampling kept up; and the floor: the same bytes from the bench's own server
 //! (what the clients and loopback cost). Every process started ends with the bench, on error too.
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use pagealloc_testkit::http::{self, Connection, Response};
+use pagealloc_testkit::lines::Lines;
+use pagealloc_testkit::{exposition, free_port};
 
 use crate::{cargo, compile_workload, load_average, mib, run};
 
@@ -35,8 +38,6 @@ const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
 /// The quiet spell over which the agent's idle CPU is read (its CPU time is counted in clock
 /// ticks of 10 ms: a long spell for a small rate).
 const IDLE: Duration = Duration::from_secs(10);
-/// No read or write of a scrape may wait longer than this.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a scraper asks for: Prometheus text 0.0.4, or OpenMetrics (what Prometheus itself asks
 /// for first).
@@ -189,16 +190,16 @@ pub fn serve(root: &Path, processes: usize, scrapes: usize, max_time: Duration) 
         .stderr(Stdio::piped())
         .spawn()
         .context("starting pagealloc serve")?;
-    let said = keep_lines(agent.stderr.take().context("the agent's stderr")?);
+    let mut said = Lines::new(agent.stderr.take().context("the agent's stderr")?);
     let agent_pid = agent.id();
     started.agent = Some(agent);
-    let agent_failed = |started: &mut Started, what: String| -> anyhow::Error {
+    let mut agent_failed = |started: &mut Started, what: String| -> anyhow::Error {
         let status = started
             .agent
             .as_mut()
             .and_then(|a| a.try_wait().ok().flatten());
         let status = status.map_or(String::new(), |s| format!(" (the agent ended: {s})"));
-        let said = said.lock().unwrap().join("\n  ");
+        let said = said.rest().join("\n  ");
         anyhow::anyhow!("{what}{status}; pagealloc serve said:\n  {said}")
     };
 
@@ -611,17 +612,18 @@ fn client(
     let mut latencies = Vec::with_capacity(scrapes / setup.clients + 1);
     let mut sizes = (usize::MAX, 0);
     let mut connection: Option<Connection> = None;
+    let request = scrape_request(address, setup.format);
     while next.fetch_add(1, Ordering::Relaxed) < scrapes && start.elapsed() < max_time {
         let began = Instant::now();
         let response = match connection.as_mut() {
-            Some(open) if setup.keep_alive => open.get(setup.format)?,
-            _ => {
-                let mut fresh = Connection::open(address)?;
-                let response = fresh.get(setup.format)?;
+            Some(open) if setup.keep_alive => open.send(&request),
+            _ => Connection::open(address).and_then(|mut fresh| {
+                let response = fresh.send(&request);
                 connection = Some(fresh);
                 response
-            }
-        };
+            }),
+        }
+        .map_err(|e| anyhow!(e))?;
         latencies.push(response.done - began);
         check(&response, setup.format, pids)?;
         if response.closed {
@@ -676,130 +678,19 @@ fn tail(text: &str) -> String {
     chars[chars.len().saturating_sub(80)..].iter().collect()
 }
 
-struct Response {
-    status: u16,
-    body: String,
-    /// The server closes the connection after this response.
-    closed: bool,
-    /// When its last byte was read.
-    done: Instant,
-}
-
-/// An HTTP/1.1 client connection (keep-alive unless the server says otherwise).
-struct Connection {
-    reader: BufReader<TcpStream>,
-    request: Vec<u8>,
-    format: Option<Format>,
-    address: SocketAddr,
-}
-
-impl Connection {
-    fn open(address: SocketAddr) -> Result<Connection> {
-        let stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)
-            .with_context(|| format!("connecting to {address}"))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        Ok(Connection {
-            reader: BufReader::with_capacity(1 << 16, stream),
-            request: Vec::new(),
-            format: None,
-            address,
-        })
-    }
-
-    /// GET /metrics, the whole response read.
-    fn get(&mut self, format: Format) -> Result<Response> {
-        if self.format != Some(format) {
-            self.request = format!(
-                "GET /metrics HTTP/1.1\r\nHost: {}\r\nUser-Agent: xtask-bench-serve\r\nAccept: \
-                 {}\r\n\r\n",
-                self.address,
-                format.accept()
-            )
-            .into_bytes();
-            self.format = Some(format);
-        }
-        self.reader
-            .get_mut()
-            .write_all(&self.request)
-            .context("sending a request")?;
-        self.read_response().context("reading a response")
-    }
-
-    fn read_response(&mut self) -> Result<Response> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        if line.is_empty() {
-            bail!("the server closed the connection before answering");
-        }
-        let status: u16 = line
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP/1.1 status line: {line:?}"))?;
-        let (mut length, mut chunked, mut closed) = (None, false, false);
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                bail!("the connection closed inside the headers");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let Some((name, value)) = header.split_once(':') else {
-                bail!("a malformed header: {header:?}");
-            };
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = Some(value.parse::<usize>()?),
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                "connection" => closed = value.eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                let size = line.trim_end().split(';').next().unwrap_or("");
-                let size = usize::from_str_radix(size, 16)
-                    .with_context(|| format!("a malformed chunk size: {line:?}"))?;
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.reader.read_exact(&mut body[start..])?;
-                let mut crlf = [0; 2];
-                self.reader.read_exact(&mut crlf)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(length) = length {
-            // Zeroed memory from the allocator: no byte loop (xtask is built without
-            // optimisations, and this is timed).
-            body = vec![0; length];
-            self.reader
-                .read_exact(&mut body)
-                .with_context(|| format!("the body ended before its announced {length} bytes"))?;
-        } else {
-            self.reader.read_to_end(&mut body)?;
-            closed = true;
-        }
-        let done = Instant::now();
-        let body = String::from_utf8(body).context("a body that is not UTF-8")?;
-        Ok(Response {
-            status,
-            body,
-            closed,
-            done,
-        })
-    }
+/// GET /metrics in `format`, as the bench's clients send it.
+fn scrape_request(address: SocketAddr, format: Format) -> Vec<u8> {
+    let headers = [
+        ("User-Agent", "xtask-bench-serve"),
+        ("Accept", format.accept()),
+    ];
+    http::get_request(address, "/metrics", &headers)
 }
 
 fn scrape_once(address: SocketAddr, format: Format) -> Result<Response> {
-    Connection::open(address)?.get(format)
+    let response =
+        Connection::open(address).and_then(|mut c| c.send(&scrape_request(address, format)));
+    response.map_err(|e| anyhow!(e))
 }
 
 /// What the agent says of its sampling at one scrape.
@@ -815,13 +706,19 @@ struct Sampling {
 fn sampling(address: SocketAddr, pids: &[u32]) -> Result<Sampling> {
     let response = scrape_once(address, Format::Text)?;
     check(&response, Format::Text, pids)?;
-    let value = |name: &str| -> Result<f64> {
-        Ok(values(&response.body, name)
-            .next()
-            .with_context(|| format!("no {name} in /metrics"))??)
+    let series = exposition::parse(&response.body).map_err(|e| anyhow!(e))?;
+    let values = |name: &'static str| {
+        series
+            .iter()
+            .filter(move |s| s.name == name)
+            .map(|s| s.value)
     };
-    let taken: Vec<f64> =
-        values(&response.body, "pagealloc_sample_timestamp_seconds").collect::<Result<_, _>>()?;
+    let value = |name: &'static str| -> Result<f64> {
+        values(name)
+            .next()
+            .with_context(|| format!("no {name} in /metrics"))
+    };
+    let taken: Vec<f64> = values("pagealloc_sample_timestamp_seconds").collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
@@ -830,36 +727,6 @@ fn sampling(address: SocketAddr, pids: &[u32]) -> Result<Sampling> {
         delayed: value("pagealloc_samples_delayed_total")?,
         oldest: now - taken.iter().copied().fold(f64::INFINITY, f64::min),
     })
-}
-
-/// The values of a family's samples in a Prometheus text exposition.
-fn values<'a>(
-    body: &'a str,
-    name: &'a str,
-) -> impl Iterator<Item = Result<f64, std::num::ParseFloatError>> + 'a {
-    body.lines()
-        .filter(move |l| l.split(['{', ' ']).next() == Some(name))
-        .map(|l| l.rsplit(' ').next().unwrap_or("").parse::<f64>())
-}
-
-/// A port of loopback that nothing listens on now.
-fn free_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?)
-}
-
-/// The lines a child writes, kept as they come (for error messages), so that it never blocks on
-/// a full pipe.
-fn keep_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            kept.lock().unwrap().push(line);
-        }
-    });
-    lines
 }
 
 fn wait_for(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
