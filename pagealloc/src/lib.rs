@@ -9,6 +9,7 @@ pub mod glibc;
 pub mod live;
 pub mod metrics;
 pub mod monitor;
+pub mod objects;
 pub mod parallel;
 pub mod proc;
 pub mod render;
