@@ -116,43 +116,11 @@ impl ElfFile {
         if file.format() != object::BinaryFormat::Elf {
             return Err(not_elf(format!("{:?} file", file.format())));
         }
-        let defined = |symbol: &object::Symbol| {
-            if symbol.is_undefined() || symbol.address() == 0 {
-                return None;
-            }
-            Some(Symbol {
-                name: symbol.name().ok()?.to_string(),
-                address: symbol.address(),
-                size: symbol.size(),
-            })
-        };
-        let by_address = |mut symbols: Vec<Symbol>| {
-            symbols.sort_by_key(|s| s.address);
-            symbols
-        };
-        let dynamic_table = file.dynamic_symbol_table();
-        let dynamic_symbols = dynamic_table
-            .as_ref()
-            .map(|table| by_address(table.symbols().filter_map(|s| defined(&s)).collect()));
-        let symbols = by_address(file.symbols().filter_map(|s| defined(&s)).collect());
-        let symbol_name = |index: SymbolIndex| {
-            let symbol = dynamic_table.as_ref()?.symbol_by_index(index).ok()?;
-            Some(symbol.name().ok()?.to_string())
-        };
-        let mut relocations: Vec<(u64, Filled)> = file
-            .dynamic_relocations()
-            .into_iter()
-            .flatten()
-            .filter_map(|(at, relocation)| {
-                let filled = match relocation.target() {
-                    RelocationTarget::Symbol(index) => Filled::Symbol(symbol_name(index)?),
-                    RelocationTarget::Absolute => Filled::Address(relocation.addend() as u64),
-                    _ => return None,
-                };
-                Some((at, filled))
-            })
-            .collect();
-        relocations.sort_by_key(|&(at, _)| at);
+        let dynamic_symbols = file
+            .dynamic_symbol_table()
+            .map(|table| defined(table.symbols()));
+        let symbols = defined(file.symbols());
+        let relocations = dynamic_relocations(&file);
         let segments = file
             .segments()
             .map(|segment| {
@@ -306,6 +274,46 @@ impl ElfFile {
     }
 }
 
+/// The defined ones of `symbols`, by address.
+fn defined<'d>(symbols: impl Iterator<Item = object::Symbol<'d, 'd>>) -> Vec<Symbol> {
+    let mut defined: Vec<Symbol> = symbols
+        .filter(|symbol| !symbol.is_undefined() && symbol.address() != 0)
+        .filter_map(|symbol| {
+            Some(Symbol {
+                name: symbol.name().ok()?.to_string(),
+                address: symbol.address(),
+                size: symbol.size(),
+            })
+        })
+        .collect();
+    defined.sort_by_key(|s| s.address);
+    defined
+}
+
+/// What each dynamic relocation of `file` fills, by the address it writes.
+fn dynamic_relocations(file: &object::File) -> Vec<(u64, Filled)> {
+    let table = file.dynamic_symbol_table();
+    let symbol_name = |index: SymbolIndex| {
+        let symbol = table.as_ref()?.symbol_by_index(index).ok()?;
+        Some(symbol.name().ok()?.to_string())
+    };
+    let mut relocations: Vec<(u64, Filled)> = file
+        .dynamic_relocations()
+        .into_iter()
+        .flatten()
+        .filter_map(|(at, relocation)| {
+            let filled = match relocation.target() {
+                RelocationTarget::Symbol(index) => Filled::Symbol(symbol_name(index)?),
+                RelocationTarget::Absolute => Filled::Address(relocation.addend() as u64),
+                _ => return None,
+            };
+            Some((at, filled))
+        })
+        .collect();
+    relocations.sort_by_key(|&(at, _)| at);
+    relocations
+}
+
 /// The run of `symbols` (sorted by address) at `address`.
 fn at_address(symbols: &[Symbol], address: u64) -> &[Symbol] {
     let from = symbols.partition_point(|s| s.address < address);
@@ -353,7 +361,7 @@ impl Objects {
 mod tests {
     use std::sync::Arc;
 
-    use super::{ElfFile, Objects};
+    use super::{ElfFile, Filled, Objects};
 
     /// This test's own executable: an ELF file that is surely there.
     fn this_program() -> std::path::PathBuf {
@@ -393,6 +401,22 @@ mod tests {
         );
         assert_eq!(file.symbol(&function.name), Some(function));
         assert!(file.bytes_at(u64::MAX - 1).is_empty());
+    }
+
+    #[test]
+    fn what_each_relocation_fills_is_found_by_its_address() {
+        let file = ElfFile::read(&this_program()).unwrap();
+        // This program takes malloc from the C library: the dynamic linker fills in its address.
+        assert!(
+            file.relocations
+                .iter()
+                .any(|(_, filled)| *filled == Filled::Symbol("malloc".into()))
+        );
+        for (at, filled) in &file.relocations {
+            assert_eq!(file.relocation_at(*at), Some(filled));
+        }
+        let unrelocated = file.relocations.last().unwrap().0 + 8;
+        assert_eq!(file.relocation_at(unrelocated), None);
     }
 
     #[test]
