@@ -50,6 +50,14 @@ enum Mode<'p> {
     Callee { level: usize },
 }
 
+impl Mode<'_> {
+    /// Whether a jump to `target` leaves the function analysed (a callee's bounds are not
+    /// known: never).
+    fn leaves(&self, target: u64) -> bool {
+        matches!(*self, Mode::Function { start, end, .. } if target < start || target >= end)
+    }
+}
+
 pub(super) struct Node {
     pub(super) ip: u64,
     pub(super) state: State,
@@ -113,13 +121,14 @@ impl<'a, 'c> Analysis<'a, 'c> {
             Mode::Function { .. } => 0,
             Mode::Callee { level } => level,
         };
-        let inside = |target: u64| match *mode {
-            Mode::Function { start, end, .. } if target < start || target >= end => {
+        let inside = |target: u64| {
+            if mode.leaves(target) {
                 unsure(format!(
                     "a jump out of the function at {ip:#x} (a tail call: its return is not seen)"
                 ))
+            } else {
+                Ok(target)
             }
-            _ => Ok(target),
         };
         // Where a path may go on anywhere: in the function, not sure; in a callee, it may return.
         let anywhere = |what: &str, state: State| match mode {
@@ -161,9 +170,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 let target = instruction.near_branch_target();
                 // calloc's `return memset (mem, 0, n)`: a tail call of a function that returns
                 // its first argument is a return of rdi, here already in rax.
-                let leaves = matches!(*mode,
-                    Mode::Function { start, end, .. } if target < start || target >= end);
-                if leaves
+                if mode.leaves(target)
                     && state.rsp == Some(0)
                     && state.registers[Register::Rdi] == state.registers[Register::Rax]
                     && (self.returns_first_argument)(target)
@@ -194,7 +201,6 @@ impl<'a, 'c> Analysis<'a, 'c> {
         }
     }
 
-    /// What an instruction that goes on to the next does to the state.
     /// Whether the function at `target`, called in `state`, provably never returns.
     fn never_returns(&mut self, target: u64, state: &State, level: usize) -> bool {
         if level >= MAX_CALL_DEPTH {
