@@ -1,5 +1,5 @@
 //! Where in the C library each probe goes: what a placement is, whatever the architecture; the
-//! analysis of the code itself is the target architecture's ([`x86_64`]).
+//! analysis of the code itself is the target architecture's (`x86_64`).
 //!
 //! A probe on an instruction the kernel can emulate costs one trap; on any other instruction
 //! the kernel also single-steps a copy of it out of line, which costs several times more
