@@ -16,34 +16,108 @@ pub const LOST_MAP: &str = "LOST";
 pub const LOST_COUNT: u32 = 0;
 pub const LOST_LAST: u32 = 1;
 
-/// The programs, by the kind of place they are attached to.
-pub mod programs {
-    /// At the return of malloc and calloc (cookie: the [`super::Call`]).
-    pub const ALLOC_RETURN: &str = "alloc_return";
+/// Each program of `pagealloc-ebpf` (its function there has [`Program::name`]), by the kind of
+/// place it is attached to. User space loads exactly [`Program::ALL`] and plans probes for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// At the return of malloc and calloc (cookie: the [`Call`]).
+    AllocReturn,
     /// At an instruction on each of malloc's and calloc's paths to a `ret` where the result is
     /// already final in rax: one trap per call instead of a return probe's two (cookie:
-    /// [`super::result_cookie`]).
-    pub const ALLOC_RESULT: &str = "alloc_result";
+    /// [`result_cookie`]).
+    AllocResult,
     /// At the entry of realloc and the memalign family, which may call malloc or free
-    /// themselves (cookie: the [`super::Call`]).
-    pub const OUTER_ENTRY: &str = "outer_entry";
+    /// themselves (cookie: the [`Call`]).
+    OuterEntry,
     /// At their return.
-    pub const OUTER_RETURN: &str = "outer_return";
+    OuterReturn,
     /// At free's entry (its first instruction the kernel emulates).
-    pub const FREE_ENTRY: &str = "free_entry";
+    FreeEntry,
     /// At the entry and return of the function with which an exiting thread gives its tcache
     /// back: the frees in between are not the program's.
-    pub const FLUSH_ENTRY: &str = "flush_entry";
+    FlushEntry,
+    FlushReturn,
     /// Just after tcache_init's call to `_int_malloc`: a new thread's tcache (the result in
     /// rax), which glibc allocates out of sight of the public functions.
-    pub const TCACHE_ALLOC: &str = "tcache_alloc";
-    pub const FLUSH_RETURN: &str = "flush_return";
+    TcacheAlloc,
     /// Run by user space on a CPU (`BPF_PROG_TEST_RUN`): writes the events the CPU has gathered
-    /// to its ring. Returns [`super::DRAIN_BUSY`] if a probe on that CPU was gathering one.
-    pub const DRAIN: &str = "drain";
+    /// to its ring. Returns [`DRAIN_BUSY`] if a probe on that CPU was gathering one.
+    Drain,
 }
 
-/// What [`programs::DRAIN`] returns when a probe on its CPU was in the middle of gathering an
+/// What a [`Program`] is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// An instruction of the target's (a uprobe).
+    Instruction,
+    /// A function's return (a uretprobe: the kernel takes the return address where it sits).
+    Return,
+    /// Nothing: user space runs it (a raw tracepoint program).
+    Run,
+}
+
+impl Program {
+    pub const ALL: [Program; 9] = [
+        Program::AllocReturn,
+        Program::AllocResult,
+        Program::OuterEntry,
+        Program::OuterReturn,
+        Program::FreeEntry,
+        Program::FlushEntry,
+        Program::FlushReturn,
+        Program::TcacheAlloc,
+        Program::Drain,
+    ];
+
+    /// Its name in the eBPF object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::AllocReturn => "alloc_return",
+            Program::AllocResult => "alloc_result",
+            Program::OuterEntry => "outer_entry",
+            Program::OuterReturn => "outer_return",
+            Program::FreeEntry => "free_entry",
+            Program::FlushEntry => "flush_entry",
+            Program::FlushReturn => "flush_return",
+            Program::TcacheAlloc => "tcache_alloc",
+            Program::Drain => "drain",
+        }
+    }
+
+    pub const fn attach(self) -> Attach {
+        match self {
+            Program::AllocReturn | Program::OuterReturn | Program::FlushReturn => Attach::Return,
+            Program::Drain => Attach::Run,
+            Program::AllocResult
+            | Program::OuterEntry
+            | Program::FreeEntry
+            | Program::FlushEntry
+            | Program::TcacheAlloc => Attach::Instruction,
+        }
+    }
+
+    pub const fn is_return(self) -> bool {
+        matches!(self.attach(), Attach::Return)
+    }
+}
+
+/// Where a chunk's header words are, in bytes below its user pointer (glibc's `chunk2mem`
+/// offset is `offsetof(malloc_chunk, fd)`). User space sets the programs' global
+/// [`CHUNK_WORDS`] to these at load time, from glibc's DWARF layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkWords {
+    /// The size word (`mchunk_size`, flags included): 8 on LP64.
+    pub size: u64,
+    /// `mchunk_prev_size` (for an mmapped chunk, how far memalign moved it up its mapping): 16
+    /// on LP64.
+    pub prev_size: u64,
+}
+
+/// The name of the programs' global [`ChunkWords`].
+pub const CHUNK_WORDS: &str = "CHUNK_WORDS";
+
+/// What [`Program::Drain`] returns when a probe on its CPU was in the middle of gathering an
 /// event: ask again.
 pub const DRAIN_BUSY: u32 = 1;
 
@@ -185,4 +259,6 @@ mod pod {
     unsafe impl aya::Pod for super::Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Staged {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ChunkWords {}
 }

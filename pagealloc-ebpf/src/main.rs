@@ -22,8 +22,8 @@ use aya_ebpf::macros::{btf_map, map, raw_tracepoint, uprobe, uretprobe};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
 use aya_ebpf::programs::{ProbeContext, RawTracePointContext, RetProbeContext};
 use pagealloc_common::{
-    BATCH_EVENTS, Call, DRAIN_BUSY, Event, EventKind, IS_MMAPPED, LOST_COUNT, LOST_LAST, Pending,
-    Staged, cookie_call, cookie_depth,
+    BATCH_EVENTS, Call, ChunkWords, DRAIN_BUSY, Event, EventKind, IS_MMAPPED, LOST_COUNT,
+    LOST_LAST, Pending, Staged, cookie_call, cookie_depth,
 };
 
 /// One ring buffer per CPU, put in place (and sized) by user space at load time: threads on
@@ -90,17 +90,30 @@ fn stack(ctx: &impl EbpfContext) -> u64 {
     unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
 }
 
+/// Where a chunk's size and prev_size words are below its user pointer (8 and 16 on LP64): set
+/// by user space at load time from glibc's DWARF layout (its name is
+/// [`pagealloc_common::CHUNK_WORDS`]).
+#[unsafe(no_mangle)]
+static CHUNK_WORDS: ChunkWords = ChunkWords {
+    size: 0,
+    prev_size: 0,
+};
+
 /// What an event says of the chunk whose user pointer is `pointer`: (pointer, size word), the
 /// size word 0 if unreadable. An mmapped chunk may have been moved up its mapping by memalign
 /// (its `prev_size` says how far): it is told as its whole mapping, as glibc counts it.
 fn chunk(pointer: u64) -> (u64, u64) {
+    // SAFETY: a global of the program's; volatile, or the compiler would fold in its value
+    // before user space set it.
+    let words = unsafe { core::ptr::read_volatile(&CHUNK_WORDS) };
     // SAFETY: bpf_probe_read_user checks the address; a fault is an error, not a crash.
-    let size = unsafe { bpf_probe_read_user((pointer - 8) as *const u64) }.unwrap_or(0);
+    let size = unsafe { bpf_probe_read_user((pointer - words.size) as *const u64) }.unwrap_or(0);
     if size & IS_MMAPPED == 0 {
         return (pointer, size);
     }
     // SAFETY: as above.
-    let offset = unsafe { bpf_probe_read_user((pointer - 16) as *const u64) }.unwrap_or(0);
+    let offset =
+        unsafe { bpf_probe_read_user((pointer - words.prev_size) as *const u64) }.unwrap_or(0);
     (pointer - offset, size + offset)
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 
 use crate::state::HeapUnavailable;
+use crate::trace::TraceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -41,7 +42,10 @@ pub enum Error {
     /// The heap map is there, but part of the heap could not be found.
     #[error("the heap map is incomplete: {0}")]
     HeapIncomplete(String),
-    /// Loading or attaching the eBPF programs failed.
+    /// Placing, loading or attaching the eBPF probes failed, or reading their maps.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// Live mode's events stopped coming.
     #[error("{what}: {reason}")]
     Ebpf { what: String, reason: String },
     /// A command-line value that only the target can refute (an arena it does not have).
@@ -53,7 +57,10 @@ impl Error {
     /// Exit codes, documented in the README. 2 is also clap's usage error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. } | Error::Ebpf { .. } | Error::KeepsSpawning { .. } => 1,
+            Error::Io { .. }
+            | Error::Trace(_)
+            | Error::Ebpf { .. }
+            | Error::KeepsSpawning { .. } => 1,
             Error::Usage(_) => 2,
             Error::NoSuchProcess { .. } => 3,
             Error::ProcessExited { .. } | Error::ProcessExeced { .. } => 4,

@@ -1,14 +1,15 @@
 //! pagealloc: where a running process's memory is, page by page and chunk by chunk.
 //!
-//! Data flows one way: sources (`proc`, `debuginfo`, `glibc`, `trace`) fill plain data
-//! (`state`), which outputs (`render`) only read. A [`session::Session`] holds the sources of
-//! one process and yields samples; `watch` takes them in a loop.
+//! Data flows one way: sources (`proc`, `debuginfo`, `glibc`, `objects`, `trace`) fill plain
+//! data (`state`), which outputs (`render`) only read. A [`session::Session`] holds the sources
+//! of one process and yields samples; `watch` takes them in a loop.
 pub mod debuginfo;
 pub mod error;
 pub mod glibc;
 pub mod live;
 pub mod metrics;
 pub mod monitor;
+pub mod objects;
 pub mod parallel;
 pub mod proc;
 pub mod render;

@@ -16,7 +16,7 @@ use crate::proc::pagemap::PageReader;
 use crate::state::heap::HeapMap;
 use crate::state::pages::{Mapping, PageMap};
 use crate::state::{Heap, HeapUnavailable, LibcInfo, Sample};
-use crate::trace::Internals;
+use crate::trace::{self, ChunkWords, Internals};
 
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -60,6 +60,8 @@ struct ResolvedLibc {
 pub struct ProbeSite {
     pub libc: PathBuf,
     pub internals: Internals,
+    /// Where a chunk's header words are below its user pointer, for the probes.
+    pub chunk_words: ChunkWords,
     pub header_bytes: u64,
 }
 
@@ -115,6 +117,7 @@ impl Session {
         Ok(ProbeSite {
             libc: mapping.file.clone(),
             internals: resolved.internals.clone(),
+            chunk_words: trace::chunk_words(&resolved.libc.offsets),
             header_bytes: resolved.libc.offsets.chunk_struct_size,
         })
     }

@@ -14,7 +14,7 @@ use pagealloc::glibc::debug;
 use pagealloc::glibc::identity::is_libc_name;
 use pagealloc::proc::Target;
 use pagealloc::trace::{Batch, Internals, TraceOptions, Tracer, monotonic_now};
-use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind, programs};
+use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind, Program};
 use pagealloc_tests::*;
 
 /// One traced fixture at a time (the machine has few cores).
@@ -59,8 +59,10 @@ fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
         one_trap,
         ..TraceOptions::default()
     };
-    let (tracer, events) =
-        Tracer::attach(fixture.pid(), &libc, &internals, options).expect("the probes attach");
+    let offsets = pagealloc::glibc::Offsets::new(&debug.layout).expect("malloc's layout");
+    let chunk_words = pagealloc::trace::chunk_words(&offsets);
+    let (tracer, events) = Tracer::attach(fixture.pid(), &libc, &internals, chunk_words, options)
+        .expect("the probes attach");
     for function in ["malloc", "calloc"] {
         let on: Vec<_> = tracer
             .placed
@@ -74,13 +76,13 @@ fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
                 !on.is_empty()
                     && on
                         .iter()
-                        .all(|p| p.program == programs::ALLOC_RESULT && !p.returns),
+                        .all(|p| p.program == Program::AllocResult && !p.returns()),
                 "{function}'s results caught at one trap per call: {on:?}"
             );
         } else {
             assert!(
                 on.iter()
-                    .all(|p| p.program == programs::ALLOC_RETURN && p.returns)
+                    .all(|p| p.program == Program::AllocReturn && p.returns())
             );
         }
     }
@@ -137,7 +139,7 @@ fn every_call_once(one_trap: bool) {
     for placed in tracer
         .placed
         .iter()
-        .filter(|p| p.program != programs::TCACHE_ALLOC)
+        .filter(|p| p.program != Program::TcacheAlloc)
     {
         assert!(
             placed.emulated,

@@ -77,8 +77,13 @@ impl Live {
     /// Attaches the probes to the session's process and seeds the state with one walk.
     pub fn start(session: &mut Session, options: LiveOptions) -> Result<Live> {
         let site = session.probe_site()?;
-        let (tracer, batches) =
-            Tracer::attach(session.pid(), &site.libc, &site.internals, options.trace)?;
+        let (tracer, batches) = Tracer::attach(
+            session.pid(),
+            &site.libc,
+            &site.internals,
+            site.chunk_words,
+            options.trace,
+        )?;
         let attached = trace::monotonic_now();
         let mut live = Live {
             tracer,

@@ -187,12 +187,12 @@ pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String
     let probes: Vec<ProbeJson> = placed
         .iter()
         .map(|p| ProbeJson {
-            program: p.program,
+            program: p.program.name(),
             function: &p.function,
             offset: p.offset,
             file_offset: p.file_offset,
             emulated: p.emulated,
-            returns: p.returns,
+            returns: p.returns(),
         })
         .collect();
     let document = serde_json::json!({ "libc": libc.display().to_string(), "probes": probes });

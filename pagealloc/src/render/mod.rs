@@ -112,12 +112,12 @@ pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String
         let _ = writeln!(
             text,
             "  {:<14} {:>30}+{:<3} file offset {:#x}{}  {}",
-            p.program,
+            p.program.name(),
             p.function,
             p.offset,
             p.file_offset,
-            if p.returns { ", return" } else { "" },
-            match (p.emulated, p.returns) {
+            if p.returns() { ", return" } else { "" },
+            match (p.emulated, p.returns()) {
                 (true, false) => "emulated: one trap",
                 (true, true) => "emulated: two traps (entry, return)",
                 (false, _) => "single-stepped",
