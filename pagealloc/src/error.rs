@@ -44,7 +44,7 @@ pub enum Error {
     HeapIncomplete(String),
     /// Placing, loading or attaching the eBPF probes failed, or reading their maps.
     #[error(transparent)]
-    Trace(#[from] TraceError),
+    Trace(TraceError),
     /// Live mode's events stopped coming.
     #[error("{what}: {reason}")]
     Ebpf { what: String, reason: String },
@@ -93,4 +93,16 @@ fn permission_denied(pid: i32, what: &str) -> impl fmt::Display {
         "permission denied reading {what} of process {pid}: run as root, or as the process's \
          owner with ptrace allowed{yama}"
     )
+}
+
+/// The probes' failures as the crate's: a process that is not there, or an I/O failure, is the
+/// same failure wherever it is met (and has the same exit code).
+impl From<TraceError> for Error {
+    fn from(error: TraceError) -> Error {
+        match error {
+            TraceError::NoSuchProcess { pid } => Error::NoSuchProcess { pid },
+            TraceError::Io { what, source } => Error::io(what, source),
+            other => Error::Trace(other),
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::proc::pagemap::PageReader;
 use crate::state::heap::HeapMap;
 use crate::state::pages::{Mapping, PageMap};
 use crate::state::{Heap, HeapUnavailable, LibcInfo, Sample};
-use crate::trace::{self, ChunkWords, Internals};
+use crate::trace::{ChunkWords, Internals};
 
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -117,7 +117,7 @@ impl Session {
         Ok(ProbeSite {
             libc: mapping.file.clone(),
             internals: resolved.internals.clone(),
-            chunk_words: trace::chunk_words(&resolved.libc.offsets),
+            chunk_words: resolved.libc.offsets.chunk_words(),
             header_bytes: resolved.libc.offsets.chunk_struct_size,
         })
     }

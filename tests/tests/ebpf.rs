@@ -59,8 +59,8 @@ fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
         one_trap,
         ..TraceOptions::default()
     };
-    let offsets = pagealloc::glibc::Offsets::new(&debug.layout).expect("malloc's layout");
-    let chunk_words = pagealloc::trace::chunk_words(&offsets);
+    let offsets = pagealloc::glibc::Offsets::new(&info.layout).expect("malloc's layout");
+    let chunk_words = offsets.chunk_words();
     let (tracer, events) = Tracer::attach(fixture.pid(), &libc, &internals, chunk_words, options)
         .expect("the probes attach");
     for function in ["malloc", "calloc"] {

@@ -225,6 +225,7 @@ fn root_tests() -> Result<Vec<String>> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    layers::check(Path::new(layers::SOURCE))?;
     // The end-to-end tests run the binary as a user would: build it first.
     run(cargo().args(["build", "--package", "pagealloc"]))?;
     let mut command = cargo();

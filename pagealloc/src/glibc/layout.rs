@@ -78,6 +78,15 @@ impl Offsets {
         address & (self.alignment - 1) == 0
     }
 
+    /// Where a chunk's header words are below its user pointer (what the probes read):
+    /// `chunk2mem` puts the user pointer `offsetof(malloc_chunk, fd)` past the chunk's start.
+    pub fn chunk_words(&self) -> pagealloc_common::ChunkWords {
+        pagealloc_common::ChunkWords {
+            size: self.chunk_fd - self.chunk_size,
+            prev_size: self.chunk_fd,
+        }
+    }
+
     /// The first chunk at or after `address` whose user pointer is aligned.
     pub fn first_chunk_at(&self, address: u64) -> u64 {
         let header = 2 * self.size_sz;

@@ -183,7 +183,7 @@ struct ProbeJson<'a> {
 }
 
 /// Where live mode's probes go, as JSON: `{"libc": PATH, "probes": [...]}`.
-pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String {
+pub fn probes(libc: &std::path::Path, placed: &[crate::state::probes::Placed]) -> String {
     let probes: Vec<ProbeJson> = placed
         .iter()
         .map(|p| ProbeJson {

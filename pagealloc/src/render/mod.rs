@@ -105,7 +105,7 @@ pub fn write_stdout(text: &str) -> Result<()> {
 }
 
 /// Where live mode's probes go, one line each.
-pub fn probes(libc: &std::path::Path, placed: &[crate::trace::Placed]) -> String {
+pub fn probes(libc: &std::path::Path, placed: &[crate::state::probes::Placed]) -> String {
     use std::fmt::Write as _;
     let mut text = format!("probes in {}:\n", libc.display());
     for p in placed {

@@ -4,6 +4,7 @@ pub mod events;
 pub mod heap;
 pub mod history;
 pub mod pages;
+pub mod probes;
 pub mod report;
 pub mod resident;
 pub mod sample;

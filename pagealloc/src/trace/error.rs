@@ -11,6 +11,18 @@ use crate::objects::ObjectError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// Not a PID probes can be scoped to.
+    #[error("process {pid} does not exist")]
+    NoSuchProcess { pid: i32 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The reader thread stopped handing events over.
+    #[error("reading the events: the event reader stopped handing them over")]
+    ReaderStopped,
     #[error(
         "loading the eBPF programs: {source} (this needs root, or CAP_BPF and CAP_PERFMON, and \
          CAP_SYS_ADMIN to attach uprobes on kernels since 6.16)"
@@ -64,6 +76,11 @@ pub enum TraceError {
 }
 
 impl TraceError {
+    pub(super) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> TraceError {
+        let what = what.into();
+        move |source| TraceError::Io { what, source }
+    }
+
     pub(super) fn map(what: impl Into<String>) -> impl FnOnce(MapError) -> TraceError {
         let what = what.into();
         move |source| TraceError::Map { what, source }

@@ -13,7 +13,6 @@ use pagealloc_common::{Attach, CHUNK_WORDS, ChunkWords, EVENTS_MAP, Program, STA
 use super::drain::Drains;
 use super::error::TraceError;
 use super::probes::Placed;
-use crate::error::{Error, Result};
 
 /// The compiled programs of `pagealloc-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagealloc"));
@@ -72,8 +71,8 @@ pub(super) fn rings(
 /// Wakes the reader when a program forces it (a ring an eighth full). Edge-triggered: a ring
 /// with events in it does not wake the reader by itself, or it would wake for nearly every event
 /// of a busy process.
-pub(super) fn wake_ups(rings: &[RingBuf<MapData>]) -> Result<Epoll> {
-    let failed = |e: nix::Error| Error::io("waiting for the ring buffers", e.into());
+pub(super) fn wake_ups(rings: &[RingBuf<MapData>]) -> Result<Epoll, TraceError> {
+    let failed = |e: nix::Error| TraceError::io("waiting for the ring buffers")(e.into());
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(failed)?;
     for ring in rings {
         let wanted = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0);

@@ -30,7 +30,6 @@ use aya::Ebpf;
 use aya::maps::PerCpuArray;
 use pagealloc_common::{Event, LOST_COUNT, LOST_LAST, LOST_MAP};
 
-use crate::error::{Error, Result};
 pub use error::TraceError;
 pub use pagealloc_common::ChunkWords;
 pub use probes::{Internals, Placed, plan, plan_with};
@@ -87,15 +86,6 @@ fn default_ring_bytes(cpus: u32) -> u32 {
     (1 << share.ilog2()).clamp(256 << 10, 4 << 20)
 }
 
-/// Where the header words of glibc's chunks are below their user pointers: `chunk2mem` puts
-/// the user pointer `offsetof(malloc_chunk, fd)` past the chunk's start.
-pub fn chunk_words(offsets: &crate::glibc::Offsets) -> ChunkWords {
-    ChunkWords {
-        size: offsets.chunk_fd - offsets.chunk_size,
-        prev_size: offsets.chunk_fd,
-    }
-}
-
 /// The probes on one process's allocator, while this lives.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -118,12 +108,12 @@ impl Tracer {
         internals: &Internals,
         chunk_words: ChunkWords,
         options: TraceOptions,
-    ) -> Result<(Tracer, Receiver<Batch>)> {
+    ) -> Result<(Tracer, Receiver<Batch>), TraceError> {
         let pid = u32::try_from(pid)
             .ok()
             .and_then(NonZeroU32::new)
-            .ok_or(Error::NoSuchProcess { pid })?;
-        let cpus_error = |(file, e)| Error::io(format!("reading {file}"), e);
+            .ok_or(TraceError::NoSuchProcess { pid })?;
+        let cpus_error = |(file, e)| TraceError::io(format!("reading {file}"))(e);
         let possible = aya::util::nr_cpus().map_err(cpus_error)? as u32;
         let online = aya::util::online_cpus().map_err(cpus_error)?;
         let ring_bytes = options
@@ -151,7 +141,7 @@ impl Tracer {
             std::thread::Builder::new()
                 .name("pagealloc-events".into())
                 .spawn(move || reader.run(send, &stop, options.poll))
-                .map_err(|e| Error::io("starting the event reader", e))?
+                .map_err(TraceError::io("starting the event reader"))?
         };
         Ok((
             Tracer {
