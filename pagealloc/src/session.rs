@@ -60,7 +60,8 @@ struct ResolvedLibc {
 pub struct ProbeSite {
     pub libc: PathBuf,
     pub internals: Internals,
-    pub header_bytes: u64,
+    /// `sizeof(struct malloc_chunk)`: the part of a free chunk malloc_trim keeps.
+    pub chunk_struct_size: u64,
 }
 
 /// Tries of `--stop` before an inconsistent heap is shown as it is.
@@ -115,7 +116,7 @@ impl Session {
         Ok(ProbeSite {
             libc: mapping.file.clone(),
             internals: resolved.internals.clone(),
-            header_bytes: resolved.libc.offsets.chunk_struct_size,
+            chunk_struct_size: resolved.libc.offsets.chunk_struct_size,
         })
     }
 

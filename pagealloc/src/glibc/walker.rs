@@ -16,7 +16,9 @@ use super::layout::{Offsets, default_heap_max_size};
 use super::lists::{self, Heads};
 use super::parts::{ArenaHeaps, HeapsWalked};
 use crate::proc::memory::{Memory, ReadError};
-use crate::state::heap::{AddressRange, Arena, HeapFigures, HeapMap, HeapNote, Segment};
+use crate::state::heap::{
+    AddressRange, Arena, HeapFigures, HeapGeometry, HeapMap, HeapNote, Segment,
+};
 use crate::state::pages::Mapping;
 
 /// How large heaps are cut into parts walked side by side.
@@ -247,6 +249,12 @@ impl Walker<'_> {
         }
         Ok(HeapMap {
             arenas,
+            geometry: HeapGeometry {
+                chunk_header: o.chunk_fd,
+                alignment: o.alignment,
+                heap_max,
+                main_growth_max: default_heap_max_size(o.size_sz),
+            },
             mmapped_chunks: mmapped.len() as u64,
             mmapped_bytes,
             totals,
