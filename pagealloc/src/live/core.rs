@@ -303,3 +303,301 @@ fn mostly_unknown(map: &HeapMap) -> bool {
     let totals = &map.totals;
     totals.unknown_bytes as f64 > totals.system_bytes as f64 * UNKNOWN_SHARE_LIMIT
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use pagealloc_common::{Call, Event, EventKind};
+
+    use super::super::heap::Apply;
+    use super::super::heap::tests::{HEAP, event, map};
+    use super::{LiveCore, RECONCILE_RETRY, REPLAY_SLACK_NS, Walk, Walked, Window};
+    use crate::glibc::HeapInfo;
+    use crate::state::heap::{CHUNK_START, ChunkState, HeapMap, HeapNote};
+
+    const S: u64 = 1_000_000_000;
+    const RECONCILE: Duration = Duration::from_secs(30);
+
+    /// The map's live chunk (0x40 at HEAP + 0x10) handed out again.
+    fn over_live(time: u64) -> Event {
+        stamped(
+            time,
+            event(EventKind::Alloc, HEAP + 0x10, 0x40, Call::Malloc),
+        )
+    }
+
+    /// A new chunk from the map's top.
+    fn from_top(time: u64) -> Event {
+        stamped(
+            time,
+            event(EventKind::Alloc, HEAP + 0x150, 0x40, Call::Malloc),
+        )
+    }
+
+    fn stamped(time: u64, event: Event) -> Event {
+        Event { time, ..event }
+    }
+
+    fn walked(map: HeapMap, from: u64, until: u64) -> Walked {
+        Walked {
+            map,
+            page_size: 0x1000,
+            from,
+            until,
+        }
+    }
+
+    fn inconsistent(mut map: HeapMap) -> HeapMap {
+        map.notes
+            .push(HeapNote::inconsistent("read while it changed".into()));
+        map
+    }
+
+    /// The map with its live chunk freed since.
+    fn freed_since(mut map: HeapMap) -> HeapMap {
+        let granules = &mut map.segments[0].granules;
+        granules[1] = ChunkState::Bin as u8 | CHUNK_START;
+        granules[2..5].fill(ChunkState::Bin as u8);
+        map
+    }
+
+    fn no_heap_info(_: u64) -> Option<HeapInfo> {
+        None
+    }
+
+    /// Seeded from a walk between 10 s and 11 s, the probes attached at `attached`, settled.
+    fn seeded(attached: u64, now: Instant) -> LiveCore {
+        let mut core = LiveCore::seed(walked(map(), 10 * S, 11 * S), attached, RECONCILE, now);
+        core.settle(now);
+        core
+    }
+
+    fn live(core: &LiveCore) -> (u64, u64) {
+        core.heap.map.live()
+    }
+
+    #[test]
+    fn an_event_is_skipped_before_the_window_replayed_in_it_and_strict_after() {
+        let window = Window {
+            replay_from: 10 * S,
+            walked_until: 11 * S,
+        };
+        for (time, mode) in [
+            (10 * S - 1, None),
+            (10 * S, Some(Apply::Replay)),
+            (11 * S + REPLAY_SLACK_NS, Some(Apply::Replay)),
+            (11 * S + REPLAY_SLACK_NS + 1, Some(Apply::Strict)),
+        ] {
+            assert_eq!(window.mode(time), mode, "at {time}");
+        }
+    }
+
+    #[test]
+    fn the_seed_replays_from_its_walk_and_never_from_before_the_probes_were_attached() {
+        // (when the probes were attached, the event, whether it was applied, contradictions)
+        let before_window = 10 * S - REPLAY_SLACK_NS - 1;
+        let in_slack = 10 * S - REPLAY_SLACK_NS / 2;
+        let after_window = 11 * S + REPLAY_SLACK_NS + 1;
+        let rows = [
+            // Before the walk's window: the walk saw it.
+            (S, from_top(before_window), false, 0),
+            (S, over_live(before_window), false, 0),
+            // Just before the walk began: replayed, what the walk shows skipped.
+            (S, from_top(in_slack), true, 0),
+            (S, over_live(in_slack), false, 0),
+            (S, over_live(10 * S + S / 2), false, 0),
+            // After: applied as it is, a contradiction if it cannot have happened.
+            (S, from_top(after_window), true, 0),
+            (S, over_live(after_window), false, 1),
+            // The probes attached after the window began: nothing before that is replayed.
+            (10 * S, from_top(in_slack), false, 0),
+            (10 * S, from_top(10 * S + 1), true, 0),
+        ];
+        for (attached, event, applied, contradictions) in rows {
+            let mut core = seeded(attached, Instant::now());
+            let before = live(&core);
+            core.apply(&[event], &mut no_heap_info);
+            let context = format!("attached {attached}, event at {}", event.time);
+            assert_eq!(live(&core) != before, applied, "{context}");
+            assert_eq!(core.counts.contradictions, contradictions, "{context}");
+            assert_eq!(core.counts.resyncs, contradictions, "{context}");
+        }
+    }
+
+    #[test]
+    fn a_loss_resyncs_once_and_its_walk_replays_nothing_from_before_it() {
+        let now = Instant::now();
+        let mut core = seeded(S, now);
+        core.lost(3, 20 * S);
+        assert_eq!(core.walk_needed(now), Some(Walk::Resync));
+        core.lost(3, 20 * S);
+        core.lost(5, 20 * S + 1);
+        assert_eq!((core.counts.lost, core.counts.resyncs), (5, 1));
+        // The resync's walk began just after the loss: what came before it is not replayed.
+        core.begin_walk(walked(map(), 20 * S + 2, 21 * S), Walk::Resync);
+        let before = live(&core);
+        core.apply(&[from_top(20 * S)], &mut no_heap_info);
+        assert_eq!(live(&core), before);
+        core.apply(&[from_top(20 * S + 1)], &mut no_heap_info);
+        assert_ne!(live(&core), before);
+        core.settle(now);
+        assert_eq!(core.walk_needed(now), None);
+        // The same count again is no new loss.
+        core.lost(5, 20 * S + 1);
+        assert_eq!(core.walk_needed(now), None);
+    }
+
+    #[test]
+    fn a_resync_and_a_contradiction_are_counted_once_until_the_walk() {
+        let mut core = seeded(S, Instant::now());
+        let late = 20 * S;
+        let free_of_bin = stamped(late, event(EventKind::Free, HEAP + 0x50, 0x100, Call::Free));
+        core.apply(&[over_live(late), free_of_bin], &mut no_heap_info);
+        core.lost(1, late);
+        assert_eq!(core.counts.contradictions, 1);
+        assert_eq!(core.counts.resyncs, 1);
+    }
+
+    #[test]
+    fn a_chunk_outside_the_heaps_known_resyncs_without_being_a_contradiction() {
+        let mut core = seeded(S, Instant::now());
+        let far = event(EventKind::Alloc, 0x7f00_0000_08a0, 0x100, Call::Malloc);
+        core.apply(&[stamped(20 * S, far)], &mut no_heap_info);
+        assert_eq!((core.counts.contradictions, core.counts.resyncs), (0, 1));
+    }
+
+    #[test]
+    fn a_heap_made_since_the_walk_is_taken_in_from_its_heap_info_unless_a_resync_is_due() {
+        let heap = 0x7f00_0000_0000;
+        let far = stamped(
+            20 * S,
+            event(EventKind::Alloc, heap + 0x8a0, 0x100, Call::Malloc),
+        );
+        let mut asked = Vec::new();
+        let mut heap_info = |at: u64| {
+            asked.push(at);
+            Some(HeapInfo {
+                arena: heap + 0x30,
+                prev: 0,
+                first: heap + 0x8a0,
+                end: heap + 0x21000,
+            })
+        };
+        let mut core = seeded(S, Instant::now());
+        core.apply(&[far], &mut heap_info);
+        assert_eq!(core.counts.resyncs, 0);
+        assert_eq!(core.heap.map.arenas.len(), 2);
+        assert_eq!(live(&core), (2, 0x40 + 0x100));
+        // A resync due: the state will be replaced, no heap is read for it.
+        let mut core = seeded(S, Instant::now());
+        core.lost(1, 19 * S);
+        core.apply(&[far], &mut heap_info);
+        assert_eq!(core.heap.map.arenas.len(), 1);
+        assert_eq!(asked, vec![heap]);
+    }
+
+    #[test]
+    fn a_reconcile_is_due_every_interval_and_compares_the_state_with_its_walk() {
+        let start = Instant::now();
+        let mut core = seeded(S, start);
+        assert_eq!(
+            core.walk_needed(start + RECONCILE - Duration::from_millis(1)),
+            None
+        );
+        let due = start + RECONCILE;
+        assert_eq!(core.walk_needed(due), Some(Walk::Reconcile));
+        // The state holds one more chunk than the walk: one handed out since, in neither.
+        core.apply(&[from_top(20 * S)], &mut no_heap_info);
+        core.begin_walk(walked(map(), 40 * S, 41 * S), Walk::Reconcile);
+        core.settle(due);
+        let mismatch = core.counts.reconcile_mismatch.unwrap();
+        assert_eq!((mismatch.chunks, mismatch.bytes), (1, 0x40));
+        assert_eq!(core.counts.reconciles, 1);
+        assert_eq!(live(&core), (1, 0x40), "the walk replaced the state");
+        assert_eq!(core.walk_needed(due + RECONCILE / 2), None);
+        assert_eq!(core.walk_needed(due + RECONCILE), Some(Walk::Reconcile));
+    }
+
+    #[test]
+    fn an_inconsistent_reconcile_keeps_the_state_and_is_tried_again_soon() {
+        let start = Instant::now();
+        let mut core = seeded(S, start);
+        core.begin_walk(
+            walked(inconsistent(freed_since(map())), 40 * S, 41 * S),
+            Walk::Reconcile,
+        );
+        // Events of the walk's time applied to both.
+        core.apply(&[from_top(41 * S)], &mut no_heap_info);
+        let settled = start + RECONCILE;
+        core.settle(settled);
+        assert_eq!(
+            live(&core),
+            (2, 0x80),
+            "the state before the walk, events applied"
+        );
+        assert_eq!((core.counts.reconciles, core.counts.resyncs), (0, 0));
+        let retry = settled + RECONCILE_RETRY;
+        assert_eq!(core.walk_needed(retry - Duration::from_millis(1)), None);
+        assert_eq!(core.walk_needed(retry), Some(Walk::Reconcile));
+        // And the old walk's window with it.
+        let window = Window {
+            replay_from: 10 * S - REPLAY_SLACK_NS,
+            walked_until: 11 * S,
+        };
+        assert_eq!(core.window, window);
+    }
+
+    #[test]
+    fn an_inconsistent_reconcile_whose_events_contradict_the_state_resyncs() {
+        let start = Instant::now();
+        let mut core = seeded(S, start);
+        core.begin_walk(
+            walked(inconsistent(freed_since(map())), 40 * S, 41 * S),
+            Walk::Reconcile,
+        );
+        // Replayed against the walk (which saw the chunk freed) but strict against the state.
+        core.apply(&[over_live(40 * S)], &mut no_heap_info);
+        core.settle(start);
+        assert_eq!(core.walk_needed(start), Some(Walk::Resync));
+        assert_eq!((core.counts.resyncs, core.counts.contradictions), (1, 0));
+    }
+
+    #[test]
+    fn a_resync_walk_mostly_unknown_is_taken_again_uncounted() {
+        for (unknown, again) in [(0x100, true), (0x10, false)] {
+            let mut map = inconsistent(map());
+            map.totals.system_bytes = 0x1000;
+            map.totals.unknown_bytes = unknown;
+            let now = Instant::now();
+            let mut core = LiveCore::seed(walked(map, 10 * S, 11 * S), S, RECONCILE, now);
+            core.settle(now);
+            let needed = core.walk_needed(now);
+            assert_eq!(needed, again.then_some(Walk::Resync), "{unknown} unknown");
+            assert_eq!(core.counts.resyncs, 0);
+        }
+    }
+
+    #[test]
+    fn the_calls_are_counted_as_the_program_made_them() {
+        // (kind, call, allocs, frees, freed bytes)
+        let rows = [
+            (EventKind::Alloc, Call::Malloc, 1, 0, 0),
+            (EventKind::Alloc, Call::ReallocFailed, 0, 0, 0),
+            (EventKind::Alloc, Call::TcacheInit, 0, 0, 0),
+            (EventKind::Free, Call::Free, 0, 1, 0x40),
+            (EventKind::Free, Call::ReallocToZero, 0, 1, 0x40),
+            (EventKind::Free, Call::Realloc, 0, 0, 0x40),
+            (EventKind::Free, Call::Flush, 0, 0, 0),
+        ];
+        for (kind, call, allocs, frees, freed_bytes) in rows {
+            let mut core = seeded(S, Instant::now());
+            // Before the window: counted, not applied.
+            let event = stamped(0, event(kind, HEAP + 0x10, 0x40, call));
+            core.apply(&[event], &mut no_heap_info);
+            let counts = core.counts();
+            let got = (counts.allocs, counts.frees, counts.freed_bytes);
+            assert_eq!(got, (allocs, frees, freed_bytes), "{call:?}");
+        }
+    }
+}
