@@ -542,6 +542,38 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_thread_arena_heap_is_as_large_as_the_walk_found_it() {
+        use crate::glibc::HeapInfo;
+        // Under the hugetlb tunable a heap is 4 huge pages, and aligned to that.
+        let mut map = map();
+        map.geometry.heap_max = 4 << 21;
+        let mut live = LiveHeap::new(map, 0x1000);
+        let heap = 0x7f00_0080_0000;
+        assert_eq!(live.heap_of(heap + 0x1234), heap);
+        let info = HeapInfo {
+            arena: heap + 0x30,
+            prev: 0,
+            first: heap + 0x8a0,
+            end: heap + 0x21000,
+        };
+        assert!(live.add_heap(heap, info));
+        // It grows up to the end of its reservation, and no further.
+        let to_the_end = event(
+            EventKind::Alloc,
+            heap + 0x8a0,
+            (4 << 21) - 0x8a0,
+            Call::Malloc,
+        );
+        live.apply(&to_the_end, Apply::Strict).unwrap();
+        assert_eq!(live.map.segments[1].end, heap + (4 << 21));
+        let past = event(EventKind::Alloc, heap + (4 << 21), 0x100, Call::Malloc);
+        assert!(matches!(
+            live.apply(&past, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
+    }
+
+    #[test]
     fn contradictions_are_errors_when_strict() {
         let mut live = heap();
         let over = event(EventKind::Alloc, HEAP + 0x10, 0x40, Call::Malloc);
