@@ -331,6 +331,10 @@ fn follows_threads_arenas_and_heaps(fixture: &mut Fixture) {
             live_bytes >= held && live_bytes - held <= LIBC_INTERNAL_BYTES,
             "{context}: live {live_bytes}, held {held}"
         );
+        // The state, the reconcile's walk now, agrees with glibc's own count to the byte.
+        if let Err(why) = heap_matches_mallinfo(&fixture.report, &line["heap"]) {
+            panic!("{context}: {why}");
+        }
         assert_eq!(
             n(&line["heap"], "mmapped_chunks"),
             fixture.get("mmapped_chunks"),
