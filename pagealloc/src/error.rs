@@ -45,9 +45,6 @@ pub enum Error {
     /// Placing, loading or attaching the eBPF probes failed, or reading their maps.
     #[error(transparent)]
     Trace(TraceError),
-    /// Live mode's events stopped coming.
-    #[error("{what}: {reason}")]
-    Ebpf { what: String, reason: String },
     /// A command-line value that only the target can refute (an arena it does not have).
     #[error("{0}")]
     Usage(String),
@@ -57,10 +54,7 @@ impl Error {
     /// Exit codes, documented in the README. 2 is also clap's usage error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. }
-            | Error::Trace(_)
-            | Error::Ebpf { .. }
-            | Error::KeepsSpawning { .. } => 1,
+            Error::Io { .. } | Error::Trace(_) | Error::KeepsSpawning { .. } => 1,
             Error::Usage(_) => 2,
             Error::NoSuchProcess { .. } => 3,
             Error::ProcessExited { .. } | Error::ProcessExeced { .. } => 4,

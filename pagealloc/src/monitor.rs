@@ -149,7 +149,8 @@ impl Monitor {
         }
         self.history.push(&sample);
         if let Some(live) = &self.live
-            && let Some(why) = self.guard.too_busy(&self.history)
+            && let Some(rate) = call_rate(&self.history)
+            && let Some(why) = self.guard.too_busy(rate, Instant::now())
         {
             self.earlier_events = self.earlier_events.then(&live.counts());
             self.live = None;
@@ -157,7 +158,7 @@ impl Monitor {
             self.walk_reason = Some(WalkReason::TooBusy(why));
         } else if self.live.is_none()
             && let ModeChoice::Live(live_options) = self.options.mode
-            && self.guard.retry_due()
+            && self.guard.retry_due(Instant::now())
         {
             match Live::start(&mut self.session, live_options) {
                 Ok(started) => {
@@ -201,18 +202,15 @@ impl Guard {
         }
     }
 
-    /// Why the probes must come off, if the last interval's rate was above the limit.
-    fn too_busy(&mut self, history: &History) -> Option<String> {
-        let (now, before) = (history.current_events?, history.previous_events?);
-        let seconds = history.achieved_interval()?.as_secs_f64();
-        let calls = (now.allocs + now.frees).saturating_sub(before.allocs + before.frees);
-        let rate = calls as f64 / seconds.max(1e-3);
+    /// Why the probes must come off at `now`, if the last interval's `rate` of calls a second
+    /// was above the limit.
+    fn too_busy(&mut self, rate: f64, now: Instant) -> Option<String> {
         if rate <= self.max_rate as f64 {
             self.backoff = RETRY_FIRST;
             return None;
         }
         let wait = self.backoff;
-        self.retry_at = Some(Instant::now() + wait);
+        self.retry_at = Some(now + wait);
         self.backoff = (self.backoff * 2).min(RETRY_LONGEST);
         Some(format!(
             "{rate:.0} calls/s is above --max-rate {}: the probes are off (each call pays a \
@@ -222,13 +220,22 @@ impl Guard {
         ))
     }
 
-    fn retry_due(&mut self) -> bool {
-        let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
+    /// Whether the probes are to be tried again at `now` (once for each time they came off).
+    fn retry_due(&mut self, now: Instant) -> bool {
+        let due = self.retry_at.is_some_and(|at| now >= at);
         if due {
             self.retry_at = None;
         }
         due
     }
+}
+
+/// Allocation calls and frees a second over the last interval, once two samples had events.
+fn call_rate(history: &History) -> Option<f64> {
+    let (now, before) = (history.current_events?, history.previous_events?);
+    let seconds = history.achieved_interval()?.as_secs_f64();
+    let calls = (now.allocs + now.frees).saturating_sub(before.allocs + before.frees);
+    Some(calls as f64 / seconds.max(1e-3))
 }
 
 /// Why live mode could not start, with the capabilities this process lacks for it.
@@ -258,5 +265,55 @@ fn live_unavailable(error: &Error) -> String {
             "the probes could not be attached ({error}); missing: {}",
             missing.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Guard, RETRY_FIRST};
+
+    const MAX_RATE: f64 = 1000.0;
+
+    #[test]
+    fn the_probes_come_off_above_the_rate_only() {
+        for (rate, off) in [(MAX_RATE, false), (MAX_RATE + 1.0, true)] {
+            let mut guard = Guard::new(MAX_RATE as u64);
+            let why = guard.too_busy(rate, Instant::now());
+            assert_eq!(why.is_some(), off, "{rate} calls/s");
+        }
+    }
+
+    #[test]
+    fn each_try_still_too_busy_waits_twice_as_long_up_to_the_longest() {
+        let mut guard = Guard::new(MAX_RATE as u64);
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let why = guard.too_busy(2.0 * MAX_RATE, now).unwrap();
+            let wait = guard.retry_at.unwrap() - now;
+            assert!(
+                why.contains(&humantime::format_duration(wait).to_string()),
+                "{why}"
+            );
+            assert!(!guard.retry_due(now + wait - Duration::from_millis(1)));
+            assert!(guard.retry_due(now + wait));
+            assert!(!guard.retry_due(now + wait), "one try for each time off");
+            waits.push(wait.as_secs());
+            now += wait;
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
+    }
+
+    #[test]
+    fn a_try_that_finds_the_rate_lower_starts_the_back_off_again() {
+        let mut guard = Guard::new(MAX_RATE as u64);
+        let now = Instant::now();
+        guard.too_busy(2.0 * MAX_RATE, now);
+        guard.too_busy(2.0 * MAX_RATE, now);
+        assert!(guard.too_busy(MAX_RATE / 2.0, now).is_none());
+        guard.too_busy(2.0 * MAX_RATE, now);
+        assert_eq!(guard.retry_at, Some(now + RETRY_FIRST));
     }
 }

@@ -62,7 +62,8 @@ pub struct ProbeSite {
     pub internals: Internals,
     /// Where a chunk's header words are below its user pointer, for the probes.
     pub chunk_words: ChunkWords,
-    pub header_bytes: u64,
+    /// `sizeof(struct malloc_chunk)`: the part of a free chunk malloc_trim keeps.
+    pub chunk_struct_size: u64,
 }
 
 /// Tries of `--stop` before an inconsistent heap is shown as it is.
@@ -118,7 +119,7 @@ impl Session {
             libc: mapping.file.clone(),
             internals: resolved.internals.clone(),
             chunk_words: resolved.libc.offsets.chunk_words(),
-            header_bytes: resolved.libc.offsets.chunk_struct_size,
+            chunk_struct_size: resolved.libc.offsets.chunk_struct_size,
         })
     }
 

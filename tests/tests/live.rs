@@ -252,7 +252,66 @@ fn reconciled_after(watch: &mut Watch, after: SystemTime) -> Value {
 #[test]
 fn root_live_follows_threads_arenas_and_growing_heaps() {
     require_root();
-    let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
+    follows_threads_arenas_and_heaps(&mut Fixture::spawn(fixture_path!("THREADS"), &[]));
+}
+
+/// The same with glibc's heaps on huge pages (`glibc.malloc.hugetlb=2`): a thread arena's
+/// heaps are 4 huge pages (8 MiB), not 64 MiB, and live mode takes them in and grows them by
+/// that size, as the walk reads them.
+#[test]
+fn root_live_follows_heaps_on_huge_pages() {
+    require_root();
+    let _reserved = HugePages::reserve(256);
+    let mut fixture = Fixture::spawn_with(
+        std::process::Command::new(fixture_path!("THREADS"))
+            .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=2"),
+    );
+    follows_threads_arenas_and_heaps(&mut fixture);
+    // The threads' heaps were on huge pages indeed (the last command left threads holding).
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", fixture.pid())).unwrap();
+    let huge = smaps.lines().filter(|l| {
+        l.starts_with("KernelPageSize:") && l.split_whitespace().nth(1) == Some("2048")
+    });
+    assert!(
+        huge.count() >= 4,
+        "the threads' heaps are not on huge pages"
+    );
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Huge pages reserved (`vm.nr_hugepages`) for one test, given back however it ends.
+struct HugePages {
+    before: u64,
+}
+
+impl HugePages {
+    /// Reserves `pages` more huge pages than the system had.
+    fn reserve(pages: u64) -> HugePages {
+        let read = || -> u64 {
+            let text = std::fs::read_to_string(NR_HUGEPAGES).expect(NR_HUGEPAGES);
+            text.trim().parse().expect(NR_HUGEPAGES)
+        };
+        let reserved = HugePages { before: read() };
+        let wanted = reserved.before + pages;
+        std::fs::write(NR_HUGEPAGES, wanted.to_string()).expect(NR_HUGEPAGES);
+        // The kernel reserves what it can find contiguous, maybe fewer.
+        assert_eq!(
+            read(),
+            wanted,
+            "the kernel could not reserve {pages} huge pages"
+        );
+        reserved
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, self.before.to_string());
+    }
+}
+
+fn follows_threads_arenas_and_heaps(fixture: &mut Fixture) {
     let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
     let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live");
@@ -272,6 +331,10 @@ fn root_live_follows_threads_arenas_and_growing_heaps() {
             live_bytes >= held && live_bytes - held <= LIBC_INTERNAL_BYTES,
             "{context}: live {live_bytes}, held {held}"
         );
+        // The state, the reconcile's walk now, agrees with glibc's own count to the byte.
+        if let Err(why) = heap_matches_mallinfo(&fixture.report, &line["heap"]) {
+            panic!("{context}: {why}");
+        }
         assert_eq!(
             n(&line["heap"], "mmapped_chunks"),
             fixture.get("mmapped_chunks"),

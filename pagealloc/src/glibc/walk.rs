@@ -17,7 +17,9 @@ use super::lists::{self, Heads};
 use super::parts::{ArenaHeaps, HeapsWalked, Split};
 use super::walker::{WalkError, Walker};
 use crate::proc::memory::Memory;
-use crate::state::heap::{AddressRange, Arena, HeapFigures, HeapMap, HeapNote, Segment};
+use crate::state::heap::{
+    AddressRange, Arena, HeapFigures, HeapGeometry, HeapMap, HeapNote, Segment,
+};
 use crate::state::pages::Mapping;
 
 /// An arena walked, its lists followed.
@@ -163,6 +165,12 @@ impl Walker<'_> {
         }
         Ok(HeapMap {
             arenas,
+            geometry: HeapGeometry {
+                chunk_header: o.chunk_fd,
+                alignment: o.alignment,
+                heap_max,
+                main_growth_max: default_heap_max_size(o.size_sz),
+            },
             mmapped_chunks: mmapped.len() as u64,
             mmapped_bytes,
             totals,

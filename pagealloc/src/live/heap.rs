@@ -11,8 +11,8 @@ use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, IS_MMAPPED};
 
 use crate::glibc::HeapInfo;
 use crate::state::heap::{
-    AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapMap, MmappedChunk,
-    Segment,
+    AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapGeometry, HeapMap,
+    MmappedChunk, Segment,
 };
 
 /// An event the state says cannot have happened: the state, or the event stream, is wrong.
@@ -42,10 +42,6 @@ pub enum Apply {
     /// event or after it, so an event already reflected is skipped and the rest applied.
     Replay,
 }
-
-/// A thread arena's heaps are reserved this large, and aligned to it (glibc's HEAP_MAX_SIZE
-/// on 64-bit without huge pages); the main heap grows by less than this at a time.
-const HEAP_MAX: u64 = 64 << 20;
 
 /// How far past a heap's end an aligned allocation from its new memory may start.
 const ALIGNMENT_SLACK: u64 = 64 << 10;
@@ -82,7 +78,8 @@ impl LiveHeap {
     }
 
     pub fn apply(&mut self, event: &Event, how: Apply) -> Result<(), Contradiction> {
-        let chunk = event.pointer.wrapping_sub(2 * 8);
+        let geometry = self.map.geometry;
+        let chunk = event.pointer.wrapping_sub(geometry.chunk_header);
         let size = event.size & !CHUNK_FLAG_BITS;
         let alloc = event.kind == EventKind::Alloc as u8;
         if event.size & IS_MMAPPED != 0 {
@@ -97,9 +94,9 @@ impl LiveHeap {
         let Some((start, end, segment)) = found else {
             return Err(Contradiction::Outside { address: chunk });
         };
-        if size < GRANULE
+        if size < geometry.alignment
             || chunk.saturating_add(size) > end
-            || !(chunk - start).is_multiple_of(GRANULE)
+            || !(chunk - start).is_multiple_of(geometry.alignment)
         {
             return Err(Contradiction::Outside { address: chunk });
         }
@@ -191,14 +188,18 @@ impl LiveHeap {
             .partition_point(|s| s.0 <= chunk)
             .checked_sub(1)?;
         let (start, old_end, segment) = self.index[i];
-        let reservation = (start & !(HEAP_MAX - 1)) + HEAP_MAX;
+        let heap_max = self.map.geometry.heap_max;
+        let reservation = self.heap_of(start) + heap_max;
         let next_start = self.index.get(i + 1).map_or(u64::MAX, |s| s.0);
         let page = self.page_size;
         let new_end = end.next_multiple_of(page);
         let main = self.map.arenas.get(self.map.segments[segment].arena)?.main;
         let fits = new_end <= next_start
-            && new_end - old_end <= HEAP_MAX
-            && (main || new_end <= reservation);
+            && if main {
+                new_end - old_end <= self.map.geometry.main_growth_max
+            } else {
+                new_end <= reservation
+            };
         let heap = &mut self.map.segments[segment];
         let ends_with_top = heap
             .granules
@@ -233,8 +234,8 @@ impl LiveHeap {
     }
 
     /// The thread arena heap `address` would lie in (heaps are aligned to their reservation).
-    pub fn heap_of(address: u64) -> u64 {
-        address & !(HEAP_MAX - 1)
+    pub fn heap_of(&self, address: u64) -> u64 {
+        address & !(self.map.geometry.heap_max - 1)
     }
 
     /// Takes in a heap made since the walk, as its `heap_info` at `heap` says it is now: a new
@@ -251,11 +252,16 @@ impl LiveHeap {
             first,
             end,
         } = info;
-        let plausible = heap.is_multiple_of(HEAP_MAX)
+        let HeapGeometry {
+            heap_max,
+            alignment,
+            ..
+        } = self.map.geometry;
+        let plausible = heap.is_multiple_of(heap_max)
             && heap < first
             && first < end
-            && end - heap <= HEAP_MAX
-            && (first - heap).is_multiple_of(GRANULE)
+            && end - heap <= heap_max
+            && (first - heap).is_multiple_of(alignment)
             && (end - heap).is_multiple_of(self.page_size);
         if !plausible {
             return false;
@@ -367,19 +373,23 @@ fn mark(granules: &mut [u8], range: std::ops::Range<usize>, state: ChunkState) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use pagealloc_common::{Call, Event, EventKind};
 
     use super::{Apply, Contradiction, LiveHeap};
     use crate::state::heap::{
-        AddressRange, Arena, CHUNK_START, ChunkState, HeapFigures, HeapMap, Segment,
+        AddressRange, Arena, CHUNK_START, ChunkState, HeapFigures, HeapGeometry, HeapMap, Segment,
     };
 
-    const HEAP: u64 = 0x10000;
+    pub const HEAP: u64 = 0x10000;
 
-    /// A heap of one page: a live chunk of 0x40 at 0x10, a bin chunk of 0x100 after it, then
-    /// top.
-    fn heap() -> LiveHeap {
+    pub fn heap() -> LiveHeap {
+        LiveHeap::new(map(), 0x1000)
+    }
+
+    /// A main heap of one page: a live chunk of 0x40 at 0x10, a bin chunk of 0x100 after it,
+    /// then top.
+    pub fn map() -> HeapMap {
         let mut segment = Segment::new(HEAP, HEAP + 0x1000, 0, 0x1000);
         segment.resident[0] = true;
         let mut put = |at: u64, size: u64, state: ChunkState| {
@@ -393,35 +403,33 @@ mod tests {
         put(HEAP + 0x10, 0x40, ChunkState::Live);
         put(HEAP + 0x50, 0x100, ChunkState::Bin);
         put(HEAP + 0x150, 0x1000 - 0x150, ChunkState::Top);
-        LiveHeap::new(
-            HeapMap {
-                arenas: vec![Arena {
-                    address: 0x1,
-                    main: true,
-                    heaps: vec![AddressRange {
-                        start: HEAP,
-                        end: HEAP + 0x1000,
-                    }],
-                    figures: HeapFigures {
-                        system_bytes: 0x1000,
-                        ..HeapFigures::default()
-                    },
+        HeapMap {
+            arenas: vec![Arena {
+                address: 0x1,
+                main: true,
+                heaps: vec![AddressRange {
+                    start: HEAP,
+                    end: HEAP + 0x1000,
                 }],
-                mmapped_chunks: 0,
-                mmapped_bytes: 0,
-                totals: HeapFigures::default(),
-                notes: Vec::new(),
-                mmapped: Vec::new(),
-                segments: vec![segment],
-            },
-            0x1000,
-        )
+                figures: HeapFigures {
+                    system_bytes: 0x1000,
+                    ..HeapFigures::default()
+                },
+            }],
+            geometry: HeapGeometry::for_tests(),
+            mmapped_chunks: 0,
+            mmapped_bytes: 0,
+            totals: HeapFigures::default(),
+            notes: Vec::new(),
+            mmapped: Vec::new(),
+            segments: vec![segment],
+        }
     }
 
-    fn event(kind: EventKind, chunk: u64, size: u64, call: Call) -> Event {
+    pub fn event(kind: EventKind, chunk: u64, size: u64, call: Call) -> Event {
         Event {
             time: 0,
-            pointer: chunk + 16,
+            pointer: chunk + HeapGeometry::for_tests().chunk_header,
             size: size | 1,
             tid: 1,
             kind: kind as u8,
@@ -465,7 +473,7 @@ mod tests {
     fn heaps_made_since_the_walk_are_taken_in() {
         use crate::glibc::HeapInfo;
         let mut live = heap();
-        let max = super::HEAP_MAX;
+        let max = live.map.geometry.heap_max;
         let first_heap = 0x7f00_0000_0000u64;
         let arena = first_heap + 0x30;
         let info = |heap: u64, prev: u64, first: u64| HeapInfo {
@@ -531,6 +539,38 @@ mod tests {
             ..info(fourth, HEAP, fourth + 0x30)
         };
         assert!(!live.add_heap(fourth, main));
+    }
+
+    #[test]
+    fn a_thread_arena_heap_is_as_large_as_the_walk_found_it() {
+        use crate::glibc::HeapInfo;
+        // Under the hugetlb tunable a heap is 4 huge pages, and aligned to that.
+        let mut map = map();
+        map.geometry.heap_max = 4 << 21;
+        let mut live = LiveHeap::new(map, 0x1000);
+        let heap = 0x7f00_0080_0000;
+        assert_eq!(live.heap_of(heap + 0x1234), heap);
+        let info = HeapInfo {
+            arena: heap + 0x30,
+            prev: 0,
+            first: heap + 0x8a0,
+            end: heap + 0x21000,
+        };
+        assert!(live.add_heap(heap, info));
+        // It grows up to the end of its reservation, and no further.
+        let to_the_end = event(
+            EventKind::Alloc,
+            heap + 0x8a0,
+            (4 << 21) - 0x8a0,
+            Call::Malloc,
+        );
+        live.apply(&to_the_end, Apply::Strict).unwrap();
+        assert_eq!(live.map.segments[1].end, heap + (4 << 21));
+        let past = event(EventKind::Alloc, heap + (4 << 21), 0x100, Call::Malloc);
+        assert!(matches!(
+            live.apply(&past, Apply::Strict),
+            Err(Contradiction::Outside { .. })
+        ));
     }
 
     #[test]

@@ -53,7 +53,7 @@ struct Tracked {
 pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Receiver<()>) {
     let _running = Running(published.clone());
     let mut sampler = Sampler {
-        budget: Budget::new(options.cpu_budget),
+        budget: Budget::new(options.cpu_budget, Instant::now()),
         options,
         published,
         tracked: BTreeMap::new(),
@@ -70,17 +70,12 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
             sampler.discover();
             next_discovery = now + DISCOVER_EVERY;
         }
-        // While the budget is overdrawn, walks wait until it is not. Live mode's samples do
-        // not: they only apply the events waiting in memory (which must not pile up) and read
-        // the page map.
-        let budget = sampler.budget.overdrawn_until();
-        let next = (sampler.tracked.iter())
-            .map(|(&pid, tracked)| {
-                let walks = tracked.monitor.walk_reason().is_some();
-                let held = budget.filter(|&until| walks && until > tracked.due);
-                (held.unwrap_or(tracked.due), pid, held.is_some())
-            })
-            .min();
+        let due = (sampler.tracked.iter()).map(|(&pid, tracked)| Due {
+            pid,
+            at: tracked.due,
+            walks: tracked.monitor.walk_reason().is_some(),
+        });
+        let next = next_sample(due, sampler.budget.overdrawn_until(Instant::now()));
         let wake = next.map_or(next_discovery, |(at, ..)| at.min(next_discovery));
         let wait = wake.saturating_duration_since(Instant::now());
         match stop.recv_timeout(wait.min(PUMP_EVERY)) {
@@ -129,7 +124,7 @@ impl Sampler {
             let cpu_before = own_cpu_seconds();
             let opened = self.open(pid);
             // Live mode's seed walk is a walk like the others.
-            self.budget.spend(own_cpu_seconds() - cpu_before);
+            (self.budget).spend(own_cpu_seconds() - cpu_before, Instant::now());
             match opened {
                 Ok(monitor) => {
                     let comm = monitor.name();
@@ -215,7 +210,7 @@ impl Sampler {
             // Made here, not under the lock that scrapes take.
             Ok(Report::of(&sample, &tracked.comm, mode))
         }));
-        self.budget.spend(own_cpu_seconds() - cpu_before);
+        (self.budget).spend(own_cpu_seconds() - cpu_before, Instant::now());
         if delayed
             && self
                 .said_delayed
@@ -314,37 +309,58 @@ struct Budget {
 const BURST: f64 = 10.0;
 
 impl Budget {
-    fn new(cores: f64) -> Budget {
+    fn new(cores: f64, now: Instant) -> Budget {
         Budget {
             cores,
             balance: cores * BURST,
-            last: Instant::now(),
+            last: now,
         }
     }
 
-    /// Brings the balance up to now.
-    fn earn(&mut self) {
-        let now = Instant::now();
+    /// Brings the balance up to `now`.
+    fn earn(&mut self, now: Instant) {
         let earned = (now - self.last).as_secs_f64() * self.cores;
         self.balance = (self.balance + earned).min(self.cores * BURST);
         self.last = now;
     }
 
-    /// A sample used `cpu` seconds.
-    fn spend(&mut self, cpu: f64) {
-        self.earn();
+    /// A sample that ended at `now` used `cpu` seconds.
+    fn spend(&mut self, cpu: f64, now: Instant) {
+        self.earn(now);
         self.balance -= cpu.max(0.0);
     }
 
-    /// Until when walks must wait, if the budget is overdrawn.
-    fn overdrawn_until(&mut self) -> Option<Instant> {
-        self.earn();
+    /// Until when walks must wait, if the budget is overdrawn at `now`.
+    fn overdrawn_until(&mut self, now: Instant) -> Option<Instant> {
+        self.earn(now);
         if self.balance >= 0.0 {
             return None;
         }
         let wait = (-self.balance / self.cores).min(3600.0);
         Some(self.last + Duration::from_secs_f64(wait))
     }
+}
+
+/// A process's next sample: when, and whether it walks the heap.
+struct Due {
+    pid: i32,
+    at: Instant,
+    walks: bool,
+}
+
+/// The sample to take next: when, whose, and whether the budget, overdrawn until
+/// `overdrawn_until`, delayed it. While the budget is overdrawn, walks wait until it is not.
+/// Live mode's samples do not: they only apply the events waiting in memory (which must not
+/// pile up) and read the page map.
+fn next_sample(
+    due: impl Iterator<Item = Due>,
+    overdrawn_until: Option<Instant>,
+) -> Option<(Instant, i32, bool)> {
+    due.map(|Due { pid, at, walks }| {
+        let held = overdrawn_until.filter(|&until| walks && until > at);
+        (held.unwrap_or(at), pid, held.is_some())
+    })
+    .min()
 }
 
 /// The CPU time this process used so far, all threads, in seconds.
@@ -356,4 +372,89 @@ fn own_cpu_seconds() -> f64 {
     }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{BURST, Budget, Due, next_sample};
+
+    fn seconds(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn the_budget_is_overdrawn_by_what_the_samples_cost_until_it_is_earned_back() {
+        let start = Instant::now();
+        // (cores, idle seconds before, CPU seconds spent, seconds overdrawn for, whether that
+        // pays the debt back)
+        let rows = [
+            // A full bucket pays for a burst.
+            (1.0, 0.0, BURST, None, true),
+            (1.0, 0.0, BURST + 2.0, Some(2.0), true),
+            (0.5, 0.0, 0.5 * BURST + 1.0, Some(2.0), true),
+            // It saves up no more than a burst however long it waits.
+            (1.0, 1000.0, BURST + 0.5, Some(0.5), true),
+            // Never more than an hour at a time, however deep the debt.
+            (1.0, 0.0, 1e7, Some(3600.0), false),
+        ];
+        for (cores, idle, cpu, overdrawn, paid) in rows {
+            let mut budget = Budget::new(cores, start);
+            let spent = start + seconds(idle);
+            budget.spend(cpu, spent);
+            let until = budget.overdrawn_until(spent);
+            let expected = overdrawn.map(|s| spent + seconds(s));
+            let close = match (until, expected) {
+                (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_millis(1),
+                (a, b) => a == b,
+            };
+            assert!(close, "{cores} cores, {cpu} s: {until:?}, not {expected:?}");
+            if let Some(until) = until {
+                let later = until + Duration::from_millis(1);
+                assert_eq!(budget.overdrawn_until(later).is_none(), paid, "{cpu} s");
+            }
+        }
+        // A clock that went back (a negative cost) is not a credit.
+        let mut budget = Budget::new(1.0, start);
+        budget.spend(BURST / 2.0, start);
+        budget.spend(-BURST / 2.0, start);
+        budget.spend(BURST / 2.0 + 1.0, start);
+        assert!(budget.overdrawn_until(start).is_some());
+    }
+
+    #[test]
+    fn an_overdrawn_budget_delays_walks_and_not_live_samples() {
+        let now = Instant::now();
+        let at = |s: f64| now + seconds(s);
+        let due = |pid, s, walks| Due {
+            pid,
+            at: at(s),
+            walks,
+        };
+        // (what is due, overdrawn until, the next sample)
+        let rows = [
+            (vec![due(1, 1.0, true)], None, (at(1.0), 1, false)),
+            (vec![due(1, 1.0, true)], Some(at(3.0)), (at(3.0), 1, true)),
+            (vec![due(1, 1.0, false)], Some(at(3.0)), (at(1.0), 1, false)),
+            // Due after the budget is back: not delayed.
+            (vec![due(1, 4.0, true)], Some(at(3.0)), (at(4.0), 1, false)),
+            // The walk held, the live sample due later goes first.
+            (
+                vec![due(1, 0.5, true), due(2, 2.0, false)],
+                Some(at(3.0)),
+                (at(2.0), 2, false),
+            ),
+            (
+                vec![due(1, 0.5, true), due(2, 2.0, false)],
+                None,
+                (at(0.5), 1, false),
+            ),
+        ];
+        for (due, overdrawn, next) in rows {
+            let got = next_sample(due.into_iter(), overdrawn);
+            assert_eq!(got, Some(next), "overdrawn until {overdrawn:?}");
+        }
+        assert_eq!(next_sample(std::iter::empty(), Some(now)), None);
+    }
 }

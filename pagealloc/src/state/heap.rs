@@ -454,10 +454,42 @@ impl std::fmt::Display for HeapNote {
     }
 }
 
+/// The sizes malloc lays chunks and heaps out by, as the target's glibc has them (its debug
+/// info's layout; `heap_max` as the walk found it at run time): live mode applies events by
+/// the same numbers the walk read the heap with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapGeometry {
+    /// From a chunk to the pointer malloc hands out of it (chunk2mem: the offset of `fd`).
+    pub chunk_header: u64,
+    /// MALLOC_ALIGNMENT: where chunks start, and what their sizes are multiples of.
+    pub alignment: u64,
+    /// How large a thread arena's heaps are reserved, and what they are aligned to:
+    /// HEAP_MAX_SIZE, or 4 huge pages under the hugetlb tunable (`mp_.hp_pagesize`).
+    pub heap_max: u64,
+    /// The most the main heap grows by at once: HEAP_MAX_SIZE (twice the largest mmap
+    /// threshold; larger requests are mmapped), whatever the huge pages.
+    pub main_growth_max: u64,
+}
+
+#[cfg(test)]
+impl HeapGeometry {
+    /// The geometry of the tests' hand-made maps: x86-64's header and alignment, and a heap
+    /// maximum that is deliberately not glibc's default, so that no test leans on 64 MiB.
+    pub fn for_tests() -> HeapGeometry {
+        HeapGeometry {
+            chunk_header: 16,
+            alignment: 16,
+            heap_max: 1 << 20,
+            main_growth_max: 1 << 20,
+        }
+    }
+}
+
 /// Every arena of one process.
 #[derive(Clone, Debug)]
 pub struct HeapMap {
     pub arenas: Vec<Arena>,
+    pub geometry: HeapGeometry,
     pub mmapped_chunks: u64,
     pub mmapped_bytes: u64,
     pub totals: HeapFigures,

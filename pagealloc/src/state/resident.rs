@@ -170,7 +170,9 @@ impl Resident {
 #[cfg(test)]
 mod tests {
     use super::{Part, Resident};
-    use crate::state::heap::{ChunkState, HeapFigures, HeapMap, MmappedChunk, Segment, Stretch};
+    use crate::state::heap::{
+        ChunkState, HeapFigures, HeapGeometry, HeapMap, MmappedChunk, Segment, Stretch,
+    };
     use crate::state::pages::{Mapping, MappingPages, PageMap, PageState};
     use crate::state::{Heap, Sample};
 
@@ -239,6 +241,7 @@ mod tests {
             libc: None,
             heap: Heap::Map(Box::new(HeapMap {
                 arenas: Vec::new(),
+                geometry: HeapGeometry::for_tests(),
                 mmapped_chunks: 1,
                 mmapped_bytes: 2 * PAGE,
                 totals: HeapFigures::default(),
