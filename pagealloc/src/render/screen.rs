@@ -3,8 +3,8 @@
 //! map below them with `--pages`).
 use std::time::Duration;
 
-use super::canvas::Canvas;
-use super::heap::{self, pixel_size, size};
+use super::canvas::{Canvas, flow};
+use super::heap::{self, Narrow, pixel_size, size};
 use super::{LABEL_WIDTH, Style, pages};
 use crate::state::Sample;
 use crate::state::heap::{GRANULE, HeapMap};
@@ -32,34 +32,33 @@ pub struct ScreenOptions {
 
 /// The whole frame, one line per screen row (the caller may cut it at `rows`).
 pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> String {
-    let mut canvas = Canvas::new(&options.style);
-    let mut header = header(sample, history, options);
+    let style = &options.style;
+    let mut canvas = Canvas::new(style);
     match (sample.heap_map(), sample.heap_unavailable()) {
         (Some(heap), _) => {
-            let table = heap::table(heap);
-            let notes = heap::note_lines(&heap.notes);
-            // Above the pictures: the header, the table, the notes, a blank line, the legend.
-            let used = header.len() + table.lines().count() + notes.len() + 2;
+            let mut above = Canvas::new(style);
+            above.text(&heap::table(heap, style.columns, Narrow::Drop));
+            for note in heap::note_lines(&heap.notes, style.columns) {
+                above.text(&note);
+            }
+            above.text("");
+            heap::legend(&mut above, heap);
+            let above = above.finish();
+            // Above the pictures: the header (with room for the widest pixel size), the table,
+            // the notes, a blank line, the legend.
+            let used = header(sample, history, options, WIDEST_PIXEL).len() + above.lines().count();
             let granules = options.granules_per_pixel.unwrap_or_else(|| {
                 fit(
                     &segment_granules(heap, options.arena),
-                    pixels_per_line(&options.style),
+                    pixels_per_line(style),
                     options.rows.saturating_sub(used),
                 )
             });
-            header[0] = header[0].replacen(
-                " — ",
-                &format!(" — one pixel = {} — ", pixel_size(GRANULE * granules)),
-                1,
-            );
-            for line in &header {
-                canvas.text(line);
+            let pixel = pixel_size(GRANULE * granules);
+            for line in header(sample, history, options, &pixel) {
+                canvas.text(&line);
             }
-            canvas.text(&table);
-            for note in &notes {
-                canvas.text(note);
-            }
-            canvas.text("");
+            canvas.text(above.trim_end_matches('\n'));
             heap::pictures(
                 &mut canvas,
                 heap,
@@ -69,80 +68,102 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
             );
         }
         (None, why) => {
-            for line in &header {
-                canvas.text(line);
+            for line in header(sample, history, options, "") {
+                canvas.text(&line);
             }
             if let Some(why) = why {
-                canvas.text(&why.to_string());
+                canvas.flow(&[why.to_string()], "");
             }
         }
     }
     let mut text = canvas.finish();
     if options.pages {
         text.push('\n');
-        text.push_str(&pages::render(&sample.pages, &options.style));
+        text.push_str(&pages::render(&sample.pages, style));
     }
     text
 }
 
-fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<String> {
+/// The widest a pixel's size is said: in bytes below 1 MiB ([`pixel_size`]).
+const WIDEST_PIXEL: &str = "1048560 bytes";
+
+/// The header's lines, fitting the style's columns; `pixel` is a pixel's size in the pictures
+/// (none without pictures).
+fn header(sample: &Sample, history: &History, options: &ScreenOptions, pixel: &str) -> Vec<String> {
+    let columns = options.style.columns;
     let time = humantime::format_rfc3339_seconds(sample.taken);
     let achieved = history
         .achieved_interval()
         .map_or("first sample".to_string(), |d| {
             format!("{:.2} s since the last", d.as_secs_f64())
         });
-    let mut lines = vec![format!(
-        "process {} ({}) — sample {} at {time}: {achieved} (every {} asked), took {:.3} s",
-        sample.pid,
-        options.name,
-        history.samples,
-        humantime::format_duration(options.interval),
-        sample.duration.as_secs_f64()
-    )];
+    let first: Vec<String> = [
+        format!("process {} ({})", sample.pid, options.name),
+        format!("one pixel = {pixel}"),
+        format!("sample {} at {time}", history.samples),
+        format!(
+            "{achieved} (every {} asked)",
+            humantime::format_duration(options.interval)
+        ),
+        format!("took {:.3} s", sample.duration.as_secs_f64()),
+    ]
+    .into_iter()
+    .filter(|piece| !pixel.is_empty() || !piece.starts_with("one pixel"))
+    .collect();
+    let mut lines = flow(&first, " — ", columns);
     if let Some(why) = &options.walk_reason {
-        lines.push(format!("walk mode: {why}"));
+        lines.extend(flow(&[format!("walk mode: {why}")], "", columns));
     }
     let (Some(now), Some(first)) = (history.current, history.first) else {
         return lines;
     };
     let previous = history.previous.unwrap_or(now);
-    let change = |pick: fn(&Totals) -> u64| {
+    let change = |name: &str, pick: fn(&Totals) -> u64| {
         format!(
-            "{} ({} / {} since start)",
+            "{name} {} ({} / {} since start)",
             size(pick(&now)),
             delta(pick(&now), pick(&previous)),
             delta(pick(&now), pick(&first))
         )
     };
-    lines.push(format!(
-        "live {}   cached {}   free {}   top {}",
-        change(|t| t.live),
-        change(|t| t.cached),
-        change(|t| t.free),
-        change(|t| t.top),
-    ));
-    lines.push(format!(
-        "free but resident {} — malloc_trim(0) could return {}; largest free chunk {}",
-        change(|t| t.free_resident),
-        size(now.trimmable),
-        size(now.largest_free)
-    ));
-    if let Some(line) = events_line(history) {
-        lines.push(line);
+    let totals = [
+        change("live", |t| t.live),
+        change("cached", |t| t.cached),
+        change("free", |t| t.free),
+        change("top", |t| t.top),
+    ];
+    lines.extend(flow(&totals, "   ", columns));
+    let residency = [
+        change("free but resident", |t| t.free_resident),
+        format!("malloc_trim(0) could return {}", size(now.trimmable)),
+        format!("largest free chunk {}", size(now.largest_free)),
+    ];
+    lines.extend(flow(&residency, "; ", columns));
+    if let Some(events) = events_line(history) {
+        lines.extend(flow(&events, "; ", columns));
     }
-    lines.push(format!(
-        "last {} samples: live {}  free+res {}",
-        history.series.len(),
-        sparkline(history.series.iter().map(|s| s.0)),
-        sparkline(history.series.iter().map(|s| s.1)),
-    ));
+    // As many samples as a line has room for, after the name of what they show.
+    let shown = history
+        .series
+        .len()
+        .min(columns.saturating_sub(SERIES_NAME).max(1));
+    let recent = || history.series.iter().skip(history.series.len() - shown);
+    let series = [
+        format!("last {shown} samples:"),
+        format!("live {}", sparkline(recent().map(|s| s.0))),
+        format!("free+res {}", sparkline(recent().map(|s| s.1))),
+    ];
+    lines.extend(flow(&series, "  ", columns));
     lines
 }
 
+/// Room for the name of a series in front of it, indented ("  free+res ").
+const SERIES_NAME: usize = 11;
+
 /// Live mode: the rates of calls since the last sample (the counts, at the first sample, which
-/// has no interval to divide by), and whether the events can be trusted.
-fn events_line(history: &History) -> Option<String> {
+/// has no interval to divide by), and whether the events can be trusted: the pieces of a line
+/// joined by "; ".
+fn events_line(history: &History) -> Option<[String; 3]> {
     let now = history.current_events?;
     let mismatch = now.reconcile_mismatch.map_or("none yet".to_string(), |m| {
         format!("{} chunks, {}", m.chunks, size(m.bytes))
@@ -167,13 +188,14 @@ fn events_line(history: &History) -> Option<String> {
             size(now.freed_bytes),
         ),
     };
-    Some(format!(
-        "live: {calls}; lost {}, resyncs {}, last reconcile off by {mismatch}",
-        now.lost, now.resyncs,
-    ))
+    Some([
+        format!("live: {calls}"),
+        format!("lost {}, resyncs {}", now.lost, now.resyncs),
+        format!("last reconcile off by {mismatch}"),
+    ])
 }
 
-/// A signed change in bytes: "+1.2MiB", "-16B", "±0".
+/// A signed change in bytes: "+1.2M", "-16B", "±0".
 fn delta(now: u64, then: u64) -> String {
     match now.cmp(&then) {
         std::cmp::Ordering::Greater => format!("+{}", size(now - then)),
@@ -267,16 +289,13 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut history = History::default();
         history.push(&live_sample(start, 12, 3));
-        let first = events_line(&history).unwrap();
-        assert!(
-            first.starts_with("live: 12 allocs (384B), 3 frees (96B) since attach;"),
-            "{first}"
-        );
+        let [first, ..] = events_line(&history).unwrap();
+        assert_eq!(first, "live: 12 allocs (384B), 3 frees (96B) since attach");
         history.push(&live_sample(start + Duration::from_secs(2), 2012, 1003));
-        let second = events_line(&history).unwrap();
-        assert!(
-            second.starts_with("live: 1000 allocs/s (31.2KiB/s), 500 frees/s (15.6KiB/s);"),
-            "{second}"
+        let [second, ..] = events_line(&history).unwrap();
+        assert_eq!(
+            second,
+            "live: 1000 allocs/s (31.2K/s), 500 frees/s (15.6K/s)"
         );
     }
 

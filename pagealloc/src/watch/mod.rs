@@ -204,12 +204,11 @@ fn screen_options(
         ColorChoice::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     ScreenOptions {
-        style: Style {
+        style: Style::new(
             color,
-            width: options
-                .width
-                .unwrap_or_else(|| screen::picture_width(columns)),
-        },
+            (options.width).unwrap_or_else(|| screen::picture_width(columns)),
+            terminal.then_some(columns),
+        ),
         rows,
         arena: options.arena,
         pages: options.pages,
