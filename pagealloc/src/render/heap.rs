@@ -158,20 +158,9 @@ pub fn pictures(
         if arena.is_some_and(|a| a != segment.arena) {
             continue;
         }
-        let owner = &heap.arenas[segment.arena];
         canvas.text("");
         canvas.flow(
-            &[
-                format!(
-                    "{:x}-{:x} arena {} ({:#x}{}):",
-                    segment.start,
-                    segment.end,
-                    segment.arena,
-                    owner.address,
-                    if owner.main { ", main" } else { "" },
-                ),
-                format!("one pixel = {}", pixel_size(GRANULE * granules_per_pixel)),
-            ],
+            &picture_header(heap, segment, &pixel_size(GRANULE * granules_per_pixel)),
             " ",
         );
         canvas.draw(
@@ -180,6 +169,23 @@ pub fn pictures(
             pixel_runs(segment, page_size, granules_per_pixel as usize),
         );
     }
+}
+
+/// The line above a heap's picture, in pieces joined by a space: where the heap is, whose, and
+/// `pixel`, the size of a pixel.
+pub fn picture_header(heap: &HeapMap, segment: &Segment, pixel: &str) -> [String; 2] {
+    let owner = &heap.arenas[segment.arena];
+    [
+        format!(
+            "{:x}-{:x} arena {} ({:#x}{}):",
+            segment.start,
+            segment.end,
+            segment.arena,
+            owner.address,
+            if owner.main { ", main" } else { "" },
+        ),
+        format!("one pixel = {pixel}"),
+    ]
 }
 
 /// The segment's pixels, as runs of equal pixels.

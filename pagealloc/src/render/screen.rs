@@ -7,7 +7,7 @@ use super::canvas::{Canvas, flow};
 use super::heap::{self, Narrow, pixel_size, size};
 use super::{LABEL_WIDTH, Style, pages};
 use crate::state::Sample;
-use crate::state::heap::{GRANULE, HeapMap};
+use crate::state::heap::{GRANULE, Segment};
 use crate::state::history::{History, Totals, sparkline};
 
 /// What a watch screen shows and how much room it has.
@@ -44,19 +44,47 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
             above.text("");
             heap::legend(&mut above, heap);
             let above = above.finish();
-            // Above the pictures: the header (with room for the widest pixel size), the table,
-            // the notes, a blank line, the legend.
-            let used = header(sample, history, options, WIDEST_PIXEL).len() + above.lines().count();
+            let drawn: Vec<&Segment> = (heap.segments.iter())
+                .filter(|s| options.arena.is_none_or(|a| a == s.arena))
+                .collect();
+            // Room for the widest pixel size, in the header and above each picture.
+            let widest = header(sample, history, options, WIDEST_PIXEL);
+            let picture_header_rows = (drawn.iter())
+                .map(|s| {
+                    flow(
+                        &heap::picture_header(heap, s, WIDEST_PIXEL),
+                        " ",
+                        style.columns,
+                    )
+                })
+                .map(|lines| lines.len())
+                .max()
+                .unwrap_or(1);
+            // The header yields rows to the pictures, down to a line of each heap.
+            let least = drawn.len() * (picture_header_rows + 2);
+            let kept = kept_yield(
+                &widest,
+                options.rows.saturating_sub(above.lines().count() + least),
+            );
+            let used = rows(&widest, kept) + above.lines().count();
             let granules = options.granules_per_pixel.unwrap_or_else(|| {
                 fit(
-                    &segment_granules(heap, options.arena),
+                    &drawn
+                        .iter()
+                        .map(|s| (s.end - s.start) / GRANULE)
+                        .collect::<Vec<_>>(),
+                    picture_header_rows as u64,
                     pixels_per_line(style),
                     options.rows.saturating_sub(used),
                 )
             });
             let pixel = pixel_size(GRANULE * granules);
-            for line in header(sample, history, options, &pixel) {
-                canvas.text(&line);
+            for part in header(sample, history, options, &pixel) {
+                if part.yields <= kept {
+                    for line in &part.lines {
+                        canvas.text(line);
+                    }
+                }
             }
             canvas.text(above.trim_end_matches('\n'));
             heap::pictures(
@@ -68,8 +96,11 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
             );
         }
         (None, why) => {
-            for line in header(sample, history, options, "") {
-                canvas.text(&line);
+            for line in header(sample, history, options, "")
+                .iter()
+                .flat_map(|p| &p.lines)
+            {
+                canvas.text(line);
             }
             if let Some(why) = why {
                 canvas.flow(&[why.to_string()], "");
@@ -87,9 +118,39 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
 /// The widest a pixel's size is said: in bytes below 1 MiB ([`pixel_size`]).
 const WIDEST_PIXEL: &str = "1048560 bytes";
 
-/// The header's lines, fitting the style's columns; `pixel` is a pixel's size in the pictures
-/// (none without pictures).
-fn header(sample: &Sample, history: &History, options: &ScreenOptions, pixel: &str) -> Vec<String> {
+/// A line of the header, flowed to the columns.
+struct HeaderPart {
+    /// Where rows are short, the parts that yield most go first (0: never).
+    yields: u8,
+    lines: Vec<String>,
+}
+
+/// The most a kept part of `header` yields, for it to take at most `room` rows.
+fn kept_yield(header: &[HeaderPart], room: usize) -> u8 {
+    let most = header.iter().map(|p| p.yields).max().unwrap_or(0);
+    (0..=most)
+        .rev()
+        .find(|&kept| rows(header, kept) <= room)
+        .unwrap_or(0)
+}
+
+/// The rows of the parts of `header` that yield at most `kept`.
+fn rows(header: &[HeaderPart], kept: u8) -> usize {
+    (header.iter())
+        .filter(|p| p.yields <= kept)
+        .map(|p| p.lines.len())
+        .sum()
+}
+
+/// The header's parts, fitting the style's columns; `pixel` is a pixel's size in the pictures
+/// (none without pictures). Where rows are short, the history line yields first, then the
+/// events, the totals, the residency figures, the reason for walk mode.
+fn header(
+    sample: &Sample,
+    history: &History,
+    options: &ScreenOptions,
+    pixel: &str,
+) -> Vec<HeaderPart> {
     let columns = options.style.columns;
     let time = humantime::format_rfc3339_seconds(sample.taken);
     let achieved = history
@@ -110,12 +171,16 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions, pixel: &s
     .into_iter()
     .filter(|piece| !pixel.is_empty() || !piece.starts_with("one pixel"))
     .collect();
-    let mut lines = flow(&first, " — ", columns);
+    let part = |yields, pieces: &[String], separator| HeaderPart {
+        yields,
+        lines: flow(pieces, separator, columns),
+    };
+    let mut parts = vec![part(0, &first, " — ")];
     if let Some(why) = &options.walk_reason {
-        lines.extend(flow(&[format!("walk mode: {why}")], "", columns));
+        parts.push(part(1, &[format!("walk mode: {why}")], ""));
     }
     let (Some(now), Some(first)) = (history.current, history.first) else {
-        return lines;
+        return parts;
     };
     let previous = history.previous.unwrap_or(now);
     let change = |name: &str, pick: fn(&Totals) -> u64| {
@@ -132,15 +197,15 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions, pixel: &s
         change("free", |t| t.free),
         change("top", |t| t.top),
     ];
-    lines.extend(flow(&totals, "   ", columns));
+    parts.push(part(3, &totals, "   "));
     let residency = [
         change("free but resident", |t| t.free_resident),
         format!("malloc_trim(0) could return {}", size(now.trimmable)),
         format!("largest free chunk {}", size(now.largest_free)),
     ];
-    lines.extend(flow(&residency, "; ", columns));
+    parts.push(part(2, &residency, "; "));
     if let Some(events) = events_line(history) {
-        lines.extend(flow(&events, "; ", columns));
+        parts.push(part(4, &events, "; "));
     }
     // As many samples as a line has room for, after the name of what they show.
     let shown = history
@@ -153,8 +218,8 @@ fn header(sample: &Sample, history: &History, options: &ScreenOptions, pixel: &s
         format!("live {}", sparkline(recent().map(|s| s.0))),
         format!("free+res {}", sparkline(recent().map(|s| s.1))),
     ];
-    lines.extend(flow(&series, "  ", columns));
-    lines
+    parts.push(part(5, &series, "  "));
+    parts
 }
 
 /// Room for the name of a series in front of it, indented ("  free+res ").
@@ -204,15 +269,6 @@ fn delta(now: u64, then: u64) -> String {
     }
 }
 
-/// The granules of each heap drawn.
-fn segment_granules(heap: &HeapMap, arena: Option<usize>) -> Vec<u64> {
-    heap.segments
-        .iter()
-        .filter(|s| arena.is_none_or(|a| a == s.arena))
-        .map(|s| (s.end - s.start) / GRANULE)
-        .collect()
-}
-
 /// Pixels on one line of a picture: two rows of them per line in colour.
 fn pixels_per_line(style: &Style) -> u64 {
     style.width as u64 * if style.color { 2 } else { 1 }
@@ -224,17 +280,17 @@ pub fn picture_width(columns: usize) -> usize {
 }
 
 /// The fewest granules per pixel (1, 2, 3, 4, 6, 8, 12, ...) with which heaps of `segments`
-/// granules, each drawn from a new line under a header line and a blank one, take at most
-/// `lines` lines; when nothing fits, the finest scale that gives each heap one line.
-pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
+/// granules, each drawn from a new line under a blank line and `header_rows` rows of header,
+/// take at most `lines` lines; when nothing fits, the finest scale that gives each heap one line.
+pub fn fit(segments: &[u64], header_rows: u64, pixels_per_line: u64, lines: usize) -> u64 {
     let pixels_per_line = pixels_per_line.max(1);
     let needed = |granules_per_pixel: u64| -> u64 {
         segments
             .iter()
-            .map(|&g| 2 + g.div_ceil(granules_per_pixel).div_ceil(pixels_per_line))
+            .map(|&g| 1 + header_rows + g.div_ceil(granules_per_pixel).div_ceil(pixels_per_line))
             .sum()
     };
-    let fewest = 3 * segments.len() as u64;
+    let fewest = (2 + header_rows) * segments.len() as u64;
     let mut scale = 1u64;
     // Bounded: the scale grows by a third at least each step.
     while needed(scale) > (lines as u64).max(fewest) {
@@ -253,7 +309,7 @@ pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{events_line, fit};
+    use super::{HeaderPart, events_line, fit, kept_yield, rows};
     use crate::state::events::Counts;
     use crate::state::history::History;
     use crate::state::pages::{PageCounts, PageMap};
@@ -299,15 +355,36 @@ mod tests {
         );
     }
 
+    /// Where rows are short, the parts that yield most go first, the first line never.
+    #[test]
+    fn the_header_yields_rows_in_order() {
+        let part = |yields, rows| HeaderPart {
+            yields,
+            lines: vec![String::new(); rows],
+        };
+        let header = [part(0, 2), part(5, 3), part(2, 1)];
+        // (room, rows kept): all; without the part that yields most; the first line only.
+        for (room, kept) in [(6, 6), (5, 3), (3, 3), (2, 2), (0, 2)] {
+            assert_eq!(
+                rows(&header, kept_yield(&header, room)),
+                kept,
+                "room {room}"
+            );
+        }
+    }
+
     #[test]
     fn the_finest_scale_that_fits() {
         // One heap of 1000 granules, 100 pixels a line: 10 lines at one granule per pixel.
-        assert_eq!(fit(&[1000], 100, 12), 1);
-        assert_eq!(fit(&[1000], 100, 11), 2);
-        assert_eq!(fit(&[1000], 100, 7), 2);
-        assert_eq!(fit(&[1000], 100, 6), 3);
+        assert_eq!(fit(&[1000], 1, 100, 12), 1);
+        assert_eq!(fit(&[1000], 1, 100, 11), 2);
+        assert_eq!(fit(&[1000], 1, 100, 7), 2);
+        assert_eq!(fit(&[1000], 1, 100, 6), 3);
+        // A header of two rows: one line fewer for the picture.
+        assert_eq!(fit(&[1000], 2, 100, 13), 1);
+        assert_eq!(fit(&[1000], 2, 100, 12), 2);
         // Two heaps: their header lines count too.
-        let scale = fit(&[64 << 20, 1 << 20], 160, 40);
+        let scale = fit(&[64 << 20, 1 << 20], 1, 160, 40);
         let lines = |g: u64| {
             4 + (64u64 << 20).div_ceil(g).div_ceil(160) + (1u64 << 20).div_ceil(g).div_ceil(160)
         };
@@ -318,7 +395,7 @@ mod tests {
             "scale {scale}"
         );
         // No room: each heap on one line.
-        assert_eq!(fit(&[5000, 100], 100, 0), 64);
-        assert_eq!(fit(&[], 100, 10), 1);
+        assert_eq!(fit(&[5000, 100], 1, 100, 0), 64);
+        assert_eq!(fit(&[], 1, 100, 10), 1);
     }
 }
