@@ -89,6 +89,52 @@ fn root_watch_ends_when_the_target_exits() {
     assert!(stderr.contains("exited"), "{stderr}");
 }
 
+/// A target that makes many allocations and exits at once, between two samples: watch's last
+/// JSON line has no heap, says why, and (live mode) counts every one of them, which the reader
+/// still had.
+#[test]
+fn root_watch_json_ends_with_the_events_up_to_the_exit() {
+    require_root();
+    const ALLOCS: u64 = 200_000;
+    for walk in [false, true] {
+        let mut fixture = Fixture::spawn(fixture_path!("EXIT_AT_ONCE"), &[&ALLOCS.to_string()]);
+        let mut args = vec!["--format", "json", "--interval", "2s"];
+        if walk {
+            args.push("--walk");
+        }
+        let mut watch = Watch::start(fixture.pid(), &args);
+        let first = watch.line();
+        fixture.send("g");
+        let rest = watch.rest();
+        let last = rest
+            .last()
+            .unwrap_or_else(|| panic!("no line after the first: {first}"));
+        assert_eq!(last["ended"], "process exited", "{last}");
+        assert!(last["heap"].is_null() && last["pages"].is_null(), "{last}");
+        assert_eq!(last["heap_error"], "process exited", "{last}");
+        assert_eq!(last["pid"], fixture.pid());
+        // Only the last line says it ended.
+        let ended = rest.iter().filter(|l| l.get("ended").is_some()).count();
+        assert_eq!(ended, 1, "{rest:?}");
+        if walk {
+            assert_eq!(last["mode"], "walk", "{last}");
+            assert!(
+                last["walk_reason"].as_str().unwrap().contains("--walk"),
+                "{last}"
+            );
+        } else {
+            assert_eq!(last["mode"], "live", "{last}");
+            let allocs = |line: &Value| line["events"]["allocs"].as_u64().unwrap();
+            assert_eq!(allocs(last) - allocs(&first), ALLOCS, "{last}");
+            assert_eq!(last["events"]["lost"], 0, "{last}");
+        }
+        let stderr = watch.child.wait_with_output_stderr();
+        let status = watch.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("exited; watch ends"), "{stderr}");
+    }
+}
+
 /// Not a terminal: frames are appended, each with its header, and no terminal codes at all.
 #[test]
 fn root_watch_appends_plain_frames_when_not_a_terminal() {

@@ -102,6 +102,14 @@ impl Live {
         self.counts
     }
 
+    /// The counts with every event stamped until now applied: once the process has exited,
+    /// all it made (the reader still had those since the last sample).
+    pub fn counts_until_now(&mut self, session: &mut Session) -> Result<Counts> {
+        self.receive(session, trace::monotonic_now(), |_, _| {})?;
+        self.check_lost()?;
+        Ok(self.counts)
+    }
+
     /// Where each probe went.
     pub fn probes(&self) -> &[trace::Placed] {
         &self.tracer.placed
