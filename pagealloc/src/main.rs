@@ -117,7 +117,8 @@ struct DrawArgs {
     /// When to use colour (NO_COLOR is honoured unless `always`).
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     color: ColorArg,
-    /// Pixels per row (default: 80, fewer if the terminal is narrower).
+    /// Pixels per row (default: snapshot 80, fewer if the terminal is narrower; watch the
+    /// terminal's width); the text fits the pictures' N + 14 columns, and the terminal.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     width: Option<u16>,
     /// Draw only arena N (0 is the main arena, in the order of the summary table).

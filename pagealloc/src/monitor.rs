@@ -137,6 +137,16 @@ impl Monitor {
         }
     }
 
+    /// Live mode: the counts of every event until now, as a sample's (after the process
+    /// exited: all it made); None in walk mode.
+    pub fn events_until_now(&mut self) -> Result<Option<Counts>> {
+        let Some(live) = &mut self.live else {
+            return Ok(None);
+        };
+        let counts = live.counts_until_now(&mut self.session)?;
+        Ok(Some(self.earlier_events.then(&counts)))
+    }
+
     /// A sample (from the events in live mode, a walk otherwise), remembered in the history;
     /// then the guard takes the probes off a process too busy for them, or tries them again.
     pub fn sample(&mut self) -> Result<Sample> {

@@ -595,7 +595,22 @@ impl Watch {
                 panic!("watch ended early: {output}");
             }
         };
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        parse_line(&line)
+    }
+
+    /// Every line left, parsed, up to the end of watch's output (each within [`LIMIT`]).
+    pub fn rest(&mut self) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        loop {
+            match self.lines.recv_timeout(LIMIT) {
+                Ok(line) => lines.push(parse_line(&line)),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return lines,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("watch neither wrote nor ended within {LIMIT:?}");
+                }
+            }
+        }
     }
 
     /// The next line of a sample begun after `after` that satisfies `wanted` (within
@@ -617,6 +632,11 @@ impl Watch {
             );
         }
     }
+}
+
+/// A line of watch's NDJSON.
+fn parse_line(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 /// What a child wrote to its stderr, once it has exited.

@@ -105,12 +105,14 @@ fn root_page_states_match_the_fixture() {
     }
 }
 
-/// The lines drawn for a mapping: from its header to the blank line after it.
+/// The lines drawn for a mapping: from its header (its page counts on a line of their own
+/// where it is narrow) to the blank line after it.
 fn drawn_lines(text: &str, start: u64) -> Vec<String> {
     let header = format!("{start:x}-");
     text.lines()
         .skip_while(|l| !l.starts_with(&header))
         .skip(1)
+        .skip_while(|l| l.trim_start().starts_with('['))
         .take_while(|l| !l.is_empty())
         .map(str::to_string)
         .collect()

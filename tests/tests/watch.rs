@@ -89,6 +89,52 @@ fn root_watch_ends_when_the_target_exits() {
     assert!(stderr.contains("exited"), "{stderr}");
 }
 
+/// A target that makes many allocations and exits at once, between two samples: watch's last
+/// JSON line has no heap, says why, and (live mode) counts every one of them, which the reader
+/// still had.
+#[test]
+fn root_watch_json_ends_with_the_events_up_to_the_exit() {
+    require_root();
+    const ALLOCS: u64 = 200_000;
+    for walk in [false, true] {
+        let mut fixture = Fixture::spawn(fixture_path!("EXIT_AT_ONCE"), &[&ALLOCS.to_string()]);
+        let mut args = vec!["--format", "json", "--interval", "2s"];
+        if walk {
+            args.push("--walk");
+        }
+        let mut watch = Watch::start(fixture.pid(), &args);
+        let first = watch.line();
+        fixture.send("g");
+        let rest = watch.rest();
+        let last = rest
+            .last()
+            .unwrap_or_else(|| panic!("no line after the first: {first}"));
+        assert_eq!(last["ended"], "process exited", "{last}");
+        assert!(last["heap"].is_null() && last["pages"].is_null(), "{last}");
+        assert_eq!(last["heap_error"], "process exited", "{last}");
+        assert_eq!(last["pid"], fixture.pid());
+        // Only the last line says it ended.
+        let ended = rest.iter().filter(|l| l.get("ended").is_some()).count();
+        assert_eq!(ended, 1, "{rest:?}");
+        if walk {
+            assert_eq!(last["mode"], "walk", "{last}");
+            assert!(
+                last["walk_reason"].as_str().unwrap().contains("--walk"),
+                "{last}"
+            );
+        } else {
+            assert_eq!(last["mode"], "live", "{last}");
+            let allocs = |line: &Value| line["events"]["allocs"].as_u64().unwrap();
+            assert_eq!(allocs(last) - allocs(&first), ALLOCS, "{last}");
+            assert_eq!(last["events"]["lost"], 0, "{last}");
+        }
+        let stderr = watch.child.wait_with_output_stderr();
+        let status = watch.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("exited; watch ends"), "{stderr}");
+    }
+}
+
 /// Not a terminal: frames are appended, each with its header, and no terminal codes at all.
 #[test]
 fn root_watch_appends_plain_frames_when_not_a_terminal() {
@@ -187,5 +233,119 @@ fn root_watch_fits_the_terminal_and_restores_it() {
             tail.contains("\x1b[?25h") && tail.ends_with("\x1b[?1049l"),
             "signal {signal}: the terminal is given back last: {tail:?}"
         );
+    }
+}
+
+/// What a frame must show whatever the width, or why it does not: the header's five figures
+/// with their changes, the arena table's title with the columns that matter (and, in live
+/// mode, the chunks freed since the walk), a row for each of `arenas` and their totals with the
+/// live chunks, each line within `columns`.
+fn frame_shows(
+    screen: &[String],
+    columns: usize,
+    arenas: usize,
+    live_chunks: u64,
+    live: bool,
+) -> Result<(), String> {
+    if let Some(wide) = screen.iter().find(|l| l.chars().count() > columns) {
+        return Err(format!("a line wider than {columns} columns: {wide:?}"));
+    }
+    let text = screen.join("\n");
+    let changes = text.matches(" since start)").count();
+    if changes != 5 {
+        return Err(format!(
+            "{changes} figures of the header with their changes, not 5"
+        ));
+    }
+    for said in [
+        "malloc_trim(0) could return",
+        "largest free chunk",
+        " took ",
+    ] {
+        if !text.contains(said) {
+            return Err(format!("no {said:?} in the header"));
+        }
+    }
+    let title = (screen.iter())
+        .find(|l| l.starts_with("arena "))
+        .ok_or("no title line of the arena table")?;
+    let wanted: &[&str] = if live {
+        &["live", "free+res", "system", "trimmable", "freed"]
+    } else {
+        &["live", "free+res", "system", "trimmable"]
+    };
+    for column in wanted {
+        if !title.split_whitespace().any(|t| t == *column) {
+            return Err(format!("no {column:?} column in {title:?}"));
+        }
+    }
+    let rows = (0..arenas)
+        .filter(|i| screen.iter().any(|l| l.starts_with(&format!("{i} "))))
+        .count();
+    if rows != arenas {
+        return Err(format!("{rows} rows of arenas, not {arenas}"));
+    }
+    let all = (screen.iter())
+        .find(|l| l.starts_with("all "))
+        .ok_or("no row of the totals")?;
+    if !all.contains(&format!(" {live_chunks}/")) {
+        return Err(format!(
+            "the totals' row has not the {live_chunks} live chunks: {all:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// On terminals of 80, 100 and 160 columns, as the tool reads their size, in live and walk mode,
+/// in colour and not: no line of a frame is wider than the terminal, and the figures that
+/// matter are all there, none cut off.
+#[test]
+fn root_watch_frames_fit_80_100_and_160_columns() {
+    require_root();
+    for (walk, columns, color) in [
+        (false, 80, "auto"),
+        (false, 100, "never"),
+        (false, 160, "auto"),
+        (true, 80, "never"),
+        (true, 100, "auto"),
+        (true, 160, "auto"),
+    ] {
+        let mut fixture = Fixture::spawn(fixture_path!("PHASES"), &[]);
+        fixture.command("g");
+        fixture.command("g");
+        let pid = fixture.pid().to_string();
+        let mut args = vec!["watch", &pid, "--interval", "100ms", "--color", color];
+        if walk {
+            args.push("--walk");
+        }
+        let case = format!(
+            "{} mode, {columns} columns, --color {color}",
+            if walk { "walk" } else { "live" }
+        );
+        let pty = Pty::spawn(&mut pagealloc_command(&args), columns, 60);
+        // Attached (and seeded) before the frees, so that live mode has chunks freed since.
+        let complete = |output: &[u8]| {
+            screens(output)
+                .iter()
+                .filter(|s| s.iter().any(|l| l.starts_with("mmapped chunks: ")))
+                .count()
+        };
+        pty.wait_for(LIMIT, |out| complete(out) >= 1);
+        fixture.command("f");
+        let heap = snapshot_json(fixture.pid(), &[])["heap"].clone();
+        let arenas = heap["arenas"].as_array().unwrap().len();
+        let live_chunks = n(&heap["totals"], "live_chunks");
+        let after = pty.output().len();
+        // The first frame after the frees may have begun before them; the last may be cut short.
+        let output = pty.wait_for(LIMIT, |out| complete(&out[after..]) >= 4);
+        let frames: Vec<Vec<String>> = screens(&output[after..])
+            .into_iter()
+            .filter(|s| s.iter().any(|l| l.starts_with("mmapped chunks: ")))
+            .collect();
+        for frame in &frames[1..3] {
+            if let Err(why) = frame_shows(frame, columns as usize, arenas, live_chunks, !walk) {
+                panic!("{case}: {why}; the frame:\n{}", frame.join("\n"));
+            }
+        }
     }
 }

@@ -79,6 +79,13 @@ impl Live {
         self.core.counts()
     }
 
+    /// The counts with every event stamped until now applied: once the process has exited,
+    /// all it made (the reader still had those since the last sample).
+    pub fn counts_until_now(&mut self, session: &mut Session) -> Result<Counts> {
+        self.take_in_until_now(session)?;
+        Ok(self.counts())
+    }
+
     /// Where each probe went.
     pub fn probes(&self) -> &[trace::Placed] {
         &self.tracer.placed
@@ -90,9 +97,7 @@ impl Live {
         // Every call made before the sample began is in it; the page map is read later, so
         // the sample's time is this moment, not the page map's.
         let (taken, started) = (std::time::SystemTime::now(), Instant::now());
-        self.receive(session, trace::monotonic_now())?;
-        let lost = self.tracer.lost()?;
-        self.core.lost(lost.count, lost.last);
+        self.take_in_until_now(session)?;
         let mut sample = match self.core.walk_needed(Instant::now()) {
             Some(why) => {
                 let (walked, sample) = walk(session)?;
@@ -118,6 +123,14 @@ impl Live {
             self.core
                 .apply(&batch.events, &mut |heap| session.heap_info(heap));
         }
+    }
+
+    /// Every event stamped until now applied, and the events lost so far told to the core.
+    fn take_in_until_now(&mut self, session: &mut Session) -> Result<()> {
+        self.receive(session, trace::monotonic_now())?;
+        let lost = self.tracer.lost()?;
+        self.core.lost(lost.count, lost.last);
+        Ok(())
     }
 
     /// The events that may be in the walk of `sample`, just begun, applied to it; then it is

@@ -1,6 +1,7 @@
 //! The picture engine shared by the page map and the heap map: pixels in address order become
 //! lines of Unicode half blocks (two pixel rows per text line) in colour, or one glyph per pixel
-//! in monochrome; runs of identical lines collapse into one line with a repeat count.
+//! in monochrome; runs of identical lines collapse into one line with a repeat count. Text lines
+//! flow to the style's columns.
 use std::fmt::Write as _;
 
 use super::Style;
@@ -36,21 +37,23 @@ impl<'s> Canvas<'s> {
         self.out.push('\n');
     }
 
-    /// A legend entry: a sample pixel and its name.
-    pub fn legend<P: Pixel>(&mut self, items: &[(P, &str)]) {
-        let mut line = String::new();
-        for (pixel, name) in items {
-            if self.style.color {
-                let _ = write!(
-                    line,
-                    "\x1b[38;5;{}m{FULL_BLOCK}\x1b[0m {name}  ",
-                    pixel.color()
-                );
-            } else {
-                let _ = write!(line, "{} {name}  ", pixel.glyph());
-            }
+    /// `pieces` joined by `separator`, in as many lines as the style's columns need (see
+    /// [`flow`]).
+    pub fn flow<S: AsRef<str>>(&mut self, pieces: &[S], separator: &str) {
+        for line in flow(pieces, separator, self.style.columns) {
+            self.text(&line);
         }
-        self.text(line.trim_end());
+    }
+
+    /// The legend: a sample pixel and its name for each entry.
+    pub fn legend<P: Pixel>(&mut self, items: &[(P, &str)]) {
+        let entries: Vec<String> = (items.iter())
+            .map(|(pixel, name)| match self.style.color {
+                true => format!("\x1b[38;5;{}m{FULL_BLOCK}\x1b[0m {name}", pixel.color()),
+                false => format!("{} {name}", pixel.glyph()),
+            })
+            .collect();
+        self.flow(&entries, "  ");
     }
 
     /// Draws `runs` (pixel, count) starting at `start`, each pixel standing for
@@ -126,6 +129,68 @@ impl<'s> Canvas<'s> {
     }
 }
 
+/// Where a line broken by [`flow`] goes on.
+const INDENT: &str = "  ";
+
+/// `pieces` joined by `separator` in lines of at most `columns` visible characters, broken
+/// between pieces (the lines after the first indented); a piece too long for a line of its own
+/// is broken between its words, a word too long for one between its characters.
+pub fn flow<S: AsRef<str>>(pieces: &[S], separator: &str, columns: usize) -> Vec<String> {
+    let columns = columns.max(INDENT.len() + 1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in pieces.iter().map(AsRef::as_ref) {
+        let joined = visible_width(&line) + visible_width(separator) + visible_width(piece);
+        if !line.is_empty() && joined <= columns {
+            line.push_str(separator);
+            line.push_str(piece);
+            continue;
+        }
+        let indent = if lines.is_empty() && line.is_empty() {
+            ""
+        } else {
+            INDENT
+        };
+        if !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        let room = columns - indent.len();
+        let mut parts = if visible_width(piece) <= room {
+            vec![piece.to_string()]
+        } else if piece.contains(' ') {
+            flow(&piece.split(' ').collect::<Vec<_>>(), " ", room)
+        } else {
+            let chars: Vec<char> = piece.chars().collect();
+            chars.chunks(room).map(|c| c.iter().collect()).collect()
+        };
+        // The last part may have the next piece joined to it.
+        line = parts
+            .pop()
+            .map(|last| format!("{indent}{last}"))
+            .unwrap_or_default();
+        lines.extend(parts.into_iter().map(|part| format!("{indent}{part}")));
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// The characters of `text` a terminal shows: all but its CSI sequences (`ESC [ ... letter`),
+/// each one column wide (the half blocks and the box drawing characters are).
+pub fn visible_width(text: &str) -> usize {
+    let mut width = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            width += 1;
+        }
+    }
+    width
+}
+
 /// Emits lines, collapsing each run of identical lines after the first into a count.
 struct LineWriter<'c, 's, P> {
     canvas: &'c mut Canvas<'s>,
@@ -161,5 +226,46 @@ impl<P: Pixel> LineWriter<'_, '_, P> {
             );
             self.repeats = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{flow, visible_width};
+
+    #[test]
+    fn pieces_flow_to_the_columns() {
+        let pieces = ["live 12.3M", "cached 1.0K", "top 4.0K"];
+        assert_eq!(
+            flow(&pieces, "   ", 80),
+            ["live 12.3M   cached 1.0K   top 4.0K"]
+        );
+        // Broken between pieces, the rest indented.
+        assert_eq!(
+            flow(&pieces, "   ", 25),
+            ["live 12.3M   cached 1.0K", "  top 4.0K"]
+        );
+        // A piece longer than a line: between its words, then a word between its characters.
+        let long = flow(&["note: a b c", "abcdefghij"], " ", 8);
+        assert_eq!(long, ["note: a", "  b c", "  abcdef", "  ghij"]);
+        for columns in 3..40 {
+            let lines = flow(
+                &["walk mode: the probes could not be attached", "x"],
+                "; ",
+                columns,
+            );
+            assert!(
+                lines.iter().all(|l| visible_width(l) <= columns),
+                "{columns}: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn colour_codes_take_no_room() {
+        assert_eq!(visible_width("\x1b[38;5;220m█\x1b[0m tcache"), 8);
+        let legend = ["\x1b[38;5;220m█\x1b[0m tcache", "\x1b[38;5;33m█\x1b[0m bin"];
+        assert_eq!(flow(&legend, "  ", 15).len(), 1);
+        assert_eq!(flow(&legend, "  ", 14).len(), 2);
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::Style;
-use super::canvas::{Canvas, Pixel};
+use super::canvas::{Canvas, Pixel, flow};
 use crate::state::Sample;
 use crate::state::heap::{ChunkState, GRANULE, HeapFigures, HeapMap, HeapNote, Segment};
 
@@ -73,19 +73,24 @@ pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Sty
     let mut canvas = Canvas::new(style);
     canvas.text("");
     if let Some(libc) = &sample.libc {
-        canvas.text(&format!(
-            "heap of process {} (glibc {}, debug info {})",
-            sample.pid,
-            libc.version.as_deref().unwrap_or("?"),
-            libc.debug_file
-        ));
+        canvas.flow(
+            &[format!(
+                "heap of process {} (glibc {}, debug info {})",
+                sample.pid,
+                libc.version.as_deref().unwrap_or("?"),
+                libc.debug_file
+            )],
+            "",
+        );
     }
-    canvas.text(&headline(&heap.totals));
-    canvas.text(&table(heap));
-    for line in note_lines(&heap.notes) {
+    canvas.flow(&headline(&heap.totals), "; ");
+    // Nothing left out of a snapshot: it has all the lines it needs.
+    canvas.text(&table(heap, style.columns, Narrow::Stack));
+    for line in note_lines(&heap.notes, style.columns) {
         canvas.text(&line);
     }
     canvas.text("");
+    legend(&mut canvas, heap);
     pictures(
         &mut canvas,
         heap,
@@ -96,46 +101,41 @@ pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Sty
     canvas.finish()
 }
 
-/// The residency figures of the whole heap in one line.
 /// The notes shown above the pictures, at most; the JSON has every one.
 const NOTES_SHOWN: usize = 4;
 
-/// The map's notes as lines: the first few, and how many more (a walk of a busy heap can note
-/// hundreds of lists that changed while it read them).
-pub fn note_lines(notes: &[HeapNote]) -> Vec<String> {
-    let mut lines: Vec<String> = (notes.iter().take(NOTES_SHOWN))
-        .map(|note| format!("note: {note}"))
-        .collect();
-    if notes.len() > NOTES_SHOWN {
-        lines.push(format!(
+/// The map's notes as lines of `columns`: the first few, and how many more (a walk of a busy
+/// heap can note hundreds of lists that changed while it read them).
+pub fn note_lines(notes: &[HeapNote], columns: usize) -> Vec<String> {
+    let more = (notes.len() > NOTES_SHOWN).then(|| {
+        format!(
             "note: … and {} more (--format json lists them all)",
             notes.len() - NOTES_SHOWN
-        ));
-    }
-    lines
+        )
+    });
+    (notes.iter().take(NOTES_SHOWN))
+        .map(|note| format!("note: {note}"))
+        .chain(more)
+        .flat_map(|note| flow(&[note], "", columns))
+        .collect()
 }
 
-pub fn headline(t: &HeapFigures) -> String {
-    format!(
-        "free but resident: {} of {} — malloc_trim(0) could return {}; largest free chunk {}, \
-         fragmentation {:.1}%",
-        size(t.free_resident_bytes),
-        size(t.system_bytes),
-        size(t.trimmable_bytes),
-        size(t.largest_free_bytes),
-        t.fragmentation * 100.0
-    )
+/// The residency figures of the whole heap, as the pieces of a line joined by "; ".
+pub fn headline(t: &HeapFigures) -> [String; 4] {
+    [
+        format!(
+            "free but resident: {} of {}",
+            size(t.free_resident_bytes),
+            size(t.system_bytes)
+        ),
+        format!("malloc_trim(0) could return {}", size(t.trimmable_bytes)),
+        format!("largest free chunk {}", size(t.largest_free_bytes)),
+        format!("fragmentation {:.1}%", t.fragmentation * 100.0),
+    ]
 }
 
-/// The legend, then one picture per heap (of arena `arena` only, if given), each pixel
-/// `granules_per_pixel` granules.
-pub fn pictures(
-    canvas: &mut Canvas,
-    heap: &HeapMap,
-    page_size: u64,
-    arena: Option<usize>,
-    granules_per_pixel: u64,
-) {
+/// What the pictures' colours (or glyphs) stand for.
+pub fn legend(canvas: &mut Canvas, heap: &HeapMap) {
     // Freed chunks are live mode's: the legend names them only there.
     let legend = if heap.totals.freed_chunks > 0 {
         &LEGEND[..]
@@ -143,27 +143,49 @@ pub fn pictures(
         &LEGEND[..LEGEND.len() - 1]
     };
     canvas.legend(legend);
+}
+
+/// One picture per heap (of arena `arena` only, if given), each pixel `granules_per_pixel`
+/// granules.
+pub fn pictures(
+    canvas: &mut Canvas,
+    heap: &HeapMap,
+    page_size: u64,
+    arena: Option<usize>,
+    granules_per_pixel: u64,
+) {
     for segment in &heap.segments {
         if arena.is_some_and(|a| a != segment.arena) {
             continue;
         }
-        let owner = &heap.arenas[segment.arena];
         canvas.text("");
-        canvas.text(&format!(
-            "{:x}-{:x} arena {} ({:#x}{}): one pixel = {}",
-            segment.start,
-            segment.end,
-            segment.arena,
-            owner.address,
-            if owner.main { ", main" } else { "" },
-            pixel_size(GRANULE * granules_per_pixel)
-        ));
+        canvas.flow(
+            &picture_header(heap, segment, &pixel_size(GRANULE * granules_per_pixel)),
+            " ",
+        );
         canvas.draw(
             segment.start,
             GRANULE * granules_per_pixel,
             pixel_runs(segment, page_size, granules_per_pixel as usize),
         );
     }
+}
+
+/// The line above a heap's picture, in pieces joined by a space: where the heap is, whose, and
+/// `pixel`, the size of a pixel.
+pub fn picture_header(heap: &HeapMap, segment: &Segment, pixel: &str) -> [String; 2] {
+    let owner = &heap.arenas[segment.arena];
+    [
+        format!(
+            "{:x}-{:x} arena {} ({:#x}{}):",
+            segment.start,
+            segment.end,
+            segment.arena,
+            owner.address,
+            if owner.main { ", main" } else { "" },
+        ),
+        format!("one pixel = {pixel}"),
+    ]
 }
 
 /// The segment's pixels, as runs of equal pixels.
@@ -215,75 +237,182 @@ fn pixel(granules: &[u8], resident: impl Fn(usize) -> bool) -> HeapPixel {
     HeapPixel::Free(dominant)
 }
 
-/// The arena table: a row of figures per arena, their totals, the mmapped chunks. Live mode
-/// adds a column of the chunks freed since the last walk.
-pub fn table(heap: &HeapMap) -> String {
+/// What the arena table does with the columns a line has no room for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Narrow {
+    /// Leaves them out, named below the table (watch: the screen's rows go to the pictures).
+    Drop,
+    /// Shows them in another table below, each row under its arena's name again.
+    Stack,
+}
+
+/// A row of the arena table.
+struct Row<'a> {
+    name: String,
+    address: Option<u64>,
+    heaps: usize,
+    figures: &'a HeapFigures,
+}
+
+/// A column of the arena table; `keep` orders them by how much they are wanted where not all
+/// fit (0 first).
+struct Column {
+    title: &'static str,
+    keep: u8,
+    cell: fn(&Row) -> String,
+}
+
+/// The arena table's columns, in the order shown; the arena's name first, always.
+const COLUMNS: [Column; 14] = [
+    Column {
+        title: "arena",
+        keep: 0,
+        cell: |r| r.name.clone(),
+    },
+    Column {
+        title: "address",
+        keep: 13,
+        cell: |r| r.address.map_or(String::new(), |a| format!("{a:#x}")),
+    },
+    Column {
+        title: "heaps",
+        keep: 10,
+        cell: |r| r.heaps.to_string(),
+    },
+    Column {
+        title: "system",
+        keep: 3,
+        cell: |r| size(r.figures.system_bytes),
+    },
+    Column {
+        title: "live",
+        keep: 1,
+        cell: |r| count(r.figures.live_chunks, r.figures.live_bytes),
+    },
+    Column {
+        title: "tcache",
+        keep: 8,
+        cell: |r| count(r.figures.tcache_chunks, r.figures.tcache_bytes),
+    },
+    Column {
+        title: "fastbin",
+        keep: 9,
+        cell: |r| count(r.figures.fastbin_chunks, r.figures.fastbin_bytes),
+    },
+    Column {
+        title: "bin",
+        keep: 7,
+        cell: |r| count(r.figures.bin_chunks, r.figures.bin_bytes),
+    },
+    Column {
+        title: "top",
+        keep: 6,
+        cell: |r| size(r.figures.top_bytes),
+    },
+    Column {
+        title: "overhead",
+        keep: 11,
+        cell: |r| size(r.figures.overhead_bytes),
+    },
+    Column {
+        title: "free+res",
+        keep: 2,
+        cell: |r| size(r.figures.free_resident_bytes),
+    },
+    Column {
+        title: "trimmable",
+        keep: 4,
+        cell: |r| size(r.figures.trimmable_bytes),
+    },
+    Column {
+        title: "unknown",
+        keep: 12,
+        cell: |r| size(r.figures.unknown_bytes),
+    },
+    Column {
+        title: "freed",
+        keep: 5,
+        cell: |r| count(r.figures.freed_chunks, r.figures.freed_bytes),
+    },
+];
+
+/// Between two columns of the table.
+const GAP: &str = "  ";
+
+/// The arena table in `columns`: a row of figures per arena, their totals, the mmapped chunks.
+/// Live mode adds a column of the chunks freed since the last walk. The columns a line has no
+/// room for go by [`Column::keep`], least wanted first, and `narrow` says where.
+pub fn table(heap: &HeapMap, columns: usize, narrow: Narrow) -> String {
     let freed = heap.totals.freed_chunks > 0;
+    let mut rows: Vec<Row> = (heap.arenas.iter().enumerate())
+        .map(|(i, arena)| Row {
+            name: i.to_string(),
+            address: Some(arena.address),
+            heaps: arena.heaps.len(),
+            figures: &arena.figures,
+        })
+        .collect();
+    rows.push(Row {
+        name: "all".into(),
+        address: None,
+        heaps: heap.segments.len(),
+        figures: &heap.totals,
+    });
+    let shown: Vec<&Column> = (COLUMNS.iter())
+        .filter(|c| freed || c.title != "freed")
+        .collect();
+    // A row of cells per row of figures, the titles' first.
+    let cells: Vec<Vec<String>> = std::iter::once(shown.iter().map(|c| c.title.into()).collect())
+        .chain(
+            rows.iter()
+                .map(|r| shown.iter().map(|c| (c.cell)(r)).collect()),
+        )
+        .collect();
+    let widths: Vec<usize> = (0..shown.len())
+        .map(|i| cells.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    // The arena's name heads every line; the others by how much they are wanted.
+    let mut left: Vec<usize> = (1..shown.len()).collect();
+    left.sort_by_key(|&i| shown[i].keep);
     let mut out = String::new();
-    let mut header = format!(
-        "{:<5} {:>14} {:>5} {:>9} {:>18} {:>16} {:>16} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "arena",
-        "address",
-        "heaps",
-        "system",
-        "live",
-        "tcache",
-        "fastbin",
-        "bin",
-        "top",
-        "overhead",
-        "free+res",
-        "trimmable",
-        "unknown"
-    );
-    if freed {
-        let _ = write!(header, " {:>16}", "freed");
+    // Bounded: each block takes at least one column.
+    while !left.is_empty() {
+        let mut room = columns.saturating_sub(widths[0]);
+        let mut block = vec![0];
+        left.retain(|&i| {
+            let fits = widths[i] + GAP.len() <= room;
+            // The most wanted one even where nothing fits: each block shows one.
+            if fits || block.len() == 1 {
+                room = room.saturating_sub(widths[i] + GAP.len());
+                block.push(i);
+                return false;
+            }
+            true
+        });
+        block.sort_unstable();
+        for row in &cells {
+            let _ = write!(out, "{:<1$}", row[0], widths[0]);
+            for &i in &block[1..] {
+                let _ = write!(out, "{GAP}{:>1$}", row[i], widths[i]);
+            }
+            out.push('\n');
+        }
+        if narrow == Narrow::Drop {
+            break;
+        }
     }
-    let _ = writeln!(out, "{header}");
-    for (i, arena) in heap.arenas.iter().enumerate() {
-        row(
-            &mut out,
-            &i.to_string(),
-            arena.address,
-            arena.heaps.len(),
-            &arena.figures,
-            freed,
-        );
-    }
-    row(&mut out, "all", 0, heap.segments.len(), &heap.totals, freed);
-    let _ = write!(
-        out,
+    let mut mmapped = vec![format!(
         "mmapped chunks: {} ({})",
         heap.mmapped_chunks,
         size(heap.mmapped_bytes)
-    );
-    out
-}
-
-fn row(out: &mut String, name: &str, address: u64, heaps: usize, f: &HeapFigures, freed: bool) {
-    let address = if address == 0 {
-        String::new()
-    } else {
-        format!("{address:#x}")
-    };
-    let _ = write!(
-        out,
-        "{name:<5} {address:>14} {heaps:>5} {:>9} {:>18} {:>16} {:>16} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        size(f.system_bytes),
-        count(f.live_chunks, f.live_bytes),
-        count(f.tcache_chunks, f.tcache_bytes),
-        count(f.fastbin_chunks, f.fastbin_bytes),
-        count(f.bin_chunks, f.bin_bytes),
-        size(f.top_bytes),
-        size(f.overhead_bytes),
-        size(f.free_resident_bytes),
-        size(f.trimmable_bytes),
-        size(f.unknown_bytes),
-    );
-    if freed {
-        let _ = write!(out, " {:>16}", count(f.freed_chunks, f.freed_bytes));
+    )];
+    if !left.is_empty() {
+        left.sort_unstable();
+        let names: Vec<&str> = left.iter().map(|&i| shown[i].title).collect();
+        mmapped.push(format!("no room for {}", names.join(", ")));
     }
-    out.push('\n');
+    out.push_str(&flow(&mmapped, "; ", columns).join("\n"));
+    out
 }
 
 fn count(chunks: u64, bytes: u64) -> String {
@@ -299,9 +428,9 @@ pub fn pixel_size(bytes: u64) -> String {
     }
 }
 
-/// Bytes in a short human form.
+/// Bytes in a short human form, in binary units (K is 1024 bytes): "512B", "12.3M".
 pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -317,8 +446,92 @@ pub fn size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{NOTES_SHOWN, note_lines};
-    use crate::state::heap::HeapNote;
+    use super::{NOTES_SHOWN, Narrow, note_lines, table};
+    use crate::state::heap::{Arena, HeapFigures, HeapMap, HeapNote};
+
+    /// Four arenas of big figures, chunks freed since the walk among them.
+    fn busy_heap() -> HeapMap {
+        let figures = HeapFigures {
+            system_bytes: 635 << 20,
+            live_chunks: 226_518,
+            live_bytes: 616 << 20,
+            tcache_chunks: 1066,
+            tcache_bytes: 342 << 10,
+            bin_chunks: 77_580,
+            bin_bytes: 441 << 20,
+            free_resident_bytes: 180 << 20,
+            trimmable_bytes: 4 << 20,
+            freed_chunks: 155_000,
+            freed_bytes: 439 << 20,
+            ..HeapFigures::default()
+        };
+        HeapMap {
+            arenas: (0..4)
+                .map(|i| Arena {
+                    address: 0x7f4d_1000_0000 + i,
+                    main: i == 0,
+                    heaps: Vec::new(),
+                    figures,
+                })
+                .collect(),
+            geometry: crate::state::heap::HeapGeometry::for_tests(),
+            mmapped_chunks: 0,
+            mmapped_bytes: 0,
+            totals: figures,
+            notes: Vec::new(),
+            mmapped: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_fits_keeping_the_most_wanted_columns() {
+        let heap = busy_heap();
+        let wide = table(&heap, 200, Narrow::Drop);
+        assert!(!wide.contains("no room"), "{wide}");
+        for columns in [80, 100, 160] {
+            let text = table(&heap, columns, Narrow::Drop);
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(
+                lines.iter().all(|l| l.chars().count() <= columns),
+                "{columns}:\n{text}"
+            );
+            // A row per arena and their totals, under one title line.
+            let mmapped = lines.iter().position(|l| l.starts_with("mmapped chunks: "));
+            assert_eq!(mmapped, Some(1 + 4 + 1), "{text}");
+            for title in ["live", "free+res", "system", "trimmable", "freed"] {
+                assert!(
+                    lines[0].split_whitespace().any(|t| t == title),
+                    "{columns}: {text}"
+                );
+            }
+            // Every figure under its title.
+            let arena: Vec<&str> = lines[4].split_whitespace().collect();
+            assert_eq!(arena.len(), lines[0].split_whitespace().count(), "{text}");
+            assert!(lines[5].contains(" 226518/616.0M "), "{text}");
+        }
+        let narrow = table(&heap, 80, Narrow::Drop);
+        assert!(narrow.contains("no room for address"), "{narrow}");
+    }
+
+    #[test]
+    fn a_stacked_table_shows_every_column() {
+        let text = table(&busy_heap(), 80, Narrow::Stack);
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        assert!(!text.contains("no room"), "{text}");
+        let titles: Vec<&str> = (text.lines())
+            .filter(|l| l.starts_with("arena "))
+            .flat_map(|l| l.split_whitespace().skip(1))
+            .collect();
+        assert_eq!(titles.len(), 13, "{text}");
+        // Every block has each arena's row and the totals' under its own name.
+        let blocks = text.lines().filter(|l| l.starts_with("arena ")).count();
+        assert!(blocks >= 2, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("all ")).count(),
+            blocks
+        );
+    }
 
     #[test]
     fn a_few_notes_are_shown_and_the_rest_counted() {
@@ -328,10 +541,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            note_lines(&notes(2)),
+            note_lines(&notes(2), 100),
             ["note: list 0 changed", "note: list 1 changed"]
         );
-        let many = note_lines(&notes(NOTES_SHOWN + 57));
+        let many = note_lines(&notes(NOTES_SHOWN + 57), 100);
         assert_eq!(many.len(), NOTES_SHOWN + 1);
         assert_eq!(many[0], "note: list 0 changed");
         assert!(many[NOTES_SHOWN].contains("57 more"), "{many:?}");

@@ -6,6 +6,7 @@
 //! are.
 use serde::Serialize;
 
+use crate::state::events::Counts;
 use crate::state::heap::{AddressRange, HeapFigures, HeapMap};
 use crate::state::pages::{Mapping, PageCounts};
 use crate::state::{LibcInfo, Sample};
@@ -73,10 +74,13 @@ struct WatchLine<'a> {
     events: Option<EventsJson>,
     /// How long the sample took.
     sample_seconds: f64,
-    /// Page counts of the whole process, by state.
-    pages: &'a PageCounts,
+    /// Page counts of the whole process, by state (null in the last line, the process gone).
+    pages: Option<&'a PageCounts>,
     heap: Option<HeapJson<'a>>,
     heap_error: Option<String>,
+    /// The last line only: why watch ended ("process exited").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -120,30 +124,60 @@ pub fn watch_line(sample: &Sample, walk_reason: Option<&str>) -> String {
     let line = WatchLine {
         time: humantime::format_rfc3339_millis(sample.taken).to_string(),
         pid: sample.pid,
-        mode: if sample.events.is_some() {
-            "live"
-        } else {
-            "walk"
-        },
+        mode: mode(&sample.events),
         walk_reason: walk_reason.filter(|_| sample.events.is_none()),
-        events: sample.events.map(|e| EventsJson {
-            allocs: e.allocs,
-            frees: e.frees,
-            allocated_bytes: e.allocated_bytes,
-            freed_bytes: e.freed_bytes,
-            lost: e.lost,
-            resyncs: e.resyncs,
-            contradictions: e.contradictions,
-            reconciles: e.reconciles,
-            reconcile_mismatch_chunks: e.reconcile_mismatch.map(|m| m.chunks),
-            reconcile_mismatch_bytes: e.reconcile_mismatch.map(|m| m.bytes),
-        }),
+        events: sample.events.as_ref().map(events),
         sample_seconds: sample.duration.as_secs_f64(),
-        pages: &sample.pages.totals,
+        pages: Some(&sample.pages.totals),
         heap: sample.heap_map().map(heap),
         heap_error: sample.heap_unavailable().map(|e| e.to_string()),
+        ended: None,
     };
     serde_json::to_string(&line).expect("plain data always serialises")
+}
+
+/// Watch's last line when the process is gone (`ended` says how): the events up to its end
+/// in live mode (they took `seconds` to gather), no pages and no heap.
+pub fn watch_end(
+    pid: i32,
+    counts: Option<Counts>,
+    walk_reason: Option<&str>,
+    seconds: f64,
+    ended: &str,
+) -> String {
+    let line = WatchLine {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        pid,
+        mode: mode(&counts),
+        walk_reason: walk_reason.filter(|_| counts.is_none()),
+        events: counts.as_ref().map(events),
+        sample_seconds: seconds,
+        pages: None,
+        heap: None,
+        heap_error: Some(ended.to_string()),
+        ended: Some(ended),
+    };
+    serde_json::to_string(&line).expect("plain data always serialises")
+}
+
+/// "live" where events are counted, "walk" otherwise.
+fn mode(events: &Option<Counts>) -> &'static str {
+    if events.is_some() { "live" } else { "walk" }
+}
+
+fn events(e: &Counts) -> EventsJson {
+    EventsJson {
+        allocs: e.allocs,
+        frees: e.frees,
+        allocated_bytes: e.allocated_bytes,
+        freed_bytes: e.freed_bytes,
+        lost: e.lost,
+        resyncs: e.resyncs,
+        contradictions: e.contradictions,
+        reconciles: e.reconciles,
+        reconcile_mismatch_chunks: e.reconcile_mismatch.map(|m| m.chunks),
+        reconcile_mismatch_bytes: e.reconcile_mismatch.map(|m| m.bytes),
+    }
 }
 
 fn libc(info: &LibcInfo) -> LibcJson<'_> {

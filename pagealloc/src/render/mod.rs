@@ -25,6 +25,9 @@ pub struct Style {
     pub color: bool,
     /// Pixels per row (pages per row in the page map).
     pub width: usize,
+    /// Columns the text lines fit in: the pictures' (their label and `width` pixels), no more
+    /// than the terminal's.
+    pub columns: usize,
 }
 
 /// The original tool's row width, kept as the default.
@@ -35,6 +38,10 @@ pub const LABEL_WIDTH: usize = 14;
 impl Style {
     pub fn resolve(choice: ColorChoice, width: Option<usize>) -> Style {
         let stdout_tty = std::io::stdout().is_terminal();
+        let terminal_columns = stdout_tty
+            .then(crossterm::terminal::size)
+            .and_then(Result::ok)
+            .map(|(cols, _)| cols as usize);
         // An explicit --color=always beats NO_COLOR (no-color.org: flags override the variable).
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let color = match choice {
@@ -43,18 +50,23 @@ impl Style {
             ColorChoice::Auto => stdout_tty && !no_color,
         };
         let width = width.unwrap_or_else(|| {
-            let fit = stdout_tty
-                .then(crossterm::terminal::size)
-                .and_then(Result::ok)
-                .map(|(cols, _)| (cols as usize).saturating_sub(LABEL_WIDTH));
-            match fit {
+            match terminal_columns.map(|cols| cols.saturating_sub(LABEL_WIDTH)) {
                 Some(fit) if fit >= 16 => fit.min(DEFAULT_WIDTH),
                 _ => DEFAULT_WIDTH,
             }
         });
+        Style::new(color, width, terminal_columns)
+    }
+
+    /// `width` pixels a row; the text fits the pictures' columns and `terminal_columns`, if
+    /// drawn on a terminal.
+    pub fn new(color: bool, width: usize, terminal_columns: Option<usize>) -> Style {
+        let width = width.max(1);
+        let columns = width + LABEL_WIDTH;
         Style {
             color,
-            width: width.max(1),
+            width,
+            columns: terminal_columns.map_or(columns, |terminal| terminal.min(columns)),
         }
     }
 }

@@ -38,22 +38,27 @@ pub const LEGEND: [(PageState, &str); 6] = [
 
 pub fn render(map: &PageMap, style: &Style) -> String {
     let mut canvas = Canvas::new(style);
-    canvas.text(&format!(
-        "process {}: {} mappings, {} pages resident ({} KiB), {} swapped; one pixel = one {} KiB page",
-        map.pid,
-        map.mappings.len(),
-        map.totals.resident(),
-        map.totals.resident() * map.page_size / 1024,
-        map.totals.swapped,
-        map.page_size / 1024
-    ));
+    canvas.flow(
+        &[
+            format!(
+                "process {}: {} mappings, {} pages resident ({} KiB), {} swapped",
+                map.pid,
+                map.mappings.len(),
+                map.totals.resident(),
+                map.totals.resident() * map.page_size / 1024,
+                map.totals.swapped,
+            ),
+            format!("one pixel = one {} KiB page", map.page_size / 1024),
+        ],
+        "; ",
+    );
     for note in &map.limitations {
-        canvas.text(&format!("note: {note}"));
+        canvas.flow(&[format!("note: {note}")], "");
     }
     canvas.legend(&LEGEND);
     for pages in &map.mappings {
         canvas.text("");
-        canvas.text(&header(pages));
+        canvas.flow(&header(pages), "  ");
         canvas.draw(
             pages.mapping.start,
             map.page_size,
@@ -63,7 +68,8 @@ pub fn render(map: &PageMap, style: &Style) -> String {
     canvas.finish()
 }
 
-fn header(pages: &MappingPages) -> String {
+/// A mapping's header: where and what it is, then its pages by state.
+fn header(pages: &MappingPages) -> [String; 2] {
     let m = &pages.mapping;
     let mut counts = String::new();
     for (state, _) in LEGEND {
@@ -72,17 +78,19 @@ fn header(pages: &MappingPages) -> String {
             counts.push_str(&format!(" {}={n}", state.key()));
         }
     }
-    format!(
-        "{:x}-{:x} {} {:08x} {}  [{}]",
-        m.start,
-        m.end,
-        m.perms,
-        m.offset,
-        if m.path.is_empty() {
-            "(anonymous)"
-        } else {
-            &m.path
-        },
-        counts.trim_start()
-    )
+    [
+        format!(
+            "{:x}-{:x} {} {:08x} {}",
+            m.start,
+            m.end,
+            m.perms,
+            m.offset,
+            if m.path.is_empty() {
+                "(anonymous)"
+            } else {
+                &m.path
+            },
+        ),
+        format!("[{}]", counts.trim_start()),
+    ]
 }

@@ -3,11 +3,11 @@
 //! map below them with `--pages`).
 use std::time::Duration;
 
-use super::canvas::Canvas;
-use super::heap::{self, pixel_size, size};
+use super::canvas::{Canvas, flow};
+use super::heap::{self, Narrow, pixel_size, size};
 use super::{LABEL_WIDTH, Style, pages};
 use crate::state::Sample;
-use crate::state::heap::{GRANULE, HeapMap};
+use crate::state::heap::{GRANULE, Segment};
 use crate::state::history::{History, Totals, sparkline};
 
 /// What a watch screen shows and how much room it has.
@@ -32,34 +32,61 @@ pub struct ScreenOptions {
 
 /// The whole frame, one line per screen row (the caller may cut it at `rows`).
 pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> String {
-    let mut canvas = Canvas::new(&options.style);
-    let mut header = header(sample, history, options);
+    let style = &options.style;
+    let mut canvas = Canvas::new(style);
     match (sample.heap_map(), sample.heap_unavailable()) {
         (Some(heap), _) => {
-            let table = heap::table(heap);
-            let notes = heap::note_lines(&heap.notes);
-            // Above the pictures: the header, the table, the notes, a blank line, the legend.
-            let used = header.len() + table.lines().count() + notes.len() + 2;
+            let mut above = Canvas::new(style);
+            above.text(&heap::table(heap, style.columns, Narrow::Drop));
+            for note in heap::note_lines(&heap.notes, style.columns) {
+                above.text(&note);
+            }
+            above.text("");
+            heap::legend(&mut above, heap);
+            let above = above.finish();
+            let drawn: Vec<&Segment> = (heap.segments.iter())
+                .filter(|s| options.arena.is_none_or(|a| a == s.arena))
+                .collect();
+            // Room for the widest pixel size, in the header and above each picture.
+            let widest = header(sample, history, options, WIDEST_PIXEL);
+            let picture_header_rows = (drawn.iter())
+                .map(|s| {
+                    flow(
+                        &heap::picture_header(heap, s, WIDEST_PIXEL),
+                        " ",
+                        style.columns,
+                    )
+                })
+                .map(|lines| lines.len())
+                .max()
+                .unwrap_or(1);
+            // The header yields rows to the pictures, down to a line of each heap.
+            let least = drawn.len() * (picture_header_rows + 2);
+            let kept = kept_yield(
+                &widest,
+                options.rows.saturating_sub(above.lines().count() + least),
+            );
+            let used = rows(&widest, kept) + above.lines().count();
             let granules = options.granules_per_pixel.unwrap_or_else(|| {
                 fit(
-                    &segment_granules(heap, options.arena),
-                    pixels_per_line(&options.style),
+                    &drawn
+                        .iter()
+                        .map(|s| (s.end - s.start) / GRANULE)
+                        .collect::<Vec<_>>(),
+                    picture_header_rows as u64,
+                    pixels_per_line(style),
                     options.rows.saturating_sub(used),
                 )
             });
-            header[0] = header[0].replacen(
-                " — ",
-                &format!(" — one pixel = {} — ", pixel_size(GRANULE * granules)),
-                1,
-            );
-            for line in &header {
-                canvas.text(line);
+            let pixel = pixel_size(GRANULE * granules);
+            for part in header(sample, history, options, &pixel) {
+                if part.yields <= kept {
+                    for line in &part.lines {
+                        canvas.text(line);
+                    }
+                }
             }
-            canvas.text(&table);
-            for note in &notes {
-                canvas.text(note);
-            }
-            canvas.text("");
+            canvas.text(above.trim_end_matches('\n'));
             heap::pictures(
                 &mut canvas,
                 heap,
@@ -69,80 +96,139 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
             );
         }
         (None, why) => {
-            for line in &header {
+            for line in header(sample, history, options, "")
+                .iter()
+                .flat_map(|p| &p.lines)
+            {
                 canvas.text(line);
             }
             if let Some(why) = why {
-                canvas.text(&why.to_string());
+                canvas.flow(&[why.to_string()], "");
             }
         }
     }
     let mut text = canvas.finish();
     if options.pages {
         text.push('\n');
-        text.push_str(&pages::render(&sample.pages, &options.style));
+        text.push_str(&pages::render(&sample.pages, style));
     }
     text
 }
 
-fn header(sample: &Sample, history: &History, options: &ScreenOptions) -> Vec<String> {
+/// The widest a pixel's size is said: in bytes below 1 MiB ([`pixel_size`]).
+const WIDEST_PIXEL: &str = "1048560 bytes";
+
+/// A line of the header, flowed to the columns.
+struct HeaderPart {
+    /// Where rows are short, the parts that yield most go first (0: never).
+    yields: u8,
+    lines: Vec<String>,
+}
+
+/// The most a kept part of `header` yields, for it to take at most `room` rows.
+fn kept_yield(header: &[HeaderPart], room: usize) -> u8 {
+    let most = header.iter().map(|p| p.yields).max().unwrap_or(0);
+    (0..=most)
+        .rev()
+        .find(|&kept| rows(header, kept) <= room)
+        .unwrap_or(0)
+}
+
+/// The rows of the parts of `header` that yield at most `kept`.
+fn rows(header: &[HeaderPart], kept: u8) -> usize {
+    (header.iter())
+        .filter(|p| p.yields <= kept)
+        .map(|p| p.lines.len())
+        .sum()
+}
+
+/// The header's parts, fitting the style's columns; `pixel` is a pixel's size in the pictures
+/// (none without pictures). Where rows are short, the history line yields first, then the
+/// events, the totals, the residency figures, the reason for walk mode.
+fn header(
+    sample: &Sample,
+    history: &History,
+    options: &ScreenOptions,
+    pixel: &str,
+) -> Vec<HeaderPart> {
+    let columns = options.style.columns;
     let time = humantime::format_rfc3339_seconds(sample.taken);
     let achieved = history
         .achieved_interval()
         .map_or("first sample".to_string(), |d| {
             format!("{:.2} s since the last", d.as_secs_f64())
         });
-    let mut lines = vec![format!(
-        "process {} ({}) — sample {} at {time}: {achieved} (every {} asked), took {:.3} s",
-        sample.pid,
-        options.name,
-        history.samples,
-        humantime::format_duration(options.interval),
-        sample.duration.as_secs_f64()
-    )];
+    let first: Vec<String> = [
+        format!("process {} ({})", sample.pid, options.name),
+        format!("one pixel = {pixel}"),
+        format!("sample {} at {time}", history.samples),
+        format!(
+            "{achieved} (every {} asked)",
+            humantime::format_duration(options.interval)
+        ),
+        format!("took {:.3} s", sample.duration.as_secs_f64()),
+    ]
+    .into_iter()
+    .filter(|piece| !pixel.is_empty() || !piece.starts_with("one pixel"))
+    .collect();
+    let part = |yields, pieces: &[String], separator| HeaderPart {
+        yields,
+        lines: flow(pieces, separator, columns),
+    };
+    let mut parts = vec![part(0, &first, " — ")];
     if let Some(why) = &options.walk_reason {
-        lines.push(format!("walk mode: {why}"));
+        parts.push(part(1, &[format!("walk mode: {why}")], ""));
     }
     let (Some(now), Some(first)) = (history.current, history.first) else {
-        return lines;
+        return parts;
     };
     let previous = history.previous.unwrap_or(now);
-    let change = |pick: fn(&Totals) -> u64| {
+    let change = |name: &str, pick: fn(&Totals) -> u64| {
         format!(
-            "{} ({} / {} since start)",
+            "{name} {} ({} / {} since start)",
             size(pick(&now)),
             delta(pick(&now), pick(&previous)),
             delta(pick(&now), pick(&first))
         )
     };
-    lines.push(format!(
-        "live {}   cached {}   free {}   top {}",
-        change(|t| t.live),
-        change(|t| t.cached),
-        change(|t| t.free),
-        change(|t| t.top),
-    ));
-    lines.push(format!(
-        "free but resident {} — malloc_trim(0) could return {}; largest free chunk {}",
-        change(|t| t.free_resident),
-        size(now.trimmable),
-        size(now.largest_free)
-    ));
-    if let Some(line) = events_line(history) {
-        lines.push(line);
+    let totals = [
+        change("live", |t| t.live),
+        change("cached", |t| t.cached),
+        change("free", |t| t.free),
+        change("top", |t| t.top),
+    ];
+    parts.push(part(3, &totals, "   "));
+    let residency = [
+        change("free but resident", |t| t.free_resident),
+        format!("malloc_trim(0) could return {}", size(now.trimmable)),
+        format!("largest free chunk {}", size(now.largest_free)),
+    ];
+    parts.push(part(2, &residency, "; "));
+    if let Some(events) = events_line(history) {
+        parts.push(part(4, &events, "; "));
     }
-    lines.push(format!(
-        "last {} samples: live {}  free+res {}",
-        history.series.len(),
-        sparkline(history.series.iter().map(|s| s.0)),
-        sparkline(history.series.iter().map(|s| s.1)),
-    ));
-    lines
+    // As many samples as a line has room for, after the name of what they show.
+    let shown = history
+        .series
+        .len()
+        .min(columns.saturating_sub(SERIES_NAME).max(1));
+    let recent = || history.series.iter().skip(history.series.len() - shown);
+    let series = [
+        format!("last {shown} samples:"),
+        format!("live {}", sparkline(recent().map(|s| s.0))),
+        format!("free+res {}", sparkline(recent().map(|s| s.1))),
+    ];
+    parts.push(part(5, &series, "  "));
+    parts
 }
 
+/// Room for the name of a series in front of it, indented ("  free+res ").
+const SERIES_NAME: usize = 11;
+
 /// Live mode: the rates of calls since the last sample (the counts, at the first sample, which
-/// has no interval to divide by), and whether the events can be trusted.
-fn events_line(history: &History) -> Option<String> {
+/// has no interval to divide by), and whether the events can be trusted: the pieces of a line
+/// joined by "; ".
+fn events_line(history: &History) -> Option<[String; 3]> {
     let now = history.current_events?;
     let mismatch = now.reconcile_mismatch.map_or("none yet".to_string(), |m| {
         format!("{} chunks, {}", m.chunks, size(m.bytes))
@@ -167,28 +253,20 @@ fn events_line(history: &History) -> Option<String> {
             size(now.freed_bytes),
         ),
     };
-    Some(format!(
-        "live: {calls}; lost {}, resyncs {}, last reconcile off by {mismatch}",
-        now.lost, now.resyncs,
-    ))
+    Some([
+        format!("live: {calls}"),
+        format!("lost {}, resyncs {}", now.lost, now.resyncs),
+        format!("last reconcile off by {mismatch}"),
+    ])
 }
 
-/// A signed change in bytes: "+1.2MiB", "-16B", "±0".
+/// A signed change in bytes: "+1.2M", "-16B", "±0".
 fn delta(now: u64, then: u64) -> String {
     match now.cmp(&then) {
         std::cmp::Ordering::Greater => format!("+{}", size(now - then)),
         std::cmp::Ordering::Less => format!("-{}", size(then - now)),
         std::cmp::Ordering::Equal => "±0".into(),
     }
-}
-
-/// The granules of each heap drawn.
-fn segment_granules(heap: &HeapMap, arena: Option<usize>) -> Vec<u64> {
-    heap.segments
-        .iter()
-        .filter(|s| arena.is_none_or(|a| a == s.arena))
-        .map(|s| (s.end - s.start) / GRANULE)
-        .collect()
 }
 
 /// Pixels on one line of a picture: two rows of them per line in colour.
@@ -202,17 +280,17 @@ pub fn picture_width(columns: usize) -> usize {
 }
 
 /// The fewest granules per pixel (1, 2, 3, 4, 6, 8, 12, ...) with which heaps of `segments`
-/// granules, each drawn from a new line under a header line and a blank one, take at most
-/// `lines` lines; when nothing fits, the finest scale that gives each heap one line.
-pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
+/// granules, each drawn from a new line under a blank line and `header_rows` rows of header,
+/// take at most `lines` lines; when nothing fits, the finest scale that gives each heap one line.
+pub fn fit(segments: &[u64], header_rows: u64, pixels_per_line: u64, lines: usize) -> u64 {
     let pixels_per_line = pixels_per_line.max(1);
     let needed = |granules_per_pixel: u64| -> u64 {
         segments
             .iter()
-            .map(|&g| 2 + g.div_ceil(granules_per_pixel).div_ceil(pixels_per_line))
+            .map(|&g| 1 + header_rows + g.div_ceil(granules_per_pixel).div_ceil(pixels_per_line))
             .sum()
     };
-    let fewest = 3 * segments.len() as u64;
+    let fewest = (2 + header_rows) * segments.len() as u64;
     let mut scale = 1u64;
     // Bounded: the scale grows by a third at least each step.
     while needed(scale) > (lines as u64).max(fewest) {
@@ -231,7 +309,7 @@ pub fn fit(segments: &[u64], pixels_per_line: u64, lines: usize) -> u64 {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{events_line, fit};
+    use super::{HeaderPart, events_line, fit, kept_yield, rows};
     use crate::state::events::Counts;
     use crate::state::history::History;
     use crate::state::pages::{PageCounts, PageMap};
@@ -267,28 +345,46 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut history = History::default();
         history.push(&live_sample(start, 12, 3));
-        let first = events_line(&history).unwrap();
-        assert!(
-            first.starts_with("live: 12 allocs (384B), 3 frees (96B) since attach;"),
-            "{first}"
-        );
+        let [first, ..] = events_line(&history).unwrap();
+        assert_eq!(first, "live: 12 allocs (384B), 3 frees (96B) since attach");
         history.push(&live_sample(start + Duration::from_secs(2), 2012, 1003));
-        let second = events_line(&history).unwrap();
-        assert!(
-            second.starts_with("live: 1000 allocs/s (31.2KiB/s), 500 frees/s (15.6KiB/s);"),
-            "{second}"
+        let [second, ..] = events_line(&history).unwrap();
+        assert_eq!(
+            second,
+            "live: 1000 allocs/s (31.2K/s), 500 frees/s (15.6K/s)"
         );
+    }
+
+    /// Where rows are short, the parts that yield most go first, the first line never.
+    #[test]
+    fn the_header_yields_rows_in_order() {
+        let part = |yields, rows| HeaderPart {
+            yields,
+            lines: vec![String::new(); rows],
+        };
+        let header = [part(0, 2), part(5, 3), part(2, 1)];
+        // (room, rows kept): all; without the part that yields most; the first line only.
+        for (room, kept) in [(6, 6), (5, 3), (3, 3), (2, 2), (0, 2)] {
+            assert_eq!(
+                rows(&header, kept_yield(&header, room)),
+                kept,
+                "room {room}"
+            );
+        }
     }
 
     #[test]
     fn the_finest_scale_that_fits() {
         // One heap of 1000 granules, 100 pixels a line: 10 lines at one granule per pixel.
-        assert_eq!(fit(&[1000], 100, 12), 1);
-        assert_eq!(fit(&[1000], 100, 11), 2);
-        assert_eq!(fit(&[1000], 100, 7), 2);
-        assert_eq!(fit(&[1000], 100, 6), 3);
+        assert_eq!(fit(&[1000], 1, 100, 12), 1);
+        assert_eq!(fit(&[1000], 1, 100, 11), 2);
+        assert_eq!(fit(&[1000], 1, 100, 7), 2);
+        assert_eq!(fit(&[1000], 1, 100, 6), 3);
+        // A header of two rows: one line fewer for the picture.
+        assert_eq!(fit(&[1000], 2, 100, 13), 1);
+        assert_eq!(fit(&[1000], 2, 100, 12), 2);
         // Two heaps: their header lines count too.
-        let scale = fit(&[64 << 20, 1 << 20], 160, 40);
+        let scale = fit(&[64 << 20, 1 << 20], 1, 160, 40);
         let lines = |g: u64| {
             4 + (64u64 << 20).div_ceil(g).div_ceil(160) + (1u64 << 20).div_ceil(g).div_ceil(160)
         };
@@ -299,7 +395,7 @@ mod tests {
             "scale {scale}"
         );
         // No room: each heap on one line.
-        assert_eq!(fit(&[5000, 100], 100, 0), 64);
-        assert_eq!(fit(&[], 100, 10), 1);
+        assert_eq!(fit(&[5000, 100], 1, 100, 0), 64);
+        assert_eq!(fit(&[], 1, 100, 10), 1);
     }
 }

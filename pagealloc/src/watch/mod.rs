@@ -94,23 +94,13 @@ pub fn run(options: WatchOptions) -> Result<()> {
     loop {
         // The reason the sample walked, from before the guard looks at it.
         let walk_reason = monitor.walk_reason().map(ToString::to_string);
-        let sample = monitor.sample();
-        let sample = match sample {
+        let sample = match monitor.sample() {
             Ok(sample) => sample,
             Err(
                 Error::ProcessExited { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
-            ) => {
-                drop(output);
-                eprintln!("pagealloc: process {} exited; watch ends", options.pid);
-                return Ok(());
-            }
+            ) => return end(output, &mut monitor, walk_reason, "exited"),
             Err(Error::ProcessExeced { .. }) => {
-                drop(output);
-                eprintln!(
-                    "pagealloc: process {} exec'd another program; watch ends",
-                    options.pid
-                );
-                return Ok(());
+                return end(output, &mut monitor, walk_reason, "exec'd another program");
             }
             Err(e) => return Err(e),
         };
@@ -152,6 +142,36 @@ pub fn run(options: WatchOptions) -> Result<()> {
             }
         }
     }
+}
+
+/// The process is gone (`how`: "exited"): JSON ends with a line of the events up to then,
+/// which the reader still had (a target that exits at once made many since the last sample).
+fn end(
+    output: Output,
+    monitor: &mut Monitor,
+    walk_reason: Option<String>,
+    how: &str,
+) -> Result<()> {
+    let pid = monitor.pid();
+    if let Output::Json = output {
+        let started = Instant::now();
+        let counts = monitor.events_until_now().unwrap_or_else(|e| {
+            log::warn!("process {pid}: the events since the last sample: {e}");
+            monitor.history().current_events
+        });
+        let ended = format!("process {how}");
+        let line = render::json::watch_end(
+            pid,
+            counts,
+            walk_reason.as_deref(),
+            started.elapsed().as_secs_f64(),
+            &ended,
+        );
+        render::write_stdout(&(line + "\n"))?;
+    }
+    drop(output);
+    eprintln!("pagealloc: process {pid} {how}; watch ends");
+    Ok(())
 }
 
 /// What a frame shows.
@@ -204,12 +224,11 @@ fn screen_options(
         ColorChoice::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     ScreenOptions {
-        style: Style {
+        style: Style::new(
             color,
-            width: options
-                .width
-                .unwrap_or_else(|| screen::picture_width(columns)),
-        },
+            (options.width).unwrap_or_else(|| screen::picture_width(columns)),
+            terminal.then_some(columns),
+        ),
         rows,
         arena: options.arena,
         pages: options.pages,
