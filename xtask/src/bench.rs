@@ -14,8 +14,6 @@ use crate::{cargo, compile_workload, mib, run};
 
 const RUNS: usize = 7;
 const PAGE: u64 = 4096;
-/// glibc's HEAP_MAX_SIZE on 64-bit: every heap of a thread arena starts at a multiple of it.
-const THREAD_HEAP_ALIGN: u64 = 64 << 20;
 
 /// The heap shapes of `xtask/bench/heaps.c` (its header says what each one is).
 pub const SHAPES: [&str; 5] = [
@@ -119,7 +117,7 @@ fn measure(root: &Path, shape: &'static str, child: &mut Child) -> Result<Figure
     };
     // Warm the layout cache and the page cache of the binary: not what is measured.
     snapshot_once()?;
-    let heaps = heap_ranges(pid)?;
+    let heaps = heap_ranges(&pagealloc, pid)?;
     let heap_bytes: u64 = heaps.iter().map(|(start, end)| end - start).sum();
     let mut snapshot = Vec::new();
     let mut peak_rss = 0;
@@ -177,29 +175,24 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// The heaps of every arena: the `[heap]`, and the thread arenas' heaps, which are the
-/// anonymous read-write mappings that start at a multiple of HEAP_MAX_SIZE (glibc aligns them
-/// so; thread stacks and the workload's other mappings are not, and are not read).
-fn heap_ranges(pid: u32) -> Result<Vec<(u64, u64)>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+/// The heaps of every arena, as the snapshot walked them: the floor reads the same memory
+/// the walker does (whatever glibc's heap size, huge pages or not).
+fn heap_ranges(pagealloc: &Path, pid: u32) -> Result<Vec<(u64, u64)>> {
+    let out = Command::new(pagealloc)
+        .args(["snapshot", &pid.to_string(), "--format", "json"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("pagealloc snapshot failed: {}", out.status);
+    }
+    let snapshot: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let arenas = snapshot["heap"]["arenas"]
+        .as_array()
+        .context("the snapshot has no heap map")?;
     let mut heaps = Vec::new();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(range), Some(&perms)) = (fields.first(), fields.get(1)) else {
-            continue;
-        };
-        let (start, end) = range
-            .split_once('-')
-            .context("a maps line without a range")?;
-        let (start, end) = (
-            u64::from_str_radix(start, 16)?,
-            u64::from_str_radix(end, 16)?,
-        );
-        let path = fields.get(5).copied().unwrap_or("");
-        let thread_heap = path.is_empty() && perms == "rw-p" && start % THREAD_HEAP_ALIGN == 0;
-        if path == "[heap]" || thread_heap {
-            heaps.push((start, end));
-        }
+    for heap in arenas.iter().flat_map(|a| a["heaps"].as_array().into_iter().flatten()) {
+        let bound = |key: &str| heap[key].as_u64().context("a heap without bounds");
+        heaps.push((bound("start")?, bound("end")?));
     }
     if heaps.is_empty() {
         bail!("the workload has no heap");
