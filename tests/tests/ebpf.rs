@@ -9,11 +9,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use pagealloc::debuginfo::DebugOptions;
-use pagealloc::glibc::debug;
-use pagealloc::glibc::identity::is_libc_name;
-use pagealloc::proc::Target;
-use pagealloc::trace::{Batch, Internals, TraceOptions, Tracer, monotonic_now};
+use pagealloc::session::{Session, SessionOptions};
+use pagealloc::trace::{Batch, TraceOptions, Tracer, monotonic_now};
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, EventKind, Program};
 use pagealloc_tests::*;
 
@@ -42,27 +39,29 @@ fn root_single_threaded_mallocs_each_once_with_return_probes() {
 
 /// The probes on `fixture`'s C library, malloc's results caught at one trap per call or not.
 fn attach(fixture: &Fixture, one_trap: bool) -> (Tracer, Receiver<Batch>) {
-    let target = Target::open(fixture.pid()).unwrap();
-    let maps = target.maps().unwrap();
-    let libc = maps
-        .iter()
-        .find(|m| is_libc_name(&m.path))
-        .map(|m| target.root_path(std::path::Path::new(&m.path)))
-        .expect("fixture uses glibc");
-    let info = debug::load(&libc, &DebugOptions::default()).expect("debug info");
-    let internals = Internals {
-        thread_freeres: info.layout.symbols.thread_freeres,
-        int_malloc: info.layout.symbols.int_malloc,
-        tcache_init: info.layout.symbols.tcache_init.clone(),
-    };
+    // The library and the layout facts as live mode takes them (the library opened through
+    // the process's map_files).
+    let site = Session::open(
+        fixture.pid(),
+        SessionOptions {
+            heap: true,
+            ..SessionOptions::default()
+        },
+    )
+    .and_then(|mut session| session.probe_site())
+    .expect("the fixture's glibc and its debug info");
     let options = TraceOptions {
         one_trap,
         ..TraceOptions::default()
     };
-    let offsets = pagealloc::glibc::Offsets::new(&info.layout).expect("malloc's layout");
-    let chunk_words = offsets.chunk_words();
-    let (tracer, events) = Tracer::attach(fixture.pid(), &libc, &internals, chunk_words, options)
-        .expect("the probes attach");
+    let (tracer, events) = Tracer::attach(
+        fixture.pid(),
+        &site.libc,
+        &site.internals,
+        site.chunk_words,
+        options,
+    )
+    .expect("the probes attach");
     for function in ["malloc", "calloc"] {
         let on: Vec<_> = tracer
             .placed
