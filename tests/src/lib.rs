@@ -1,15 +1,17 @@
 //! Helpers for the end-to-end tests: fixture processes that report what they hold, and running
 //! the `pagealloc` binary as a user would.
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+
+use pagealloc_testkit::lines::Lines;
 
 /// A running fixture program. Dropping it closes its stdin (it exits) and reaps it.
 pub struct Fixture {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    stdout: Lines,
     /// The latest report, `key value` lines up to `ready`.
     pub report: HashMap<String, u64>,
 }
@@ -27,7 +29,7 @@ impl Fixture {
             .spawn()
             .expect("fixture starts");
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stdout = Lines::new(child.stdout.take().expect("piped stdout"));
         let mut fixture = Fixture {
             child,
             stdin,
@@ -62,17 +64,19 @@ impl Fixture {
         stdin.flush().expect("fixture takes commands");
     }
 
+    /// The fixture's next report (each line within [`LIMIT`]: a fixture that hangs fails the
+    /// test instead of hanging it).
     fn read_report(&mut self) {
         self.report.clear();
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self.stdout.read_line(&mut line).expect("fixture stdout");
-            assert!(
-                n > 0,
-                "fixture exited before reporting: {:?}",
-                self.child.try_wait()
-            );
+            let line = match self.stdout.next(LIMIT) {
+                Ok(Some(line)) => line,
+                Ok(None) => panic!(
+                    "fixture exited before reporting: {:?}",
+                    self.child.try_wait()
+                ),
+                Err(silent) => panic!("fixture did not report: {silent}"),
+            };
             let line = line.trim_end();
             if line == "ready" {
                 return;
@@ -553,7 +557,7 @@ pub fn exits_within(pid: i32, limit: std::time::Duration) -> bool {
 /// waiting for one fails after [`LIMIT`] instead of hanging.
 pub struct Watch {
     pub child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    lines: Lines,
 }
 
 /// How long a test waits for any one line (never reached when it works).
@@ -569,46 +573,34 @@ impl Watch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("watch starts");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = Lines::new(child.stdout.take().unwrap());
         Watch { child, lines }
     }
 
     /// The next line, parsed.
     pub fn line(&mut self) -> serde_json::Value {
-        let line = match self.lines.recv_timeout(LIMIT) {
-            Ok(line) => line,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                panic!("no line from watch within {LIMIT:?}");
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+        match self.next_line() {
+            Some(line) => line,
+            None => {
                 let _ = self.child.kill();
                 let output = self.child.wait_with_output_stderr();
                 panic!("watch ended early: {output}");
             }
-        };
-        parse_line(&line)
+        }
     }
 
     /// Every line left, parsed, up to the end of watch's output (each within [`LIMIT`]).
     pub fn rest(&mut self) -> Vec<serde_json::Value> {
-        let mut lines = Vec::new();
-        loop {
-            match self.lines.recv_timeout(LIMIT) {
-                Ok(line) => lines.push(parse_line(&line)),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return lines,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!("watch neither wrote nor ended within {LIMIT:?}");
-                }
+        std::iter::from_fn(|| self.next_line()).collect()
+    }
+
+    /// The next line within [`LIMIT`], parsed; `None` once watch's output ends.
+    fn next_line(&mut self) -> Option<serde_json::Value> {
+        match self.lines.next(LIMIT) {
+            Ok(line) => line.as_deref().map(parse_line),
+            Err(silent) => {
+                let _ = self.child.kill();
+                panic!("watch neither wrote nor ended: {silent}");
             }
         }
     }

@@ -190,7 +190,10 @@ fn heap_ranges(pagealloc: &Path, pid: u32) -> Result<Vec<(u64, u64)>> {
         .as_array()
         .context("the snapshot has no heap map")?;
     let mut heaps = Vec::new();
-    for heap in arenas.iter().flat_map(|a| a["heaps"].as_array().into_iter().flatten()) {
+    for heap in arenas
+        .iter()
+        .flat_map(|a| a["heaps"].as_array().into_iter().flatten())
+    {
         let bound = |key: &str| heap[key].as_u64().context("a heap without bounds");
         heaps.push((bound("start")?, bound("end")?));
     }
