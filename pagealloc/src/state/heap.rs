@@ -3,7 +3,6 @@
 //! Each heap segment keeps one byte per 16-byte granule (the chunk state, plus a mark on the
 //! first granule of each chunk), so a malloc or free event can later update it in place and the
 //! renderers can draw it without the chunks themselves.
-use serde::Serialize;
 
 /// malloc's allocation unit on x86-64 (MALLOC_ALIGNMENT).
 pub const GRANULE: u64 = 16;
@@ -94,8 +93,8 @@ impl ChunkState {
     }
 }
 
-/// The per-arena figures (their field names are JSON's, see [`crate::render::json`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+/// The per-arena figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HeapFigures {
     /// `malloc_state.system_mem`: bytes this arena got from the system.
     pub system_bytes: u64,
@@ -110,10 +109,8 @@ pub struct HeapFigures {
     pub top_bytes: u64,
     pub overhead_bytes: u64,
     pub unknown_bytes: u64,
-    /// Live mode: chunks and bytes the program freed since the last walk (not in JSON when 0).
-    #[serde(skip_serializing_if = "is_zero")]
+    /// Live mode: chunks and bytes the program freed since the last walk.
     pub freed_chunks: u64,
-    #[serde(skip_serializing_if = "is_zero")]
     pub freed_bytes: u64,
     /// Bytes of free and cached chunk interiors (after the 16-byte header) on resident pages:
     /// memory the process pays for and does not use.
@@ -221,11 +218,7 @@ impl HeapFigures {
     }
 }
 
-fn is_zero(value: &u64) -> bool {
-    *value == 0
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressRange {
     pub start: u64,
     pub end: u64,

@@ -1,5 +1,4 @@
 //! The page map: every mapping of the target, page by page, as runs of identical page states.
-use serde::Serialize;
 
 /// What one page of a mapping is, as far as the kernel tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,8 +44,8 @@ impl PageState {
     }
 }
 
-/// Page counts by state (its field names are JSON's, see [`crate::render::json`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// Page counts by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageCounts {
     pub anon: u64,
     pub file: u64,
@@ -89,7 +88,7 @@ impl PageCounts {
 }
 
 /// One line of `/proc/PID/maps`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
