@@ -67,6 +67,18 @@ impl Error {
         }
     }
 
+    /// The process looked at is no more: it exited (or is a zombie, or never was), or its PID
+    /// now runs another program. Looking again cannot help; a new look is at another process.
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            Error::NoSuchProcess { .. }
+                | Error::ProcessExited { .. }
+                | Error::ProcessExeced { .. }
+                | Error::Zombie { .. }
+        )
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -97,6 +109,38 @@ impl From<TraceError> for Error {
             TraceError::NoSuchProcess { pid } => Error::NoSuchProcess { pid },
             TraceError::Io { what, source } => Error::io(what, source),
             other => Error::Trace(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gone_is_a_process_that_is_no_more() {
+        let pid = 7;
+        for gone in [
+            Error::NoSuchProcess { pid },
+            Error::ProcessExited { pid },
+            Error::ProcessExeced { pid },
+            Error::Zombie { pid },
+            Error::from(TraceError::NoSuchProcess { pid }),
+        ] {
+            assert!(gone.is_gone(), "{gone}");
+        }
+        // There, but not to be read (now, or ever).
+        for there in [
+            Error::KernelThread { pid },
+            Error::PermissionDenied {
+                pid,
+                what: "its memory".to_string(),
+            },
+            Error::KeepsSpawning { pid },
+            Error::io("reading", io::Error::from(io::ErrorKind::NotFound)),
+            Error::Trace(TraceError::ReaderStopped),
+        ] {
+            assert!(!there.is_gone(), "{there}");
         }
     }
 }

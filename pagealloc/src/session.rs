@@ -4,6 +4,7 @@
 //!
 //! A snapshot is one sample, `watch` a loop of samples.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::debuginfo::{DebugInfoError, DebugOptions};
@@ -209,7 +210,7 @@ impl Session {
                 (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
             }
             Err(e) => (
-                Heap::Unavailable(HeapUnavailable::Unwalkable(e.to_string())),
+                Heap::Unavailable(HeapUnavailable::Unwalkable(Arc::new(e))),
                 None,
             ),
         }
@@ -218,18 +219,13 @@ impl Session {
     /// The C library of the process, resolved the first time and again only if the process
     /// now maps another one (it exec'd).
     fn resolve_libc(&mut self, maps: &[Mapping], page_size: u64) -> Result<(), HeapUnavailable> {
+        let pid = self.target.pid;
         let mapping = libc_mapping(&self.target, maps).ok_or_else(|| {
-            HeapUnavailable::NotGlibc(format!(
-                "process {} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
-                 reads glibc's malloc only; the page map still applies",
-                self.target.pid
-            ))
+            HeapUnavailable::NotGlibc(Arc::new(LibcUnreadable::NotMapped { pid }))
         })?;
         if mapping.path.ends_with(crate::proc::DELETED) && !mapping.file.exists() {
-            return Err(HeapUnavailable::Unwalkable(format!(
-                "the C library of process {} was deleted since it was mapped (upgraded?): it \
-                 can be read only through /proc/{}/map_files, which needs CAP_SYS_ADMIN",
-                self.target.pid, self.target.pid
+            return Err(HeapUnavailable::Unwalkable(Arc::new(
+                LibcUnreadable::Deleted { pid },
             )));
         }
         if self
@@ -304,17 +300,36 @@ fn libc_mapping(target: &Target, maps: &[Mapping]) -> Option<LibcMapping> {
     })
 }
 
+/// Why the process's C library is not read, before its debug info is looked for.
+#[derive(Debug, thiserror::Error)]
+pub enum LibcUnreadable {
+    #[error(
+        "process {pid} has no glibc libc.so.6 mapped (a static or musl binary?): pagealloc \
+         reads glibc's malloc only; the page map still applies"
+    )]
+    NotMapped { pid: i32 },
+    #[error(
+        "the C library of process {pid} was deleted since it was mapped (upgraded?): it can be \
+         read only through /proc/{pid}/map_files, which needs CAP_SYS_ADMIN"
+    )]
+    Deleted { pid: i32 },
+}
+
 /// Why the debug info gives no heap map: missing (install it), not glibc, or unusable.
 fn unavailable(error: DebugInfoError) -> HeapUnavailable {
-    if error.is_missing_debug_info() {
-        return HeapUnavailable::NoDebugInfo(error.to_string());
-    }
-    match error {
+    let case = if error.is_missing_debug_info() {
+        HeapUnavailable::NoDebugInfo
+    } else if matches!(
+        error,
         DebugInfoError::NotGlibc { .. }
-        | DebugInfoError::MissingSymbol { .. }
-        | DebugInfoError::MissingStruct { .. } => HeapUnavailable::NotGlibc(error.to_string()),
-        other => HeapUnavailable::Unwalkable(other.to_string()),
-    }
+            | DebugInfoError::MissingSymbol { .. }
+            | DebugInfoError::MissingStruct { .. }
+    ) {
+        HeapUnavailable::NotGlibc
+    } else {
+        HeapUnavailable::Unwalkable
+    };
+    case(Arc::new(error))
 }
 
 /// The error a one-shot look ends with: none, why the heap map is missing, or why it is
@@ -326,5 +341,61 @@ pub fn verdict(sample: &Sample) -> Result<()> {
     match sample.heap_map().and_then(HeapMap::incomplete) {
         Some(note) => Err(Error::HeapIncomplete(note.message.clone())),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The cause the debug info loader gave, as its source, typed, and its message after what it
+    /// means for the look.
+    fn check(error: DebugInfoError, key: &str) {
+        let message = error.to_string();
+        let why = unavailable(error);
+        assert_eq!(why.key(), key);
+        assert_eq!(why.to_string(), format!("heap map unavailable: {message}"));
+        let source = why
+            .source()
+            .and_then(|s| s.downcast_ref::<DebugInfoError>());
+        assert_eq!(source.map(ToString::to_string), Some(message));
+    }
+
+    #[test]
+    fn debug_info_failures_keep_their_cause() {
+        let libc = PathBuf::from("/lib/libc.so.6");
+        let missing = DebugInfoError::NoDebugInfo {
+            libc: libc.clone(),
+            build_id: "ab12".to_string(),
+            tried: Vec::new(),
+            notes: Vec::new(),
+        };
+        check(missing, "no_debug_info");
+        let not_glibc = DebugInfoError::MissingSymbol {
+            name: "main_arena".to_string(),
+        };
+        check(not_glibc, "not_glibc");
+        let unknown_layout = DebugInfoError::MissingField {
+            strukt: "malloc_state".to_string(),
+            field: "top".to_string(),
+        };
+        check(unknown_layout, "unwalkable");
+    }
+
+    #[test]
+    fn a_library_not_read_says_why() {
+        let why = HeapUnavailable::NotGlibc(Arc::new(LibcUnreadable::NotMapped { pid: 7 }));
+        assert!(why.to_string().starts_with(
+            "heap map unavailable: process 7 has no glibc libc.so.6 mapped (a static or musl \
+             binary?)"
+        ));
+        let source = why
+            .source()
+            .and_then(|s| s.downcast_ref::<LibcUnreadable>());
+        assert!(matches!(source, Some(LibcUnreadable::NotMapped { pid: 7 })));
+        let deleted = LibcUnreadable::Deleted { pid: 7 }.to_string();
+        assert!(deleted.contains("process 7 was deleted") && deleted.contains("/proc/7/map_files"));
     }
 }

@@ -143,7 +143,10 @@ impl Sampler {
                         },
                     );
                 }
-                Err(e) if gone(&e) => self.explicit.retain(|&p| p != pid),
+                // Gone, or a kernel thread (it has no memory to follow): not tried again.
+                Err(e) if e.is_gone() || matches!(e, Error::KernelThread { .. }) => {
+                    self.explicit.retain(|&p| p != pid)
+                }
                 Err(e) => {
                     eprintln!(
                         "pagealloc: process {pid} cannot be followed: {e}; trying again in {}",
@@ -208,7 +211,7 @@ impl Sampler {
                 (_, Some(key)) => Mode::Walk(key),
             };
             // Made here, not under the lock that scrapes take.
-            Ok(Report::of(&sample, &tracked.comm, mode))
+            Ok::<_, Error>(Report::of(&sample, &tracked.comm, mode))
         }));
         (self.budget).spend(own_cpu_seconds() - cpu_before, Instant::now());
         if delayed
@@ -253,7 +256,7 @@ impl Sampler {
                     );
                 }
             }
-            Err(e) if gone(&e) => {
+            Err(e) if e.is_gone() => {
                 published.reports.remove(&pid);
                 drop(published);
                 eprintln!(
@@ -277,19 +280,6 @@ impl Sampler {
             }
         }
     }
-}
-
-/// The process is gone for good (exited, or became another program: found again if it
-/// matches).
-fn gone(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::NoSuchProcess { .. }
-            | Error::ProcessExited { .. }
-            | Error::ProcessExeced { .. }
-            | Error::Zombie { .. }
-            | Error::KernelThread { .. }
-    )
 }
 
 /// The CPU budget of the samples, as a bucket of CPU seconds: it fills at `cores` seconds per

@@ -1,4 +1,7 @@
 //! One look at a process: everything it found, and why a part of it is missing.
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::heap::HeapMap;
@@ -14,18 +17,20 @@ pub struct LibcInfo {
     pub version: Option<String>,
 }
 
-/// Why a look has no heap map (the page map is there all the same).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// The failure behind a missing heap map, as the layer that met it typed it (state knows none of
+/// those layers); shared, since a sample is cloned.
+pub type Cause = Arc<dyn Error + Send + Sync>;
+
+/// Why a look has no heap map (the page map is there all the same). Its message is its cause's,
+/// and its source the cause itself (not the `Arc`, so that it downcasts to its type).
+#[derive(Clone, Debug)]
 pub enum HeapUnavailable {
     /// The C library's debug info is missing: installing it fixes this.
-    #[error("heap map unavailable: {0}")]
-    NoDebugInfo(String),
+    NoDebugInfo(Cause),
     /// A static or musl program, or a C library that is not glibc.
-    #[error("heap map unavailable: {0}")]
-    NotGlibc(String),
+    NotGlibc(Cause),
     /// glibc's structures could not be read (an unreadable arena, an unknown layout).
-    #[error("heap map unavailable: {0}")]
-    Unwalkable(String),
+    Unwalkable(Cause),
 }
 
 impl HeapUnavailable {
@@ -36,6 +41,27 @@ impl HeapUnavailable {
             HeapUnavailable::NotGlibc(_) => "not_glibc",
             HeapUnavailable::Unwalkable(_) => "unwalkable",
         }
+    }
+
+    /// The failure the heap map is missing for.
+    pub fn cause(&self) -> &(dyn Error + Send + Sync + 'static) {
+        match self {
+            HeapUnavailable::NoDebugInfo(cause)
+            | HeapUnavailable::NotGlibc(cause)
+            | HeapUnavailable::Unwalkable(cause) => &**cause,
+        }
+    }
+}
+
+impl fmt::Display for HeapUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "heap map unavailable: {}", self.cause())
+    }
+}
+
+impl Error for HeapUnavailable {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(self.cause())
     }
 }
 

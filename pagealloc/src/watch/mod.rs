@@ -96,12 +96,11 @@ pub fn run(options: WatchOptions) -> Result<()> {
         let walk_reason = monitor.walk_reason().map(ToString::to_string);
         let sample = match monitor.sample() {
             Ok(sample) => sample,
-            Err(
-                Error::ProcessExited { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
-            ) => return end(output, &mut monitor, walk_reason, "exited"),
+            // Gone: by an exec, said as such, or else by an exit.
             Err(Error::ProcessExeced { .. }) => {
                 return end(output, &mut monitor, walk_reason, "exec'd another program");
             }
+            Err(e) if e.is_gone() => return end(output, &mut monitor, walk_reason, "exited"),
             Err(e) => return Err(e),
         };
         // Without debug info, or for a program that is not glibc's, there is no heap to watch.

@@ -35,20 +35,72 @@ pub struct ResultPoint {
     pub depth: u64,
 }
 
-/// Why `result_points` is not sure.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unsure(pub String);
-
-impl std::fmt::Display for Unsure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn unsure<T>(why: impl Into<String>) -> Result<T, Unsure> {
-    Err(Unsure(why.into()))
+/// Why `result_points` is not sure (its caller then keeps the return probe). An `at` is an
+/// address in the library, an `offset` or a `result` (where the result was defined) is from the
+/// function's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsure {
+    #[error("the function's size is not known")]
+    SizeUnknown,
+    #[error("too many paths to follow")]
+    TooManyPaths,
+    // The code cannot be followed.
+    #[error("no instruction decodes at {at:#x}")]
+    Undecodable { at: u64 },
+    #[error("the code runs past the function's end")]
+    PastTheEnd,
+    #[error("a jump out of the function at {at:#x} (a tail call: its return is not seen)")]
+    JumpOut { at: u64 },
+    #[error("an indirect jump at {at:#x}")]
+    IndirectJump { at: u64 },
+    #[error("an instruction that leaves the straight line at {at:#x}")]
+    OffTheStraightLine { at: u64 },
+    // The stack pointer is not where a probe needs it.
+    #[error("the stack pointer at the return at {at:#x} is not where it was at entry")]
+    StackMovedAtReturn { at: u64 },
+    #[error("the stack pointer at +{offset:#x} is not known")]
+    StackUnknown { offset: u64 },
+    // No points to choose.
+    #[error("the return at +{offset:#x} returns something not traced to one instruction")]
+    UntracedReturn { offset: u64 },
+    #[error("no return with a result")]
+    NoResult,
+    #[error("no emulated instruction on every path of the result of +{result:#x} with it final")]
+    NoPoint { result: u64 },
+    #[error(
+        "where the paths of the result of +{result:#x} merge with another's, no point serves both"
+    )]
+    NoSharedPoint { result: u64 },
+    #[error("the point at +{offset:#x} is on a cycle")]
+    PointOnCycle { offset: u64 },
+    // The points chosen fail the proof.
+    #[error("a path passes two points with a result in rax")]
+    TwoPoints,
+    #[error("a point where rax holds no result")]
+    NoResultAtPoint,
+    #[error("a path to the return at {at:#x} passes no point")]
+    ReturnPassesNoPoint { at: u64 },
+    #[error("a path to the return at {at:#x} returns something else than its point reported")]
+    ReturnsOtherThanReported { at: u64 },
 }
 
 /// Functions that return their first argument (C11 7.24.2, 7.24.6.1): a tail call of one
 /// returns what the caller passed it.
 const RETURN_FIRST_ARGUMENT: [&str; 3] = ["memset", "memcpy", "memmove"];
+
+#[cfg(test)]
+mod tests {
+    use super::Unsure;
+
+    #[test]
+    fn unsure_says_where_in_hex() {
+        assert_eq!(
+            Unsure::JumpOut { at: 0x1f }.to_string(),
+            "a jump out of the function at 0x1f (a tail call: its return is not seen)"
+        );
+        assert_eq!(
+            Unsure::StackUnknown { offset: 0x2a }.to_string(),
+            "the stack pointer at +0x2a is not known"
+        );
+    }
+}

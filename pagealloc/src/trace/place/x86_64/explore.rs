@@ -10,7 +10,7 @@ use super::effects::effects;
 use super::is_near_branch;
 use super::register::{ARGUMENTS, CALLER_SAVED, Register};
 use super::state::{Reported, State, Value, mask};
-use crate::trace::place::{Unsure, unsure};
+use crate::trace::place::Unsure;
 
 /// The (instruction, state) pairs one exploration of the function may visit.
 const MAX_STATES: usize = 100_000;
@@ -104,7 +104,7 @@ impl<'a, 'c> Analysis<'a, 'c> {
         let mut decoder = Decoder::with_ip(64, (self.code)(ip), ip, DecoderOptions::NONE);
         let instruction = decoder.decode();
         if instruction.is_invalid() {
-            return unsure(format!("no instruction decodes at {ip:#x}"));
+            return Err(Unsure::Undecodable { at: ip });
         }
         self.decoded.insert(ip, instruction);
         Ok(instruction)
@@ -116,23 +116,21 @@ impl<'a, 'c> Analysis<'a, 'c> {
         let next = instruction.next_ip();
         let level = match *mode {
             Mode::Function { start, end, .. } if ip < start || next > end => {
-                return unsure("the code runs past the function's end");
+                return Err(Unsure::PastTheEnd);
             }
             Mode::Function { .. } => 0,
             Mode::Callee { level } => level,
         };
         let inside = |target: u64| {
             if mode.leaves(target) {
-                unsure(format!(
-                    "a jump out of the function at {ip:#x} (a tail call: its return is not seen)"
-                ))
+                Err(Unsure::JumpOut { at: ip })
             } else {
                 Ok(target)
             }
         };
         // Where a path may go on anywhere: in the function, not sure; in a callee, it may return.
-        let anywhere = |what: &str, state: State| match mode {
-            Mode::Function { .. } => unsure(format!("{what} at {ip:#x}")),
+        let anywhere = |why: Unsure, state: State| match mode {
+            Mode::Function { .. } => Err(why),
             Mode::Callee { .. } => Ok(Step::Exit(Exit::Return, Box::new(state))),
         };
         let mut state = state.clone();
@@ -196,8 +194,8 @@ impl<'a, 'c> Analysis<'a, 'c> {
                 call(&mut state, ip);
                 Ok(Step::Next(vec![along(next, state)]))
             }
-            FlowControl::IndirectBranch => anywhere("an indirect jump", state),
-            _ => anywhere("an instruction that leaves the straight line", state),
+            FlowControl::IndirectBranch => anywhere(Unsure::IndirectJump { at: ip }, state),
+            _ => anywhere(Unsure::OffTheStraightLine { at: ip }, state),
         }
     }
 
@@ -270,16 +268,13 @@ impl<'a, 'c> Analysis<'a, 'c> {
         intern(&mut nodes, &mut work, start, State::entry());
         while let Some(n) = work.pop() {
             if nodes.len() > MAX_STATES {
-                return unsure("too many paths to follow");
+                return Err(Unsure::TooManyPaths);
             }
             match self.step(nodes[n].ip, &nodes[n].state, &mode)? {
                 Step::Exit(exit, state) => {
                     if exit == Exit::Return {
                         if state.rsp != Some(0) {
-                            return unsure(format!(
-                                "the stack pointer at the return at {:#x} is not where it was at entry",
-                                nodes[n].ip
-                            ));
+                            return Err(Unsure::StackMovedAtReturn { at: nodes[n].ip });
                         }
                         if !points.is_empty() {
                             check_return(&state, nodes[n].ip)?;
@@ -304,12 +299,8 @@ fn check_return(state: &State, ip: u64) -> Result<(), Unsure> {
     match (state.reported, state.registers[Register::Rax]) {
         (Reported::Value(label), Value::Def(returned)) if label == returned => Ok(()),
         (Reported::Nothing, Value::Const(0)) => Ok(()),
-        (Reported::Nothing, _) => {
-            unsure(format!("a path to the return at {ip:#x} passes no point"))
-        }
-        _ => unsure(format!(
-            "a path to the return at {ip:#x} returns something else than its point reported"
-        )),
+        (Reported::Nothing, _) => Err(Unsure::ReturnPassesNoPoint { at: ip }),
+        _ => Err(Unsure::ReturnsOtherThanReported { at: ip }),
     }
 }
 

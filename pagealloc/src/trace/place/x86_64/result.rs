@@ -29,7 +29,7 @@ use super::explore::{Analysis, Exit, Node};
 use super::is_emulated;
 use super::register::Register;
 use super::state::Value;
-use crate::trace::place::{ResultPoint, Unsure, unsure};
+use crate::trace::place::{ResultPoint, Unsure};
 
 /// The instructions on a cycle.
 fn cyclic(nodes: &[Node]) -> HashSet<u64> {
@@ -153,7 +153,7 @@ pub fn result_points<'a>(
     size: u64,
 ) -> Result<Vec<ResultPoint>, Unsure> {
     if size == 0 {
-        return unsure("the function's size is not known");
+        return Err(Unsure::SizeUnknown);
     }
     let mut analysis = Analysis::new(code, returns_first_argument);
     let end = address + size;
@@ -165,7 +165,9 @@ pub fn result_points<'a>(
     let mut placed = Vec::new();
     for &ip in &points {
         if cyclic.contains(&ip) {
-            return unsure(format!("the point at +{:#x} is on a cycle", ip - address));
+            return Err(Unsure::PointOnCycle {
+                offset: ip - address,
+            });
         }
         let mut depths = proven.iter().filter(|n| n.ip == ip).map(|n| n.state.rsp);
         let first = depths.next().flatten();
@@ -175,10 +177,9 @@ pub fn result_points<'a>(
                 depth: sp.unsigned_abs(),
             }),
             _ => {
-                return unsure(format!(
-                    "the stack pointer at +{:#x} is not known",
-                    ip - address
-                ));
+                return Err(Unsure::StackUnknown {
+                    offset: ip - address,
+                });
             }
         }
     }
@@ -195,17 +196,16 @@ fn choose(analysis: &mut Analysis, nodes: &[Node], start: u64) -> Result<HashSet
             Value::Def(label) => results.push(label),
             Value::Const(0) => {}
             _ => {
-                return unsure(format!(
-                    "the return at +{:#x} returns something not traced to one instruction",
-                    node.ip - start
-                ));
+                return Err(Unsure::UntracedReturn {
+                    offset: node.ip - start,
+                });
             }
         }
     }
     results.sort_unstable();
     results.dedup();
     if results.is_empty() {
-        return unsure("no return with a result");
+        return Err(Unsure::NoResult);
     }
     let mut at: HashMap<u64, Vec<usize>> = HashMap::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -243,10 +243,9 @@ fn choose(analysis: &mut Analysis, nodes: &[Node], start: u64) -> Result<HashSet
             .collect();
         chain.sort_unstable();
         if chain.is_empty() {
-            return unsure(format!(
-                "no emulated instruction on every path of the result of +{:#x} with it final",
-                label - start
-            ));
+            return Err(Unsure::NoPoint {
+                result: label - start,
+            });
         }
         chains.push(chain.into_iter().map(|(_, ip)| ip).collect());
     }
@@ -267,11 +266,9 @@ fn choose(analysis: &mut Analysis, nodes: &[Node], start: u64) -> Result<HashSet
             if conflict {
                 choice[i] += 1;
                 if choice[i] == chains[i].len() {
-                    return unsure(format!(
-                        "where the paths of the result of +{:#x} merge with another's, no \
-                         point serves both",
-                        label - start
-                    ));
+                    return Err(Unsure::NoSharedPoint {
+                        result: label - start,
+                    });
                 }
                 changed = true;
             }
@@ -340,13 +337,12 @@ mod tests {
         ];
         assert_eq!(points(&image, 0x15), Ok(vec![(0xb, 8), (0x12, 8)]));
         // One side alone is not enough; the push at entry sees no result.
-        assert!(
-            proof(&image, 0x15, &[0xb])
-                .unwrap_err()
-                .0
-                .contains("passes no point")
+        let ret = BASE + 0x14;
+        assert_eq!(
+            proof(&image, 0x15, &[0xb]),
+            Err(Unsure::ReturnPassesNoPoint { at: ret })
         );
-        assert!(proof(&image, 0x15, &[0x0]).is_err());
+        assert_eq!(proof(&image, 0x15, &[0x0]), Err(Unsure::NoResultAtPoint));
     }
 
     #[test]
@@ -360,12 +356,7 @@ mod tests {
         ];
         assert_eq!(points(&image, 0x1d), Ok(vec![(0x15, 8)]));
         // g's own first point and the shared one: its calls would report twice.
-        assert!(
-            proof(&image, 0x1d, &[0xb, 0x15])
-                .unwrap_err()
-                .0
-                .contains("two points")
-        );
+        assert_eq!(proof(&image, 0x1d, &[0xb, 0x15]), Err(Unsure::TwoPoints));
     }
 
     #[test]
@@ -379,7 +370,10 @@ mod tests {
         ];
         // Not the je after g: h's result is what returns.
         assert_eq!(points(&image, 0x16), Ok(vec![(0x13, 8)]));
-        assert!(proof(&image, 0x16, &[0x9]).is_err());
+        assert_eq!(
+            proof(&image, 0x16, &[0x9]),
+            Err(Unsure::ReturnsOtherThanReported { at: BASE + 0x15 })
+        );
     }
 
     #[test]
@@ -420,7 +414,8 @@ mod tests {
             0x53, 0x48, 0x89, 0xfb, 0x48, 0x89, 0xdf, 0xe8, 0x07, 0x00, 0x00, 0x00, 0x48, 0x85,
             0xc0, 0x74, 0xf3, 0x5b, 0xc3, 0x48, 0x89, 0xf8, 0xc3,
         ];
-        assert!(points(&image, 0x13).is_err());
+        // g's result, defined by the call at 7, is final only in the loop.
+        assert_eq!(points(&image, 0x13), Err(Unsure::NoPoint { result: 0x7 }));
         // With a nop after the loop, that is the point.
         let image = [
             0x53, 0x48, 0x89, 0xfb, 0x48, 0x89, 0xdf, 0xe8, 0x08, 0x00, 0x00, 0x00, 0x48, 0x85,
@@ -437,7 +432,8 @@ mod tests {
             0x53, 0xe8, 0x0d, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0, 0x74, 0x06, 0x5b, 0x48, 0x89,
             0xc7, 0xeb, 0x06, 0x5b, 0xc3, 0x48, 0x89, 0xf8, 0xc3, 0x48, 0x89, 0xf8, 0xc3,
         ];
-        assert!(points(&image, 0x13).unwrap_err().0.contains("jump out"));
+        let jump_out = Err(Unsure::JumpOut { at: BASE + 0xf });
+        assert_eq!(points(&image, 0x13), jump_out);
         // ...unless h returns its first argument (memset): the jump returns rdi, which is rax.
         let h = BASE + 0x17;
         assert_eq!(
@@ -448,10 +444,10 @@ mod tests {
         // (no pop %rbx: then it is no tail call).
         let mut other = image;
         other[0xe] = 0xdf;
-        assert!(points_knowing(&other, 0x13, &|at| at == h).is_err());
+        assert_eq!(points_knowing(&other, 0x13, &|at| at == h), jump_out);
         let mut deeper = image;
         deeper[0xb] = 0x90;
-        assert!(points_knowing(&deeper, 0x13, &|at| at == h).is_err());
+        assert_eq!(points_knowing(&deeper, 0x13, &|at| at == h), jump_out);
     }
     #[test]
     fn a_path_into_a_call_that_never_returns_needs_nothing() {
@@ -467,7 +463,7 @@ mod tests {
         assert_eq!(points(&image, 0x1c), Ok(vec![(0x6, 8)]));
         // die(0) returns: the path would run on past the function.
         image[0x13] = 0;
-        assert!(points(&image, 0x1c).is_err());
+        assert_eq!(points(&image, 0x1c), Err(Unsure::PastTheEnd));
     }
 
     #[test]
@@ -477,6 +473,7 @@ mod tests {
             0x53, 0xe8, 0x0c, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0, 0x75, 0x05, 0xe8, 0x06, 0x00,
             0x00, 0x00, 0x5b, 0xc3, 0x48, 0x89, 0xf8, 0xc3, 0x48, 0x89, 0xf0, 0xc3,
         ];
-        assert!(points(&image, 0x12).is_err());
+        // h's result, defined by the call at b, meets no emulated instruction before the ret.
+        assert_eq!(points(&image, 0x12), Err(Unsure::NoPoint { result: 0xb }));
     }
 }

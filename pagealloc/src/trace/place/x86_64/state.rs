@@ -1,7 +1,7 @@
 //! What the analysis knows at an instruction: the registers, the stack slots the function
 //! wrote, what the zero flag tests, and what the probes passed so far reported.
 use super::register::{ARGUMENTS, Register, Registers};
-use crate::trace::place::{Unsure, unsure};
+use crate::trace::place::Unsure;
 
 /// The low `bytes` bytes of a value.
 pub(super) fn mask(bytes: usize) -> u64 {
@@ -145,8 +145,8 @@ impl State {
                 self.reported = Reported::Value(label);
                 Ok(())
             }
-            Value::Def(_) => unsure("a path passes two points with a result in rax"),
-            _ => unsure("a point where rax holds no result"),
+            Value::Def(_) => Err(Unsure::TwoPoints),
+            _ => Err(Unsure::NoResultAtPoint),
         }
     }
 }
