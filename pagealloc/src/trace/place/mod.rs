@@ -2,8 +2,8 @@
 //! analysis of the code itself is the target architecture's (`x86_64`).
 //!
 //! A probe on an instruction the kernel can emulate costs one trap; on any other instruction
-//! the kernel also single-steps a copy of it out of line, which costs several times more
-//! (`../shared/design.md` §2). So each probe goes on the first emulated instruction of its
+//! the kernel also single-steps a copy of it out of line, which costs several times more (the
+//! README's overhead bench). So each probe goes on the first emulated instruction of its
 //! function that still sees what the probe reads: the argument registers for an entry probe,
 //! the stack pointer unchanged for a return probe (the kernel takes the return address from the
 //! top of the stack); when none comes early enough, on the function's first instruction.
