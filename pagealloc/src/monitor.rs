@@ -90,7 +90,8 @@ impl Monitor {
             ModeChoice::Walk(why) => (None, Some(WalkReason::Asked(why.clone()))),
             ModeChoice::Live(live_options) => match Live::start(&mut session, *live_options) {
                 Ok(live) => (Some(live), None),
-                Err(e @ (Error::ProcessExited { .. } | Error::Heap(_))) => return Err(e),
+                // Gone, or no heap to follow: walk mode could not do better.
+                Err(e) if e.is_gone() || matches!(e, Error::Heap(_)) => return Err(e),
                 Err(e) => (
                     None,
                     Some(WalkReason::ProbesUnavailable(live_unavailable(&e))),
