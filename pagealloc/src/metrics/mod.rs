@@ -398,3 +398,97 @@ impl Family {
         self.metric(labels).set_histogram(histogram);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::state::events::Mismatch;
+    use crate::state::heap::HeapFigures;
+    use crate::state::pages::PageCounts;
+    use crate::state::report::Mode;
+    use crate::state::resident::Resident;
+
+    /// A process in live mode (two arenas, a reconcile that found a mismatch) or walked.
+    fn report(pid: i32, live: bool) -> Report {
+        let events = Counts {
+            reconcile_mismatch: Some(Mismatch::default()),
+            ..Counts::default()
+        };
+        Report {
+            pid,
+            comm: format!("p{pid}"),
+            mode: if live {
+                Mode::Live
+            } else {
+                Mode::Walk("asked")
+            },
+            taken: UNIX_EPOCH,
+            duration: Duration::ZERO,
+            pages: PageCounts::default(),
+            heap: Some(HeapReport {
+                totals: HeapFigures::default(),
+                arenas: vec![HeapFigures::default(); if live { 2 } else { 1 }],
+                mmapped_chunks: 0,
+                mmapped_bytes: 0,
+            }),
+            resident: Resident::default(),
+            events: live.then_some(events),
+        }
+    }
+
+    /// Each family as "name type: labels of its first series ×series", in exposition order.
+    fn shape(families: &[MetricFamily]) -> Vec<String> {
+        (families.iter())
+            .map(|f| {
+                let metrics = f.get_metric();
+                let labels: Vec<&str> = (metrics[0].get_label().iter()).map(|l| l.name()).collect();
+                let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+                let (name, series) = (f.name(), metrics.len());
+                format!("{name} {kind}: {} ×{series}", labels.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn families_come_in_their_order_with_their_labels() {
+        let (live, walked) = (report(1, true), report(2, false));
+        let agent = AgentFigures::default();
+        let with_arenas = families(&[&live, &walked], &agent, true);
+        let want = [
+            "pagealloc_heap_bytes gauge: pid,comm,state ×16",
+            "pagealloc_heap_chunks gauge: pid,comm,state ×10",
+            "pagealloc_arena_heap_bytes gauge: pid,comm,arena,state ×24",
+            "pagealloc_free_resident_bytes gauge: pid,comm ×2",
+            "pagealloc_trimmable_bytes gauge: pid,comm ×2",
+            "pagealloc_largest_free_bytes gauge: pid,comm ×2",
+            "pagealloc_mmapped_bytes gauge: pid,comm ×2",
+            "pagealloc_mmapped_chunks gauge: pid,comm ×2",
+            "pagealloc_pages gauge: pid,comm,state ×12",
+            "pagealloc_resident_bytes gauge: pid,comm,part ×14",
+            "pagealloc_resident_huge_bytes gauge: pid,comm ×2",
+            "pagealloc_allocations_total counter: pid,comm ×1",
+            "pagealloc_frees_total counter: pid,comm ×1",
+            "pagealloc_allocated_bytes_total counter: pid,comm ×1",
+            "pagealloc_events_lost_total counter: pid,comm ×1",
+            "pagealloc_resyncs_total counter: pid,comm ×1",
+            "pagealloc_reconcile_mismatch_bytes gauge: pid,comm ×1",
+            "pagealloc_allocation_size_bytes histogram: pid,comm ×1",
+            "pagealloc_sample_duration_seconds gauge: pid,comm ×2",
+            "pagealloc_sample_timestamp_seconds gauge: pid,comm ×2",
+            "pagealloc_mode gauge: pid,comm,mode,reason ×2",
+            "pagealloc_processes gauge:  ×1",
+            "pagealloc_samples_total counter:  ×1",
+            "pagealloc_sample_errors_total counter:  ×1",
+            "pagealloc_samples_delayed_total counter:  ×1",
+            "pagealloc_cpu_budget_cores gauge:  ×1",
+        ];
+        assert_eq!(shape(&with_arenas), want);
+        // Without --per-arena, the per-arena family only is left out.
+        let without = shape(&families(&[&live, &walked], &agent, false));
+        let mut want_without = want.to_vec();
+        want_without.remove(2);
+        assert_eq!(without, want_without);
+    }
+}
