@@ -18,7 +18,7 @@ use super::parts::{ArenaHeaps, HeapsWalked, Split};
 use super::walker::{WalkError, Walker};
 use crate::proc::memory::Memory;
 use crate::state::heap::{
-    AddressRange, Arena, HeapFigures, HeapGeometry, HeapMap, HeapNote, Segment,
+    AddressRange, Arena, HeapFigures, HeapGeometry, HeapMap, HeapNote, MmappedChunk, Segment,
 };
 use crate::state::pages::Mapping;
 
@@ -41,8 +41,71 @@ pub fn walk(
     Walker::new(libc, memory, mappings, split).walk()
 }
 
+/// What glibc's `mp_` tells of the heaps before they are walked.
+struct MallocParams {
+    /// Where the main arena's heap begins.
+    sbrk_base: u64,
+    /// The mmapped chunks glibc counts and their bytes (`mp_.n_mmaps`, `mp_.mmapped_mem`).
+    mmapped: (u64, u64),
+    /// How large a heap of an arena other than the main one can be (HEAP_MAX_SIZE).
+    heap_max: u64,
+}
+
+/// The walk's finds of every arena, gathered in arena order.
+struct Gathered {
+    arenas: Vec<Arena>,
+    segments: Vec<Segment>,
+    /// The chunks each arena's lists were followed through, to free.
+    kept: Vec<(Kepts, Kepts)>,
+}
+
 impl Walker<'_> {
     fn walk(&mut self) -> Result<HeapMap, WalkError> {
+        let params = self.malloc_params()?;
+        self.tcache_key = self.read_tcache_key()?;
+        let headers = self.arenas()?;
+        let (to_walk, heap_notes) = self.heaps_to_walk(&headers, &params);
+        let started = Instant::now();
+        let walked = self.parts().walk_heaps(&to_walk);
+        log::debug!(
+            "heaps of {} arenas walked in {:?}",
+            headers.len(),
+            started.elapsed()
+        );
+        let finished = self.finish_arenas(&headers, &to_walk, walked);
+        let Gathered {
+            arenas,
+            segments,
+            kept,
+        } = self.gather(finished, heap_notes);
+
+        let mmapped = self.mmapped_chunks_freeing(&segments, params.mmapped, kept);
+        let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
+        self.check_mmapped((mmapped.len() as u64, mmapped_bytes), params.mmapped);
+        let mut totals = HeapFigures::default();
+        for arena in &arenas {
+            totals.add(&arena.figures);
+        }
+        let o = self.offsets;
+        Ok(HeapMap {
+            arenas,
+            geometry: HeapGeometry {
+                chunk_header: o.chunk_fd,
+                alignment: o.alignment,
+                heap_max: params.heap_max,
+                main_growth_max: default_heap_max_size(o.size_sz),
+            },
+            mmapped_chunks: mmapped.len() as u64,
+            mmapped_bytes,
+            totals,
+            notes: std::mem::take(&mut self.notes),
+            mmapped,
+            segments,
+        })
+    }
+
+    /// Reads `mp_`: the main heap's start, the mmapped chunks counted, the heaps' largest size.
+    fn malloc_params(&mut self) -> Result<MallocParams, WalkError> {
         let o = self.offsets;
         let mp = self.libc.mp;
         let sbrk_base = self.read_u64("mp_.sbrk_base", mp + o.mp_sbrk_base)?;
@@ -63,28 +126,43 @@ impl Walker<'_> {
                 default_heap_max_size(o.size_sz)
             }
         };
-        self.tcache_key = match self.libc.tcache_key {
-            Some(addr) => Some(self.read_u64("tcache_key", addr)?),
+        Ok(MallocParams {
+            sbrk_base,
+            mmapped: (n_mmaps, mmapped_mem),
+            heap_max,
+        })
+    }
+
+    /// The value of libc's `tcache_key`, which marks tcache chunks; None (and a note) for a
+    /// glibc without one.
+    fn read_tcache_key(&mut self) -> Result<Option<u64>, WalkError> {
+        match self.libc.tcache_key {
+            Some(addr) => self.read_u64("tcache_key", addr).map(Some),
             None => {
                 self.note(HeapNote::limitation(
                     "this glibc has no tcache_key: tcache chunks are counted as live".into(),
                 ));
-                None
+                Ok(None)
             }
-        };
+        }
+    }
 
-        let headers = self.arenas()?;
-        // Every arena's heaps first, so that their parts are walked as one pool; the notes
-        // about each arena's heaps still come before what its walk finds.
+    /// Every arena's heaps, found first so that their parts are walked as one pool; with the
+    /// notes about each arena's heaps, which still come before what its walk finds.
+    fn heaps_to_walk(
+        &mut self,
+        headers: &[ArenaHeader],
+        params: &MallocParams,
+    ) -> (Vec<ArenaHeaps>, Vec<Vec<HeapNote>>) {
         let mut heap_notes = Vec::with_capacity(headers.len());
-        let to_walk: Vec<ArenaHeaps> = (headers.iter())
+        let to_walk = (headers.iter())
             .map(|header| {
                 let before = self.notes.len();
                 let main = header.address == self.libc.main_arena;
                 let heaps = if main {
-                    self.main_heap(header, sbrk_base)
+                    self.main_heap(header, params.sbrk_base)
                 } else {
-                    self.arena_heaps(header, heap_max)
+                    self.arena_heaps(header, params.heap_max)
                 };
                 // What system_mem has of the main arena beyond the heaps found.
                 let unwalked = if main {
@@ -101,23 +179,25 @@ impl Walker<'_> {
                 }
             })
             .collect();
-        let started = Instant::now();
-        let walked = self.parts().walk_heaps(&to_walk);
-        log::debug!(
-            "heaps of {} arenas walked in {:?}",
-            headers.len(),
-            started.elapsed()
-        );
-        // The lists of several arenas side by side; an arena with more than its share of the
-        // chunks kept follows its own on every thread.
+        (to_walk, heap_notes)
+    }
+
+    /// The lists of several arenas side by side; an arena with more than its share of the
+    /// chunks kept follows its own on every thread.
+    fn finish_arenas(
+        &self,
+        headers: &[ArenaHeader],
+        to_walk: &[ArenaHeaps],
+        walked: Vec<HeapsWalked>,
+    ) -> Vec<Finished> {
         let threads = self.split.threads.max(1);
         let kept = |w: &HeapsWalked| {
             let runs = w.fast.runs.iter().chain(&w.bin.runs);
             runs.map(|(_, run)| run.len()).sum::<usize>()
         };
         let all_kept: usize = walked.iter().map(kept).sum();
-        let finished = crate::parallel::map(
-            headers.iter().zip(&to_walk).zip(walked).collect(),
+        crate::parallel::map(
+            headers.iter().zip(to_walk).zip(walked).collect(),
             threads,
             |((header, heaps), walked)| {
                 let own = if kept(&walked) * threads > all_kept {
@@ -127,57 +207,55 @@ impl Walker<'_> {
                 };
                 self.finish_arena(header, heaps, walked, own)
             },
-        );
-        let mut arenas = Vec::with_capacity(finished.len());
-        let mut segments = Vec::new();
-        let mut garbage = Vec::with_capacity(finished.len());
+        )
+    }
+
+    /// The arenas finished, in order: each arena's notes (about its heaps, then from its walk)
+    /// noted, its segments and the chunks it kept put together.
+    fn gather(&mut self, finished: Vec<Finished>, heap_notes: Vec<Vec<HeapNote>>) -> Gathered {
+        let mut gathered = Gathered {
+            arenas: Vec::with_capacity(finished.len()),
+            segments: Vec::new(),
+            kept: Vec::with_capacity(finished.len()),
+        };
         for (finished, notes) in finished.into_iter().zip(heap_notes) {
             for note in notes.into_iter().chain(finished.notes) {
                 self.note(note);
             }
-            arenas.push(finished.arena);
-            segments.extend(finished.segments);
-            garbage.push(finished.kept);
+            gathered.arenas.push(finished.arena);
+            gathered.segments.extend(finished.segments);
+            gathered.kept.push(finished.kept);
         }
+        gathered
+    }
 
-        // Freeing millions of captures takes milliseconds: beside the search for mmapped chunks.
+    /// The mmapped chunks (as [`Walker::mmapped_chunks`]), the chunks `kept` freed meanwhile:
+    /// freeing millions of captures takes milliseconds, beside the search rather than after it.
+    fn mmapped_chunks_freeing(
+        &self,
+        segments: &[Segment],
+        expected: (u64, u64),
+        kept: Vec<(Kepts, Kepts)>,
+    ) -> Vec<MmappedChunk> {
         let started = Instant::now();
         let mmapped = std::thread::scope(|scope| {
-            scope.spawn(move || drop(garbage));
-            self.mmapped_chunks(&segments, (n_mmaps, mmapped_mem))
+            scope.spawn(move || drop(kept));
+            self.mmapped_chunks(segments, expected)
         });
         log::debug!("mmapped chunks looked for in {:?}", started.elapsed());
-        let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
-        if mmapped.len() as u64 != n_mmaps || mmapped_bytes != mmapped_mem {
+        mmapped
+    }
+
+    /// Notes it if the mmapped chunks found, (count, bytes), are not what glibc counts.
+    fn check_mmapped(&mut self, found: (u64, u64), counted: (u64, u64)) {
+        if found != counted {
             self.note(HeapNote::inconsistent(format!(
                 "found {} mmapped chunks of {} bytes, glibc counts {} of {} (mp_.n_mmaps, \
                  mp_.mmapped_mem): the target changed during the snapshot, the first page of \
                  a chunk is not resident, or memory looked like a chunk",
-                mmapped.len(),
-                mmapped_bytes,
-                n_mmaps,
-                mmapped_mem
+                found.0, found.1, counted.0, counted.1
             )));
         }
-        let mut totals = HeapFigures::default();
-        for arena in &arenas {
-            totals.add(&arena.figures);
-        }
-        Ok(HeapMap {
-            arenas,
-            geometry: HeapGeometry {
-                chunk_header: o.chunk_fd,
-                alignment: o.alignment,
-                heap_max,
-                main_growth_max: default_heap_max_size(o.size_sz),
-            },
-            mmapped_chunks: mmapped.len() as u64,
-            mmapped_bytes,
-            totals,
-            notes: std::mem::take(&mut self.notes),
-            mmapped,
-            segments,
-        })
     }
 
     /// Follows an arena's fastbins and bins, its heaps walked, through the chunks the walk kept
