@@ -22,12 +22,10 @@
 //! processes spend (pagealloc's agent, heaptrack's interpreter) is a column of its own.
 //!
 //! Then pagealloc's own CPU per event, and the event rates it holds with nothing lost.
+//! The bare probes are placed by hand in [`probes`]; [`report`] prints what was measured.
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
-use std::os::unix::fs::FileExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +35,12 @@ use pagealloc_testkit::lines::Lines;
 use serde_json::Value;
 
 use crate::{cargo, compile_workload, load_average, run};
+
+mod probes;
+mod report;
+
+use probes::{Bare, Plan, describe_all, expect_breakpoints, read_count, uprobe_pmu};
+use report::print_rates;
 
 /// Workers in the process of each round: the 4-thread runs use them all.
 const THREADS: [u32; 2] = [1, 4];
@@ -144,21 +148,47 @@ struct Medians {
 type Samples = BTreeMap<(Setup, u32), Vec<Sample>>;
 
 pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
-    run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
-    let workload = root.join("target/bench/pairs");
-    compile_workload("-O2", &root.join("xtask/bench/pairs.c"), &workload)?;
-    let scratch = root.join("target/bench/overhead");
-    std::fs::create_dir_all(&scratch)?;
+    let bench = Bench::prepare(root, size)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let bench = Bench {
-        workload,
-        pagealloc: root.join("target/release/pagealloc"),
-        scratch,
-        size,
-    };
+    let unavailable = unavailable_setups();
+    let load_before = load_average();
+    println!(
+        "bench overhead: {rounds} rounds of {} setups, each on a fresh process of {} threads \
+         doing malloc({size})+free",
+        SETUPS.len(),
+        THREADS[1]
+    );
+    let mut measured = Measured::new(rounds, cores, unavailable);
+    for round in 0..rounds {
+        measured.round(&bench, round);
+        println!("bench overhead: round {}/{rounds} done", round + 1);
+    }
 
-    // Tools that cannot run here get their row with the reason, and are not tried again.
-    let mut unavailable: BTreeMap<Setup, String> = BTreeMap::new();
+    println!();
+    measured.print_legend(size, &load_before);
+    measured.print_table();
+    measured.print_notes();
+    println!();
+    measured.print_trap_costs();
+    measured.print_goals();
+
+    // The event rate pagealloc holds with nothing lost, and its CPU per event there.
+    println!();
+    if measured.unavailable.contains_key(&Setup::Pagealloc) {
+        println!("event rate: not run (pagealloc watch could not run)");
+        return Ok(());
+    }
+    match bench.rates(&measured.samples, cores) {
+        Ok(rates) => print_rates(&rates, cores),
+        Err(e) => println!("event rate: failed: {e:#}"),
+    }
+    Ok(())
+}
+
+/// The setups whose tool or kernel support is missing here, with the reason: each gets its row
+/// with it, and is not tried.
+fn unavailable_setups() -> BTreeMap<Setup, String> {
+    let mut unavailable = BTreeMap::new();
     for (setup, tool) in [
         (Setup::Bpftrace, "bpftrace"),
         (Setup::Heaptrack, "heaptrack"),
@@ -177,360 +207,124 @@ pub fn overhead(root: &Path, rounds: usize, size: u64) -> Result<()> {
             unavailable.insert(setup, format!("no uprobe PMU: {e:#}"));
         }
     }
+    unavailable
+}
 
-    let load_before = load_average();
-    let mut samples: Samples = BTreeMap::new();
-    let mut errors: BTreeMap<Setup, Vec<String>> = BTreeMap::new();
-    let mut notes: BTreeMap<Setup, Vec<String>> = BTreeMap::new();
-    let mut agent = AgentCost::default();
-    let mut placements: BTreeMap<Setup, Vec<Bare>> = BTreeMap::new();
-    println!(
-        "bench overhead: {rounds} rounds of {} setups, each on a fresh process of {} threads \
-         doing malloc({size})+free",
-        SETUPS.len(),
-        THREADS[1]
-    );
-    for round in 0..rounds {
-        // Interleaved, each round starting elsewhere: all setups see the same machine.
+/// What the interleaved rounds measured, and what kept setups from being measured.
+struct Measured {
+    rounds: usize,
+    cores: u32,
+    samples: Samples,
+    /// Setups not tried (any more), and why.
+    unavailable: BTreeMap<Setup, String>,
+    /// Each setup's failed rounds.
+    errors: BTreeMap<Setup, Vec<String>>,
+    /// What the tracers said about the runs they saw.
+    notes: BTreeMap<Setup, Vec<String>>,
+    /// pagealloc's own CPU over the events of the rounds.
+    agent: AgentCost,
+    /// The probes each bare setup placed.
+    placements: BTreeMap<Setup, Vec<Bare>>,
+}
+
+impl Measured {
+    fn new(rounds: usize, cores: u32, unavailable: BTreeMap<Setup, String>) -> Measured {
+        Measured {
+            rounds,
+            cores,
+            samples: BTreeMap::new(),
+            unavailable,
+            errors: BTreeMap::new(),
+            notes: BTreeMap::new(),
+            agent: AgentCost::default(),
+            placements: BTreeMap::new(),
+        }
+    }
+
+    /// Round `round` (from 0): every setup still available once, interleaved, each round
+    /// starting elsewhere so that all setups see the same machine.
+    fn round(&mut self, bench: &Bench, round: usize) {
         for k in 0..SETUPS.len() {
             let setup = SETUPS[(k + round) % SETUPS.len()];
-            if unavailable.contains_key(&setup) {
+            if self.unavailable.contains_key(&setup) {
                 continue;
             }
             let pairs: BTreeMap<u32, u64> = THREADS
                 .iter()
-                .map(|&t| (t, pairs_for(setup, t, cores, &samples, TARGET)))
+                .map(|&t| (t, pairs_for(setup, t, self.cores, &self.samples, TARGET)))
                 .collect();
             // Alternate which thread count goes first.
-            let order: Vec<u32> = if round % 2 == 0 {
+            let order: Vec<u32> = if round.is_multiple_of(2) {
                 THREADS.to_vec()
             } else {
                 THREADS.iter().rev().copied().collect()
             };
-            match bench.measure(setup, &pairs, &order, &mut agent, &mut placements) {
+            let measured =
+                bench.measure(setup, &pairs, &order, &mut self.agent, &mut self.placements);
+            match measured {
                 Ok((runs, mut found)) => {
                     for r in runs {
-                        samples.entry((setup, r.run.threads)).or_default().push(r);
+                        self.samples
+                            .entry((setup, r.run.threads))
+                            .or_default()
+                            .push(r);
                     }
-                    notes.entry(setup).or_default().append(&mut found);
+                    self.notes.entry(setup).or_default().append(&mut found);
                 }
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    eprintln!(
-                        "bench overhead: round {}: {}: {e}",
-                        round + 1,
-                        setup.label()
-                    );
-                    let list = errors.entry(setup).or_default();
-                    list.push(e.clone());
-                    // A tool that fails twice before it ever worked is not going to work here.
-                    if samples.keys().all(|(s, _)| *s != setup) && list.len() >= 2 {
-                        unavailable.insert(setup, format!("could not run: {e}"));
-                    }
-                }
+                Err(e) => self.failed(setup, round, format!("{e:#}")),
             }
         }
-        println!("bench overhead: round {}/{rounds} done", round + 1);
     }
 
-    let medians = |setup: Setup, threads: u32| -> Option<Medians> {
-        let runs = samples.get(&(setup, threads)).filter(|r| !r.is_empty())?;
+    /// A failed round of `setup`: said now and kept for the report.
+    fn failed(&mut self, setup: Setup, round: usize, e: String) {
+        eprintln!(
+            "bench overhead: round {}: {}: {e}",
+            round + 1,
+            setup.label()
+        );
+        let list = self.errors.entry(setup).or_default();
+        list.push(e.clone());
+        let failures = list.len();
+        // A tool that fails twice before it ever worked is not going to work here.
+        if !self.sampled(setup) && failures >= 2 {
+            self.unavailable
+                .insert(setup, format!("could not run: {e}"));
+        }
+    }
+
+    fn sampled(&self, setup: Setup) -> bool {
+        self.samples.keys().any(|(s, _)| *s == setup)
+    }
+
+    fn medians(&self, setup: Setup, threads: u32) -> Option<Medians> {
+        let runs = (self.samples.get(&(setup, threads))).filter(|r| !r.is_empty())?;
         Some(Medians {
             cpu: median(runs.iter().map(|r| r.run.cpu_per_pair()).collect()),
-            wall: median(runs.iter().map(|r| r.run.wall_per_pair(cores)).collect()),
+            wall: median(
+                runs.iter()
+                    .map(|r| r.run.wall_per_pair(self.cores))
+                    .collect(),
+            ),
             tracer: median(runs.iter().map(Sample::tracer_per_pair).collect()),
         })
-    };
-    let ratio = |a: Setup, b: Setup, t: u32| Some(medians(a, t)?.cpu / medians(b, t)?.cpu);
-    let wall_ratio = |a: Setup, b: Setup, t: u32| Some(medians(a, t)?.wall / medians(b, t)?.wall);
-    let ratios = |a: Setup, b: Setup| -> String {
-        THREADS
-            .iter()
-            .map(|&t| ratio(a, b, t).map_or("-".into(), |r| format!("{r:.2}")))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-
-    println!();
-    println!(
-        "bench overhead: malloc({size})+free on 1 and {} threads ({cores} cores), ns per pair, \
-         medians of {rounds} interleaved rounds",
-        THREADS[1]
-    );
-    println!(
-        "  machine: load average {} before the rounds, {} after (the bench's own processes \
-         count: at most {} threads)",
-        load_before,
-        load_average(),
-        THREADS[1] + 1
-    );
-    println!(
-        "  CPU = the benchmark threads' user+system time per pair (the traps are system time); \
-         [wall] = elapsed × busy cores ÷ pairs (also counts waits, and the neighbours on a \
-         shared machine); tracer = the tracer's own processes' CPU per pair; ratios of CPU, \
-         1 / {} threads",
-        THREADS[1]
-    );
-    println!(
-        "{:<36} {:>20} {:>20} {:>17}  {:>13} {:>13} {:>13}",
-        "setup",
-        "1 thread CPU [wall]",
-        format!("{} threads CPU [wall]", THREADS[1]),
-        "tracer CPU",
-        "×untraced",
-        "×trap floor",
-        "×bpftrace"
-    );
-    for setup in SETUPS {
-        let cells: Vec<Option<Medians>> = THREADS.iter().map(|&t| medians(setup, t)).collect();
-        if cells.iter().all(Option::is_none) {
-            let reason = unavailable
-                .get(&setup)
-                .cloned()
-                .or_else(|| errors.get(&setup).and_then(|e| e.last().cloned()))
-                .unwrap_or_else(|| "no sample".into());
-            println!("{:<36} not run: {reason}", setup.label());
-            continue;
-        }
-        let cell = |c: &Option<Medians>| match c {
-            Some(m) => format!("{} [{}]", ns(m.cpu), ns(m.wall)),
-            None => "-".into(),
-        };
-        let tracer = match setup {
-            Setup::Untraced | Setup::TrapFloor | Setup::OneTrap | Setup::BpftraceFloor => {
-                "-".to_string()
-            }
-            _ => cells
-                .iter()
-                .map(|c| c.map_or("-".into(), |m| ns(m.tracer)))
-                .collect::<Vec<_>>()
-                .join(" / "),
-        };
-        println!(
-            "{:<36} {:>20} {:>20} {:>17}  {:>13} {:>13} {:>13}",
-            setup.label(),
-            cell(&cells[0]),
-            cell(&cells[1]),
-            tracer,
-            ratios(setup, Setup::Untraced),
-            ratios(setup, Setup::TrapFloor),
-            ratios(setup, Setup::Bpftrace),
-        );
-    }
-    for (setup, probes) in &placements {
-        println!("  {}: {}", setup_name(*setup), describe_all(probes));
-    }
-    for (setup, list) in &errors {
-        if samples.keys().any(|(s, _)| s == setup) {
-            println!(
-                "  {}: {} of {rounds} rounds failed, last: {}",
-                setup.label(),
-                list.len(),
-                list.last().unwrap()
-            );
-        }
-    }
-    for (setup, list) in &mut notes {
-        list.sort();
-        list.dedup();
-        for note in list.iter() {
-            println!("  {}: {note}", setup.label());
-        }
     }
 
-    // What each trap costs, from the floors (1 thread, CPU).
-    let cpu1 = |s: Setup| medians(s, 1).map(|m| m.cpu);
-    println!();
-    if let (Some(untraced), Some(one), Some(floor)) = (
-        cpu1(Setup::Untraced),
-        cpu1(Setup::OneTrap),
-        cpu1(Setup::TrapFloor),
-    ) {
-        // Whether pagealloc caught malloc's result with a return probe (two traps) or at its
-        // return paths (one trap).
-        let malloc_returns = placements
-            .get(&Setup::TrapFloor)
-            .is_some_and(|probes| probes.iter().any(|p| p.function == "malloc" && p.returns));
-        println!(
-            "traps (1 thread, CPU): an emulated entry trap ≈ {} ((one-trap floor − untraced) ÷ 2); \
-             {} {} per call",
-            ns((one - untraced) / 2.0),
-            if malloc_returns {
-                "a uretprobe instead of an entry probe on malloc adds"
-            } else {
-                "pagealloc's probes at malloc's return paths instead of an entry probe add"
-            },
-            ns(floor - one)
-        );
-        if let Some(bt) = cpu1(Setup::BpftraceFloor) {
-            if malloc_returns {
-                println!(
-                    "  free's entry at +0 (single-stepped) instead of its first emulated \
-                     instruction adds {} per call",
-                    ns(bt - floor)
-                );
-            } else {
-                println!(
-                    "  bpftrace's places (a uretprobe on malloc, free's entry at +0, \
-                     single-stepped) instead of pagealloc's add {} per pair",
-                    ns(bt - floor)
-                );
-            }
-        }
-        if let Some(heaptrack) = medians(Setup::Heaptrack, 1) {
-            let whole = heaptrack.cpu - untraced + heaptrack.tracer;
-            println!(
-                "  heaptrack's whole pair: {} (its threads {} + its own processes {}); one \
-                 trap alone: {}: {}",
-                ns(whole),
-                ns(heaptrack.cpu - untraced),
-                ns(heaptrack.tracer),
-                ns((one - untraced) / 2.0),
-                if (one - untraced) / 2.0 > whole {
-                    "per-call probes cannot beat heaptrack here; walk mode (`pagealloc watch \
-                     --walk`) costs nothing per call"
-                } else {
-                    "per-call probes can beat heaptrack here"
-                }
-            );
-        }
-    }
-    for t in THREADS {
-        goal(
-            &format!("pagealloc ÷ its trap floor, {t} thread{}", plural(t)),
-            ratio(Setup::Pagealloc, Setup::TrapFloor, t),
-            wall_ratio(Setup::Pagealloc, Setup::TrapFloor, t),
-            |v| v <= 1.15,
-            "≤ 1.15",
-        );
-    }
-    for t in THREADS {
-        goal(
-            &format!("pagealloc ÷ bpftrace, {t} thread{}", plural(t)),
-            ratio(Setup::Pagealloc, Setup::Bpftrace, t),
-            wall_ratio(Setup::Pagealloc, Setup::Bpftrace, t),
-            |v| v <= 0.3,
-            "≤ 0.30",
-        );
-    }
-    goal(
-        "pagealloc's trap floor ÷ the one-trap floor, 1 thread",
-        ratio(Setup::TrapFloor, Setup::OneTrap, 1),
-        wall_ratio(Setup::TrapFloor, Setup::OneTrap, 1),
-        |v| v <= 1.05,
-        "one trap per call: ≈ 1",
-    );
-    match agent.per_event() {
-        Some(v) => println!(
-            "goal agent CPU per event (bench rounds, {} events): {} (≤ 50 ns): {}",
-            agent.events,
-            ns(v),
-            met(v <= 50.0)
-        ),
-        None => println!("goal agent CPU per event: not measured (≤ 50 ns)"),
-    }
-
-    // The event rate pagealloc holds with nothing lost, and its CPU per event there.
-    println!();
-    if unavailable.contains_key(&Setup::Pagealloc) {
-        println!("event rate: not run (pagealloc watch could not run)");
-        return Ok(());
-    }
-    match bench.rates(&samples, cores) {
-        Ok(rates) => {
-            println!(
-                "event rate under pagealloc watch ({} s per run):",
-                RATE_TARGET.as_secs()
-            );
-            println!(
-                "{:>8} {:>12} {:>8} {:>13} {:>12} {:>13} {:>13}",
-                "threads", "events/s", "lost", "agent/event", "agent busy", "CPU/pair", "wall/pair"
-            );
-            let mut best: Option<f64> = None;
-            let mut cost = AgentCost::default();
-            for r in &rates {
-                println!(
-                    "{:>8} {:>12.0} {:>8} {:>13} {:>11.1}% {:>13} {:>13}",
-                    r.threads,
-                    r.events_per_second,
-                    r.lost,
-                    r.agent.per_event().map_or("-".into(), ns),
-                    100.0 * r.agent.cpu_ns / r.run.elapsed_ns as f64,
-                    ns(r.run.cpu_per_pair()),
-                    ns(r.run.wall_per_pair(cores)),
-                );
-                cost.add(&r.agent);
-                if r.lost == 0 && r.complete {
-                    best =
-                        Some(best.map_or(r.events_per_second, |b: f64| b.max(r.events_per_second)));
-                }
-                for note in &r.notes {
-                    println!("  {} threads: {note}", r.threads);
-                }
-            }
-            println!(
-                "  (agent busy = pagealloc's CPU ÷ the run's wall time: the rate is set by the \
-                 traps in the traced threads and the cores they get, not by the agent)"
-            );
-            match best {
-                Some(v) => println!(
-                    "goal highest event rate held with 0 lost: {:.2} M events/s (≥ 1.5 M): {}",
-                    v / 1e6,
-                    met(v >= 1.5e6)
-                ),
-                None => println!("goal highest event rate held with 0 lost: none held"),
-            }
-            if let Some(v) = cost.per_event() {
-                println!(
-                    "goal agent CPU per event (rate runs, {} events): {} (≤ 50 ns): {}",
-                    cost.events,
-                    ns(v),
-                    met(v <= 50.0)
-                );
-            }
-        }
-        Err(e) => println!("event rate: failed: {e:#}"),
-    }
-    Ok(())
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
-}
-
-/// One goal line: the CPU ratio decides, the wall ratio is shown beside it.
-fn goal(name: &str, cpu: Option<f64>, wall: Option<f64>, ok: impl Fn(f64) -> bool, want: &str) {
-    match cpu {
-        Some(v) => println!(
-            "goal {name}: {v:.2} [wall {}] ({want}): {}",
-            wall.map_or("-".into(), |w| format!("{w:.2}")),
-            met(ok(v))
-        ),
-        None => println!("goal {name}: not measured ({want})"),
+    /// `a`'s medians over `b`'s at `threads`: CPU and wall.
+    fn ratio(&self, a: Setup, b: Setup, threads: u32) -> Option<Ratio> {
+        let (a, b) = (self.medians(a, threads)?, self.medians(b, threads)?);
+        Some(Ratio {
+            cpu: a.cpu / b.cpu,
+            wall: a.wall / b.wall,
+        })
     }
 }
 
-fn setup_name(setup: Setup) -> &'static str {
-    match setup {
-        Setup::TrapFloor => "trap floor",
-        Setup::OneTrap => "one-trap floor",
-        Setup::BpftraceFloor => "bpftrace's places",
-        _ => setup.label(),
-    }
-}
-
-fn plural(n: u32) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}
-
-fn ns(v: f64) -> String {
-    if v.abs() >= 10_000.0 {
-        format!("{:.1} µs", v / 1000.0)
-    } else if v.abs() >= 1000.0 {
-        format!("{:.2} µs", v / 1000.0)
-    } else {
-        format!("{v:.0} ns")
-    }
+/// One setup's medians over another's.
+#[derive(Clone, Copy)]
+struct Ratio {
+    cpu: f64,
+    wall: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -594,6 +388,21 @@ struct RateRun {
 }
 
 impl Bench {
+    /// Builds pagealloc (release) and the benchmark program; makes the scratch directory.
+    fn prepare(root: &Path, size: u64) -> Result<Bench> {
+        run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
+        let workload = root.join("target/bench/pairs");
+        compile_workload("-O2", &root.join("xtask/bench/pairs.c"), &workload)?;
+        let scratch = root.join("target/bench/overhead");
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Bench {
+            workload,
+            pagealloc: root.join("target/release/pagealloc"),
+            scratch,
+            size,
+        })
+    }
+
     fn start(&self, threads: u32) -> Result<Workload> {
         Workload::start(&self.workload, threads, self.size)
     }
@@ -638,118 +447,135 @@ impl Bench {
         result
     }
 
+    /// Attaches `setup`'s tracer to the benchmark process, and waits until its probes are in.
     fn attach(
         &self,
         setup: Setup,
         workload: &Workload,
         placements: &mut BTreeMap<Setup, Vec<Bare>>,
     ) -> Result<Tracer> {
-        let pid = workload.pid;
         Ok(match setup {
             Setup::Untraced => Tracer::None,
             Setup::TrapFloor | Setup::OneTrap | Setup::BpftraceFloor => {
-                let plan = Plan::of(&self.pagealloc, pid)?;
-                let probes = match setup {
-                    Setup::TrapFloor => plan.pagealloc.clone(),
-                    Setup::OneTrap => vec![
-                        Bare::entry("malloc", plan.malloc, 0),
-                        Bare::entry("free", plan.free, plan.free_probe.saturating_sub(plan.free)),
-                    ],
-                    _ => vec![
-                        Bare::ret("malloc", plan.malloc),
-                        Bare::entry("free", plan.free, 0),
-                    ],
-                };
-                placements.entry(setup).or_insert_with(|| probes.clone());
-                // One counting event per probe, on worker 0's thread: every thread of the
-                // process traps (the breakpoint is in its memory), and worker 0's count
-                // checks the probe against the pairs it did. More events per probe would add
-                // consumers, and work, to every trap.
-                let worker = workload.workers[0];
-                let mut counters = Vec::new();
-                for probe in probes {
-                    let fd = probe.open(&plan.libc, worker)?;
-                    counters.push((probe, fd));
-                }
-                Tracer::Bare { counters }
+                self.attach_bare(setup, workload, placements)?
             }
-            Setup::Pagealloc => {
-                let plan = Plan::of(&self.pagealloc, pid)?;
-                let (child, out, err) = spawn_tracer(
-                    Command::new(&self.pagealloc)
-                        .args(["watch", &pid.to_string(), "--format", "json"])
-                        .args(["--interval", "1s"])
-                        // The benchmark calls malloc millions of times a second: far past the
-                        // overhead guard's default, which would take the probes off and walk.
-                        .args(["--max-rate", NO_RATE_LIMIT]),
-                    "pagealloc watch",
-                )?;
-                let mut watch = Watch {
-                    child,
-                    out,
-                    err,
-                    latest: None,
-                };
-                // Its first line comes after the probes are attached and the heap walked.
-                watch.wait_for(Duration::from_secs(120), |_| true)?;
-                if watch.latest.as_ref().unwrap().mode != "live" {
-                    bail!(
-                        "pagealloc watch is not in live mode (mode {:?})",
-                        watch.latest.as_ref().unwrap().mode
-                    );
-                }
-                let sites: Vec<u64> = plan.pagealloc.iter().map(|p| p.file_offset).collect();
-                expect_breakpoints(pid, &sites, Duration::from_secs(5))?;
-                Tracer::Pagealloc(watch)
-            }
-            Setup::Bpftrace => {
-                let plan = Plan::of(&self.pagealloc, pid)?;
-                let libc = &plan.libc;
-                let program = format!(
-                    "BEGIN {{ printf(\"attached\\n\"); }} \
-                     uretprobe:{libc}:malloc {{ @m[retval] = 1 }} \
-                     uprobe:{libc}:free {{ delete(@m[arg0]) }}"
-                );
-                let (child, out, err) = spawn_tracer(
-                    Command::new("bpftrace").args(["-p", &pid.to_string(), "-e", &program]),
-                    "bpftrace",
-                )?;
-                let mut tracer = Tool {
-                    child,
-                    out,
-                    err,
-                    output: None,
-                };
-                tracer.wait_line(Duration::from_secs(120), |l| l.trim() == "attached")?;
-                // bpftrace's uretprobe and uprobe: breakpoints at malloc+0 and free+0.
-                expect_breakpoints(pid, &[plan.malloc, plan.free], Duration::from_secs(10))?;
-                Tracer::Bpftrace(tracer)
-            }
-            Setup::Heaptrack => {
-                let output = self.scratch.join(format!("heaptrack.pairs.{pid}"));
-                let (child, out, err) = spawn_tracer(
-                    Command::new("heaptrack")
-                        .arg("-o")
-                        .arg(&output)
-                        .args(["-p", &pid.to_string()]),
-                    "heaptrack",
-                )?;
-                let mut tracer = Tool {
-                    child,
-                    out,
-                    err,
-                    output: Some(output),
-                };
-                tracer.wait_line(Duration::from_secs(180), |l| {
-                    l.contains("injection finished")
-                })?;
-                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-                if !maps.contains("libheaptrack") {
-                    bail!("heaptrack said it injected itself, but no libheaptrack is mapped");
-                }
-                Tracer::Heaptrack(tracer)
-            }
+            Setup::Pagealloc => Tracer::Pagealloc(self.attach_pagealloc(workload.pid)?),
+            Setup::Bpftrace => Tracer::Bpftrace(self.attach_bpftrace(workload.pid)?),
+            Setup::Heaptrack => Tracer::Heaptrack(self.attach_heaptrack(workload.pid)?),
         })
+    }
+
+    /// A bare setup's probes, counting on worker 0.
+    fn attach_bare(
+        &self,
+        setup: Setup,
+        workload: &Workload,
+        placements: &mut BTreeMap<Setup, Vec<Bare>>,
+    ) -> Result<Tracer> {
+        let plan = Plan::of(&self.pagealloc, workload.pid)?;
+        let probes = match setup {
+            Setup::TrapFloor => plan.pagealloc.clone(),
+            Setup::OneTrap => vec![
+                Bare::entry("malloc", plan.malloc, 0),
+                Bare::entry("free", plan.free, plan.free_probe.saturating_sub(plan.free)),
+            ],
+            _ => vec![
+                Bare::ret("malloc", plan.malloc),
+                Bare::entry("free", plan.free, 0),
+            ],
+        };
+        placements.entry(setup).or_insert_with(|| probes.clone());
+        // One counting event per probe, on worker 0's thread: every thread of the process
+        // traps (the breakpoint is in its memory), and worker 0's count checks the probe
+        // against the pairs it did. More events per probe would add consumers, and work, to
+        // every trap.
+        let worker = workload.workers[0];
+        let mut counters = Vec::new();
+        for probe in probes {
+            let fd = probe.open(&plan.libc, worker)?;
+            counters.push((probe, fd));
+        }
+        Ok(Tracer::Bare { counters })
+    }
+
+    /// `pagealloc watch` in live mode, its breakpoints in.
+    fn attach_pagealloc(&self, pid: u32) -> Result<Watch> {
+        let plan = Plan::of(&self.pagealloc, pid)?;
+        let (child, out, err) = spawn_tracer(
+            Command::new(&self.pagealloc)
+                .args(["watch", &pid.to_string(), "--format", "json"])
+                .args(["--interval", "1s"])
+                // The benchmark calls malloc millions of times a second: far past the overhead
+                // guard's default, which would take the probes off and walk.
+                .args(["--max-rate", NO_RATE_LIMIT]),
+            "pagealloc watch",
+        )?;
+        let mut watch = Watch {
+            child,
+            out,
+            err,
+            latest: None,
+        };
+        // Its first line comes after the probes are attached and the heap walked.
+        watch.wait_for(Duration::from_secs(120), |_| true)?;
+        let mode = watch.latest.as_ref().map_or("", |e| e.mode.as_str());
+        if mode != "live" {
+            bail!("pagealloc watch is not in live mode (mode {mode:?})");
+        }
+        let sites: Vec<u64> = plan.pagealloc.iter().map(|p| p.file_offset).collect();
+        expect_breakpoints(pid, &sites, Duration::from_secs(5))?;
+        Ok(watch)
+    }
+
+    /// bpftrace with the equivalent probes, its breakpoints in.
+    fn attach_bpftrace(&self, pid: u32) -> Result<Tool> {
+        let plan = Plan::of(&self.pagealloc, pid)?;
+        let libc = &plan.libc;
+        let program = format!(
+            "BEGIN {{ printf(\"attached\\n\"); }} \
+             uretprobe:{libc}:malloc {{ @m[retval] = 1 }} \
+             uprobe:{libc}:free {{ delete(@m[arg0]) }}"
+        );
+        let (child, out, err) = spawn_tracer(
+            Command::new("bpftrace").args(["-p", &pid.to_string(), "-e", &program]),
+            "bpftrace",
+        )?;
+        let mut tracer = Tool {
+            child,
+            out,
+            err,
+            output: None,
+        };
+        tracer.wait_line(Duration::from_secs(120), |l| l.trim() == "attached")?;
+        // bpftrace's uretprobe and uprobe: breakpoints at malloc+0 and free+0.
+        expect_breakpoints(pid, &[plan.malloc, plan.free], Duration::from_secs(10))?;
+        Ok(tracer)
+    }
+
+    /// heaptrack injected into the process, its library mapped.
+    fn attach_heaptrack(&self, pid: u32) -> Result<Tool> {
+        let output = self.scratch.join(format!("heaptrack.pairs.{pid}"));
+        let (child, out, err) = spawn_tracer(
+            Command::new("heaptrack")
+                .arg("-o")
+                .arg(&output)
+                .args(["-p", &pid.to_string()]),
+            "heaptrack",
+        )?;
+        let mut tracer = Tool {
+            child,
+            out,
+            err,
+            output: Some(output),
+        };
+        tracer.wait_line(Duration::from_secs(180), |l| {
+            l.contains("injection finished")
+        })?;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        if !maps.contains("libheaptrack") {
+            bail!("heaptrack said it injected itself, but no libheaptrack is mapped");
+        }
+        Ok(tracer)
     }
 
     /// pagealloc over the benchmark at several thread counts: events/s, lost, CPU per event.
@@ -757,60 +583,66 @@ impl Bench {
         let most = *RATE_THREADS.iter().max().unwrap();
         let mut workload = self.start(most)?;
         let result = (|| {
-            let mut placements = BTreeMap::new();
-            let mut tracer = self.attach(Setup::Pagealloc, &workload, &mut placements)?;
-            let mut out = Vec::new();
-            let mark = tracer.mark()?;
+            let mut watch = self.attach_pagealloc(workload.pid)?;
+            let before = watch.now()?;
             let warm = workload.go(1000, most)?;
-            tracer.check(&mark, &warm, &workload)?;
+            watch.check(&before, &warm)?;
             // Per pair per thread, from the bench rounds (4 threads), scaled to `threads`.
             let per_pair_4 = samples
                 .get(&(Setup::Pagealloc, 4))
                 .map(|r| median(r.iter().map(|r| r.run.wall_per_pair(cores)).collect()))
                 .unwrap_or(5_000.0);
+            let mut out = Vec::new();
             for threads in RATE_THREADS {
                 let per_thread = per_pair_4 * threads as f64 / threads.min(cores) as f64;
                 let pairs = ((RATE_TARGET.as_nanos() as f64 / per_thread) as u64).max(10_000);
-                let Tracer::Pagealloc(watch) = &mut tracer else {
-                    unreachable!()
-                };
-                watch.drain()?;
-                let before = watch.latest.clone().context("no line from pagealloc")?;
-                let cpu_before = tree_cpu_ns(watch.child.id())?;
-                let run = workload.go(pairs, threads)?;
-                let expected = pairs * threads as u64;
-                let (after, complete) = watch.counted(&before, expected)?;
-                let cpu = cpu_since(tree_cpu_ns(watch.child.id())?, cpu_before);
-                let counted = Counted::of(&before, &after)?;
-                let events = counted.events();
-                let mut notes = Vec::new();
-                if !complete {
-                    notes.push(format!(
-                        "pagealloc counted {} allocs and {} frees for {expected} pairs",
-                        counted.allocs, counted.frees
-                    ));
-                }
-                out.push(RateRun {
-                    threads,
-                    run,
-                    events_per_second: events as f64 / (run.elapsed_ns as f64 / 1e9),
-                    lost: counted.lost,
-                    complete,
-                    agent: AgentCost {
-                        cpu_ns: cpu,
-                        events,
-                    },
-                    notes,
-                });
+                out.push(rate_run(&mut watch, &mut workload, threads, pairs)?);
             }
             let total = workload.pairs_done;
             workload.finish()?;
-            tracer.finish(total)?;
+            Tracer::Pagealloc(watch).finish(total)?;
             Ok(out)
         })();
         workload.kill();
         result
     }
+}
+
+/// One run of `threads` workers doing `pairs` pairs each under pagealloc watch: the events it
+/// counted a second, lost, and its CPU meanwhile.
+fn rate_run(
+    watch: &mut Watch,
+    workload: &mut Workload,
+    threads: u32,
+    pairs: u64,
+) -> Result<RateRun> {
+    let before = watch.now()?;
+    let cpu_before = tree_cpu_ns(watch.child.id())?;
+    let run = workload.go(pairs, threads)?;
+    let expected = pairs * threads as u64;
+    let (after, complete) = watch.counted(&before, expected)?;
+    let cpu = cpu_since(tree_cpu_ns(watch.child.id())?, cpu_before);
+    let counted = Counted::of(&before, &after)?;
+    let events = counted.events();
+    let mut notes = Vec::new();
+    if !complete {
+        notes.push(format!(
+            "pagealloc counted {} allocs and {} frees for {expected} pairs",
+            counted.allocs, counted.frees
+        ));
+    }
+    Ok(RateRun {
+        threads,
+        run,
+        events_per_second: events as f64 / (run.elapsed_ns as f64 / 1e9),
+        lost: counted.lost,
+        complete,
+        agent: AgentCost {
+            cpu_ns: cpu,
+            events,
+        },
+        notes,
+    })
 }
 
 /// Starts a tracer (`what`, for the error) with its stdout and stderr read line by line.
@@ -924,251 +756,6 @@ impl Workload {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Where the probes go, from `pagealloc probes PID --format json`.
-struct Plan {
-    libc: String,
-    /// File offsets of malloc's and free's first instructions, and of free's probe.
-    malloc: u64,
-    free: u64,
-    free_probe: u64,
-    /// pagealloc's own probes on malloc and free.
-    pagealloc: Vec<Bare>,
-}
-
-impl Plan {
-    fn of(pagealloc: &Path, pid: u32) -> Result<Plan> {
-        let out = Command::new(pagealloc)
-            .args(["probes", &pid.to_string(), "--format", "json"])
-            .output()
-            .context("running pagealloc probes")?;
-        if !out.status.success() {
-            bail!(
-                "pagealloc probes failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let json: Value = serde_json::from_slice(&out.stdout).context("pagealloc probes")?;
-        let libc = json["libc"]
-            .as_str()
-            .context("no libc in pagealloc probes")?;
-        let mut pagealloc = Vec::new();
-        let (mut malloc, mut free, mut free_probe) = (None, None, None);
-        for probe in json["probes"].as_array().context("no probes")? {
-            let function = probe["function"].as_str().unwrap_or_default();
-            if function != "malloc" && function != "free" {
-                continue;
-            }
-            let file_offset = probe["file_offset"].as_u64().context("file_offset")?;
-            let offset = probe["offset"].as_u64().context("offset")?;
-            let returns = probe["returns"].as_bool().context("returns")?;
-            let start = file_offset.checked_sub(offset).with_context(|| {
-                format!("pagealloc probes: {function}+{offset} at file offset {file_offset}")
-            })?;
-            if function == "malloc" {
-                malloc = Some(start);
-            } else {
-                free = Some(start);
-                if !returns {
-                    free_probe = Some(file_offset);
-                }
-            }
-            let bare = Bare {
-                function: if function == "malloc" {
-                    "malloc"
-                } else {
-                    "free"
-                },
-                offset,
-                file_offset,
-                returns,
-            };
-            if !pagealloc
-                .iter()
-                .any(|p: &Bare| p.file_offset == file_offset && p.returns == returns)
-            {
-                pagealloc.push(bare);
-            }
-        }
-        Ok(Plan {
-            libc: libc.to_string(),
-            malloc: malloc.context("pagealloc probes nothing on malloc")?,
-            free: free.context("pagealloc probes nothing on free")?,
-            free_probe: free_probe.context("pagealloc has no entry probe on free")?,
-            pagealloc,
-        })
-    }
-}
-
-/// A bare uprobe: the kernel's uprobe PMU, counting, no program.
-#[derive(Clone)]
-struct Bare {
-    function: &'static str,
-    offset: u64,
-    file_offset: u64,
-    returns: bool,
-}
-
-impl Bare {
-    fn entry(function: &'static str, start: u64, offset: u64) -> Bare {
-        Bare {
-            function,
-            offset,
-            file_offset: start + offset,
-            returns: false,
-        }
-    }
-
-    fn ret(function: &'static str, start: u64) -> Bare {
-        Bare {
-            function,
-            offset: 0,
-            file_offset: start,
-            returns: true,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        if self.returns { "uretprobe" } else { "uprobe" }
-    }
-
-    fn describe(&self) -> String {
-        format!("{} {}+{}", self.kind(), self.function, self.offset)
-    }
-
-    /// `perf_event_open` of this probe for thread `tid`, counting.
-    fn open(&self, libc: &str, tid: u32) -> Result<File> {
-        let (kind, retprobe_bit) = uprobe_pmu()?;
-        let path = CString::new(libc)?;
-        let attr = PerfEventAttr {
-            kind,
-            size: std::mem::size_of::<PerfEventAttr>() as u32,
-            config: if self.returns { 1 << retprobe_bit } else { 0 },
-            config1: path.as_ptr() as u64,
-            config2: self.file_offset,
-            ..Default::default()
-        };
-        // SAFETY: attr is a valid perf_event_attr of the size it states; the path outlives
-        // the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const PerfEventAttr,
-                tid as libc::pid_t,
-                -1 as libc::c_int,
-                -1 as libc::c_int,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "perf_event_open({}) failed: {}",
-                self.describe(),
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        Ok(unsafe { File::from_raw_fd(fd as i32) })
-    }
-}
-
-/// Probes as a list, each kind named once where it starts: "uprobe malloc+156, malloc+343,
-/// free+3".
-fn describe_all(probes: &[Bare]) -> String {
-    let mut kind = None;
-    probes
-        .iter()
-        .map(|p| {
-            let named = kind == Some(p.kind());
-            kind = Some(p.kind());
-            if named {
-                format!("{}+{}", p.function, p.offset)
-            } else {
-                p.describe()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-
-/// `struct perf_event_attr` up to `config2` (PERF_ATTR_SIZE_VER1, 72 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-    config2: u64,
-}
-
-/// The uprobe PMU's type and the bit of `config` that makes a return probe.
-fn uprobe_pmu() -> Result<(u32, u32)> {
-    let dir = Path::new("/sys/bus/event_source/devices/uprobe");
-    let kind = std::fs::read_to_string(dir.join("type"))
-        .with_context(|| format!("reading {}", dir.join("type").display()))?
-        .trim()
-        .parse()?;
-    let format = std::fs::read_to_string(dir.join("format/retprobe"))?;
-    let bit = format
-        .trim()
-        .strip_prefix("config:")
-        .context("retprobe format is not config:N")?
-        .parse()?;
-    Ok((kind, bit))
-}
-
-fn read_count(file: &File) -> Result<u64> {
-    let mut buf = [0u8; 8];
-    file.read_exact_at(&mut buf, 0)
-        .or_else(|_| (&*file).read_exact(&mut buf))?;
-    Ok(u64::from_ne_bytes(buf))
-}
-
-/// Waits until an int3 (0xcc) sits at each of these libc file offsets in the process: the
-/// proof that a tracer's uprobes are in.
-fn expect_breakpoints(pid: u32, file_offsets: &[u64], timeout: Duration) -> Result<()> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let mem = File::open(format!("/proc/{pid}/mem"))?;
-    let address = |offset: u64| -> Option<u64> {
-        maps.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 6 || !f[5].ends_with("/libc.so.6") {
-                return None;
-            }
-            let (lo, hi) = f[0].split_once('-')?;
-            let lo = u64::from_str_radix(lo, 16).ok()?;
-            let hi = u64::from_str_radix(hi, 16).ok()?;
-            let file = u64::from_str_radix(f[2], 16).ok()?;
-            let len = hi.checked_sub(lo)?;
-            (offset >= file && offset - file < len).then(|| lo + (offset - file))
-        })
-    };
-    let deadline = Instant::now() + timeout;
-    for &offset in file_offsets {
-        let at = address(offset).with_context(|| format!("libc offset {offset:#x} not mapped"))?;
-        loop {
-            let mut byte = [0u8];
-            mem.read_exact_at(&mut byte, at)?;
-            if byte[0] == 0xcc {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("no breakpoint at libc offset {offset:#x}: the probes are not attached");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Ok(())
 }
 
 /// user + system time of a process and of its descendants, alive or ended and waited for.
@@ -1324,6 +911,34 @@ impl Watch {
         Ok(())
     }
 
+    /// pagealloc's latest counts, the lines already written taken in.
+    fn now(&mut self) -> Result<Events> {
+        self.drain()?;
+        self.latest.clone().context("no line from pagealloc")
+    }
+
+    /// Checks that pagealloc counted every pair of `run` since `before`, none lost; the events
+    /// it counted.
+    fn check(&mut self, before: &Events, run: &Run) -> Result<u64> {
+        let expected = run.pairs * run.threads as u64;
+        let (after, complete) = self.counted(before, expected)?;
+        let counted = Counted::of(before, &after)?;
+        if counted.lost != 0 {
+            bail!(
+                "pagealloc lost {} events in a run of {expected} pairs",
+                counted.lost
+            );
+        }
+        if !complete || counted.allocs != expected {
+            bail!(
+                "pagealloc counted {} allocs and {} frees for {expected} pairs",
+                counted.allocs,
+                counted.frees
+            );
+        }
+        Ok(counted.events())
+    }
+
     /// Waits until pagealloc has counted `expected` allocs since `before` (a few seconds at
     /// most); returns its counts then, and whether they were all there.
     fn counted(&mut self, before: &Events, expected: u64) -> Result<(Events, bool)> {
@@ -1450,10 +1065,7 @@ impl Tracer {
                     .map(|(_, f)| read_count(f))
                     .collect::<Result<_>>()?
             }
-            Tracer::Pagealloc(watch) => {
-                watch.drain()?;
-                mark.events = Some(watch.latest.clone().context("no line from pagealloc")?);
-            }
+            Tracer::Pagealloc(watch) => mark.events = Some(watch.now()?),
             _ => {}
         }
         Ok(mark)
@@ -1490,23 +1102,7 @@ impl Tracer {
             }
             Tracer::Pagealloc(watch) => {
                 let before = mark.events.as_ref().context("no mark")?;
-                let expected = run.pairs * run.threads as u64;
-                let (after, complete) = watch.counted(before, expected)?;
-                let counted = Counted::of(before, &after)?;
-                if counted.lost != 0 {
-                    bail!(
-                        "pagealloc lost {} events in a run of {expected} pairs",
-                        counted.lost
-                    );
-                }
-                if !complete || counted.allocs != expected {
-                    bail!(
-                        "pagealloc counted {} allocs and {} frees for {expected} pairs",
-                        counted.allocs,
-                        counted.frees
-                    );
-                }
-                events = counted.events();
+                events = watch.check(before, run)?;
             }
             _ => {}
         }
