@@ -115,8 +115,8 @@ fn measure(root: &Path, shape: &'static str, child: &mut Child) -> Result<Figure
         let kib: u64 = words.next().context("no peak RSS from peak_rss")?.parse()?;
         Ok((Duration::from_secs_f64(seconds), kib * 1024))
     };
-    // Warm the layout cache and the page cache of the binary: not what is measured.
-    snapshot_once()?;
+    // This snapshot also warms the layout cache and the page cache of the binary: not what
+    // is measured.
     let heaps = heap_ranges(&pagealloc, pid)?;
     let heap_bytes: u64 = heaps.iter().map(|(start, end)| end - start).sum();
     let mut snapshot = Vec::new();
