@@ -129,14 +129,68 @@ struct Scratch {
     bin: Vec<u64>,
 }
 
+/// The bounds of each heap of each arena, for the chains that walk them.
+fn heap_bounds(arenas: &[ArenaHeaps]) -> Vec<Vec<HeapBounds>> {
+    (arenas.iter())
+        .map(|arena| {
+            let heaps = &arena.heaps;
+            let arena_span = (heaps.iter().map(|h| h.0).min().unwrap_or(0))
+                ..(heaps.iter().map(|h| h.1).max().unwrap_or(0));
+            (heaps.iter())
+                .map(|&(start, end, _)| HeapBounds {
+                    start,
+                    end,
+                    top: arena.top,
+                    main: arena.main,
+                    arena_span: arena_span.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 impl<'w> Parts<'w> {
     /// Walks the heaps of every arena of `arenas` (the parts of all of them shared out between
     /// the threads: many small arenas keep every core busy too).
     pub(super) fn walk_heaps(&self, arenas: &[ArenaHeaps]) -> Vec<HeapsWalked> {
+        let mut segments = self.segments(arenas);
+        // Per heap, where the chunks kept start: fast and bin.
+        let mut bitmaps: Vec<Vec<[Vec<u64>; 2]>> = (arenas.iter())
+            .map(|arena| {
+                (arena.heaps.iter())
+                    .map(|&(start, end, _)| [bitmap(start, end), bitmap(start, end)])
+                    .collect()
+            })
+            .collect();
+        let bounds = heap_bounds(arenas);
+        let parts = self.cut_into_parts(arenas, &mut segments, &mut bitmaps);
+        let walked = crate::parallel::map(parts, self.split.threads, |part| {
+            self.walk_part(&bounds[part.arena][part.heap], part)
+        });
+        let found = self.join_parts(&bounds, walked, arenas.len());
+
+        (found.into_iter().zip(segments).zip(bitmaps).zip(arenas))
+            .map(|(((mut found, segments), bitmaps), arena)| {
+                for ([fast, bin], &(start, end, _)) in bitmaps.into_iter().zip(&arena.heaps) {
+                    found.fast.maps.push((start, end, fast));
+                    found.bin.maps.push((start, end, bin));
+                }
+                HeapsWalked {
+                    segments,
+                    figures: found.figures,
+                    notes: found.notes,
+                    fast: found.fast,
+                    bin: found.bin,
+                }
+            })
+            .collect()
+    }
+
+    /// A segment of each heap of each arena, its pages' residency read.
+    fn segments(&self, arenas: &[ArenaHeaps]) -> Vec<Vec<Segment>> {
         let memory = self.memory;
         let page = memory.page_size();
-        let page_shift = page.trailing_zeros();
-        let mut segments: Vec<Vec<Segment>> = (arenas.iter().enumerate())
+        (arenas.iter().enumerate())
             .map(|(index, arena)| {
                 (arena.heaps.iter())
                     .map(|&(start, end, _)| {
@@ -148,32 +202,19 @@ impl<'w> Parts<'w> {
                     })
                     .collect()
             })
-            .collect();
-        // Per heap, where the chunks kept start: fast and bin.
-        let mut bitmaps: Vec<Vec<[Vec<u64>; 2]>> = (arenas.iter())
-            .map(|arena| {
-                (arena.heaps.iter())
-                    .map(|&(start, end, _)| [bitmap(start, end), bitmap(start, end)])
-                    .collect()
-            })
-            .collect();
-        let bounds: Vec<Vec<HeapBounds>> = (arenas.iter())
-            .map(|arena| {
-                let heaps = &arena.heaps;
-                let arena_span = (heaps.iter().map(|h| h.0).min().unwrap_or(0))
-                    ..(heaps.iter().map(|h| h.1).max().unwrap_or(0));
-                (heaps.iter())
-                    .map(|&(start, end, _)| HeapBounds {
-                        start,
-                        end,
-                        top: arena.top,
-                        main: arena.main,
-                        arena_span: arena_span.clone(),
-                    })
-                    .collect()
-            })
-            .collect();
+            .collect()
+    }
 
+    /// The parts of every heap, in arena and heap order, each marking its stretch of the
+    /// heap's segment and keeping its chunks in its share of the heap's bitmaps.
+    fn cut_into_parts<'a>(
+        &self,
+        arenas: &[ArenaHeaps],
+        segments: &'a mut [Vec<Segment>],
+        bitmaps: &'a mut [Vec<[Vec<u64>; 2]>],
+    ) -> Vec<Part<'a>> {
+        let page = self.memory.page_size();
+        let page_shift = page.trailing_zeros();
         let mut parts = Vec::new();
         let each_arena = (arenas.iter()).zip(segments.iter_mut().zip(bitmaps.iter_mut()));
         for (index, (arena, (segments, bitmaps))) in each_arena.enumerate() {
@@ -205,11 +246,17 @@ impl<'w> Parts<'w> {
                 }
             }
         }
-        let walked = crate::parallel::map(parts, self.split.threads, |part| {
-            self.walk_part(&bounds[part.arena][part.heap], part)
-        });
+        parts
+    }
 
-        let mut found: Vec<Found> = arenas.iter().map(|_| Found::default()).collect();
+    /// Each arena's finds, its heaps' parts joined one after the other along the known chain.
+    fn join_parts(
+        &self,
+        bounds: &[Vec<HeapBounds>],
+        walked: Vec<Walked>,
+        arenas: usize,
+    ) -> Vec<Found> {
+        let mut found: Vec<Found> = (0..arenas).map(|_| Found::default()).collect();
         let mut scratch = Scratch::default();
         let mut walked = walked.into_iter().peekable();
         while let Some(first) = walked.next() {
@@ -223,22 +270,7 @@ impl<'w> Parts<'w> {
                 chain = self.join(bounds, found, &mut scratch, chain.end, part);
             }
         }
-
-        (found.into_iter().zip(segments).zip(bitmaps).zip(arenas))
-            .map(|(((mut found, segments), bitmaps), arena)| {
-                for ([fast, bin], &(start, end, _)) in bitmaps.into_iter().zip(&arena.heaps) {
-                    found.fast.maps.push((start, end, fast));
-                    found.bin.maps.push((start, end, bin));
-                }
-                HeapsWalked {
-                    segments,
-                    figures: found.figures,
-                    notes: found.notes,
-                    fast: found.fast,
-                    bin: found.bin,
-                }
-            })
-            .collect()
+        found
     }
 
     /// Where the parts of a heap begin: the heap's start, then cuts a whole number of pages
