@@ -11,18 +11,26 @@
 //! such a chunk up inside its mapping (its `prev_size` says by how much) and leaves the header
 //! of the whole mapping in place, `prev_size` 0, size the whole mapping. But only the moved
 //! chunk's own header is kept up to date: when realloc mremaps the chunk (growing or shrinking
-//! it, in place or elsewhere), glibc rewrites that one and the header at the start of the
-//! mapping keeps the old size. So a page that starts with such a header is also probed where
-//! memalign puts the moved chunk's header (its user pointer aligned to a power of two up to a
-//! page: `2^k - 2 * SIZE_SZ` bytes in, within the first page), and a header found there, whose
-//! `prev_size` is exactly that lead, gives the mapping's size: lead plus chunk size. What is
-//! counted is the whole mapping, as `mp_.mmapped_mem` counts it. (A chunk aligned to more than
-//! a page and then mremapped still shows its old size: its header is not in the first page.)
+//! it, in place or elsewhere: the mapping moves whole, the lead with it), glibc rewrites that
+//! one and the header at the start of the mapping keeps the old size. So a page that starts
+//! with such a header is also probed where memalign puts the moved chunk's header, and a header
+//! found there, whose `prev_size` is exactly its lead, gives the mapping's size: lead plus
+//! chunk size. What is counted is the whole mapping, as `mp_.mmapped_mem` counts it.
+//!
+//! Where the moved header is: memalign moves the chunk up to the first aligned user pointer at
+//! least MINSIZE in, and the mapping starts on a page. Aligned to a page or less, the user
+//! pointer is `2^k` bytes in (the header `2^k - 2 * SIZE_SZ`), within the first page; aligned
+//! to more (64 KiB, 2 MiB), it starts a page further in, and its header ends the page before:
+//! nothing in the mapping between the first page and that one was ever written (glibc writes
+//! neither, the program's memory starts after), so that page is the first resident one after
+//! the first page (past the zero pages of a transparent huge page, at most two of them).
 //!
 //! Cost: one 16-byte read per resident page of anonymous memory outside the heaps, 1024 pages
 //! per system call, and one more system call per batch for the probes of the pages that start
 //! with a header, until as many chunks as glibc counts are found: measured 0.2 s per GiB
-//! resident (the kernel's cost of reaching each page), nothing without mmapped chunks.
+//! resident (the kernel's cost of reaching each page), nothing without mmapped chunks. A chunk
+//! whose second resident page ends in zeros (written with zeros, or a huge page) costs one
+//! system call more, for up to 1024 pages.
 use super::walker::Walker;
 use crate::glibc::{FLAG_BITS, IS_MMAPPED};
 use crate::state::heap::{MmappedChunk, Segment};
@@ -30,6 +38,10 @@ use crate::state::pages::Mapping;
 
 /// Page boundaries read per batch.
 const BATCH: usize = 1024;
+
+/// Two words read at an address: `prev_size` and `size` of a chunk starting there, None if they
+/// could not be read.
+type Probe = (u64, Option<(u64, u64)>);
 
 /// Memory that may hold mmapped chunks: private, writable and not a file's (hugetlb mappings
 /// are named after their pseudo-file; `[heap]` may have absorbed a neighbour).
@@ -54,14 +66,12 @@ impl Walker<'_> {
             if counted == expected {
                 break;
             }
-            let starts_mapping = |prev_size, size| self.mapping_header(prev_size, size).is_some();
             self.scan_pages_probing(
                 start,
                 end,
-                &leads,
-                starts_mapping,
+                |addr, prev_size, size| self.moved_header_spots(addr, prev_size, size, end, &leads),
                 |addr, prev_size, size, moved| {
-                    let bytes = self.mmapped_bytes(prev_size, size, &leads, moved, end - addr)?;
+                    let bytes = self.mmapped_bytes(addr, prev_size, size, moved, end)?;
                     found.push(MmappedChunk {
                         address: addr,
                         bytes,
@@ -121,32 +131,27 @@ impl Walker<'_> {
         self.scan_pages_probing(
             start,
             end,
-            &[],
-            |_, _| false,
+            |_, _, _| Vec::new(),
             |addr, prev_size, size, _| visit(addr, prev_size, size),
         );
     }
 
-    /// [`Self::scan_pages`], and for each page whose two words `probe` accepts, the two words
-    /// at each of `offsets` into that page too (all less than a page less two words: the
-    /// page is resident), read in one more batch: `visit` gets them in the order of
-    /// `offsets`, None where they could not be read (and for the pages not probed).
+    /// [`Self::scan_pages`], and for each page the two words at each of the resident spots
+    /// `probe` names for it (given the page and its two words) too, all read in one more batch:
+    /// `visit` gets them in the order named, None where they could not be read.
     fn scan_pages_probing(
         &self,
         start: u64,
         end: u64,
-        offsets: &[u64],
-        probe: impl Fn(u64, u64) -> bool,
-        mut visit: impl FnMut(u64, u64, u64, &[Option<(u64, u64)>]) -> Option<u64>,
+        probe: impl Fn(u64, u64, u64) -> Vec<u64>,
+        mut visit: impl FnMut(u64, u64, u64, &[Probe]) -> Option<u64>,
     ) {
-        let o = self.offsets;
         let page = self.memory.page_size();
-        let header = 2 * o.size_sz as usize;
-        debug_assert!(offsets.iter().all(|&at| at + header as u64 <= page));
+        let header = self.header_bytes();
         let pages = self.memory.resident_runs(start, end);
         let mut cursor = start;
         let mut words = vec![0u8; BATCH * header];
-        let mut probes = vec![None; offsets.len()];
+        let mut probes = Vec::new();
         loop {
             let first = pages.partition_point(|&(_, to)| to <= cursor);
             let batch: Vec<u64> = (pages[first..].iter())
@@ -158,47 +163,31 @@ impl Walker<'_> {
             };
             let words = &mut words[..batch.len() * header];
             let read = self.memory.read_each(&batch, words);
-            let pair = |bytes: &[u8], i: usize| {
-                let word = |w: u64| {
-                    let at = i * header + (o.chunk_size - o.size_sz + w * o.size_sz) as usize;
-                    u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap())
-                };
-                (word(0), word(1))
-            };
-            // The pages to probe, and their probes (offsets.len() each), in one batch.
-            let probed: Vec<usize> = if offsets.is_empty() {
-                Vec::new()
-            } else {
-                (0..batch.len())
-                    .filter(|&i| read[i] && batch[i] >= cursor)
-                    .filter(|&i| {
-                        let (prev_size, size) = pair(words, i);
-                        probe(prev_size, size)
-                    })
-                    .collect()
-            };
-            let probe_addrs: Vec<u64> = (probed.iter())
-                .flat_map(|&i| offsets.iter().map(move |&at| (i, at)))
-                .map(|(i, at)| batch[i] + at)
+            // Each page's spots to probe (most pages have none), all in one batch.
+            let spots: Vec<Vec<u64>> = (0..batch.len())
+                .map(|i| match read[i] {
+                    true => {
+                        let (prev_size, size) = self.words_at(words, i);
+                        probe(batch[i], prev_size, size)
+                    }
+                    false => Vec::new(),
+                })
                 .collect();
-            let mut probe_words = vec![0u8; probe_addrs.len() * header];
-            let probe_read = if probe_addrs.is_empty() {
-                Vec::new()
-            } else {
-                self.memory.read_each(&probe_addrs, &mut probe_words)
-            };
+            let (spot_words, spot_read) = self.read_words(&spots.concat());
+            let mut next_spot = 0;
             for (i, &addr) in batch.iter().enumerate() {
+                let spots = &spots[i];
+                let first_spot = next_spot;
+                next_spot += spots.len();
                 if addr < cursor || !read[i] {
                     continue;
                 }
-                probes.fill(None);
-                if let Ok(p) = probed.binary_search(&i) {
-                    for (k, slot) in probes.iter_mut().enumerate() {
-                        let at = p * offsets.len() + k;
-                        *slot = probe_read[at].then(|| pair(&probe_words, at));
-                    }
-                }
-                let (prev_size, size) = pair(words, i);
+                probes.clear();
+                probes.extend(spots.iter().enumerate().map(|(k, &at)| {
+                    let k = first_spot + k;
+                    (at, spot_read[k].then(|| self.words_at(&spot_words, k)))
+                }));
+                let (prev_size, size) = self.words_at(words, i);
                 if let Some(next) = visit(addr, prev_size, size, &probes) {
                     cursor = next.max(addr + page);
                 }
@@ -207,11 +196,36 @@ impl Walker<'_> {
         }
     }
 
+    /// `prev_size` and `size` of a chunk's header, two words (16 bytes on LP64).
+    fn header_bytes(&self) -> usize {
+        2 * self.offsets.size_sz as usize
+    }
+
+    /// The two header words at each of `spots` (the bytes, and which were read), in one batch.
+    fn read_words(&self, spots: &[u64]) -> (Vec<u8>, Vec<bool>) {
+        let mut bytes = vec![0u8; spots.len() * self.header_bytes()];
+        if spots.is_empty() {
+            return (bytes, Vec::new());
+        }
+        let read = self.memory.read_each(spots, &mut bytes);
+        (bytes, read)
+    }
+
+    /// The `i`th pair of header words (`prev_size`, `size`) of `bytes`.
+    fn words_at(&self, bytes: &[u8], i: usize) -> (u64, u64) {
+        let o = self.offsets;
+        let word = |w: u64| {
+            let at = i * self.header_bytes() + (o.chunk_size - o.size_sz + w * o.size_sz) as usize;
+            u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap())
+        };
+        (word(0), word(1))
+    }
+
     /// Where memalign may have moved an mmapped chunk's header from the start of its mapping
-    /// (`2^k - 2 * SIZE_SZ`, MINSIZE at least, its user pointer at most a page in), in
-    /// increasing order. memalign moves the chunk to the first aligned user pointer at least
-    /// MINSIZE up, and glibc's own check (mremap_chunk, munmap_chunk) wants the user pointer's
-    /// offset in its page a power of two.
+    /// within its first page (`2^k - 2 * SIZE_SZ`, MINSIZE at least, its user pointer at most a
+    /// page in), in increasing order. memalign moves the chunk to the first aligned user
+    /// pointer at least MINSIZE up, and glibc's own check (mremap_chunk, munmap_chunk) wants
+    /// the user pointer's offset in its page a power of two.
     fn memalign_leads(&self) -> Vec<u64> {
         let o = self.offsets;
         let header = 2 * o.size_sz;
@@ -224,33 +238,91 @@ impl Walker<'_> {
             .collect()
     }
 
-    /// The bytes of the mmapped chunk whose mapping starts with the header (`prev_size`,
-    /// `size`), given the headers found at `leads` into its first page (`moved`), and has
-    /// `room` bytes of memory that may hold it; None if it is no such header. A header at a
-    /// lead, with that lead as `prev_size`, is the chunk memalign moved up: its size is
+    /// For a page at `addr` that starts with the header (`prev_size`, `size`) of an mmapped
+    /// chunk's mapping, in memory that may hold it up to `end`: where the header of a chunk
+    /// memalign moved up may be. Those of `leads` into the first page, and the last two words
+    /// of the next resident page the mapping's old size covers. None for any other page.
+    fn moved_header_spots(
+        &self,
+        addr: u64,
+        prev_size: u64,
+        size: u64,
+        end: u64,
+        leads: &[u64],
+    ) -> Vec<u64> {
+        let Some(bytes) = self.mapping_header(prev_size, size) else {
+            return Vec::new();
+        };
+        let page = self.memory.page_size();
+        let extent = addr.saturating_add(bytes).min(end);
+        let next = self.resident_tails(addr + page, extent).next();
+        (leads.iter().map(|&lead| addr + lead))
+            .chain(next)
+            .collect()
+    }
+
+    /// The last two words of each resident page of `from..to`, in order: where the header of a
+    /// chunk aligned to more than a page ends up.
+    fn resident_tails(&self, from: u64, to: u64) -> impl Iterator<Item = u64> {
+        let page = self.memory.page_size();
+        let header = self.header_bytes() as u64;
+        (self.memory.resident_runs(from, to).into_iter())
+            .flat_map(move |(from, to)| (from..to).step_by(page as usize))
+            .map(move |p| p + page - header)
+    }
+
+    /// The bytes of the mmapped chunk whose mapping starts at `addr` with the header
+    /// (`prev_size`, `size`), given the words at the spots [`Self::moved_header_spots`] named
+    /// (`moved`), in memory that may hold it up to `end`; None if it is no such header. A header
+    /// at a spot, whose `prev_size` is its lead, is the chunk memalign moved up: its size is
     /// current, the mapping's header may be stale (realloc mremapped the chunk).
     fn mmapped_bytes(
         &self,
+        addr: u64,
         prev_size: u64,
         size: u64,
-        leads: &[u64],
-        moved: &[Option<(u64, u64)>],
-        room: u64,
+        moved: &[Probe],
+        end: u64,
     ) -> Option<u64> {
         let bytes = self.mapping_header(prev_size, size)?;
+        let room = end - addr;
+        let current = |&(at, words): &Probe| self.moved_chunk(at - addr, words?, room);
         let page = self.memory.page_size();
-        let current = leads.iter().zip(moved).find_map(|(&lead, words)| {
-            let (prev_size, size) = (*words)?;
-            let chunk = size & !FLAG_BITS;
-            let bytes = lead.checked_add(chunk)?;
-            (prev_size == lead
-                && size & FLAG_BITS == IS_MMAPPED
-                && chunk >= self.offsets.min_size
-                && bytes.is_multiple_of(page)
-                && bytes <= room)
-                .then_some(bytes)
-        });
-        current.or((bytes <= room).then_some(bytes))
+        // The spot past the first page ends in zeros: a page of a huge one, or the program's
+        // zeros. The moved header is in the next page that does not, if any.
+        let past_zeros = || {
+            let &(at, words) = moved.last().filter(|(at, _)| *at >= addr + page)?;
+            if words != Some((0, 0)) {
+                return None;
+            }
+            let extent = addr.saturating_add(bytes).min(end);
+            let tails: Vec<u64> = self
+                .resident_tails(at + self.header_bytes() as u64, extent)
+                .take(BATCH)
+                .collect();
+            let (words, read) = self.read_words(&tails);
+            (0..tails.len())
+                .filter(|&k| read[k])
+                .map(|k| (tails[k], self.words_at(&words, k)))
+                .find(|&(_, words)| words != (0, 0))
+                .and_then(|(at, words)| self.moved_chunk(at - addr, words, room))
+        };
+        (moved.iter().find_map(current))
+            .or_else(past_zeros)
+            .or((bytes <= room).then_some(bytes))
+    }
+
+    /// The mapping's bytes if the header words (`prev_size`, `size`) `lead` bytes into it, in
+    /// `room` bytes that may hold it, are those of the chunk memalign moved up that far.
+    fn moved_chunk(&self, lead: u64, (prev_size, size): (u64, u64), room: u64) -> Option<u64> {
+        let chunk = size & !FLAG_BITS;
+        let bytes = lead.checked_add(chunk)?;
+        (prev_size == lead
+            && size & FLAG_BITS == IS_MMAPPED
+            && chunk >= self.offsets.min_size
+            && bytes.is_multiple_of(self.memory.page_size())
+            && bytes <= room)
+            .then_some(bytes)
     }
 
     /// The bytes the header (`prev_size`, `size`) at the start of an mmapped chunk's mapping

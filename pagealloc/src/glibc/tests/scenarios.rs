@@ -222,3 +222,54 @@ fn mmapped_chunks_memaligned_then_remapped() {
     let found: Vec<(u64, u64)> = map.mmapped.iter().map(|c| (c.address, c.bytes)).collect();
     assert_eq!(found, expected);
 }
+
+/// memalign moved chunks up more than a page (aligned to 64 KiB or 2 MiB: the moved header ends
+/// a page past the first, the pages between never written), then realloc mremapped them. One
+/// shrunk, whose old size covers the plain chunk after it; one grown, the page between its
+/// headers resident with zeros (a transparent huge page).
+#[test]
+fn mmapped_chunks_aligned_past_a_page_then_remapped() {
+    let o = &glibc().o;
+    let page = glibc().page;
+    let lead = 3 * page - 2 * o.size_sz;
+    let mut syn = one_arena();
+    // The first page of a mapping, its header of `stale` bytes; the page whose end holds the
+    // header of the chunk moved up `lead`, the mapping now `current` bytes.
+    let memaligned = |syn: &mut Synthetic, at: u64, stale: u64, current: u64, zeros: bool| {
+        let mut first = vec![0u8; page as usize];
+        put_word(&mut first, o.chunk_size, stale | IS_MMAPPED);
+        let mut moved = vec![0u8; page as usize];
+        put_word(&mut moved, page - 2 * o.size_sz, lead);
+        put_word(
+            &mut moved,
+            page - 2 * o.size_sz + o.size_sz,
+            (current - lead) | IS_MMAPPED,
+        );
+        moved.extend(vec![0x5a; page as usize]);
+        if zeros {
+            first.extend(vec![0u8; page as usize]);
+        }
+        syn.memory.regions.push((at, first));
+        syn.memory.regions.push((at + 2 * page, moved));
+    };
+    let shrunk = MMAP_CHUNK;
+    memaligned(&mut syn, shrunk, 40 * page, 5 * page, false);
+    let plain = shrunk + 5 * page;
+    let mut bytes = vec![0x5au8; 2 * page as usize];
+    put_word(&mut bytes, 0, 0);
+    put_word(&mut bytes, o.chunk_size, (2 * page) | IS_MMAPPED);
+    syn.memory.regions.push((plain, bytes));
+    syn.mappings.push(mapping(shrunk, 7 * page, ""));
+    let grown = MMAP_CHUNK + 64 * page;
+    memaligned(&mut syn, grown, 4 * page, 6 * page, true);
+    syn.mappings.push(mapping(grown, 6 * page, ""));
+
+    let mut memory = syn.memory.clone();
+    poke(&mut memory, MP + o.mp_n_mmaps, 3);
+    poke(&mut memory, MP + o.mp_mmapped_mem, 13 * page);
+    let map = walked(&syn, &memory);
+    assert!(map.notes.is_empty(), "{:?}", map.notes);
+    let expected = [(shrunk, 5 * page), (plain, 2 * page), (grown, 6 * page)];
+    let found: Vec<(u64, u64)> = map.mmapped.iter().map(|c| (c.address, c.bytes)).collect();
+    assert_eq!(found, expected);
+}
