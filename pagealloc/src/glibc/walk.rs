@@ -81,7 +81,12 @@ impl Walker<'_> {
 
         let mmapped = self.mmapped_chunks_freeing(&segments, params.mmapped, kept);
         let mmapped_bytes: u64 = mmapped.iter().map(|c| c.bytes).sum();
-        self.check_mmapped((mmapped.len() as u64, mmapped_bytes), params.mmapped);
+        let counted_after = self.mmapped_counted();
+        self.check_mmapped(
+            (mmapped.len() as u64, mmapped_bytes),
+            params.mmapped,
+            counted_after.ok(),
+        );
         let mut totals = HeapFigures::default();
         for arena in &arenas {
             totals.add(&arena.figures);
@@ -109,8 +114,7 @@ impl Walker<'_> {
         let o = self.offsets;
         let mp = self.libc.mp;
         let sbrk_base = self.read_u64("mp_.sbrk_base", mp + o.mp_sbrk_base)?;
-        let n_mmaps = self.read_u64("mp_.n_mmaps", mp + o.mp_n_mmaps)? & 0xffff_ffff;
-        let mmapped_mem = self.read_u64("mp_.mmapped_mem", mp + o.mp_mmapped_mem)?;
+        let mmapped = self.mmapped_counted()?;
         let hp_pagesize = match o.mp_hp_pagesize {
             Some(off) => self.read_u64("mp_.hp_pagesize", mp + off)?,
             None => 0,
@@ -128,7 +132,7 @@ impl Walker<'_> {
         };
         Ok(MallocParams {
             sbrk_base,
-            mmapped: (n_mmaps, mmapped_mem),
+            mmapped,
             heap_max,
         })
     }
@@ -246,16 +250,44 @@ impl Walker<'_> {
         mmapped
     }
 
-    /// Notes it if the mmapped chunks found, (count, bytes), are not what glibc counts.
-    fn check_mmapped(&mut self, found: (u64, u64), counted: (u64, u64)) {
-        if found != counted {
-            self.note(HeapNote::inconsistent(format!(
-                "found {} mmapped chunks of {} bytes, glibc counts {} of {} (mp_.n_mmaps, \
-                 mp_.mmapped_mem): the target changed during the snapshot, the first page of \
-                 a chunk is not resident, or memory looked like a chunk",
-                found.0, found.1, counted.0, counted.1
-            )));
+    /// The mmapped chunks glibc counts and their bytes (`mp_.n_mmaps`, `mp_.mmapped_mem`).
+    fn mmapped_counted(&self) -> Result<(u64, u64), WalkError> {
+        let (o, mp) = (self.offsets, self.libc.mp);
+        let n_mmaps = self.read_u64("mp_.n_mmaps", mp + o.mp_n_mmaps)? & 0xffff_ffff;
+        let mmapped_mem = self.read_u64("mp_.mmapped_mem", mp + o.mp_mmapped_mem)?;
+        Ok((n_mmaps, mmapped_mem))
+    }
+
+    /// Notes it if the mmapped chunks found, (count, bytes), are not what glibc counted before
+    /// the search. If glibc still counts the same after it (`counted_after`), the target did
+    /// not change them meanwhile (it is stopped, or quiet): the figures are known to be
+    /// incomplete, and a look again would find the same.
+    fn check_mmapped(
+        &mut self,
+        found: (u64, u64),
+        counted: (u64, u64),
+        counted_after: Option<(u64, u64)>,
+    ) {
+        if found == counted {
+            return;
         }
+        let (found_chunks, found_bytes) = found;
+        let (chunks, bytes) = counted;
+        let note = if counted_after == Some(counted) {
+            HeapNote::incomplete(format!(
+                "the mmapped figures are incomplete: found {found_chunks} mmapped chunks of \
+                 {found_bytes} bytes, glibc counts {chunks} of {bytes} (mp_.n_mmaps, \
+                 mp_.mmapped_mem), unchanged during the search: the first page of a chunk is \
+                 not resident (swapped out, or given back), or memory looked like a chunk"
+            ))
+        } else {
+            HeapNote::inconsistent(format!(
+                "found {found_chunks} mmapped chunks of {found_bytes} bytes, glibc counts \
+                 {chunks} of {bytes} (mp_.n_mmaps, mp_.mmapped_mem), which changed during the \
+                 search: the target changed its mmapped chunks during the snapshot"
+            ))
+        };
+        self.note(note);
     }
 
     /// Follows an arena's fastbins and bins, its heaps walked, through the chunks the walk kept
