@@ -349,3 +349,53 @@ fn root_watch_frames_fit_80_100_and_160_columns() {
         }
     }
 }
+
+/// How long watch may take to end after a signal: the sample under way (as long as the one it
+/// reported) plus the next one begun before the signal was heard, and a margin for a loaded
+/// machine.
+fn stop_bound(sample_seconds: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(2.0 * sample_seconds) + std::time::Duration::from_secs(5)
+}
+
+/// A heap whose walk outlasts `--interval` (3 M chunks, walked every 10 ms): SIGTERM and SIGINT
+/// still end watch within a sample's time, with exit code 0.
+#[test]
+fn root_watch_ends_on_a_signal_when_samples_outlast_the_interval() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("LARGE_HEAP"), &["chunks", "3000000"]);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let args = ["--walk", "--interval", "10ms", "--format", "json"];
+        let mut watch = Watch::start(fixture.pid(), &args);
+        let first = watch.line();
+        let bound = stop_bound(first["sample_seconds"].as_f64().unwrap());
+        unsafe { libc::kill(watch.child.id() as i32, signal) };
+        assert!(
+            exits_within(watch.child.id() as i32, bound),
+            "signal {signal}: watch still runs {bound:?} after it"
+        );
+        let stderr = watch.child.wait_with_output_stderr();
+        let status = watch.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.code(), Some(0), "signal {signal}: {stderr}");
+    }
+}
+
+/// The same on a terminal (Ctrl-C is the SIGINT the terminal sends): watch ends at once and
+/// gives the terminal back (cursor shown, alternate screen left).
+#[test]
+fn root_watch_ends_on_ctrl_c_on_a_terminal_when_samples_outlast_the_interval() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("LARGE_HEAP"), &["chunks", "3000000"]);
+    let pid = fixture.pid().to_string();
+    let args = ["watch", &pid, "--walk", "--interval", "10ms"];
+    let mut pty = Pty::spawn(&mut pagealloc_command(&args), 120, 40);
+    // Two frames drawn: the samples follow one another without a wait.
+    pty.wait_for(LIMIT, |out| screens(out).len() >= 2);
+    let status = pty.signal_and_wait(libc::SIGINT, stop_bound(1.0));
+    assert_eq!(status.code(), Some(0));
+    let text = String::from_utf8_lossy(&pty.output()).to_string();
+    let tail = &text[text.rfind("\x1b[J").expect("a frame was drawn")..];
+    assert!(
+        tail.contains("\x1b[?25h") && tail.ends_with("\x1b[?1049l"),
+        "the terminal is given back last: {tail:?}"
+    );
+}

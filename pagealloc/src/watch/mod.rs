@@ -92,6 +92,10 @@ pub fn run(options: WatchOptions) -> Result<()> {
     };
     let started = Instant::now();
     loop {
+        // A sample longer than the interval leaves no wait to hear a signal in: heard here.
+        if wakes.stop_asked() {
+            return Ok(());
+        }
         // The reason the sample walked, from before the guard looks at it.
         let walk_reason = monitor.walk_reason().map(ToString::to_string);
         let sample = match monitor.sample() {
@@ -272,6 +276,14 @@ impl Wakes {
 
     fn recv_timeout(&self, wait: Duration) -> Result<Wake, RecvTimeoutError> {
         self.receiver.recv_timeout(wait)
+    }
+
+    /// Whether Ctrl-C or SIGTERM came since the last look, without waiting (a resize needs
+    /// nothing then: the next frame is drawn at the new size).
+    fn stop_asked(&self) -> bool {
+        self.receiver
+            .try_iter()
+            .any(|wake| matches!(wake, Wake::Stop))
     }
 }
 
