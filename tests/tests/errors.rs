@@ -205,3 +205,58 @@ fn root_stop_on_a_traced_process_names_the_tracer() {
     );
     assert!(!stderr.contains("ptrace_scope"), "{stderr}");
 }
+
+/// `pagealloc ARGS` as root whose capabilities lack `dropped` (setpriv takes them out of the
+/// bounding set before exec): its exit code and stderr.
+fn as_root_without(dropped: &str, args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new("setpriv")
+        .arg(format!("--bounding-set={dropped}"))
+        .arg("--")
+        .arg(pagealloc_bin())
+        .args(args)
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+/// Root without the capabilities reading another user's process needs: the message names the
+/// ones missing, not "run as root" (it is root).
+#[test]
+fn root_without_a_capability_names_it() {
+    require_root();
+    let fixture = Fixture::spawn_with(
+        std::process::Command::new(fixture_path!("QUIET"))
+            .uid(65534)
+            .gid(65534),
+    );
+    let pid = fixture.pid().to_string();
+    let (code, stderr) = as_root_without(
+        "-sys_ptrace,-dac_override,-dac_read_search",
+        &["snapshot", &pid],
+    );
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_PTRACE") && stderr.contains("CAP_DAC_READ_SEARCH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("run as root"), "{stderr}");
+    // Holding the threads still needs only ptrace's.
+    let (code, stderr) = as_root_without("-sys_ptrace", &["snapshot", &pid, "--stop"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_PTRACE") && !stderr.contains("CAP_DAC_READ_SEARCH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("run as root"), "{stderr}");
+    // Root of a user namespace of its own, every capability there: none reach the fixture.
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--"])
+        .arg(pagealloc_bin())
+        .args(["snapshot", &pid])
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("root of a user namespace"), "{stderr}");
+}
