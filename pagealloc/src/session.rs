@@ -137,6 +137,24 @@ impl Session {
         glibc::heap_info(&memory, &resolved.libc.offsets, heap).ok()
     }
 
+    /// The tops of the arenas at `arenas` now, each if it reads and lies in one mapping (live
+    /// mode follows a heap's bounds between walks): a few words each, through the page map
+    /// `pages` just read.
+    pub fn arena_tops(&self, pages: &PageMap, arenas: &[u64]) -> Vec<Option<glibc::ArenaTop>> {
+        let Some((_, Ok(resolved))) = &self.libc else {
+            return vec![None; arenas.len()];
+        };
+        let memory = ProcessMemory::new(self.target.reader, pages);
+        let mapped = |top: &glibc::ArenaTop| {
+            let end = top.top.saturating_add(top.top_size);
+            (pages.mappings.iter()).any(|m| m.mapping.start <= top.top && end <= m.mapping.end)
+        };
+        (arenas.iter())
+            .map(|&arena| glibc::arena_top(&memory, &resolved.libc.offsets, arena).ok())
+            .map(|top| top.filter(mapped))
+            .collect()
+    }
+
     fn look(&mut self, heap: bool) -> Result<Sample> {
         let taken = SystemTime::now();
         let started = Instant::now();

@@ -384,6 +384,29 @@ pub fn heap_info(memory: &dyn Memory, o: &Offsets, heap: u64) -> Result<HeapInfo
     })
 }
 
+/// What an arena's `malloc_state` says of its top chunk and its memory now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaTop {
+    /// The top chunk, and its size (flags off): the arena's newest heap ends where it does.
+    pub top: u64,
+    pub top_size: u64,
+    /// `system_mem`: what the arena got from the system.
+    pub system_mem: u64,
+}
+
+/// Reads the top of the arena whose `malloc_state` is at `arena`: three words (nothing is
+/// checked, and the target may be changing them: the caller knows what to expect).
+pub fn arena_top(memory: &dyn Memory, o: &Offsets, arena: u64) -> Result<ArenaTop, ReadError> {
+    let top = memory.read_u64(arena + o.state_top)?;
+    let system_mem = memory.read_u64(arena + o.state_system_mem)?;
+    let size = memory.read_u64(top.wrapping_add(o.chunk_size))?;
+    Ok(ArenaTop {
+        top,
+        top_size: size & !FLAG_BITS,
+        system_mem,
+    })
+}
+
 /// Words of the target read a page at a time: a chain of chunks read forward costs one read
 /// per page it touches. Pages that are not resident are not read.
 struct PageWords<'m> {

@@ -16,7 +16,7 @@ mod walk;
 mod walker;
 mod window;
 
-pub use arenas::{HeapInfo, heap_info};
+pub use arenas::{ArenaTop, HeapInfo, arena_top, heap_info};
 pub use identity::{FLAG_BITS, IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE};
 pub use layout::{Libc, Offsets};
 pub use parts::Split;

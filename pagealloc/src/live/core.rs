@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind};
 
 use super::heap::{Apply, Contradiction, LiveHeap};
-use crate::glibc::HeapInfo;
+use crate::glibc::{ArenaTop, HeapInfo};
 use crate::state::events::{Counts, Mismatch};
 use crate::state::heap::HeapMap;
 use crate::state::pages::PageMap;
@@ -236,6 +236,27 @@ impl LiveCore {
             self.counts.lost = count;
             self.trusted_from = self.trusted_from.max(last);
             self.resync();
+        }
+    }
+
+    /// The `malloc_state` of each arena the state knows, in its order.
+    pub fn arenas(&self) -> Vec<u64> {
+        self.heap.map.arenas.iter().map(|a| a.address).collect()
+    }
+
+    /// The arenas' tops as they are now (each of [`LiveCore::arenas`], if it read): the events
+    /// do not tell where a heap ends ([`LiveHeap::follow_top`]). Not while the state is known
+    /// to be off: a walk replaces it.
+    pub fn follow_tops(&mut self, tops: &[Option<ArenaTop>]) {
+        if self.needs == Some(Walk::Resync) {
+            return;
+        }
+        for (arena, top) in tops.iter().enumerate() {
+            if let Some(top) = top
+                && !self.heap.follow_top(arena, *top)
+            {
+                log::debug!("arena {arena}'s top not followed this sample: {top:x?}");
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, IS_MMAPPED};
 
-use crate::glibc::HeapInfo;
+use crate::glibc::{ArenaTop, HeapInfo};
 use crate::state::heap::{
     AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapGeometry, HeapMap,
     MmappedChunk, Segment,
@@ -211,26 +211,92 @@ impl LiveHeap {
         if !fits || !contiguous || end <= old_end {
             return None;
         }
-        let added = new_end - old_end;
-        heap.end = new_end;
         let old_granules = heap.granules.len();
-        heap.granules.resize(
-            ((new_end - start) / GRANULE) as usize,
-            ChunkState::Top as u8,
-        );
+        let arena = heap.arena;
+        self.set_end(i, new_end);
+        let heap = &mut self.map.segments[segment];
         // Top used up, the new memory is a top chunk of its own.
         if !ends_with_top {
             heap.granules[old_granules] |= CHUNK_START;
         }
-        heap.resident
-            .resize((new_end - start).div_ceil(page) as usize, false);
-        let arena = &mut self.map.arenas[heap.arena];
-        arena.figures.system_bytes += added;
-        if let Some(range) = arena.heaps.iter_mut().find(|h| h.start == start) {
-            range.end = new_end;
-        }
-        self.index[i].1 = new_end;
+        self.map.arenas[arena].figures.system_bytes += new_end - old_end;
         Some(self.index[i])
+    }
+
+    /// The heap at `self.index[i]` ends at `end` now: what it grew by is top, what it shrank by
+    /// gone.
+    fn set_end(&mut self, i: usize, end: u64) {
+        let (start, _, segment) = self.index[i];
+        let heap = &mut self.map.segments[segment];
+        heap.end = end;
+        let granules = ((end - start) / GRANULE) as usize;
+        heap.granules.resize(granules, ChunkState::Top as u8);
+        heap.resident
+            .resize((end - start).div_ceil(self.page_size) as usize, false);
+        let arena = &mut self.map.arenas[heap.arena];
+        if let Some(range) = arena.heaps.iter_mut().find(|h| h.start == start) {
+            range.end = end;
+        }
+        self.index[i].1 = end;
+    }
+
+    /// Follows arena `arena`'s top as its malloc_state says it is `now`: its heap ends where
+    /// top ends (sbrk or malloc_trim moved the main heap's end, grow_heap or shrink_heap a
+    /// thread heap's `heap_info.size`), everything from top on is top (what was freed into it,
+    /// or trimmed with it), and the arena has the system bytes it says. The events tell none of
+    /// this. False, and nothing changed, when the state cannot take it: top in none of the
+    /// arena's heaps known (a new heap, taken in by its events), a size that cannot be (read
+    /// while it changed), or over a chunk the state has live (an event not yet applied); the
+    /// next sample reads it again.
+    pub fn follow_top(&mut self, arena: usize, now: ArenaTop) -> bool {
+        let ArenaTop {
+            top,
+            top_size,
+            system_mem,
+        } = now;
+        let alignment = self.map.geometry.alignment;
+        let Some(end) = top.checked_add(top_size) else {
+            return false;
+        };
+        // The heap top lies in, or at whose very end it starts (top used up, then grown).
+        let Some(i) = (self.index.iter())
+            .position(|&(s, e, g)| s < top && top <= e && self.map.segments[g].arena == arena)
+        else {
+            return false;
+        };
+        let (start, old_end, segment) = self.index[i];
+        let Some(main) = self.map.arenas.get(arena).map(|a| a.main) else {
+            return false;
+        };
+        let next_start = self.index.get(i + 1).map_or(u64::MAX, |s| s.0);
+        // (The main heap's end is bounded by its mapping: see Session::arena_tops.)
+        let room = if main {
+            u64::MAX
+        } else {
+            self.heap_of(start) + self.map.geometry.heap_max
+        };
+        let plausible = top_size >= alignment
+            && (top - start).is_multiple_of(alignment)
+            && top_size.is_multiple_of(alignment)
+            && end <= next_start.min(room);
+        let first = ((top - start) / GRANULE) as usize;
+        let granules = &self.map.segments[segment].granules;
+        let live = ChunkState::Live as u8;
+        if !plausible
+            || granules[first.min(granules.len())..]
+                .iter()
+                .any(|&g| g & !CHUNK_START == live)
+        {
+            return false;
+        }
+        if end != old_end {
+            self.set_end(i, end);
+        }
+        let granules = &mut self.map.segments[segment].granules;
+        let len = granules.len();
+        mark(granules, first..len, ChunkState::Top);
+        self.map.arenas[arena].figures.system_bytes = system_mem;
+        true
     }
 
     /// The thread arena heap `address` would lie in (heaps are aligned to their reservation).
@@ -624,6 +690,75 @@ pub(super) mod tests {
             live.apply(&far, Apply::Strict),
             Err(Contradiction::Outside { .. })
         ));
+    }
+
+    #[test]
+    fn a_heap_ends_where_its_top_ends_now() {
+        use crate::glibc::ArenaTop;
+        let top = |at: u64, end: u64, system_mem: u64| ArenaTop {
+            top: HEAP + at,
+            top_size: end - at,
+            system_mem,
+        };
+        // (chunk handed out from top first, freed after, the top now, followed, then
+        // (end, system, top, freed bytes))
+        let rows = [
+            // sbrk grew it past what the events told.
+            (
+                None,
+                top(0x150, 0x3000, 0x3000),
+                true,
+                (0x3000, 0x3000, 0x3000 - 0x150, 0),
+            ),
+            // A chunk freed into top, then malloc_trim gave some of it back.
+            (
+                Some((0x200, true)),
+                top(0x150, 0x800, 0x800),
+                true,
+                (0x800, 0x800, 0x800 - 0x150, 0),
+            ),
+            // Over a chunk the state has live (its free not yet applied): not now.
+            (
+                Some((0x200, false)),
+                top(0x150, 0x800, 0x800),
+                false,
+                (0x1000, 0x1000, 0x1000 - 0x350, 0),
+            ),
+            // Read while it changed: a misaligned top, a size that runs into the next heap.
+            (
+                None,
+                top(0x158, 0x1000, 0x1000),
+                false,
+                (0x1000, 0x1000, 0x1000 - 0x150, 0),
+            ),
+            (
+                None,
+                top(0x150, 1 << 20, 1 << 20),
+                false,
+                (0x1000, 0x1000, 0x1000 - 0x150, 0),
+            ),
+        ];
+        for (i, (chunk, now, followed, (end, system, top_bytes, freed))) in
+            rows.into_iter().enumerate()
+        {
+            let mut live = heap();
+            // A heap after this one, to run into.
+            live.index.push((HEAP + 0x8000, HEAP + 0x9000, 1));
+            if let Some((size, freed)) = chunk {
+                let alloc = event(EventKind::Alloc, HEAP + 0x150, size, Call::Malloc);
+                live.apply(&alloc, Apply::Strict).unwrap();
+                if freed {
+                    let free = event(EventKind::Free, HEAP + 0x150, size, Call::Free);
+                    live.apply(&free, Apply::Strict).unwrap();
+                }
+            }
+            assert_eq!(live.follow_top(0, now), followed, "row {i}");
+            let figures = figures(&mut live);
+            assert_eq!(live.map.segments[0].end, HEAP + end, "row {i}");
+            assert_eq!(live.map.arenas[0].heaps[0].end, HEAP + end, "row {i}");
+            let got = (figures.system_bytes, figures.top_bytes, figures.freed_bytes);
+            assert_eq!(got, (system, top_bytes, freed), "row {i}");
+        }
     }
 
     #[test]

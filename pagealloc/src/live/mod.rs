@@ -107,6 +107,8 @@ impl Live {
             }
             None => session.sample_pages()?,
         };
+        let tops = session.arena_tops(&sample.pages, &self.core.arenas());
+        self.core.follow_tops(&tops);
         let map = self.core.map(&sample.pages, self.chunk_struct_size);
         sample.heap = Heap::Map(Box::new(map));
         sample.libc = self.libc.clone();
