@@ -229,6 +229,16 @@ pub fn n(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
 
+/// A JSON line's event count `key` (live mode).
+pub fn events(line: &serde_json::Value, key: &str) -> u64 {
+    n(&line["events"], key)
+}
+
+/// A JSON line's heap total `key`.
+pub fn heap_total(line: &serde_json::Value, key: &str) -> u64 {
+    n(&line["heap"]["totals"], key)
+}
+
 /// The bytes of each chunk state, as an output gives them (JSON totals, or metrics).
 pub struct StateBytes {
     pub live: u64,
@@ -564,6 +574,17 @@ pub struct Watch {
 pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Watch {
+    /// `pagealloc watch PID --format json ARGS`, the overhead guard out of reach unless ARGS
+    /// set `--max-rate`.
+    pub fn json(pid: i32, args: &[&str]) -> Watch {
+        let mut all = vec!["--format", "json"];
+        if !args.contains(&"--max-rate") {
+            all.extend_from_slice(&["--max-rate", "1000000000000"]);
+        }
+        all.extend_from_slice(args);
+        Watch::start(pid, &all)
+    }
+
     pub fn start(pid: i32, args: &[&str]) -> Watch {
         let pid = pid.to_string();
         let mut all = vec!["watch", pid.as_str()];

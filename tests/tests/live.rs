@@ -5,25 +5,6 @@ use std::time::SystemTime;
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// `pagealloc watch PID --format json ARGS`, with live mode's overhead guard out of reach unless
-/// `args` set it.
-fn watch(pid: i32, args: &[&str]) -> Watch {
-    let mut all = vec!["--format", "json"];
-    if !args.contains(&"--max-rate") {
-        all.extend_from_slice(&["--max-rate", "1000000000000"]);
-    }
-    all.extend_from_slice(args);
-    Watch::start(pid, &all)
-}
-
-fn events(line: &Value, key: &str) -> u64 {
-    n(&line["events"], key)
-}
-
-fn live(line: &Value, key: &str) -> u64 {
-    n(&line["heap"]["totals"], key)
-}
-
 /// Four threads make over a million random allocation calls while watch follows them: the
 /// change in live chunks and bytes it reports is the fixture's own, every call is counted, no
 /// event is lost, no walk was needed, and a reconcile afterwards finds the state exact.
@@ -51,7 +32,7 @@ fn exact_under_churn(calls_per_thread: u64, threads: u64, shared: bool) {
     }
     let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &arguments);
-    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "200ms", "--reconcile", "4s"]);
     let quiet = SystemTime::now();
     let before = watch.line_after(quiet, |_| true);
     assert_eq!(before["mode"], "live", "{before}");
@@ -68,7 +49,7 @@ fn exact_under_churn(calls_per_thread: u64, threads: u64, shared: bool) {
     assert_eq!(events(&after, "lost"), 0);
     assert_eq!(events(&after, "resyncs"), 0, "no walk was needed");
     assert_eq!(events(&after, "contradictions"), 0);
-    let change = |key: &str| live(&after, key) as i64 - live(&before, key) as i64;
+    let change = |key: &str| heap_total(&after, key) as i64 - heap_total(&before, key) as i64;
     assert_eq!(
         change("live_chunks"),
         fixture.get("held_chunks") as i64 - held_before.0 as i64
@@ -110,7 +91,7 @@ fn root_attaching_to_a_busy_process_loses_nothing() {
     // Far more calls than the test waits for: the churn runs throughout.
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["50000000", "4"]);
     fixture.send("g");
-    let mut watch = watch(fixture.pid(), &["--interval", "200ms"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "200ms"]);
     let first = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(first["mode"], "live", "{first}");
     assert!(events(&first, "allocs") > 0, "the churn ran: {first}");
@@ -133,7 +114,7 @@ fn root_stopped_reconciles_find_a_churning_state_exact() {
     fixture.send("g");
     // Rings of 64 MiB: four threads churning flat out on this machine's cores can outrun a
     // reader the scheduler leaves waiting; this test is about the reconciles.
-    let mut watch = watch(
+    let mut watch = Watch::json(
         fixture.pid(),
         &[
             "--interval",
@@ -165,7 +146,7 @@ fn root_stopped_reconciles_find_a_churning_state_exact() {
 fn root_lost_events_are_counted_and_resynced() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["100000", "4"]);
-    let mut watch = watch(
+    let mut watch = Watch::json(
         fixture.pid(),
         &[
             "--interval",
@@ -193,7 +174,7 @@ fn root_lost_events_are_counted_and_resynced() {
 
 /// The heap's live figures against what the fixture holds (its own chunks, plus libc's few).
 fn heap_against_holdings(fixture: &Fixture, line: &Value) -> Result<(), String> {
-    let (live_bytes, held) = (live(line, "live_bytes"), fixture.get("held_bytes"));
+    let (live_bytes, held) = (heap_total(line, "live_bytes"), fixture.get("held_bytes"));
     if live_bytes < held || live_bytes - held > LIBC_INTERNAL_BYTES {
         return Err(format!("live_bytes {live_bytes}, held {held}"));
     }
@@ -207,7 +188,7 @@ fn heap_against_holdings(fixture: &Fixture, line: &Value) -> Result<(), String> 
 fn root_watch_says_why_it_walks() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["10", "1"]);
-    let mut watch = watch(
+    let mut watch = Watch::json(
         fixture.pid(),
         &["--interval", "100ms", "--walk", "--count", "1"],
     );
@@ -226,7 +207,7 @@ fn root_watch_says_why_it_walks() {
 fn root_overhead_guard_takes_the_probes_off_a_busy_process() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["300000", "4"]);
-    let mut watch = watch(
+    let mut watch = Watch::json(
         fixture.pid(),
         &["--interval", "100ms", "--max-rate", "1000"],
     );
@@ -312,7 +293,7 @@ impl Drop for HugePages {
 }
 
 fn follows_threads_arenas_and_heaps(fixture: &mut Fixture) {
-    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "200ms", "--reconcile", "1s"]);
     let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live");
     for command in ["n", "b", "n", "x", "n"] {
@@ -326,7 +307,7 @@ fn follows_threads_arenas_and_heaps(fixture: &mut Fixture) {
         // New arenas and heaps are taken in from the events: no walk was needed.
         assert_eq!(events(&line, "resyncs"), 0, "{context}");
         // What the fixture's threads hold is live, and little besides (libc's own).
-        let (live_bytes, held) = (live(&line, "live_bytes"), fixture.get("held_bytes"));
+        let (live_bytes, held) = (heap_total(&line, "live_bytes"), fixture.get("held_bytes"));
         assert!(
             live_bytes >= held && live_bytes - held <= LIBC_INTERNAL_BYTES,
             "{context}: live {live_bytes}, held {held}"
@@ -360,7 +341,7 @@ fn follows_threads_arenas_and_heaps(fixture: &mut Fixture) {
 fn root_watch_ends_when_the_target_execs() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("THREADS"), &[]);
-    let mut watch = watch(fixture.pid(), &["--interval", "100ms"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "100ms"]);
     watch.line();
     fixture.command("e");
     assert!(
@@ -403,7 +384,7 @@ fn root_live_mode_through_the_process_root() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
     assert!(maps.contains("/opt/containerlib/libc.so.6"), "{maps}");
-    let mut watch = watch(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "200ms", "--reconcile", "1h"]);
     let before = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(before["mode"], "live", "{before}");
     let held_before = fixture.get("held_bytes");
@@ -418,7 +399,7 @@ fn root_live_mode_through_the_process_root() {
         calls
     );
     assert_eq!(
-        live(&after, "live_bytes") as i64 - live(&before, "live_bytes") as i64,
+        heap_total(&after, "live_bytes") as i64 - heap_total(&before, "live_bytes") as i64,
         fixture.get("held_bytes") as i64 - held_before as i64
     );
     assert_eq!(events(&after, "lost"), 0);

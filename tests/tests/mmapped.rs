@@ -4,11 +4,6 @@
 use std::time::SystemTime;
 
 use pagealloc_tests::*;
-use serde_json::Value;
-
-fn events(line: &Value, key: &str) -> u64 {
-    n(&line["events"], key)
-}
 
 /// Seeded from a heap whose aligned chunks were already reallocated (the headers at the start
 /// of their mappings stale), watch follows three more rounds of memalign, posix_memalign,

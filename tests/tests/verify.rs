@@ -6,21 +6,6 @@ use std::time::{Duration, SystemTime};
 use pagealloc_tests::*;
 use serde_json::Value;
 
-/// `pagealloc watch PID --format json ARGS`, the overhead guard out of reach.
-fn watch(pid: i32, args: &[&str]) -> Watch {
-    let mut all = vec!["--format", "json", "--max-rate", "1000000000000"];
-    all.extend_from_slice(args);
-    Watch::start(pid, &all)
-}
-
-fn events(line: &Value, key: &str) -> u64 {
-    n(&line["events"], key)
-}
-
-fn totals(line: &Value, key: &str) -> u64 {
-    n(&line["heap"]["totals"], key)
-}
-
 const RECONCILE: Duration = Duration::from_secs(2);
 
 /// Two threads making ~17,500 allocations a second in bursts every millisecond: no walk reads
@@ -33,7 +18,7 @@ fn root_a_bursty_heap_is_reconciled_every_period_and_exact() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("BURSTY"), &[]);
     let reconcile = format!("{}s", RECONCILE.as_secs());
-    let mut watch = watch(
+    let mut watch = Watch::json(
         fixture.pid(),
         &["--interval", "250ms", "--reconcile", &reconcile],
     );
@@ -68,9 +53,9 @@ fn root_a_bursty_heap_is_reconciled_every_period_and_exact() {
             // line before it), and no note of a walk before it is left.
             let freed_since = events(line, "freed_bytes") - events(&lines[r - 1], "freed_bytes");
             assert!(
-                totals(line, "freed_bytes") <= freed_since,
+                heap_total(line, "freed_bytes") <= freed_since,
                 "{} bytes freed to the state, {freed_since} freed since the reconcile: {context}",
-                totals(line, "freed_bytes")
+                heap_total(line, "freed_bytes")
             );
             assert_eq!(line["heap"]["notes"], Value::Array(vec![]), "{context}");
         }
@@ -88,7 +73,7 @@ fn root_a_bursty_heap_is_reconciled_every_period_and_exact() {
 fn root_live_heap_bounds_follow_its_top() {
     require_root();
     let mut fixture = Fixture::spawn(fixture_path!("BURSTY"), &["top"]);
-    let mut watch = watch(fixture.pid(), &["--interval", "100ms", "--reconcile", "1h"]);
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "100ms", "--reconcile", "1h"]);
     let first = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(first["mode"], "live", "{first}");
     for command in ["g", "s", "g", "f", "s", "g"] {
@@ -101,17 +86,17 @@ fn root_live_heap_bounds_follow_its_top() {
         assert_eq!(events(&line, "resyncs"), 0, "{context}");
         assert_eq!(events(&line, "reconciles"), 0, "{context}");
         assert_eq!(
-            totals(&line, "system_bytes"),
+            heap_total(&line, "system_bytes"),
             fixture.get("arena"),
             "{context}"
         );
         assert_eq!(
-            totals(&line, "top_bytes"),
+            heap_total(&line, "top_bytes"),
             fixture.get("keepcost"),
             "{context}"
         );
         assert!(
-            totals(&line, "live_bytes") >= fixture.get("held_bytes"),
+            heap_total(&line, "live_bytes") >= fixture.get("held_bytes"),
             "{context}"
         );
     }
