@@ -41,7 +41,8 @@ pub enum Program {
     /// rax), which glibc allocates out of sight of the public functions.
     TcacheAlloc,
     /// Run by user space on a CPU (`BPF_PROG_TEST_RUN`): writes the events the CPU has gathered
-    /// to its ring. Returns [`DRAIN_BUSY`] if a probe on that CPU was gathering one.
+    /// to its ring, followed by an [`EventKind::Mark`]. Returns [`DRAIN_BUSY`] (and writes no
+    /// mark) if a probe on that CPU was in the middle of an event.
     Drain,
 }
 
@@ -117,8 +118,8 @@ pub struct ChunkWords {
 /// The name of the programs' global [`ChunkWords`].
 pub const CHUNK_WORDS: &str = "CHUNK_WORDS";
 
-/// What [`Program::Drain`] returns when a probe on its CPU was in the middle of gathering an
-/// event: ask again.
+/// What [`Program::Drain`] returns when a probe on its CPU was in the middle of an event
+/// (gathering it, or writing it to the ring itself): ask again.
 pub const DRAIN_BUSY: u32 = 1;
 
 /// The attach cookie of an `alloc_result` probe: the [`Call`] in the low byte, and above it how
@@ -145,6 +146,10 @@ pub enum EventKind {
     Alloc = 1,
     /// The program (or glibc for it) gave the chunk back.
     Free = 2,
+    /// Not a chunk's: written by [`Program::Drain`] at its `time`, when no probe of its CPU was
+    /// under way. Every event that CPU stamped before it is before it in the CPU's ring, so a
+    /// reader that has read it has read them all.
+    Mark = 3,
 }
 
 /// The call that made an event. Attach cookies and [`Event::call`] carry these values.
@@ -220,6 +225,11 @@ pub struct Staged {
     /// Non-zero while a program of this CPU writes here (a probe can be preempted, and another
     /// thread's probe run on the CPU meanwhile: it then writes to the ring itself).
     pub busy: u64,
+    /// How many probes of this CPU are between the start of an event and its being in the
+    /// staging area or committed to the ring (preempted ones included): counted before the
+    /// event is stamped, so while it is 0 every event the CPU stamped is in the area or in
+    /// the ring, with no reservation of the ring still open.
+    pub unwritten: u64,
     /// How many of `events` are gathered.
     pub count: u64,
     pub events: [Event; BATCH_EVENTS],

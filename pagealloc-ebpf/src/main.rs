@@ -1,7 +1,8 @@
 //! pagealloc's probes on glibc's allocation functions, attached to one process. Each allocation
 //! and free becomes a 32-byte [`Event`], gathered in the staging area of the CPU the probe ran
 //! on and written to that CPU's ring buffer in batches (or at once if another probe of the CPU
-//! holds the area; user space has a CPU's batch written early with [`drain`]). Calls
+//! holds the area; user space has a CPU's batch written early with [`drain`], which marks in
+//! the ring how far the events written so far go). Calls
 //! that glibc makes on its own from inside realloc or the memalign family (realloc(NULL, n) calls
 //! malloc, ...) are not reported twice: the outer call reports what happened, once.
 #![no_std]
@@ -132,8 +133,17 @@ const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
 fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
-    let mut event = Event {
-        time: 0,
+    let Some(staged) = STAGED.get_ptr_mut(0) else {
+        return count_lost(1);
+    };
+    // SAFETY: a word of this CPU's map value, changed atomically: programs of this CPU that
+    // preempt this one add and take away too.
+    let unwritten = unsafe { &raw mut (*staged).unwritten };
+    add(unwritten, 1);
+    let event = Event {
+        // Stamped after the count: a reader that finds the CPU with no probe under way and
+        // nothing gathered has every event stamped before it looked in the ring.
+        time: now(),
         pointer,
         size,
         tid,
@@ -141,13 +151,19 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         call,
         reserved: 0,
     };
-    let staged = take_area();
-    // Stamped once the area is held: a reader that finds it free and empty has every event
-    // of this CPU stamped before it looked, however long this vCPU stalls here.
-    event.time = now();
-    let Some(staged) = staged else {
-        return write_now(&event);
-    };
+    // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
+    match take_area(unsafe { &mut *staged }) {
+        Some(staged) => {
+            gather(staged, event);
+            release(staged);
+        }
+        None => write_now(&event),
+    }
+    add(unwritten, u64::MAX);
+}
+
+/// Adds `event` to the staging area, and writes the area out once it holds a batch.
+fn gather(staged: &mut Staged, event: Event) {
     // Volatile writes: the compiler keeps them before `release`'s. Only this CPU's programs
     // come here, so no fence is needed beyond that.
     match staged.events.get_mut(staged.count as usize) {
@@ -163,7 +179,6 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
     if staged.count as usize >= BATCH_EVENTS {
         flush(staged);
     }
-    release(staged);
 }
 
 fn now() -> u64 {
@@ -173,10 +188,7 @@ fn now() -> u64 {
 
 /// This CPU's staging area, taken, if no other program of the CPU (a preempted probe, a
 /// drain from user space) holds it.
-fn take_area() -> Option<&'static mut Staged> {
-    // SAFETY: this CPU's value, which the exchange below keeps other programs of this CPU out
-    // of until `release`.
-    let staged = unsafe { &mut *STAGED.get_ptr_mut(0)? };
+fn take_area(staged: &mut Staged) -> Option<&mut Staged> {
     // SAFETY: an atomic exchange on a word of the map value.
     let was = unsafe {
         core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Acquire }>(
@@ -218,7 +230,11 @@ fn flush(staged: &mut Staged) {
         )
     } != 0;
     if failed {
-        count_lost(count as u64);
+        let marked = staged
+            .events
+            .get(count - 1)
+            .is_some_and(|last| last.kind == EventKind::Mark as u8);
+        count_lost(count as u64 - u64::from(marked));
     }
 }
 
@@ -269,15 +285,32 @@ fn count_lost(events: u64) {
     }
 }
 
-/// Run by user space on one CPU: that CPU's gathered events go to its ring now.
+/// Run by user space on one CPU: that CPU's gathered events go to its ring now, followed by a
+/// mark that vouches for every event the CPU stamped before it. Busy (and no mark) while a
+/// probe of the CPU is under way: what it stamped may not be in the ring yet. No probe of the
+/// CPU starts while this runs (it runs in an interrupt, or with preemption off).
 #[raw_tracepoint]
 pub fn drain(_ctx: RawTracePointContext) -> i32 {
-    let Some(staged) = take_area() else {
+    let Some(staged) = STAGED.get_ptr_mut(0) else {
         return DRAIN_BUSY as i32;
     };
+    // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
+    let Some(staged) = take_area(unsafe { &mut *staged }) else {
+        return DRAIN_BUSY as i32;
+    };
+    // SAFETY: a word of the map value, read once.
+    let under_way = unsafe { core::ptr::read_volatile(&staged.unwritten) } != 0;
+    if !under_way {
+        let mark = Event {
+            time: now(),
+            kind: EventKind::Mark as u8,
+            ..Event::default()
+        };
+        gather(staged, mark);
+    }
     flush(staged);
     release(staged);
-    0
+    if under_way { DRAIN_BUSY as i32 } else { 0 }
 }
 
 fn cookie(ctx: &impl EbpfContext) -> u64 {

@@ -1,8 +1,10 @@
 //! Each CPU's probes gather events in a staging area and write them to the CPU's ring in
 //! batches ([`pagealloc_common::Staged`]): one ring lock and commit per batch instead of per
-//! event. Before each read of the rings the reader has every CPU with gathered events write
-//! them out, by running the `drain` program on it (`BPF_PROG_TEST_RUN` on that CPU), so that
-//! nothing stamped before the round waits in a staging area.
+//! event. Before each read of the rings the reader runs the `drain` program on every CPU
+//! (`BPF_PROG_TEST_RUN` on that CPU): it writes out what the CPU gathered, then a mark
+//! ([`pagealloc_common::EventKind::Mark`]) stamped when no probe of the CPU was under way. The reader vouches
+//! for a CPU's events up to the last mark it has read from that CPU's ring: a fact of the
+//! ring's own order, whatever a probe's preemption or the ring's commits took.
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -10,16 +12,16 @@ use aya::maps::{MapData, PerCpuArray};
 use aya_obj::generated::{BPF_F_TEST_RUN_ON_CPU, bpf_attr, bpf_cmd};
 use pagealloc_common::{DRAIN_BUSY, Staged};
 
-/// How often a drain is tried on a CPU whose probe is in the middle of gathering an event (it
-/// takes nanoseconds unless the thread was preempted there) before the round goes on without
-/// that CPU.
+/// How often a drain is tried on a CPU whose probe is in the middle of an event (it takes
+/// nanoseconds unless the thread was preempted there) before the round goes on without that
+/// CPU's mark.
 const DRAIN_TRIES: usize = 3;
 
 pub(super) struct Drains {
     program: aya::programs::ProgramFd,
     staged: PerCpuArray<MapData, Staged>,
-    /// Per CPU: every event it stamped before this (CLOCK_MONOTONIC, ns) is in its ring.
-    emptied_at: Vec<u64>,
+    /// Per CPU: every event it stamped before this (CLOCK_MONOTONIC, ns) has been read.
+    vouched: Vec<u64>,
     /// Per CPU taken offline with events gathered: the first one's stamp, once counted lost.
     stranded: Vec<Option<u64>>,
 }
@@ -35,31 +37,25 @@ impl Drains {
         let drains = Drains {
             program,
             staged,
-            emptied_at: Vec::new(),
+            vouched: Vec::new(),
             stranded: Vec::new(),
         };
         drains.drain(cpu)?;
         Ok(drains)
     }
 
-    /// Has every CPU with gathered events write them to its ring. Returns the time before
-    /// which every event stamped is in a ring (`now` unless a CPU's probe held its staging area
-    /// throughout), and how many events were found stranded on CPUs taken offline (lost: they
-    /// cannot be read).
-    pub(super) fn run(&mut self, now: u64) -> io::Result<(u64, u64)> {
+    /// Has every CPU write out what it gathered, and a mark. Returns how many events were
+    /// found stranded on CPUs taken offline (lost: they cannot be read); an offline CPU makes
+    /// no more events, so it vouches for everything before `now`.
+    pub(super) fn run(&mut self, now: u64) -> io::Result<u64> {
         let areas = self.staged.get(&0, 0).map_err(io::Error::other)?;
-        self.emptied_at.resize(areas.len(), 0);
+        self.vouched.resize(areas.len(), 0);
         self.stranded.resize(areas.len(), None);
         let mut stranded_events = 0;
         for (cpu, area) in areas.iter().enumerate() {
-            // Held (a probe between its stamp and its batch's commit): drained, or waited for.
-            if area.count == 0 && area.busy == 0 {
-                self.emptied_at[cpu] = now;
-                continue;
-            }
             match self.drain(cpu as u32) {
-                Ok(true) => self.emptied_at[cpu] = now,
-                Ok(false) => log::debug!("CPU {cpu}'s staging area busy: drained next round"),
+                Ok(true) => {}
+                Ok(false) => log::debug!("CPU {cpu}: a probe under way, drained next round"),
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                     // Offline: what it gathered comes out only if it comes back, too late.
                     let first = area.events[0].time;
@@ -67,13 +63,24 @@ impl Drains {
                         self.stranded[cpu] = Some(first);
                         stranded_events += area.count.min(area.events.len() as u64);
                     }
-                    self.emptied_at[cpu] = now;
+                    self.vouched[cpu] = self.vouched[cpu].max(now);
                 }
                 Err(e) => return Err(e),
             }
         }
-        let emptied = self.emptied_at.iter().copied().min().unwrap_or(now);
-        Ok((emptied, stranded_events))
+        Ok(stranded_events)
+    }
+
+    /// A mark stamped at `time` was read from `cpu`'s ring.
+    pub(super) fn mark_read(&mut self, cpu: usize, time: u64) {
+        if let Some(vouched) = self.vouched.get_mut(cpu) {
+            *vouched = (*vouched).max(time);
+        }
+    }
+
+    /// The time before which every CPU's events have been read.
+    pub(super) fn vouched_before(&self) -> u64 {
+        self.vouched.iter().copied().min().unwrap_or(0)
     }
 
     /// Whether an event of `cpu`'s stamped at `time` was among those found stranded there (and
@@ -86,7 +93,7 @@ impl Drains {
             .is_some_and(|first| time >= first)
     }
 
-    /// Runs `drain` on `cpu`: true if it wrote the gathered events out.
+    /// Runs `drain` on `cpu`: true if it wrote the gathered events out, and its mark.
     fn drain(&self, cpu: u32) -> io::Result<bool> {
         for _ in 0..DRAIN_TRIES {
             if run_on_cpu(self.program.as_fd(), cpu)? != DRAIN_BUSY {

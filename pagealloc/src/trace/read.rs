@@ -7,18 +7,14 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
-use pagealloc_common::Event;
+use pagealloc_common::{Event, EventKind};
 
 use super::drain::Drains;
 use super::{Batch, monotonic_now};
 
-/// How long after being stamped an event may still be in the middle of being written to the
-/// ring (a probe stamps, then commits): batches vouch only for events older than this.
-const COMMIT_SLACK_NS: u64 = 1_000_000;
-
 /// Events the probes wrote but the reader could not hand over in their place: stranded on a
-/// CPU taken offline, or arriving after a batch that vouched for their time (their probe
-/// preempted for longer than [`COMMIT_SLACK_NS`]). They count as lost.
+/// CPU taken offline, or arriving after a batch that vouched for their time (which the marks
+/// rule out: kept as a check). They count as lost.
 #[derive(Debug, Default)]
 pub(super) struct ReaderLosses {
     pub(super) count: AtomicU64,
@@ -46,10 +42,10 @@ pub(super) struct Reader {
 
 impl Reader {
     /// Reads the ring buffers until `stop`: waits for a wake-up or `poll`, has every CPU write
-    /// out what it gathered, then takes everything there is. Each ring is in its CPU's order
-    /// (but for an event written past a staging area another probe held); the events of all
-    /// are handed over in the order of their stamps, as far as every CPU vouches for them (the
-    /// rest wait for the next round).
+    /// out what it gathered and a mark, then takes everything there is. Each ring is in its
+    /// CPU's order (but for an event written past a staging area another probe held); the
+    /// events of all are handed over in the order of their stamps, as far as every CPU's last
+    /// mark read vouches for them (the rest wait for the next round).
     pub(super) fn run(mut self, send: mpsc::Sender<Batch>, stop: &AtomicBool, poll: Duration) {
         let timeout = EpollTimeout::try_from(poll).unwrap_or(EpollTimeout::MAX);
         let mut woken = [EpollEvent::empty(); 8];
@@ -57,16 +53,14 @@ impl Reader {
         let mut handed_before = 0;
         while !stop.load(Ordering::Relaxed) {
             let _ = self.wake_ups.wait(&mut woken, timeout);
-            let (emptied, stranded) = match self.drains.run(monotonic_now()) {
-                Ok(drained) => drained,
+            match self.drains.run(monotonic_now()) {
+                Ok(stranded) => self.losses.add(stranded),
                 Err(e) => {
                     // Events would wait unseen: stop, and live mode says the reader stopped.
                     log::error!("draining the probes' staging areas: {e}");
                     return;
                 }
-            };
-            self.losses.add(stranded);
-            let complete_before = emptied.saturating_sub(COMMIT_SLACK_NS).max(handed_before);
+            }
             let mut events = std::mem::take(&mut waiting);
             let mut late = 0;
             for (cpu, ring) in self.rings.iter_mut().enumerate() {
@@ -75,7 +69,9 @@ impl Reader {
                         // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
                         let event =
                             unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
-                        if event.time >= handed_before {
+                        if event.kind == EventKind::Mark as u8 {
+                            self.drains.mark_read(cpu, event.time);
+                        } else if event.time >= handed_before {
                             events.push(event);
                         } else if !self.drains.was_stranded(cpu, event.time) {
                             late += 1;
@@ -87,6 +83,7 @@ impl Reader {
                 log::debug!("{late} events arrived after their time was vouched for: lost");
             }
             self.losses.add(late);
+            let complete_before = self.drains.vouched_before().max(handed_before);
             // Runs already in order, merged (a stable sort finds them).
             events.sort_by_key(|event| event.time);
             let vouched = events.partition_point(|event| event.time < complete_before);
