@@ -24,6 +24,8 @@ pub(super) struct Drains {
     vouched: Vec<u64>,
     /// Per CPU taken offline with events gathered: the first one's stamp, once counted lost.
     stranded: Vec<Option<u64>>,
+    /// Per CPU: offline at its last drain (a VM may list hundreds of possible CPUs).
+    offline: Vec<bool>,
 }
 
 impl Drains {
@@ -39,6 +41,7 @@ impl Drains {
             staged,
             vouched: Vec::new(),
             stranded: Vec::new(),
+            offline: Vec::new(),
         };
         drains.drain(cpu)?;
         Ok(drains)
@@ -51,8 +54,16 @@ impl Drains {
         let areas = self.staged.get(&0, 0).map_err(io::Error::other)?;
         self.vouched.resize(areas.len(), 0);
         self.stranded.resize(areas.len(), None);
+        self.offline.resize(areas.len(), false);
         let mut stranded_events = 0;
         for (cpu, area) in areas.iter().enumerate() {
+            // Still offline, as far as its idle area tells (one that comes back and writes to
+            // its ring before it is drained again makes late events: counted lost).
+            if self.offline[cpu] && area.unwritten == 0 && area.count == 0 {
+                self.vouched[cpu] = self.vouched[cpu].max(now);
+                continue;
+            }
+            self.offline[cpu] = false;
             match self.drain(cpu as u32) {
                 Ok(true) => {}
                 Ok(false) => log::debug!("CPU {cpu}: a probe under way, drained next round"),
@@ -64,6 +75,7 @@ impl Drains {
                         stranded_events += area.count.min(area.events.len() as u64);
                     }
                     self.vouched[cpu] = self.vouched[cpu].max(now);
+                    self.offline[cpu] = true;
                 }
                 Err(e) => return Err(e),
             }
