@@ -1,45 +1,10 @@
 //! Live mode loses no event at moderate rates, however the CPUs are shared: a probe preempted
 //! between stamping an event and writing it (the agent's own walk and other programs compete
 //! for the CPUs) holds the reader back instead of arriving after its time was vouched for.
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use pagealloc_testkit::hogs::CpuHogs;
 use pagealloc_tests::*;
-
-/// Busy loops on half the CPUs for as long as it lives, so that the target's threads are
-/// preempted in their probes and move between CPUs.
-struct CpuHogs {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl CpuHogs {
-    fn start() -> CpuHogs {
-        let stop = Arc::new(AtomicBool::new(false));
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..cpus.div_ceil(2))
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        CpuHogs { stop, threads }
-    }
-}
-
-impl Drop for CpuHogs {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// The bursty target (two threads, a burst every millisecond, ~17,500 allocations a second)
 /// reconciled every second, half its CPUs taken by busy loops: over `RECONCILES` reconcile

@@ -4,6 +4,7 @@
 //! idempotently, printing one line per step.
 mod bench;
 mod layers;
+mod losses;
 mod overhead;
 mod serve;
 mod setup;
@@ -67,6 +68,16 @@ enum Bench {
         #[arg(long, default_value_t = 24)]
         size: u64,
     },
+    /// Live mode's event losses, run after run, on a bursty target beside busy loops and on
+    /// CPython churning on three threads.
+    Losses {
+        /// Runs per shape.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Seconds each run watches.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Scrape latency of `pagealloc serve` following 10 processes, from 1 and 8 clients.
     Serve {
         /// Processes the agent follows.
@@ -99,6 +110,9 @@ fn main() -> Result<()> {
         Task::Bench {
             bench: Bench::Overhead { rounds, size },
         } => overhead::overhead(&root, rounds, size),
+        Task::Bench {
+            bench: Bench::Losses { runs, seconds },
+        } => losses::losses(&root, runs, seconds),
         Task::Bench {
             bench:
                 Bench::Serve {
