@@ -13,7 +13,6 @@ const RECONCILE: Duration = Duration::from_secs(2);
 /// and finds the state exact, the bytes freed since a reconcile's walk are all that is left
 /// unsettled, and no note of an earlier walk stays behind.
 #[test]
-#[ignore = "issue 19 item 4 not done yet: a reconcile still needs a whole consistent walk"]
 fn root_a_bursty_heap_is_reconciled_every_period_and_exact() {
     require_root();
     let fixture = Fixture::spawn(fixture_path!("BURSTY"), &[]);

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind};
 
+use super::compare;
 use super::heap::{Apply, Contradiction, LiveHeap};
 use crate::glibc::{ArenaTop, HeapInfo};
-use crate::state::events::{Counts, Mismatch};
+use crate::state::events::Counts;
 use crate::state::heap::HeapMap;
 use crate::state::pages::PageMap;
 
@@ -79,9 +80,6 @@ pub struct LiveCore {
 /// out, and a thread can be preempted in between: events stamped this close to a walk may be
 /// what the walk saw, or not. They are replayed against it.
 const REPLAY_SLACK_NS: u64 = 200_000_000;
-
-/// A reconcile whose walk read the heap inconsistently is tried again this much later.
-const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 
 /// Unknown bytes past this share of the heap make a walk worth taking again.
 const UNKNOWN_SHARE_LIMIT: f64 = 0.01;
@@ -158,32 +156,27 @@ impl LiveCore {
     }
 
     /// Once the walk's events are applied: a reconcile compares the state before it with the
-    /// walk, which replaces it. A walk that read the heap inconsistently (the target busy) says
-    /// nothing of the state, which a reconcile then keeps, and a resync takes for lack of
-    /// better: either looks again later.
+    /// walk chunk by chunk, and the walk replaces it (taking the state's chunks where it read
+    /// them inconsistently: [`compare::reconcile`]). A resync's walk that read the heap
+    /// inconsistently (the target busy) is taken for lack of better, and again later if it
+    /// left much of the heap unknown.
     pub fn settle(&mut self, now: Instant) {
         let Some(Settling { consistent, before }) = self.settling.take() else {
             return;
         };
         self.next_reconcile = now + self.reconcile_every;
         match before {
-            Some((old, window, broken)) if !consistent => {
+            // The events contradicted the state and the walk read inconsistently: neither is
+            // to be trusted; the next walk is taken for lack of better.
+            Some((old, window, true)) if !consistent => {
                 self.heap = old;
                 self.window = window;
-                if broken {
-                    self.resync();
-                } else {
-                    // Not a walk every sample on a busy target: again a little later.
-                    self.next_reconcile = now + self.reconcile_every.min(RECONCILE_RETRY);
-                }
+                self.resync();
             }
             Some((old, ..)) => {
-                let (kept, walked) = (old.map.live(), self.heap.map.live());
                 self.counts.reconciles += 1;
-                self.counts.reconcile_mismatch = Some(Mismatch {
-                    chunks: kept.0.abs_diff(walked.0),
-                    bytes: kept.1.abs_diff(walked.1),
-                });
+                let mismatch = compare::reconcile(&old.map, &mut self.heap.map);
+                self.counts.reconcile_mismatch = Some(mismatch);
             }
             // A busy target reads a little inconsistently; the events settle what was unknown.
             // Only a walk that left much of the heap unknown is taken again.
@@ -333,7 +326,7 @@ mod tests {
 
     use super::super::heap::Apply;
     use super::super::heap::tests::{HEAP, event, map};
-    use super::{LiveCore, RECONCILE_RETRY, REPLAY_SLACK_NS, Walk, Walked, Window};
+    use super::{LiveCore, REPLAY_SLACK_NS, Walk, Walked, Window};
     use crate::glibc::HeapInfo;
     use crate::state::heap::{CHUNK_START, ChunkState, HeapMap, HeapNote};
 
@@ -541,32 +534,37 @@ mod tests {
     }
 
     #[test]
-    fn an_inconsistent_reconcile_keeps_the_state_and_is_tried_again_soon() {
+    fn an_inconsistent_reconcile_compares_what_it_read_and_replaces_the_state() {
+        // The walk read the chunk the state has freed as in use (its list broke): taken from
+        // the state, no mismatch, and the walk's notes of its reading go.
         let start = Instant::now();
+        let mut core = seeded(S, start);
+        let free = stamped(
+            20 * S,
+            event(EventKind::Free, HEAP + 0x10, 0x40, Call::Free),
+        );
+        core.apply(&[free], &mut no_heap_info);
+        core.begin_walk(walked(inconsistent(map()), 40 * S, 41 * S), Walk::Reconcile);
+        core.apply(&[from_top(41 * S)], &mut no_heap_info);
+        let settled = start + RECONCILE;
+        core.settle(settled);
+        let mismatch = core.counts.reconcile_mismatch.unwrap();
+        assert_eq!((mismatch.chunks, mismatch.bytes), (0, 0));
+        assert_eq!((core.counts.reconciles, core.counts.resyncs), (1, 0));
+        assert_eq!(live(&core), (1, 0x40), "the chunk from the top only");
+        assert_eq!(core.heap.map.notes, []);
+        assert_eq!(core.walk_needed(settled + RECONCILE), Some(Walk::Reconcile));
+        // A chunk the walk read free where the state has it live is a mismatch; the state is
+        // kept there (the walk read inconsistently).
         let mut core = seeded(S, start);
         core.begin_walk(
             walked(inconsistent(freed_since(map())), 40 * S, 41 * S),
             Walk::Reconcile,
         );
-        // Events of the walk's time applied to both.
-        core.apply(&[from_top(41 * S)], &mut no_heap_info);
-        let settled = start + RECONCILE;
         core.settle(settled);
-        assert_eq!(
-            live(&core),
-            (2, 0x80),
-            "the state before the walk, events applied"
-        );
-        assert_eq!((core.counts.reconciles, core.counts.resyncs), (0, 0));
-        let retry = settled + RECONCILE_RETRY;
-        assert_eq!(core.walk_needed(retry - Duration::from_millis(1)), None);
-        assert_eq!(core.walk_needed(retry), Some(Walk::Reconcile));
-        // And the old walk's window with it.
-        let window = Window {
-            replay_from: 10 * S - REPLAY_SLACK_NS,
-            walked_until: 11 * S,
-        };
-        assert_eq!(core.window, window);
+        let mismatch = core.counts.reconcile_mismatch.unwrap();
+        assert_eq!((mismatch.chunks, mismatch.bytes), (1, 0x40));
+        assert_eq!(live(&core), (1, 0x40));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the next sample walk the heap again (a resync, with the same replay); every
 //! [`LiveOptions::reconcile`] a walk is compared with the state (the mismatch in live chunks and
 //! bytes is reported; 0 on a healthy run) and then replaces it.
+mod compare;
 mod core;
 pub mod heap;
 
