@@ -880,3 +880,32 @@ fn root_cpu_budget_stretches_the_walks() {
         samples(&two_later)
     );
 }
+
+/// SIGTERM ends `serve --live` at once, though the kernel takes ~2 s to take one process's
+/// probes off (one uprobe at a time): a child of the agent finishes that after it has gone.
+#[test]
+fn root_serve_live_ends_at_once_on_sigterm() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("SERVE_TARGET"), &["2000", "1"]);
+    let pid = fixture.pid().to_string();
+    let mut serve = Serve::start(&["--pid", &pid, "--live", "--interval", "1s"]);
+    let live = [("pid", pid.as_str()), ("mode", "live")];
+    serve.metrics_when("the process followed live", |m| {
+        match m.get("pagealloc_mode", &live) {
+            Some(_) => Ok(()),
+            None => Err(m.text.clone()),
+        }
+    });
+    let agent = serve.child.0.id() as i32;
+    let sent = Instant::now();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(agent, libc::SIGTERM) };
+    let bound = Duration::from_secs(1);
+    assert!(
+        exits_within(agent, bound),
+        "serve still running {bound:?} after SIGTERM"
+    );
+    let status = serve.child.0.wait().expect("wait on serve");
+    assert!(status.success(), "{status}: {}", all_of(&serve.stderr));
+    eprintln!("serve --live ended {:?} after SIGTERM", sent.elapsed());
+}

@@ -2,17 +2,15 @@
 //! drains put in place; the probes attached.
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SendError, Sender};
 
 use aya::maps::{ArrayOfMaps, MapData, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use pagealloc_common::{Attach, CHUNK_WORDS, ChunkWords, EVENTS_MAP, Program, STAGED_MAP};
 
+use super::detach::Attached;
 use super::drain::Drains;
 use super::error::TraceError;
 use super::probes::Placed;
@@ -100,63 +98,6 @@ pub(super) fn drains(ebpf: &mut Ebpf, cpu: u32) -> Result<Drains, TraceError> {
     Drains::new(fd, staged, cpu).map_err(|source| TraceError::Drain { cpu, source })
 }
 
-/// The probes attached to a process; dropped, they are handed to the detaching thread. Each
-/// detach waits for the kernel (uprobe unregistration: a grace period of RCU tasks trace,
-/// ~0.1 s on 6.18, under a mutex the kernel holds for every uprobe event, attaches included),
-/// so that dropping a tracer does not stop its owner for seconds.
-#[derive(Default)]
-pub(super) struct Attached(Vec<UProbeLink>);
-
-/// Probes handed to the detaching thread and not yet detached.
-static DETACHING: AtomicUsize = AtomicUsize::new(0);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let links = std::mem::take(&mut self.0);
-        if links.is_empty() {
-            return;
-        }
-        DETACHING.fetch_add(links.len(), Ordering::AcqRel);
-        // No thread to hand them to: detached here.
-        match detacher() {
-            Some(queue) => {
-                if let Err(SendError(links)) = queue.send(links) {
-                    detach(links)
-                }
-            }
-            None => detach(links),
-        }
-    }
-}
-
-/// Probes handed over (tracers dropped) whose detaching has not ended yet.
-pub fn detaching() -> usize {
-    DETACHING.load(Ordering::Acquire)
-}
-
-fn detach(links: Vec<UProbeLink>) {
-    for link in links {
-        drop(link);
-        DETACHING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The queue of the thread that detaches probes one after another (the kernel would not do
-/// two at once), started when first needed; None if it could not be.
-fn detacher() -> Option<&'static Sender<Vec<UProbeLink>>> {
-    static QUEUE: OnceLock<Option<Sender<Vec<UProbeLink>>>> = OnceLock::new();
-    QUEUE
-        .get_or_init(|| {
-            let (queue, handed) = mpsc::channel::<Vec<UProbeLink>>();
-            std::thread::Builder::new()
-                .name("pagealloc-detach".into())
-                .spawn(move || handed.into_iter().for_each(detach))
-                .ok()?;
-            Some(queue)
-        })
-        .as_ref()
-}
-
 /// Attaches each probe of `placed` to `libc`, for process `pid` only. A failure detaches
 /// those attached before it.
 pub(super) fn attach(
@@ -182,7 +123,7 @@ pub(super) fn attach(
             .attach(point, libc, UProbeScope::OneProcess(pid))
             .and_then(|id| program.take_link(id))
             .map_err(attach_error)?;
-        attached.0.push(link);
+        attached.push(link);
         log::debug!(
             "probe {} on {}+{} ({})",
             p.program.name(),

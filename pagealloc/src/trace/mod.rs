@@ -11,6 +11,7 @@
 //! Each CPU has a ring buffer of its own, written in batches ([`drain`]); a thread of ours reads
 //! them all, waking on a short timer or when a ring fills, and hands the events over in batches
 //! in the order of their stamps.
+mod detach;
 mod drain;
 mod error;
 mod load;
@@ -30,8 +31,8 @@ use aya::Ebpf;
 use aya::maps::PerCpuArray;
 use pagealloc_common::{Event, LOST_COUNT, LOST_LAST, LOST_MAP};
 
+pub use detach::detaching;
 pub use error::TraceError;
-pub use load::detaching;
 pub use pagealloc_common::ChunkWords;
 pub use probes::{Internals, Placed, plan, plan_with};
 use read::{Reader, ReaderLosses};
@@ -89,7 +90,7 @@ fn default_ring_bytes(cpus: u32) -> u32 {
 
 /// The probes on one process's allocator, while this lives.
 pub struct Tracer {
-    attached: load::Attached,
+    attached: detach::Attached,
     ebpf: Ebpf,
     /// Events the reader found it could not hand over in order (see [`ReaderLosses`]).
     reader_losses: Arc<ReaderLosses>,
