@@ -909,3 +909,74 @@ fn root_serve_live_ends_at_once_on_sigterm() {
     assert!(status.success(), "{status}: {}", all_of(&serve.stderr));
     eprintln!("serve --live ended {:?} after SIGTERM", sent.elapsed());
 }
+
+/// What serve cannot follow is refused at the start with watch's exit codes: a kernel thread
+/// (7), a `--cgroup` path that leaves the cgroup filesystem (2), a CPU budget no machine has (2,
+/// not a 309-digit gauge).
+#[test]
+fn serve_refuses_kernel_threads_paths_out_of_cgroups_and_endless_budgets() {
+    let kernel_thread = procfs::process::all_processes()
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .find(|p| p.stat().is_ok_and(|s| s.flags & 0x0020_0000 != 0))
+        .expect("a kernel thread exists")
+        .pid
+        .to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = serve_ending(&["--pid", &kernel_thread, "--listen", &listen]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(stderr.contains("kernel thread"), "{stderr}");
+
+    let out_of_cgroups = "/sys/fs/cgroup/../../proc";
+    let (code, stderr) = serve_ending(&["--cgroup", out_of_cgroups, "--listen", &listen]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(out_of_cgroups) && stderr.contains("`..`"),
+        "{stderr}"
+    );
+
+    let args = [
+        "--comm",
+        "^x$",
+        "--cpu-budget",
+        "1e308",
+        "--listen",
+        &listen,
+    ];
+    let (code, stderr) = serve_ending(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cpu-budget") && stderr.contains("8192"),
+        "{stderr}"
+    );
+}
+
+/// `--listen` takes a host name, resolved: `localhost:PORT` serves on loopback.
+#[test]
+fn serve_listens_on_a_host_name() {
+    let port = free_port();
+    let listen = format!("localhost:{port}");
+    let (mut child, stderr) = spawn_serve(&["serve", "--comm", "^x$", "--listen", &listen]);
+    let listening = poll("serve listening on localhost", WAIT, || {
+        let (text, ended) = &*stderr.lock().unwrap();
+        let address = (text.lines())
+            .find_map(|line| line.strip_prefix("pagealloc: serving metrics on http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|address| address.parse::<SocketAddr>().ok());
+        match (address, ended) {
+            (Some(address), _) => Ok(Some(address)),
+            (None, true) => Ok(None),
+            (None, false) => Err(text.clone()),
+        }
+    });
+    let Some(address) = listening else {
+        let _ = child.0.wait();
+        panic!("serve --listen {listen} ended: {}", all_of(&stderr));
+    };
+    assert!(
+        address.ip().is_loopback() && address.port() == port,
+        "{address}"
+    );
+    let response = get(address, "/metrics", &[]).expect("a scrape");
+    assert_eq!(response.status, 200, "{response:?}");
+}
