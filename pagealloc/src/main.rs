@@ -202,8 +202,9 @@ struct ServeArgs {
     /// Follow every process in this cgroup (v2) or below it, now and started later.
     #[arg(long, value_name = "PATH", group = "select")]
     cgroup: Option<std::path::PathBuf>,
-    /// Where to serve /metrics; anything but loopback is an explicit choice.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    /// Where to serve /metrics (HOST:PORT, the host a name or an address); anything but
+    /// loopback is an explicit choice.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     listen: std::net::SocketAddr,
     /// Time between samples of each process (e.g. 15s, 1m).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -225,11 +226,30 @@ struct ServeArgs {
     heap: HeapArgs,
 }
 
+/// The largest `--cpu-budget`: Linux runs on at most 8192 CPUs (NR_CPUS), so a budget above
+/// that is no budget, and a number that large is a mistake (it would be exported as it is).
+const MAX_CORES: f64 = 8192.0;
+
 fn parse_cores(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(cores) if cores > 0.0 && cores.is_finite() => Ok(cores),
-        _ => Err("a positive number of cores, such as 0.25 or 2".into()),
+        Ok(cores) if cores > 0.0 && cores <= MAX_CORES => Ok(cores),
+        _ => Err(format!(
+            "a positive number of cores up to {MAX_CORES} (Linux's most CPUs), such as 0.25 or 2"
+        )),
     }
+}
+
+/// `HOST:PORT`, the host resolved if it is a name (its first address: `localhost` is
+/// loopback whichever comes first).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let usage = "HOST:PORT, such as 127.0.0.1:9464, [::1]:9464 or localhost:9464";
+    let mut addresses = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{usage} ({e})"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{usage} ({text} resolves to no address)"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -701,3 +701,217 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `pagealloc serve` run by the tests: started on a free port, scraped, its stderr collected.
+pub mod serve {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use pagealloc_testkit::exposition::{self, Series};
+    use pagealloc_testkit::http::get;
+
+    use crate::pagealloc_command;
+
+    /// How long any one awaited condition may take (never reached when it works).
+    pub const WAIT: Duration = Duration::from_secs(60);
+
+    /// Polls `check` until it gives a value, for at most `limit`; fails with `what` and the last
+    /// reason it gave otherwise. The pause between polls only paces them.
+    pub fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match check() {
+                Ok(value) => return value,
+                Err(why) if Instant::now() >= deadline => {
+                    panic!("{what}: not within {limit:?}; the last look: {why}")
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    pub fn free_port() -> u16 {
+        pagealloc_testkit::free_port()
+            .expect("an ephemeral port")
+            .port()
+    }
+
+    pub struct Metrics {
+        pub text: String,
+        pub series: Vec<Series>,
+    }
+
+    impl Metrics {
+        pub fn parse(text: String) -> Metrics {
+            let series = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            Metrics { text, series }
+        }
+
+        pub fn all<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> Vec<&'a Series> {
+            let matches = |s: &&Series| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
+            };
+            self.series.iter().filter(matches).collect()
+        }
+
+        /// The one sample of `name` with these labels (among others), if there is one.
+        pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+            let found = self.all(name, labels);
+            assert!(
+                found.len() <= 1,
+                "{} samples of {name} {labels:?}: {found:?}",
+                found.len()
+            );
+            found.first().map(|s| s.value)
+        }
+
+        pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+            self.get(name, labels)
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", self.text))
+        }
+
+        /// A byte or count figure: a whole number.
+        pub fn int(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+            let value = self.value(name, labels);
+            assert!(
+                value >= 0.0 && value.fract() == 0.0,
+                "{name} {labels:?} = {value}"
+            );
+            value as u64
+        }
+    }
+
+    /// A child process, killed and reaped on drop (a failing test leaves nothing running).
+    pub struct Running(pub Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// What a child writes to stderr, collected by a thread as it comes; true once it closed it.
+    pub type Collected = Arc<Mutex<(String, bool)>>;
+
+    pub fn collect_stderr(child: &mut Child) -> Collected {
+        let collected: Collected = Arc::default();
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let shared = collected.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut text = shared.lock().unwrap();
+                text.0.push_str(&line);
+                text.0.push('\n');
+            }
+            shared.lock().unwrap().1 = true;
+        });
+        collected
+    }
+
+    /// All a child wrote to stderr, once it has exited (within [`WAIT`]).
+    pub fn all_of(collected: &Collected) -> String {
+        poll("the end of stderr", WAIT, || {
+            let (text, ended) = &*collected.lock().unwrap();
+            match ended {
+                true => Ok(text.clone()),
+                false => Err(text.clone()),
+            }
+        })
+    }
+
+    /// `pagealloc serve ARGS --listen 127.0.0.1:PORT`, listening.
+    pub struct Serve {
+        pub child: Running,
+        pub address: SocketAddr,
+        pub stderr: Collected,
+    }
+
+    impl Serve {
+        /// Starts serve on a free port and waits until it listens; another port is tried if the
+        /// one chosen was taken meanwhile.
+        pub fn start(args: &[&str]) -> Serve {
+            for attempt in 1.. {
+                let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let listen = address.to_string();
+                let mut all = vec!["serve"];
+                all.extend_from_slice(args);
+                all.extend_from_slice(&["--listen", &listen]);
+                let (child, stderr) = spawn_serve(&all);
+                let mut serve = Serve {
+                    child,
+                    address,
+                    stderr,
+                };
+                let listening = format!("serving metrics on http://{address}/metrics");
+                let exited = poll("pagealloc serve listening", WAIT, || {
+                    if serve.stderr().contains(&listening) {
+                        return Ok(None);
+                    }
+                    match serve.child.0.try_wait().expect("wait on serve") {
+                        Some(status) => Ok(Some(status)),
+                        None => Err(serve.stderr()),
+                    }
+                });
+                let Some(status) = exited else {
+                    return serve;
+                };
+                let stderr = all_of(&serve.stderr);
+                assert!(
+                    stderr.contains("--listen") && attempt < 3,
+                    "pagealloc {all:?} ended ({status}): {stderr}"
+                );
+            }
+            unreachable!()
+        }
+
+        pub fn stderr(&self) -> String {
+            self.stderr.lock().unwrap().0.clone()
+        }
+
+        pub fn running(&mut self) -> bool {
+            self.child.0.try_wait().expect("wait on serve").is_none()
+        }
+
+        /// `/metrics` in Prometheus text, parsed.
+        pub fn metrics(&self) -> Metrics {
+            let response = get(self.address, "/metrics", &[])
+                .unwrap_or_else(|e| panic!("scraping {}: {e}", self.address));
+            assert_eq!(response.status, 200, "{response:?}");
+            Metrics::parse(response.body)
+        }
+
+        /// Scrapes until `ready` accepts what is served (within [`WAIT`]); that scrape.
+        pub fn metrics_when(
+            &self,
+            what: &str,
+            ready: impl Fn(&Metrics) -> Result<(), String>,
+        ) -> Metrics {
+            poll(what, WAIT, || {
+                let metrics = self.metrics();
+                ready(&metrics).map(|()| metrics)
+            })
+        }
+    }
+
+    /// `pagealloc ARGS` started, its stderr collected as it comes.
+    pub fn spawn_serve(args: &[&str]) -> (Running, Collected) {
+        let mut child = pagealloc_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pagealloc serve starts");
+        let stderr = collect_stderr(&mut child);
+        (Running(child), stderr)
+    }
+}

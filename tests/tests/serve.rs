@@ -2,225 +2,18 @@
 //! the fixtures' own ground truth (`mallinfo2()`, what they hold and touched, the kernel's RSS),
 //! the exposition checked by `promtool`, and its HTTP side against bad and hostile clients.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pagealloc_testkit::exposition::{self, Series};
+use pagealloc_testkit::exposition;
 use pagealloc_testkit::http::{self, get};
+use pagealloc_tests::serve::*;
 use pagealloc_tests::*;
 use serde_json::Value;
-
-/// How long any one awaited condition may take (never reached when it works).
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it gives a value, for at most `limit`; fails with `what` and the last
-/// reason it gave otherwise. The pause between polls only paces them.
-fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(why) if Instant::now() >= deadline => {
-                panic!("{what}: not within {limit:?}; the last look: {why}")
-            }
-            Err(_) => {}
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64()
-}
-
-fn free_port() -> u16 {
-    pagealloc_testkit::free_port()
-        .expect("an ephemeral port")
-        .port()
-}
-
-/// `text` percent-encoded for a query string.
-fn url_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
-struct Metrics {
-    text: String,
-    series: Vec<Series>,
-}
-
-impl Metrics {
-    fn parse(text: String) -> Metrics {
-        let series = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        Metrics { text, series }
-    }
-
-    fn all<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> Vec<&'a Series> {
-        let matches = |s: &&Series| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
-        };
-        self.series.iter().filter(matches).collect()
-    }
-
-    /// The one sample of `name` with these labels (among others), if there is one.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found = self.all(name, labels);
-        assert!(
-            found.len() <= 1,
-            "{} samples of {name} {labels:?}: {found:?}",
-            found.len()
-        );
-        found.first().map(|s| s.value)
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels)
-            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", self.text))
-    }
-
-    /// A byte or count figure: a whole number.
-    fn int(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let value = self.value(name, labels);
-        assert!(
-            value >= 0.0 && value.fract() == 0.0,
-            "{name} {labels:?} = {value}"
-        );
-        value as u64
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The processes: pagealloc serve and Prometheus, killed on drop.
-
-/// A child process, killed and reaped on drop (a failing test leaves nothing running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What a child writes to stderr, collected by a thread as it comes; true once it closed it.
-type Collected = Arc<Mutex<(String, bool)>>;
-
-fn collect_stderr(child: &mut Child) -> Collected {
-    let collected: Collected = Arc::default();
-    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    let shared = collected.clone();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let mut text = shared.lock().unwrap();
-            text.0.push_str(&line);
-            text.0.push('\n');
-        }
-        shared.lock().unwrap().1 = true;
-    });
-    collected
-}
-
-/// All a child wrote to stderr, once it has exited (within [`WAIT`]).
-fn all_of(collected: &Collected) -> String {
-    poll("the end of stderr", WAIT, || {
-        let (text, ended) = &*collected.lock().unwrap();
-        match ended {
-            true => Ok(text.clone()),
-            false => Err(text.clone()),
-        }
-    })
-}
-
-/// `pagealloc serve ARGS --listen 127.0.0.1:PORT`, listening.
-struct Serve {
-    child: Running,
-    address: SocketAddr,
-    stderr: Collected,
-}
-
-impl Serve {
-    /// Starts serve on a free port and waits until it listens; another port is tried if the
-    /// one chosen was taken meanwhile.
-    fn start(args: &[&str]) -> Serve {
-        for attempt in 1.. {
-            let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let listen = address.to_string();
-            let mut all = vec!["serve"];
-            all.extend_from_slice(args);
-            all.extend_from_slice(&["--listen", &listen]);
-            let (child, stderr) = spawn_serve(&all);
-            let mut serve = Serve {
-                child,
-                address,
-                stderr,
-            };
-            let listening = format!("serving metrics on http://{address}/metrics");
-            let exited = poll("pagealloc serve listening", WAIT, || {
-                if serve.stderr().contains(&listening) {
-                    return Ok(None);
-                }
-                match serve.child.0.try_wait().expect("wait on serve") {
-                    Some(status) => Ok(Some(status)),
-                    None => Err(serve.stderr()),
-                }
-            });
-            let Some(status) = exited else {
-                return serve;
-            };
-            let stderr = all_of(&serve.stderr);
-            assert!(
-                stderr.contains("--listen") && attempt < 3,
-                "pagealloc {all:?} ended ({status}): {stderr}"
-            );
-        }
-        unreachable!()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().0.clone()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.0.try_wait().expect("wait on serve").is_none()
-    }
-
-    /// `/metrics` in Prometheus text, parsed.
-    fn metrics(&self) -> Metrics {
-        let response = get(self.address, "/metrics", &[])
-            .unwrap_or_else(|e| panic!("scraping {}: {e}", self.address));
-        assert_eq!(response.status, 200, "{response:?}");
-        Metrics::parse(response.body)
-    }
-
-    /// Scrapes until `ready` accepts what is served (within [`WAIT`]); that scrape.
-    fn metrics_when(&self, what: &str, ready: impl Fn(&Metrics) -> Result<(), String>) -> Metrics {
-        poll(what, WAIT, || {
-            let metrics = self.metrics();
-            ready(&metrics).map(|()| metrics)
-        })
-    }
-}
 
 /// The last sample of process `pid` began after `since` (Unix time): what a scrape then shows
 /// was read after that moment.
@@ -324,6 +117,27 @@ impl Prometheus {
         let text = |key: &str| target[key].as_str().unwrap_or("").to_string();
         (text("health"), text("lastError"))
     }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// `text` percent-encoded for a query string.
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -944,18 +758,6 @@ fn root_bad_requests_get_proper_answers() {
     assert!(serve.running(), "serve ended: {}", serve.stderr());
 }
 
-/// `pagealloc ARGS` started, its stderr collected as it comes.
-fn spawn_serve(args: &[&str]) -> (Running, Collected) {
-    let mut child = pagealloc_command(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pagealloc serve starts");
-    let stderr = collect_stderr(&mut child);
-    (Running(child), stderr)
-}
-
 /// `pagealloc serve ARGS` that must end by itself (within [`WAIT`]): its exit code and stderr.
 fn serve_ending(args: &[&str]) -> (Option<i32>, String) {
     let mut all = vec!["serve"];
@@ -1077,4 +879,104 @@ fn root_cpu_budget_stretches_the_walks() {
         "two samples in {took:?} under a budget of 0.001 cores ({} taken in all)",
         samples(&two_later)
     );
+}
+
+/// SIGTERM ends `serve --live` at once, though the kernel takes ~2 s to take one process's
+/// probes off (one uprobe at a time): a child of the agent finishes that after it has gone.
+#[test]
+fn root_serve_live_ends_at_once_on_sigterm() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("SERVE_TARGET"), &["2000", "1"]);
+    let pid = fixture.pid().to_string();
+    let mut serve = Serve::start(&["--pid", &pid, "--live", "--interval", "1s"]);
+    let live = [("pid", pid.as_str()), ("mode", "live")];
+    serve.metrics_when("the process followed live", |m| {
+        match m.get("pagealloc_mode", &live) {
+            Some(_) => Ok(()),
+            None => Err(m.text.clone()),
+        }
+    });
+    let agent = serve.child.0.id() as i32;
+    let sent = Instant::now();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(agent, libc::SIGTERM) };
+    let bound = Duration::from_secs(1);
+    assert!(
+        exits_within(agent, bound),
+        "serve still running {bound:?} after SIGTERM"
+    );
+    let status = serve.child.0.wait().expect("wait on serve");
+    assert!(status.success(), "{status}: {}", all_of(&serve.stderr));
+    eprintln!("serve --live ended {:?} after SIGTERM", sent.elapsed());
+}
+
+/// What serve cannot follow is refused at the start with watch's exit codes: a kernel thread
+/// (7), a `--cgroup` path that leaves the cgroup filesystem (2), a CPU budget no machine has (2,
+/// not a 309-digit gauge).
+#[test]
+fn serve_refuses_kernel_threads_paths_out_of_cgroups_and_endless_budgets() {
+    let kernel_thread = procfs::process::all_processes()
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .find(|p| p.stat().is_ok_and(|s| s.flags & 0x0020_0000 != 0))
+        .expect("a kernel thread exists")
+        .pid
+        .to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = serve_ending(&["--pid", &kernel_thread, "--listen", &listen]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(stderr.contains("kernel thread"), "{stderr}");
+
+    let out_of_cgroups = "/sys/fs/cgroup/../../proc";
+    let (code, stderr) = serve_ending(&["--cgroup", out_of_cgroups, "--listen", &listen]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(out_of_cgroups) && stderr.contains("`..`"),
+        "{stderr}"
+    );
+
+    let args = [
+        "--comm",
+        "^x$",
+        "--cpu-budget",
+        "1e308",
+        "--listen",
+        &listen,
+    ];
+    let (code, stderr) = serve_ending(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cpu-budget") && stderr.contains("8192"),
+        "{stderr}"
+    );
+}
+
+/// `--listen` takes a host name, resolved: `localhost:PORT` serves on loopback.
+#[test]
+fn serve_listens_on_a_host_name() {
+    let port = free_port();
+    let listen = format!("localhost:{port}");
+    let (mut child, stderr) = spawn_serve(&["serve", "--comm", "^x$", "--listen", &listen]);
+    let listening = poll("serve listening on localhost", WAIT, || {
+        let (text, ended) = &*stderr.lock().unwrap();
+        let address = (text.lines())
+            .find_map(|line| line.strip_prefix("pagealloc: serving metrics on http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|address| address.parse::<SocketAddr>().ok());
+        match (address, ended) {
+            (Some(address), _) => Ok(Some(address)),
+            (None, true) => Ok(None),
+            (None, false) => Err(text.clone()),
+        }
+    });
+    let Some(address) = listening else {
+        let _ = child.0.wait();
+        panic!("serve --listen {listen} ended: {}", all_of(&stderr));
+    };
+    assert!(
+        address.ip().is_loopback() && address.port() == port,
+        "{address}"
+    );
+    let response = get(address, "/metrics", &[]).expect("a scrape");
+    assert_eq!(response.status, 200, "{response:?}");
 }

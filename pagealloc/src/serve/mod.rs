@@ -2,6 +2,7 @@
 //! each selected process (walk mode unless `--live`) within a CPU budget and publishes a small
 //! report per sample; the HTTP server answers `/metrics` from those reports alone, so a scrape
 //! costs the same whatever the heaps.
+mod attach;
 mod http;
 pub mod sampler;
 pub mod select;
@@ -52,13 +53,13 @@ pub fn run(options: ServeOptions) -> Result<()> {
         sampling: true,
         ..Default::default()
     }));
-    let (stop, stopped) = mpsc::channel();
+    let (stop, wakes) = mpsc::channel();
     let per_arena = options.per_arena;
     let sampler = {
-        let published = published.clone();
+        let (published, stop) = (published.clone(), stop.clone());
         std::thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || sampler::run(options, published, stopped))
+            .spawn(move || sampler::run(options, published, (stop, wakes)))
             .map_err(|e| Error::io("starting the sampling thread", e))?
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +68,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
         .build()
         .map_err(|e| Error::io("starting the HTTP server", e))?;
     let served = runtime.block_on(http::serve(listener, published, per_arena));
-    let _ = stop.send(());
+    let _ = stop.send(attach::Wake::Stop);
     let _ = sampler.join();
     served
 }

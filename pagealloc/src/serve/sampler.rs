@@ -1,17 +1,19 @@
 //! The sampling thread of `serve`: one monitor per process, each sampled on its own beat, one
 //! sample at a time, within the agent's CPU budget; each sample's report replaces the last in
 //! what scrapes read. Losing one process (it exits, it cannot be read) never stops the others.
-use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::ServeOptions;
+use super::attach::{self, Openers, Wake};
 use crate::error::Error;
 use crate::metrics::AgentFigures;
-use crate::monitor::{ModeChoice, Monitor, MonitorOptions, PUMP_EVERY, WalkReason};
+use crate::monitor::{Monitor, PUMP_EVERY, WalkReason};
 use crate::state::Heap;
 use crate::state::report::{Mode, Report};
+use crate::trace;
 
 /// What scrapes read: the latest report of each process, and the agent's figures.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 const RETRY_REFUSED: Duration = Duration::from_secs(60);
 /// Live mode samples at least this often (its events are applied as they come, in between).
 const LIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// The most often the allocator is asked to give back what retired monitors freed.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How often the CPU budget delaying samples is said again.
 const SAY_DELAYED_EVERY: Duration = Duration::from_secs(600);
 
@@ -50,19 +54,27 @@ struct Tracked {
     failing: Option<String>,
 }
 
-pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Receiver<()>) {
+pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, wakes: Channel) {
     let _running = Running(published.clone());
+    let openers = match Openers::start(&options, &wakes.0) {
+        Ok(openers) => openers,
+        Err(e) => return eprintln!("pagealloc: {e}; nothing is sampled"),
+    };
     let mut sampler = Sampler {
         budget: Budget::new(options.cpu_budget, Instant::now()),
+        explicit: options.selection.pids.clone(),
         options,
         published,
         tracked: BTreeMap::new(),
         refused: HashMap::new(),
-        explicit: Vec::new(),
+        openers,
+        opening: BTreeSet::new(),
         said_no_match: false,
         said_delayed: None,
+        trimmed: None,
     };
-    sampler.explicit = sampler.options.selection.pids.clone();
+    // The openers' senders and serve's are the ones that count.
+    let (_, wakes) = wakes;
     let mut next_discovery = Instant::now();
     loop {
         let now = Instant::now();
@@ -78,9 +90,14 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
         let next = next_sample(due, sampler.budget.overdrawn_until(Instant::now()));
         let wake = next.map_or(next_discovery, |(at, ..)| at.min(next_discovery));
         let wait = wake.saturating_duration_since(Instant::now());
-        match stop.recv_timeout(wait.min(PUMP_EVERY)) {
+        match wakes.recv_timeout(wait.min(PUMP_EVERY)) {
             Err(RecvTimeoutError::Timeout) => sampler.pump(),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Opened { pid, opened, cpu }) => {
+                sampler.opened(pid, opened, cpu);
+                // An opener is idle again: whatever waits for one is handed over now.
+                next_discovery = Instant::now();
+            }
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
         if let Some((at, pid, delayed)) = next
             && Instant::now() >= at
@@ -90,6 +107,15 @@ pub fn run(options: ServeOptions, published: Arc<RwLock<Published>>, stop: Recei
     }
 }
 
+/// The sampling thread's wake-ups: a sender for the openers, and the receiver.
+pub type Channel = (Sender<Wake>, Receiver<Wake>);
+
+/// The probes of retired monitors the kernel may still be detaching before no more are
+/// attached: about three processes' (~6 s of the kernel's time). Each attach waits for the
+/// detaches before it, and a stream of short-lived processes would otherwise pile up probes,
+/// rings and descriptors faster than the kernel lets them go.
+const DETACH_BACKLOG: usize = 64;
+
 struct Sampler {
     options: ServeOptions,
     published: Arc<RwLock<Published>>,
@@ -98,88 +124,94 @@ struct Sampler {
     refused: HashMap<i32, Instant>,
     /// The processes named by PID and not yet gone.
     explicit: Vec<i32>,
+    openers: Openers,
+    /// Processes being opened.
+    opening: BTreeSet<i32>,
     budget: Budget,
     said_no_match: bool,
     /// When the budget last delayed a sample and it was said.
     said_delayed: Option<Instant>,
+    /// When the allocator last gave memory back.
+    trimmed: Option<Instant>,
 }
 
 impl Sampler {
-    /// Opens a monitor for each selected process not yet followed.
+    /// Hands each selected process not yet followed to the openers, those named by PID first,
+    /// as long as they are idle and the kernel keeps up with detaching; the others are looked
+    /// at again at the next discovery.
     fn discover(&mut self) {
         let mut candidates = self.explicit.clone();
-        candidates.extend(self.options.selection.matching());
-        candidates.sort_unstable();
-        candidates.dedup();
-        if candidates.is_empty() && !self.said_no_match && self.tracked.is_empty() {
+        let matching = self.options.selection.matching();
+        candidates.extend(
+            matching
+                .into_iter()
+                .filter(|pid| !self.explicit.contains(pid)),
+        );
+        let none = self.tracked.is_empty() && self.opening.is_empty();
+        if candidates.is_empty() && !self.said_no_match && none {
             eprintln!("pagealloc: no process matches yet; looking again every {DISCOVER_EVERY:?}");
             self.said_no_match = true;
         }
         let now = Instant::now();
         self.refused.retain(|_, retry| *retry > now);
         for pid in candidates {
-            if self.tracked.contains_key(&pid) || self.refused.contains_key(&pid) {
+            if !self.openers.idle() || trace::detaching() > DETACH_BACKLOG {
+                break;
+            }
+            let known = self.tracked.contains_key(&pid) || self.opening.contains(&pid);
+            if known || self.refused.contains_key(&pid) {
                 continue;
             }
-            let cpu_before = own_cpu_seconds();
-            let opened = self.open(pid);
-            // Live mode's seed walk is a walk like the others.
-            (self.budget).spend(own_cpu_seconds() - cpu_before, Instant::now());
-            match opened {
-                Ok(monitor) => {
-                    let comm = monitor.name();
-                    let mode = monitor
-                        .walk_reason()
-                        .map_or("live mode".to_string(), |why| format!("walk mode: {why}"));
-                    eprintln!("pagealloc: following process {pid} ({comm}), {mode}");
-                    self.said_no_match = false;
-                    self.tracked.insert(
-                        pid,
-                        Tracked {
-                            monitor,
-                            comm,
-                            due: Instant::now(),
-                            failing: None,
-                        },
-                    );
-                }
-                // Gone, or a kernel thread (it has no memory to follow): not tried again.
-                Err(e) if e.is_gone() || matches!(e, Error::KernelThread { .. }) => {
-                    self.explicit.retain(|&p| p != pid)
-                }
-                Err(e) => {
-                    eprintln!(
-                        "pagealloc: process {pid} cannot be followed: {e}; trying again in {}",
-                        humantime::format_duration(RETRY_REFUSED)
-                    );
-                    self.refused.insert(pid, now + RETRY_REFUSED);
-                }
-            }
+            self.openers.open(pid);
+            self.opening.insert(pid);
         }
     }
 
-    /// A monitor in the mode asked for; a process whose heap cannot be read (no debug info,
-    /// not glibc) is followed by its pages alone.
-    fn open(&self, pid: i32) -> crate::Result<Monitor> {
-        let mode = match self.options.live {
-            Some(live) => ModeChoice::Live(live),
-            None => ModeChoice::Walk("serve's default (--live follows allocation events)".into()),
+    /// A monitor back from the openers, followed from now on (its first sample due now).
+    fn opened(
+        &mut self,
+        pid: i32,
+        opened: std::thread::Result<crate::Result<Box<Monitor>>>,
+        cpu: f64,
+    ) {
+        self.openers.opened();
+        self.opening.remove(&pid);
+        // Live mode's seed walk is a walk like the others.
+        self.budget.spend(cpu, Instant::now());
+        let Ok(opened) = opened else {
+            eprintln!("pagealloc: opening process {pid} failed on a bug (the panic above)");
+            self.refused.insert(pid, Instant::now() + RETRY_REFUSED);
+            return;
         };
-        let options = MonitorOptions {
-            debug: self.options.debug.clone(),
-            stop: false,
-            mode,
-            max_rate: self.options.max_rate,
-        };
-        match Monitor::open(pid, options.clone()) {
-            Err(Error::Heap(why)) => Monitor::open(
-                pid,
-                MonitorOptions {
-                    mode: ModeChoice::Walk(why.to_string()),
-                    ..options
-                },
-            ),
-            other => other,
+        match opened {
+            Ok(monitor) => {
+                let comm = monitor.name();
+                let mode = monitor
+                    .walk_reason()
+                    .map_or("live mode".to_string(), |why| format!("walk mode: {why}"));
+                eprintln!("pagealloc: following process {pid} ({comm}), {mode}");
+                self.said_no_match = false;
+                self.tracked.insert(
+                    pid,
+                    Tracked {
+                        monitor: *monitor,
+                        comm,
+                        due: Instant::now(),
+                        failing: None,
+                    },
+                );
+            }
+            // Gone, or a kernel thread (it has no memory to follow): not tried again.
+            Err(e) if e.is_gone() || matches!(e, Error::KernelThread { .. }) => {
+                self.explicit.retain(|&p| p != pid)
+            }
+            Err(e) => {
+                eprintln!(
+                    "pagealloc: process {pid} cannot be followed: {e}; trying again in {}",
+                    humantime::format_duration(RETRY_REFUSED)
+                );
+                self.refused.insert(pid, Instant::now() + RETRY_REFUSED);
+            }
         }
     }
 
@@ -192,6 +224,19 @@ impl Sampler {
         }
     }
 
+    /// A process no longer followed: its monitor dropped (its probes handed to the detaching
+    /// thread), and the memory its state took given back to the system, at most every
+    /// [`TRIM_EVERY`]: what the allocator keeps of the states freed (monitors are opened on
+    /// other threads, their arenas are other arenas) would otherwise stay in the agent's RSS.
+    fn retire(&mut self, pid: i32) {
+        self.tracked.remove(&pid);
+        if self.trimmed.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
+            // SAFETY: malloc_trim only gives free memory back.
+            unsafe { libc::malloc_trim(0) };
+            self.trimmed = Some(Instant::now());
+        }
+    }
+
     fn sample(&mut self, pid: i32, delayed: bool) {
         let Some(tracked) = self.tracked.get_mut(&pid) else {
             return;
@@ -201,7 +246,7 @@ impl Sampler {
             None => self.options.interval.min(LIVE_INTERVAL),
             Some(_) => self.options.interval,
         };
-        let cpu_before = own_cpu_seconds();
+        let cpu_before = attach::own_cpu_seconds();
         // A bug met while sampling one process must not stop the others: that one is dropped.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let sample = tracked.monitor.sample()?;
@@ -213,7 +258,7 @@ impl Sampler {
             // Made here, not under the lock that scrapes take.
             Ok::<_, Error>(Report::of(&sample, &tracked.comm, mode))
         }));
-        (self.budget).spend(own_cpu_seconds() - cpu_before, Instant::now());
+        (self.budget).spend(attach::own_cpu_seconds() - cpu_before, Instant::now());
         if delayed
             && self
                 .said_delayed
@@ -236,7 +281,8 @@ impl Sampler {
             published.agent.sample_errors += 1;
             published.reports.remove(&pid);
             published.generation += 1;
-            self.tracked.remove(&pid);
+            drop(published);
+            self.retire(pid);
             self.refused.insert(pid, Instant::now() + RETRY_REFUSED);
             return;
         };
@@ -263,7 +309,7 @@ impl Sampler {
                     "pagealloc: process {pid} ({}) is gone ({e}); its series are dropped",
                     tracked.comm
                 );
-                self.tracked.remove(&pid);
+                self.retire(pid);
                 self.explicit.retain(|&p| p != pid);
             }
             Err(e) => {
@@ -351,17 +397,6 @@ fn next_sample(
         (held.unwrap_or(at), pid, held.is_some())
     })
     .min()
-}
-
-/// The CPU time this process used so far, all threads, in seconds.
-fn own_cpu_seconds() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct it is given.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0.0;
-    }
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 #[cfg(test)]

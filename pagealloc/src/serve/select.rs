@@ -20,14 +20,31 @@ pub struct Selection {
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 impl Selection {
-    /// Checks what can be checked before serving: the PIDs exist, the cgroup does.
+    /// Checks what can be checked before serving: the PIDs exist and are not kernel threads
+    /// (as `watch` says), the cgroup exists and stays in the cgroup filesystems.
     pub fn check(&self) -> Result<()> {
         for &pid in &self.pids {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(Error::NoSuchProcess { pid });
             }
+            let stat = procfs::process::Process::new(pid).and_then(|p| p.stat());
+            if stat.is_ok_and(|stat| kernel_thread(&stat)) {
+                return Err(Error::KernelThread { pid });
+            }
         }
         if let Some(cgroup) = &self.cgroup {
+            // `..` would leave the hierarchy (`/sys/fs/cgroup/../../proc`): no cgroup's path
+            // has one.
+            if cgroup
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(Error::Usage(format!(
+                    "--cgroup {}: a cgroup's path has no `..` (it would leave the cgroup \
+                     filesystem): name a cgroup such as /system.slice/nginx.service",
+                    cgroup.display()
+                )));
+            }
             let path = cgroup_path(cgroup);
             let mounts = cgroup_mounts();
             let exists = mounts
@@ -72,14 +89,18 @@ impl Selection {
             .filter(|p| {
                 // A process vanishing while it is looked at simply does not match.
                 let Ok(stat) = p.stat() else { return false };
-                let kernel_thread = stat.flags & 0x0020_0000 != 0; // PF_KTHREAD
                 let comm_ok = self.comm.as_ref().is_none_or(|re| re.is_match(&stat.comm));
                 let cgroup_ok = cgroup.as_ref().is_none_or(|want| in_cgroup(p, want));
-                !kernel_thread && comm_ok && cgroup_ok
+                !kernel_thread(&stat) && comm_ok && cgroup_ok
             })
             .map(|p| p.pid)
             .collect()
     }
+}
+
+/// Whether the process is a kernel thread (PF_KTHREAD): it has no memory to follow.
+fn kernel_thread(stat: &procfs::process::Stat) -> bool {
+    stat.flags & 0x0020_0000 != 0
 }
 
 /// `--cgroup` as a path in a hierarchy: `/sys/fs/cgroup/a/b` and `/a/b` name the same (and so

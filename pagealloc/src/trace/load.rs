@@ -10,6 +10,7 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use pagealloc_common::{Attach, CHUNK_WORDS, ChunkWords, EVENTS_MAP, Program, STAGED_MAP};
 
+use super::detach::Attached;
 use super::drain::Drains;
 use super::error::TraceError;
 use super::probes::Placed;
@@ -97,26 +98,32 @@ pub(super) fn drains(ebpf: &mut Ebpf, cpu: u32) -> Result<Drains, TraceError> {
     Drains::new(fd, staged, cpu).map_err(|source| TraceError::Drain { cpu, source })
 }
 
-/// Attaches each probe of `placed` to `libc`, for process `pid` only.
+/// Attaches each probe of `placed` to `libc`, for process `pid` only. A failure detaches
+/// those attached before it.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     placed: &[Placed],
     libc: &Path,
     pid: NonZeroU32,
-) -> Result<(), TraceError> {
+) -> Result<Attached, TraceError> {
+    let mut attached = Attached::default();
     for p in placed {
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
             cookie: p.cookie(),
         };
-        kind::<UProbe>(ebpf, p.program)?
+        let attach_error = |source| TraceError::Attach {
+            program: p.program,
+            function: p.function.clone(),
+            offset: p.offset,
+            source,
+        };
+        let program = kind::<UProbe>(ebpf, p.program)?;
+        let link = program
             .attach(point, libc, UProbeScope::OneProcess(pid))
-            .map_err(|source| TraceError::Attach {
-                program: p.program,
-                function: p.function.clone(),
-                offset: p.offset,
-                source,
-            })?;
+            .and_then(|id| program.take_link(id))
+            .map_err(attach_error)?;
+        attached.push(link);
         log::debug!(
             "probe {} on {}+{} ({})",
             p.program.name(),
@@ -129,7 +136,7 @@ pub(super) fn attach(
             }
         );
     }
-    Ok(())
+    Ok(attached)
 }
 
 /// `program`, as the kind `P` it is.

@@ -11,6 +11,7 @@
 //! Each CPU has a ring buffer of its own, written in batches ([`drain`]); a thread of ours reads
 //! them all, waking on a short timer or when a ring fills, and hands the events over in batches
 //! in the order of their stamps.
+mod detach;
 mod drain;
 mod error;
 mod load;
@@ -30,6 +31,7 @@ use aya::Ebpf;
 use aya::maps::PerCpuArray;
 use pagealloc_common::{Event, LOST_COUNT, LOST_LAST, LOST_MAP};
 
+pub use detach::detaching;
 pub use error::TraceError;
 pub use pagealloc_common::ChunkWords;
 pub use probes::{Internals, Placed, plan, plan_with};
@@ -88,6 +90,7 @@ fn default_ring_bytes(cpus: u32) -> u32 {
 
 /// The probes on one process's allocator, while this lives.
 pub struct Tracer {
+    attached: detach::Attached,
     ebpf: Ebpf,
     /// Events the reader found it could not hand over in order (see [`ReaderLosses`]).
     reader_losses: Arc<ReaderLosses>,
@@ -126,7 +129,7 @@ impl Tracer {
         let wake_ups = load::wake_ups(&rings)?;
         let drains = load::drains(&mut ebpf, online.first().copied().unwrap_or(0))?;
         let placed = plan_with(libc, internals, options.one_trap)?;
-        load::attach(&mut ebpf, &placed, libc, pid)?;
+        let attached = load::attach(&mut ebpf, &placed, libc, pid)?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_losses = Arc::new(ReaderLosses::default());
@@ -145,6 +148,7 @@ impl Tracer {
         };
         Ok((
             Tracer {
+                attached,
                 ebpf,
                 reader_losses,
                 stop,
@@ -195,6 +199,8 @@ impl Drop for Tracer {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        // The probes off before the programs they run are unloaded.
+        drop(std::mem::take(&mut self.attached));
     }
 }
 
