@@ -79,6 +79,10 @@ struct LiveArgs {
     /// a page; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// Live mode: above this share of a sample's events lost (the rings could not keep up;
+    /// each loss costs a walk), a process's probes come off as above --max-rate.
+    #[arg(long, value_name = "PERCENT", default_value_t = LiveOptions::default().max_lost * 100.0, value_parser = parse_percent)]
+    max_lost: f64,
 }
 
 impl LiveArgs {
@@ -89,6 +93,7 @@ impl LiveArgs {
                 ..TraceOptions::default()
             },
             reconcile: self.reconcile.into(),
+            max_lost: self.max_lost / 100.0,
         }
     }
 }
@@ -244,6 +249,13 @@ fn parse_scale(text: &str) -> Result<u64, String> {
         return Err("a pixel is a whole number of 16-byte granules: 16, 32, 48, ...".into());
     }
     Ok(bytes)
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
+        _ => Err("a percentage from 0 to 100, such as 1 or 0.5".into()),
+    }
 }
 
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
