@@ -81,7 +81,8 @@ pub struct Monitor {
 
 impl Monitor {
     /// Opens the process and attaches the probes (unless walk mode is asked for); a failure to
-    /// attach them leaves walk mode, with the reason.
+    /// attach them leaves walk mode, with the reason. A process that exits meanwhile is
+    /// [`Error::ProcessExited`], whatever the step it failed.
     pub fn open(pid: i32, options: MonitorOptions) -> Result<Monitor> {
         let mut session = Session::open(
             pid,
@@ -95,6 +96,7 @@ impl Monitor {
             ModeChoice::Walk(why) => (None, Some(WalkReason::Asked(why.clone()))),
             ModeChoice::Live(live_options) => match Live::start(&mut session, *live_options) {
                 Ok(live) => (Some(live), None),
+                Err(_) if session.is_gone() => return Err(Error::ProcessExited { pid }),
                 // Gone, or no heap to follow: walk mode could not do better.
                 Err(e) if e.is_gone() || matches!(e, Error::Heap(_)) => return Err(e),
                 Err(e) => (

@@ -91,6 +91,11 @@ impl Session {
         self.target.name()
     }
 
+    /// Whether the process has gone away (every thread exited or exiting).
+    pub fn is_gone(&self) -> bool {
+        self.target.is_gone()
+    }
+
     /// One look at the process while it runs. Fails only when the process itself cannot be
     /// read (gone, forbidden); a heap that cannot be walked is in the sample.
     pub fn sample(&mut self) -> Result<Sample> {

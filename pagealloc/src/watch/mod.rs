@@ -101,6 +101,13 @@ pub fn run(options: WatchOptions) -> Result<()> {
         let sample = match monitor.sample() {
             Ok(sample) => sample,
             // Gone: by an exec, said as such, or else by an exit.
+            // Gone before a first sample: nothing was shown, the verdict is attaching's.
+            Err(e) if e.is_gone() && monitor.history().samples == 0 => {
+                return Err(match e {
+                    Error::ProcessExeced { .. } => e,
+                    _ => Error::ProcessExited { pid: options.pid },
+                });
+            }
             Err(Error::ProcessExeced { .. }) => {
                 return end(output, &mut monitor, walk_reason, "exec'd another program");
             }
