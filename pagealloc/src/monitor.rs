@@ -97,8 +97,13 @@ impl Monitor {
             ModeChoice::Live(live_options) => match Live::start(&mut session, *live_options) {
                 Ok(live) => (Some(live), None),
                 Err(_) if session.is_gone() => return Err(Error::ProcessExited { pid }),
-                // Gone, or no heap to follow: walk mode could not do better.
-                Err(e) if e.is_gone() || matches!(e, Error::Heap(_)) => return Err(e),
+                // Gone, no heap to follow, or a debugger holding it for --stop: walk mode
+                // could not do better.
+                Err(e)
+                    if e.is_gone() || matches!(e, Error::Heap(_) | Error::AlreadyTraced { .. }) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => (
                     None,
                     Some(WalkReason::ProbesUnavailable(live_unavailable(&e))),
@@ -161,10 +166,22 @@ impl Monitor {
 
     /// A sample (from the events in live mode, a walk otherwise), remembered in the history;
     /// then the guard takes the probes off a process too busy for them, or tries them again.
+    /// A debugger holding the process for a moment makes the walk due then (`--stop`) a
+    /// sample without the heap, saying so; the next walk is tried as usual (at the first
+    /// sample, the refusal stands, as for a snapshot).
     pub fn sample(&mut self) -> Result<Sample> {
-        let mut sample = match &mut self.live {
-            Some(live) => live.sample(&mut self.session)?,
-            None => self.session.sample()?,
+        let sampled = match &mut self.live {
+            Some(live) => live.sample(&mut self.session),
+            None => self.session.sample(),
+        };
+        let mut sample = match sampled {
+            Err(refused @ Error::AlreadyTraced { .. }) if self.history.samples > 0 => {
+                log::info!("process {}: walk skipped: {refused}", self.pid());
+                let mut sample = self.session.sample_skipping_the_walk(&refused)?;
+                sample.events = self.live.as_ref().map(Live::counts);
+                sample
+            }
+            sampled => sampled?,
         };
         if let Some(events) = &mut sample.events {
             *events = self.earlier_events.then(events);
