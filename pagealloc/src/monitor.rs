@@ -97,10 +97,14 @@ impl Monitor {
             ModeChoice::Live(live_options) => match Live::start(&mut session, *live_options) {
                 Ok(live) => (Some(live), None),
                 Err(_) if session.is_gone() => return Err(Error::ProcessExited { pid }),
-                // Gone, no heap to follow, or a debugger holding it for --stop: walk mode
-                // could not do better.
+                // Gone, no heap to follow, a debugger holding it for --stop, or asked to end:
+                // walk mode could not do better.
                 Err(e)
-                    if e.is_gone() || matches!(e, Error::Heap(_) | Error::AlreadyTraced { .. }) =>
+                    if e.is_gone()
+                        || matches!(
+                            e,
+                            Error::Heap(_) | Error::AlreadyTraced { .. } | Error::Cancelled
+                        ) =>
                 {
                     return Err(e);
                 }

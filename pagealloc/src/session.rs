@@ -186,6 +186,10 @@ impl Session {
         } else {
             (Heap::NotRead, None)
         };
+        // A walk cut short by a request to end is no heap to show.
+        if crate::cancel::asked() {
+            return Err(Error::Cancelled);
+        }
         // Reads of a process that is going away fail or come back inconsistent: say that it went
         // away, whatever phase the look was in.
         let suspicious = match &heap {

@@ -69,7 +69,7 @@ enum Output {
 
 pub fn run(options: WatchOptions) -> Result<()> {
     let wakes = Wakes::listen()?;
-    let mut monitor = Monitor::open(
+    let opened = Monitor::open(
         options.pid,
         MonitorOptions {
             debug: options.debug.clone(),
@@ -81,7 +81,13 @@ pub fn run(options: WatchOptions) -> Result<()> {
             },
             max_rate: options.max_rate,
         },
-    )?;
+    );
+    let mut monitor = match opened {
+        Ok(monitor) => monitor,
+        // A signal to end heard while attaching.
+        Err(Error::Cancelled) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let name = monitor.name();
     let mut output = if options.json {
         Output::Json
@@ -112,6 +118,8 @@ pub fn run(options: WatchOptions) -> Result<()> {
                 return end(output, &mut monitor, walk_reason, "exec'd another program");
             }
             Err(e) if e.is_gone() => return end(output, &mut monitor, walk_reason, "exited"),
+            // A signal to end heard while the heap was walked: the walk was abandoned.
+            Err(Error::Cancelled) => return Ok(()),
             Err(e) => return Err(e),
         };
         // Without debug info, or for a program that is not glibc's, there is no heap to watch.
@@ -267,6 +275,8 @@ impl Wakes {
                 let wake = if signal == SIGWINCH {
                     Wake::Resize
                 } else {
+                    // A walk under way is abandoned, not finished first.
+                    crate::cancel::ask();
                     Wake::Stop
                 };
                 if send.send(wake).is_err() {
