@@ -48,6 +48,10 @@ pub enum Error {
     /// A command-line value that only the target can refute (an arena it does not have).
     #[error("{0}")]
     Usage(String),
+    /// The work under way was asked to end early ([`crate::cancel`]): not a failure, what was
+    /// read is thrown away.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -64,6 +68,7 @@ impl Error {
             Error::Heap(HeapUnavailable::NoDebugInfo(_)) => 8,
             Error::Heap(HeapUnavailable::NotGlibc(_)) => 9,
             Error::Heap(HeapUnavailable::Unwalkable(_)) | Error::HeapIncomplete(_) => 10,
+            Error::Cancelled => 0,
         }
     }
 

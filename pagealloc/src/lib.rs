@@ -3,6 +3,7 @@
 //! Data flows one way: sources (`proc`, `debuginfo`, `glibc`, `objects`, `trace`) fill plain
 //! data (`state`), which outputs (`render`) only read. A [`session::Session`] holds the sources
 //! of one process and yields samples; `watch` takes them in a loop.
+pub mod cancel;
 pub mod debuginfo;
 pub mod error;
 pub mod glibc;

@@ -76,9 +76,14 @@ struct LiveArgs {
     #[arg(long, value_name = "DURATION", default_value_t = LiveOptions::default().reconcile.into())]
     reconcile: humantime::Duration,
     /// Live mode: each online CPU's ring buffer of events, in bytes (a power of two, at least
-    /// a page; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
+    /// a page, at most 64 MiB: 0.4 s of a CPU's events, and each CPU's costs this process its
+    /// size twice over; by default 8 MiB shared out among them, 256 KiB to 4 MiB each).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// Live mode: above this share of a sample's events lost (the rings could not keep up;
+    /// each loss costs a walk), a process's probes come off as above --max-rate.
+    #[arg(long, value_name = "PERCENT", default_value_t = LiveOptions::default().max_lost * 100.0, value_parser = parse_percent)]
+    max_lost: f64,
 }
 
 impl LiveArgs {
@@ -89,6 +94,7 @@ impl LiveArgs {
                 ..TraceOptions::default()
             },
             reconcile: self.reconcile.into(),
+            max_lost: self.max_lost / 100.0,
         }
     }
 }
@@ -266,12 +272,28 @@ fn parse_scale(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn parse_ring_bytes(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
-    if !bytes.is_power_of_two() || bytes < 4096 {
-        return Err("a power of two, at least 4096".into());
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
+        _ => Err("a percentage from 0 to 100, such as 1 or 0.5".into()),
     }
-    Ok(bytes)
+}
+
+/// The largest ring: 2 M events of 32 bytes, 0.4 s of one CPU trapping without pause (a trap
+/// costs at least 0.2 µs), for a reader woken when an eighth of it waits. Each online CPU gets
+/// one, mapped twice into this process (64 MiB on 2 CPUs: 282 MB resident).
+const MAX_RING_BYTES: u32 = 64 << 20;
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !bytes.is_power_of_two() || !(4096..=MAX_RING_BYTES.into()).contains(&bytes) {
+        return Err(format!(
+            "a power of two, at least 4096 and at most {MAX_RING_BYTES} (64 MiB): a ring that \
+             size holds 0.4 s of a CPU's events (a trap costs at least 0.2 µs), and each online \
+             CPU's costs this process twice its size in memory"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 fn main() -> ExitCode {

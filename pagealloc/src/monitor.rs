@@ -39,6 +39,9 @@ pub enum WalkReason {
     ProbesUnavailable(String),
     /// The process called the allocator faster than the overhead guard allows.
     TooBusy(String),
+    /// The probes lost more of the process's events than the overhead guard allows (each
+    /// loss costs a resync walk).
+    EventsLost(String),
 }
 
 impl WalkReason {
@@ -48,6 +51,7 @@ impl WalkReason {
             WalkReason::Asked(_) => "asked",
             WalkReason::ProbesUnavailable(_) => "probes_unavailable",
             WalkReason::TooBusy(_) => "over_max_rate",
+            WalkReason::EventsLost(_) => "events_lost",
         }
     }
 }
@@ -57,7 +61,8 @@ impl std::fmt::Display for WalkReason {
         match self {
             WalkReason::Asked(why)
             | WalkReason::ProbesUnavailable(why)
-            | WalkReason::TooBusy(why) => f.write_str(why),
+            | WalkReason::TooBusy(why)
+            | WalkReason::EventsLost(why) => f.write_str(why),
         }
     }
 }
@@ -76,7 +81,8 @@ pub struct Monitor {
 
 impl Monitor {
     /// Opens the process and attaches the probes (unless walk mode is asked for); a failure to
-    /// attach them leaves walk mode, with the reason.
+    /// attach them leaves walk mode, with the reason. A process that exits meanwhile is
+    /// [`Error::ProcessExited`], whatever the step it failed.
     pub fn open(pid: i32, options: MonitorOptions) -> Result<Monitor> {
         let mut session = Session::open(
             pid,
@@ -90,8 +96,18 @@ impl Monitor {
             ModeChoice::Walk(why) => (None, Some(WalkReason::Asked(why.clone()))),
             ModeChoice::Live(live_options) => match Live::start(&mut session, *live_options) {
                 Ok(live) => (Some(live), None),
-                // Gone, or no heap to follow: walk mode could not do better.
-                Err(e) if e.is_gone() || matches!(e, Error::Heap(_)) => return Err(e),
+                Err(_) if session.is_gone() => return Err(Error::ProcessExited { pid }),
+                // Gone, no heap to follow, a debugger holding it for --stop, or asked to end:
+                // walk mode could not do better.
+                Err(e)
+                    if e.is_gone()
+                        || matches!(
+                            e,
+                            Error::Heap(_) | Error::AlreadyTraced { .. } | Error::Cancelled
+                        ) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => (
                     None,
                     Some(WalkReason::ProbesUnavailable(live_unavailable(&e))),
@@ -101,10 +117,14 @@ impl Monitor {
         if let Some(why) = &walk_reason {
             log::info!("process {pid}: walk mode: {why}");
         }
+        let max_lost = match &options.mode {
+            ModeChoice::Live(live_options) => live_options.max_lost,
+            ModeChoice::Walk(_) => 0.0,
+        };
         Ok(Monitor {
             session,
             live,
-            guard: Guard::new(options.max_rate),
+            guard: Guard::new(options.max_rate, max_lost),
             options,
             walk_reason,
             earlier_events: Counts::default(),
@@ -150,23 +170,35 @@ impl Monitor {
 
     /// A sample (from the events in live mode, a walk otherwise), remembered in the history;
     /// then the guard takes the probes off a process too busy for them, or tries them again.
+    /// A debugger holding the process for a moment makes the walk due then (`--stop`) a
+    /// sample without the heap, saying so; the next walk is tried as usual (at the first
+    /// sample, the refusal stands, as for a snapshot).
     pub fn sample(&mut self) -> Result<Sample> {
-        let mut sample = match &mut self.live {
-            Some(live) => live.sample(&mut self.session)?,
-            None => self.session.sample()?,
+        let sampled = match &mut self.live {
+            Some(live) => live.sample(&mut self.session),
+            None => self.session.sample(),
+        };
+        let mut sample = match sampled {
+            Err(refused @ Error::AlreadyTraced { .. }) if self.history.samples > 0 => {
+                log::info!("process {}: walk skipped: {refused}", self.pid());
+                let mut sample = self.session.sample_skipping_the_walk(&refused)?;
+                sample.events = self.live.as_ref().map(Live::counts);
+                sample
+            }
+            sampled => sampled?,
         };
         if let Some(events) = &mut sample.events {
             *events = self.earlier_events.then(events);
         }
         self.history.push(&sample);
         if let Some(live) = &self.live
-            && let Some(rate) = call_rate(&self.history)
-            && let Some(why) = self.guard.too_busy(rate, Instant::now())
+            && let Some(interval) = last_interval(&self.history)
+            && let Some(why) = self.guard.too_costly(interval, Instant::now())
         {
             self.earlier_events = self.earlier_events.then(&live.counts());
             self.live = None;
             log::info!("process {}: walk mode: {why}", self.pid());
-            self.walk_reason = Some(WalkReason::TooBusy(why));
+            self.walk_reason = Some(why);
         } else if self.live.is_none()
             && let ModeChoice::Live(live_options) = self.options.mode
             && self.guard.retry_due(Instant::now())
@@ -191,11 +223,17 @@ pub const DEFAULT_MAX_RATE: u64 = 250_000;
 /// How often live mode applies the events between samples (see [`Live::pump`]).
 pub const PUMP_EVERY: Duration = Duration::from_millis(50);
 
-/// Takes the per-call probes off a process that calls the allocator faster than `max_rate`
-/// (each call pays a trap), and tries them again after a while, waiting twice as long after
-/// each try that finds it still too busy.
+/// Takes the per-call probes off a process they cost too much, and tries them again after a
+/// while, waiting twice as long after each try that finds them still too costly. Two costs
+/// count: the rate of calls, each paying a trap (a lost event paid its trap too: it counts as
+/// a call), and the share of the events lost (each loss costs a resync walk, and the state is
+/// not worth following when the rings cannot keep up).
 struct Guard {
     max_rate: u64,
+    /// Above this share of an interval's events lost, the probes come off (by default 1 %: a
+    /// burst of a few dozen lost among thousands is resynced, a ring too small for the
+    /// process is not followed).
+    max_lost: f64,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -204,31 +242,63 @@ struct Guard {
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_LONGEST: Duration = Duration::from_secs(600);
 
+/// What the probes met over the last interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Interval {
+    /// Allocation calls and frees counted.
+    calls: u64,
+    /// Events lost.
+    lost: u64,
+    seconds: f64,
+}
+
 impl Guard {
-    fn new(max_rate: u64) -> Guard {
+    fn new(max_rate: u64, max_lost: f64) -> Guard {
         Guard {
             max_rate,
+            max_lost,
             retry_at: None,
             backoff: RETRY_FIRST,
         }
     }
 
-    /// Why the probes must come off at `now`, if the last interval's `rate` of calls a second
-    /// was above the limit.
-    fn too_busy(&mut self, rate: f64, now: Instant) -> Option<String> {
-        if rate <= self.max_rate as f64 {
+    /// Why the probes must come off at `now`, if the last `interval` cost too much.
+    fn too_costly(&mut self, interval: Interval, now: Instant) -> Option<WalkReason> {
+        let trapped = interval.calls + interval.lost;
+        let rate = trapped as f64 / interval.seconds.max(1e-3);
+        let lost_share = interval.lost as f64 / trapped.max(1) as f64;
+        let wait = self.backoff;
+        let trying_again = format!(
+            "the probes are off, trying again in {}",
+            humantime::format_duration(wait)
+        );
+        let why = if rate > self.max_rate as f64 {
+            let lost = match interval.lost {
+                0 => String::new(),
+                lost => format!(" ({lost} lost events among them)"),
+            };
+            WalkReason::TooBusy(format!(
+                "{rate:.0} calls/s{lost} is above --max-rate {}: {trying_again} (each call \
+                 pays a trap)",
+                self.max_rate
+            ))
+        } else if lost_share > self.max_lost {
+            WalkReason::EventsLost(format!(
+                "{} of {trapped} events lost in {:.1} s ({:.1} %, above --max-lost {} %): the \
+                 ring buffers cannot keep up (--ring-bytes) and each loss costs a walk; \
+                 {trying_again}",
+                interval.lost,
+                interval.seconds,
+                lost_share * 100.0,
+                self.max_lost * 100.0
+            ))
+        } else {
             self.backoff = RETRY_FIRST;
             return None;
-        }
-        let wait = self.backoff;
+        };
         self.retry_at = Some(now + wait);
         self.backoff = (self.backoff * 2).min(RETRY_LONGEST);
-        Some(format!(
-            "{rate:.0} calls/s is above --max-rate {}: the probes are off (each call pays a \
-             trap), trying again in {}",
-            self.max_rate,
-            humantime::format_duration(wait)
-        ))
+        Some(why)
     }
 
     /// Whether the probes are to be tried again at `now` (once for each time they came off).
@@ -241,12 +311,15 @@ impl Guard {
     }
 }
 
-/// Allocation calls and frees a second over the last interval, once two samples had events.
-fn call_rate(history: &History) -> Option<f64> {
+/// What the events of the last interval were, once two samples had events.
+fn last_interval(history: &History) -> Option<Interval> {
     let (now, before) = (history.current_events?, history.previous_events?);
-    let seconds = history.achieved_interval()?.as_secs_f64();
-    let calls = (now.allocs + now.frees).saturating_sub(before.allocs + before.frees);
-    Some(calls as f64 / seconds.max(1e-3))
+    let calls = |counts: Counts| counts.allocs + counts.frees;
+    Some(Interval {
+        calls: calls(now).saturating_sub(calls(before)),
+        lost: now.lost.saturating_sub(before.lost),
+        seconds: history.achieved_interval()?.as_secs_f64(),
+    })
 }
 
 /// Why live mode could not start, with the capabilities this process lacks for it.
@@ -283,26 +356,91 @@ fn live_unavailable(error: &Error) -> String {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Guard, RETRY_FIRST};
+    use super::{Guard, Interval, RETRY_FIRST, WalkReason};
 
-    const MAX_RATE: f64 = 1000.0;
+    const MAX_RATE: u64 = 1000;
+    const MAX_LOST_SHARE: f64 = 0.01;
 
-    #[test]
-    fn the_probes_come_off_above_the_rate_only() {
-        for (rate, off) in [(MAX_RATE, false), (MAX_RATE + 1.0, true)] {
-            let mut guard = Guard::new(MAX_RATE as u64);
-            let why = guard.too_busy(rate, Instant::now());
-            assert_eq!(why.is_some(), off, "{rate} calls/s");
+    fn guard() -> Guard {
+        Guard::new(MAX_RATE, MAX_LOST_SHARE)
+    }
+
+    /// An interval of one second with these calls and lost events.
+    fn second(calls: u64, lost: u64) -> Interval {
+        Interval {
+            calls,
+            lost,
+            seconds: 1.0,
         }
     }
 
     #[test]
-    fn each_try_still_too_busy_waits_twice_as_long_up_to_the_longest() {
-        let mut guard = Guard::new(MAX_RATE as u64);
+    fn the_probes_come_off_above_the_rate_only() {
+        for (calls, off) in [(MAX_RATE, false), (MAX_RATE + 1, true)] {
+            let mut guard = guard();
+            let why = guard.too_costly(second(calls, 0), Instant::now());
+            assert_eq!(why.is_some(), off, "{calls} calls/s");
+        }
+        let half_a_second = Interval {
+            seconds: 0.5,
+            ..second(MAX_RATE, 0)
+        };
+        let why = guard().too_costly(half_a_second, Instant::now());
+        assert!(matches!(why, Some(WalkReason::TooBusy(_))), "{why:?}");
+    }
+
+    /// Each lost event paid its trap: a call in the rate, said in the reason.
+    #[test]
+    fn lost_events_count_as_calls_in_the_rate() {
+        let few_lost = (MAX_RATE as f64 * MAX_LOST_SHARE) as u64;
+        let mut guard = guard();
+        assert!(
+            guard
+                .too_costly(second(MAX_RATE - few_lost, few_lost), Instant::now())
+                .is_none()
+        );
+        match guard.too_costly(second(MAX_RATE - few_lost, few_lost + 1), Instant::now()) {
+            Some(WalkReason::TooBusy(why)) => {
+                assert!(
+                    why.contains("1001 calls/s (11 lost events among them)"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Under the rate, a share of lost events above the limit takes the probes off, for a
+    /// reason of its own.
+    #[test]
+    fn the_probes_come_off_when_too_many_events_are_lost() {
+        let limit = (100.0 * MAX_LOST_SHARE) as u64;
+        for (lost, off) in [(limit, false), (limit + 1, true)] {
+            let mut guard = guard();
+            let why = guard.too_costly(second(100 - lost, lost), Instant::now());
+            assert_eq!(why.is_some(), off, "{lost} lost of 100");
+            if let Some(why) = why {
+                assert_eq!(why.key(), "events_lost");
+                assert!(why.to_string().contains("2 of 100 events lost"), "{why}");
+                assert!(guard.retry_at.is_some());
+            }
+        }
+        // Nothing counted, nothing lost: no share to judge.
+        assert!(guard().too_costly(second(0, 0), Instant::now()).is_none());
+    }
+
+    #[test]
+    fn each_try_still_too_costly_waits_twice_as_long_up_to_the_longest() {
+        let mut guard = guard();
         let mut now = Instant::now();
         let mut waits = Vec::new();
-        for _ in 0..7 {
-            let why = guard.too_busy(2.0 * MAX_RATE, now).unwrap();
+        for i in 0..7 {
+            // Too busy and too lossy in turn: one back-off for both.
+            let interval = match i % 2 {
+                0 => second(2 * MAX_RATE, 0),
+                _ => second(10, 10),
+            };
+            let why = guard.too_costly(interval, now).unwrap().to_string();
             let wait = guard.retry_at.unwrap() - now;
             assert!(
                 why.contains(&humantime::format_duration(wait).to_string()),
@@ -318,13 +456,13 @@ mod tests {
     }
 
     #[test]
-    fn a_try_that_finds_the_rate_lower_starts_the_back_off_again() {
-        let mut guard = Guard::new(MAX_RATE as u64);
+    fn a_try_that_finds_the_cost_lower_starts_the_back_off_again() {
+        let mut guard = guard();
         let now = Instant::now();
-        guard.too_busy(2.0 * MAX_RATE, now);
-        guard.too_busy(2.0 * MAX_RATE, now);
-        assert!(guard.too_busy(MAX_RATE / 2.0, now).is_none());
-        guard.too_busy(2.0 * MAX_RATE, now);
+        guard.too_costly(second(2 * MAX_RATE, 0), now);
+        guard.too_costly(second(2 * MAX_RATE, 0), now);
+        assert!(guard.too_costly(second(MAX_RATE / 2, 0), now).is_none());
+        guard.too_costly(second(2 * MAX_RATE, 0), now);
         assert_eq!(guard.retry_at, Some(now + RETRY_FIRST));
     }
 }

@@ -57,6 +57,11 @@ struct ResolvedLibc {
 }
 
 /// Where live mode's probes go (see [`Session::probe_site`]).
+/// A walk not taken, and why (the refusal of `--stop`).
+#[derive(Debug, thiserror::Error)]
+#[error("this walk was skipped ({0}); watch goes on, and the next walk is tried as usual")]
+struct WalkSkipped(String);
+
 #[derive(Clone, Debug)]
 pub struct ProbeSite {
     pub libc: PathBuf,
@@ -89,6 +94,21 @@ impl Session {
     /// The process's name (`comm`).
     pub fn name(&self) -> String {
         self.target.name()
+    }
+
+    /// The sample of a walk `--stop` could not take because another tracer (a debugger) held
+    /// the process (`refused`, [`Error::AlreadyTraced`]): the page map alone, and the heap said
+    /// to be skipped for that reason.
+    pub fn sample_skipping_the_walk(&mut self, refused: &Error) -> Result<Sample> {
+        let mut sample = self.look(false)?;
+        let skipped = WalkSkipped(refused.to_string());
+        sample.heap = Heap::Unavailable(HeapUnavailable::Unwalkable(Arc::new(skipped)));
+        Ok(sample)
+    }
+
+    /// Whether the process has gone away (every thread exited or exiting).
+    pub fn is_gone(&self) -> bool {
+        self.target.is_gone()
     }
 
     /// One look at the process while it runs. Fails only when the process itself cannot be
@@ -166,6 +186,10 @@ impl Session {
         } else {
             (Heap::NotRead, None)
         };
+        // A walk cut short by a request to end is no heap to show.
+        if crate::cancel::asked() {
+            return Err(Error::Cancelled);
+        }
         // Reads of a process that is going away fail or come back inconsistent: say that it went
         // away, whatever phase the look was in.
         let suspicious = match &heap {

@@ -451,3 +451,26 @@ fn root_container_debug_file_in_its_own_root() {
     );
     check_main_arena(&fixture, &doc);
 }
+
+/// `--ring-bytes` beyond what a ring can be worth (2 GiB took 8.4 GB and ~10 s to start on two
+/// CPUs; the first power of two above the bound here) is refused at once, saying the bound and why; the bound itself is accepted (watch then
+/// fails on the process, not on the option), and `--help` says the bound.
+#[test]
+fn ring_bytes_are_bounded() {
+    for too_many in ["134217728", "2147483648"] {
+        let refused = pagealloc(&["watch", "1", "--ring-bytes", too_many]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{too_many}: {stderr}");
+        assert!(
+            stderr.contains("at most 67108864 (64 MiB)") && stderr.contains("online CPU"),
+            "{too_many}: {stderr}"
+        );
+    }
+    let no_process = (i32::MAX).to_string();
+    let accepted = pagealloc(&["watch", &no_process, "--ring-bytes", "67108864"]);
+    let stderr = String::from_utf8_lossy(&accepted.stderr);
+    assert_eq!(accepted.status.code(), Some(3), "{stderr}");
+    let help = pagealloc(&["watch", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("at most 64 MiB"), "{help}");
+}

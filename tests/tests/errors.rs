@@ -260,3 +260,57 @@ fn root_without_a_capability_names_it() {
     assert_eq!(output.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("root of a user namespace"), "{stderr}");
 }
+
+/// A process that exits while watch attaches to it (once watch has opened it: placing and
+/// attaching the probes, the seed walk of its 3 M chunks, the first sample, 0.6–1.4 s here) gets one
+/// verdict whatever the moment: exit 4, "exited", no line. Once a sample was shown, watch ends
+/// as for any exit: the end line, exit 0. Before, the moment decided between 0 with no sample,
+/// 4 and 3.
+#[test]
+fn root_a_process_exiting_while_watch_attaches_gets_one_verdict() {
+    require_root();
+    let mut verdicts = std::collections::BTreeMap::new();
+    // Longer and longer, until a run gets a sample shown (later ones would all be so).
+    for delay in [
+        0, 10, 25, 50, 100, 200, 300, 450, 600, 800, 1100, 1600, 3200, 6400, 12800,
+    ] {
+        let mut fixture = Fixture::spawn(fixture_path!("EXITING"), &[]);
+        let pid = fixture.pid();
+        let mut watch = Watch::json(pid, &["--interval", "100ms"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !has_open(watch.child.id() as i32, &format!("/proc/{pid}/pagemap")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watch never opened the process"
+            );
+            assert!(
+                watch.child.try_wait().unwrap().is_none(),
+                "watch ended first"
+            );
+            std::thread::yield_now();
+        }
+        fixture.send(&format!("e{delay}"));
+        let lines = watch.rest();
+        let stderr = watch.child.wait_with_output_stderr();
+        let code = watch.child.try_wait().unwrap().and_then(|s| s.code());
+        let samples = lines.iter().filter(|l| l.get("ended").is_none()).count();
+        let context = format!(
+            "exit {delay} ms after watch opened it: exit code {code:?} after {samples} samples: {stderr}"
+        );
+        match (code, samples) {
+            (Some(4), 0) => assert!(lines.is_empty() && stderr.contains("exited"), "{context}"),
+            (Some(0), 1..) => assert_eq!(
+                lines.last().unwrap()["ended"],
+                "process exited",
+                "{context}"
+            ),
+            _ => panic!("{context}"),
+        }
+        *verdicts.entry((code, samples > 0)).or_insert(0) += 1;
+        if samples > 0 {
+            break;
+        }
+    }
+    // Some runs ended during the attach, and some after a sample: both verdicts were met.
+    assert!(verdicts.len() == 2, "{verdicts:?}");
+}

@@ -124,6 +124,8 @@ fn root_stopped_reconciles_find_a_churning_state_exact() {
             "--stop",
             "--ring-bytes",
             "67108864",
+            "--max-lost",
+            "100",
         ],
     );
     let first = watch.line_after(SystemTime::now(), |_| true);
@@ -141,7 +143,7 @@ fn root_stopped_reconciles_find_a_churning_state_exact() {
 }
 
 /// A ring buffer too small for the churn: the losses are counted, a resync walks the heap, and
-/// the figures are exact again afterwards.
+/// the figures are exact again afterwards (the overhead guard's limit on losses out of reach).
 #[test]
 fn root_lost_events_are_counted_and_resynced() {
     require_root();
@@ -155,6 +157,8 @@ fn root_lost_events_are_counted_and_resynced() {
             "4096",
             "--reconcile",
             "1h",
+            "--max-lost",
+            "100",
         ],
     );
     let before = watch.line_after(SystemTime::now(), |_| true);
@@ -406,4 +410,55 @@ fn root_live_mode_through_the_process_root() {
     drop(watch);
     drop(fixture);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A ring buffer far too small for a process churning flat out (`--ring-bytes 4096`): most
+/// events are lost, each loss costs a resync walk, and the few counted kept the rate far under
+/// `--max-rate`, so the probes stayed on. The losses count against the overhead guard: the
+/// probes come off within a few samples of the first loss, and the reason says events were
+/// lost; under the default `--max-rate` (each lost event paid its trap: a call in the rate)
+/// and under one out of reach (the share of the events lost alone).
+#[test]
+fn root_overhead_guard_counts_lost_events() {
+    require_root();
+    /// Samples in live mode from the first that lost events to the probes off, at most.
+    const BOUND: usize = 3;
+    for max_rate in ["250000", "1000000000000"] {
+        // Two threads: enough to overrun a page of ring, and less load on the tests beside.
+        let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["50000000", "2"]);
+        let mut watch = Watch::json(
+            fixture.pid(),
+            &[
+                "--interval",
+                "200ms",
+                "--ring-bytes",
+                "4096",
+                "--max-rate",
+                max_rate,
+                "--reconcile",
+                "1h",
+            ],
+        );
+        let first = watch.line();
+        assert_eq!(first["mode"], "live", "{first}");
+        let churning = SystemTime::now();
+        fixture.send("g");
+        // The first line with losses, or the first walk if the probes came off before a line
+        // begun since showed any.
+        let lossy = watch.line_after(churning, |l| l["mode"] == "walk" || events(l, "lost") > 0);
+        let mut line = lossy.clone();
+        for _ in 0..BOUND {
+            if line["mode"] == "walk" {
+                break;
+            }
+            line = watch.line();
+        }
+        assert_eq!(
+            line["mode"], "walk",
+            "--max-rate {max_rate}: still live {BOUND} samples after the first loss: {}",
+            line["events"]
+        );
+        let why = line["walk_reason"].as_str().unwrap_or_default();
+        assert!(why.contains("lost"), "--max-rate {max_rate}: {why}");
+    }
 }

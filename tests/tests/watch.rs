@@ -399,3 +399,90 @@ fn root_watch_ends_on_ctrl_c_on_a_terminal_when_samples_outlast_the_interval() {
         "the terminal is given back last: {tail:?}"
     );
 }
+
+/// `watch --stop` while a debugger holds the process for a moment (a thread of this test
+/// seizes it, as gdb does when it attaches): the walk due then is skipped with a note in its
+/// sample (no heap, the page map still read), and watch goes on; once the debugger has let go,
+/// the heap is walked again. In walk mode every sample walks; in live mode the reconciles do.
+/// (`snapshot --stop` keeps exit 5: errors.rs.)
+#[test]
+fn root_watch_stop_skips_a_walk_while_a_debugger_holds_the_process() {
+    require_root();
+    for mode in ["--walk", "--reconcile"] {
+        let fixture = Fixture::spawn(fixture_path!("QUIET"), &[]);
+        let pid = fixture.pid();
+        let mut args = vec!["--interval", "100ms", "--stop", mode];
+        if mode == "--reconcile" {
+            args.push("300ms");
+        }
+        let mut watch = Watch::json(pid, &args);
+        let first = watch.line();
+        assert!(first["heap"]["totals"].is_object(), "{mode}: {first}");
+        let reconciles = |line: &Value| line["events"]["reconciles"].as_u64().unwrap_or(0);
+        // The debugger: seizes the process, says who it is, lets go when told (at its exit).
+        let (seized, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let debugger = std::thread::spawn(move || {
+            let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+            assert_eq!(rc, 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+            seized.0.send(unsafe { libc::gettid() }).unwrap();
+            let _ = release.1.recv();
+        });
+        let tracer = seized.1.recv().unwrap();
+        let skipped = watch.line_after(SystemTime::now(), |l| !l["heap_error"].is_null());
+        let note = skipped["heap_error"].as_str().unwrap();
+        assert!(
+            note.contains("skipped") && note.contains(&format!("traced by process {tracer}")),
+            "{mode}: {skipped}"
+        );
+        assert!(skipped["heap"].is_null(), "{mode}: {skipped}");
+        assert!(
+            skipped["pages"]["anon"].as_u64().unwrap() > 0,
+            "{mode}: {skipped}"
+        );
+        release.0.send(()).unwrap();
+        debugger.join().unwrap();
+        let released = SystemTime::now();
+        let walked = watch.line_after(released, |l| {
+            l["heap_error"].is_null() && reconciles(l) > reconciles(&skipped)
+                || mode == "--walk" && l["heap"]["totals"].is_object()
+        });
+        // A quiet process: the heap walked again is the one first seen.
+        assert_eq!(
+            heap_total(&walked, "live_bytes"),
+            heap_total(&first, "live_bytes"),
+            "{mode}: walked again after the debugger let go: {walked}"
+        );
+        assert!(
+            watch.child.try_wait().unwrap().is_none(),
+            "{mode}: watch goes on"
+        );
+    }
+}
+
+/// A signal heard while a walk runs abandons it: watch ends in less than half the time its
+/// walks take (the sample it reported, of 10 M chunks), with exit code 0 and no error, instead
+/// of walking on to the end first.
+#[test]
+fn root_watch_abandons_a_walk_in_progress_on_a_signal() {
+    require_root();
+    let fixture = Fixture::spawn(fixture_path!("LARGE_HEAP"), &["chunks", "10000000"]);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let args = ["--walk", "--interval", "10ms", "--format", "json"];
+        let mut watch = Watch::start(fixture.pid(), &args);
+        // The next sample begins as this one is written: the signal comes as it walks.
+        let first = watch.line();
+        let sample = std::time::Duration::from_secs_f64(first["sample_seconds"].as_f64().unwrap());
+        let sent = std::time::Instant::now();
+        unsafe { libc::kill(watch.child.id() as i32, signal) };
+        let ended = exits_within(watch.child.id() as i32, sample / 2);
+        let took = sent.elapsed();
+        let stderr = watch.child.wait_with_output_stderr();
+        assert!(
+            ended,
+            "signal {signal}: watch still ran {took:?} after it; a sample takes {sample:?}"
+        );
+        let status = watch.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.code(), Some(0), "signal {signal}: {stderr}");
+        assert!(!stderr.contains("pagealloc:"), "signal {signal}: {stderr}");
+    }
+}

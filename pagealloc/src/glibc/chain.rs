@@ -46,7 +46,7 @@ impl Chains<'_> {
         // The chunk counted just before `p`, if a regular one: its size led to `p`, so it is read
         // again when `p` is bad.
         let mut last: Option<(u64, u64, ChunkState)> = None;
-        while p < heap.end && p < until {
+        while p < heap.end && p < until && !crate::cancel::asked() {
             if joins(p) {
                 return ChainEnd {
                     end: p,

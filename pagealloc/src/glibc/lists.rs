@@ -426,7 +426,7 @@ fn follow_segments(
 fn side_by_side<C>(cursors: impl Iterator<Item = C>, mut step: impl FnMut(&mut C) -> bool) {
     let mut waiting = cursors;
     let mut lanes: Vec<C> = waiting.by_ref().take(LANES).collect();
-    while !lanes.is_empty() {
+    while !lanes.is_empty() && !crate::cancel::asked() {
         let mut lane = 0;
         while lane < lanes.len() {
             if step(&mut lanes[lane]) {
@@ -499,7 +499,7 @@ fn follow_lists<N: Copy>(
 ) -> Vec<String> {
     let mut cursors = starts;
     let mut broken = Vec::new();
-    while !cursors.is_empty() {
+    while !cursors.is_empty() && !crate::cancel::asked() {
         let mut i = 0;
         while i < cursors.len() {
             let (list, node) = cursors[i];

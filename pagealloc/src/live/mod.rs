@@ -26,6 +26,9 @@ pub struct LiveOptions {
     pub trace: TraceOptions,
     /// How often a walk checks the state.
     pub reconcile: Duration,
+    /// The share of an interval's events that may be lost before the overhead guard takes the
+    /// probes off (0.01: 1 %).
+    pub max_lost: f64,
 }
 
 impl Default for LiveOptions {
@@ -33,6 +36,7 @@ impl Default for LiveOptions {
         LiveOptions {
             trace: TraceOptions::default(),
             reconcile: Duration::from_secs(30),
+            max_lost: 0.01,
         }
     }
 }

@@ -69,7 +69,7 @@ enum Output {
 
 pub fn run(options: WatchOptions) -> Result<()> {
     let wakes = Wakes::listen()?;
-    let mut monitor = Monitor::open(
+    let opened = Monitor::open(
         options.pid,
         MonitorOptions {
             debug: options.debug.clone(),
@@ -81,7 +81,13 @@ pub fn run(options: WatchOptions) -> Result<()> {
             },
             max_rate: options.max_rate,
         },
-    )?;
+    );
+    let mut monitor = match opened {
+        Ok(monitor) => monitor,
+        // A signal to end heard while attaching.
+        Err(Error::Cancelled) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let name = monitor.name();
     let mut output = if options.json {
         Output::Json
@@ -101,10 +107,19 @@ pub fn run(options: WatchOptions) -> Result<()> {
         let sample = match monitor.sample() {
             Ok(sample) => sample,
             // Gone: by an exec, said as such, or else by an exit.
+            // Gone before a first sample: nothing was shown, the verdict is attaching's.
+            Err(e) if e.is_gone() && monitor.history().samples == 0 => {
+                return Err(match e {
+                    Error::ProcessExeced { .. } => e,
+                    _ => Error::ProcessExited { pid: options.pid },
+                });
+            }
             Err(Error::ProcessExeced { .. }) => {
                 return end(output, &mut monitor, walk_reason, "exec'd another program");
             }
             Err(e) if e.is_gone() => return end(output, &mut monitor, walk_reason, "exited"),
+            // A signal to end heard while the heap was walked: the walk was abandoned.
+            Err(Error::Cancelled) => return Ok(()),
             Err(e) => return Err(e),
         };
         // Without debug info, or for a program that is not glibc's, there is no heap to watch.
@@ -260,6 +275,8 @@ impl Wakes {
                 let wake = if signal == SIGWINCH {
                     Wake::Resize
                 } else {
+                    // A walk under way is abandoned, not finished first.
+                    crate::cancel::ask();
                     Wake::Stop
                 };
                 if send.send(wake).is_err() {
