@@ -6,6 +6,7 @@ mod bench;
 mod layers;
 mod losses;
 mod overhead;
+mod quiet;
 mod serve;
 mod setup;
 
@@ -78,6 +79,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// What a live sample of a quiet main arena of gigabytes costs (memalign(2 MiB) chunks).
+    Quiet {
+        /// memalign(2 MiB) chunks: ~2 MiB of arena each.
+        #[arg(long, default_value_t = 3400)]
+        chunks: u64,
+        /// Live samples after the seed.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+    },
     /// Scrape latency of `pagealloc serve` following 10 processes, from 1 and 8 clients.
     Serve {
         /// Processes the agent follows.
@@ -113,6 +123,9 @@ fn main() -> Result<()> {
         Task::Bench {
             bench: Bench::Losses { runs, seconds },
         } => losses::losses(&root, runs, seconds),
+        Task::Bench {
+            bench: Bench::Quiet { chunks, samples },
+        } => quiet::quiet(&root, chunks, samples),
         Task::Bench {
             bench:
                 Bench::Serve {
