@@ -56,12 +56,12 @@ struct ResolvedLibc {
     internals: Internals,
 }
 
-/// Where live mode's probes go (see [`Session::probe_site`]).
 /// A walk not taken, and why (the refusal of `--stop`).
 #[derive(Debug, thiserror::Error)]
 #[error("this walk was skipped ({0}); watch goes on, and the next walk is tried as usual")]
 struct WalkSkipped(String);
 
+/// Where live mode's probes go (see [`Session::probe_site`]).
 #[derive(Clone, Debug)]
 pub struct ProbeSite {
     pub libc: PathBuf,

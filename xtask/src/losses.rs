@@ -5,14 +5,14 @@
 //! a fixed time, and prints what the last sample's events say: lost, resyncs, reconciles and the
 //! call rate. The totals line is what the issue asks for: 0 lost, 0 resyncs.
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pagealloc_testkit::hogs::CpuHogs;
 use pagealloc_testkit::lines::Lines;
 
-use crate::{cargo, compile_workload, load_average, run};
+use crate::{Ended, cargo, compile_workload, load_average, run};
 
 /// CPython making and dropping containers and strings on three threads until stdin closes.
 const CPYTHON_CHURN: &str = r#"
@@ -152,14 +152,4 @@ fn one_run(root: &Path, target: &mut Command, hogs: bool, length: Duration) -> R
         reconciles: events(&last, "reconciles"),
         calls_per_second: (calls(&last) - calls(&first)) as f64 / at.elapsed().as_secs_f64(),
     })
-}
-
-/// A child killed and reaped however the run ends.
-struct Ended(Child);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -149,6 +149,16 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A child killed and reaped however the bench ends.
+pub(crate) struct Ended(pub(crate) std::process::Child);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command, inheriting the terminal; fails with the command line if it fails.
 pub(crate) fn run(command: &mut Command) -> Result<()> {
     let status = command

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use pagealloc_testkit::lines::Lines;
 
-use crate::{cargo, compile_workload, load_average, mib, run};
+use crate::{Ended, cargo, compile_workload, load_average, mib, run};
 
 const LINE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -18,16 +18,15 @@ pub fn quiet(root: &Path, chunks: u64, samples: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
     let fixture = root.join("target/bench/large_heap");
     compile_workload("-O1", &root.join("tests/fixtures/large_heap.c"), &fixture)?;
-    let mut target = Command::new(&fixture)
-        .args(["aligned", &chunks.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting large_heap")?;
-    let result = follow(root, &mut target, samples);
-    let _ = target.kill();
-    let _ = target.wait();
-    result
+    let mut target = Ended(
+        Command::new(&fixture)
+            .args(["aligned", &chunks.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting large_heap")?,
+    );
+    follow(root, &mut target.0, samples)
 }
 
 fn follow(root: &Path, target: &mut std::process::Child, samples: usize) -> Result<()> {
@@ -41,19 +40,20 @@ fn follow(root: &Path, target: &mut std::process::Child, samples: usize) -> Resu
             break;
         }
     }
-    let mut watch = Command::new(root.join("target/release/pagealloc"))
-        .args(["watch", &target.id().to_string(), "--format", "json"])
-        .args(["--interval", "1s", "--max-rate", "1000000000000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting pagealloc watch")?;
-    let mut lines = Lines::new(watch.stdout.take().context("watch's stdout")?);
+    let mut watch = Ended(
+        Command::new(root.join("target/release/pagealloc"))
+            .args(["watch", &target.id().to_string(), "--format", "json"])
+            .args(["--interval", "1s", "--max-rate", "1000000000000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pagealloc watch")?,
+    );
+    let mut lines = Lines::new(watch.0.stdout.take().context("watch's stdout")?);
     let mut seconds = Vec::new();
     let mut peak_rss = 0;
     while seconds.len() <= samples {
         let Ok(Some(line)) = lines.next(LINE_LIMIT) else {
-            let _ = watch.kill();
             bail!("watch ended or fell silent");
         };
         let line: serde_json::Value = serde_json::from_str(&line)?;
@@ -61,10 +61,8 @@ fn follow(root: &Path, target: &mut std::process::Child, samples: usize) -> Resu
             bail!("not live mode: {}", line["mode"]);
         }
         seconds.push(line["sample_seconds"].as_f64().unwrap_or(f64::NAN));
-        peak_rss = peak_rss.max(rss_bytes(watch.id()));
+        peak_rss = peak_rss.max(rss_bytes(watch.0.id()));
     }
-    let _ = watch.kill();
-    let _ = watch.wait();
     let mut later = seconds.split_off(1);
     later.sort_by(f64::total_cmp);
     println!(

@@ -290,12 +290,12 @@ impl Segment {
                 close(figures, chunk, start);
                 chunk = Some((start, state));
                 last_start = self.start + start as u64 * GRANULE;
-                let (chunks, _) = figures.slots(state);
-                if let Some(chunks) = chunks {
-                    *chunks += 1;
-                }
             }
-            *figures.slots(state).1 += (end - start) as u64 * GRANULE;
+            let (chunks, bytes) = figures.slots(state);
+            if let (true, Some(chunks)) = (starts, chunks) {
+                *chunks += 1;
+            }
+            *bytes += (end - start) as u64 * GRANULE;
             // The pages the run lies on, each as far as it covers it.
             let mut at = start;
             while at < end {
