@@ -214,7 +214,8 @@ pub struct Event {
     pub kind: u8,
     /// A [`Call`].
     pub call: u8,
-    pub reserved: u16,
+    /// An allocation's sampling: [`SAMPLED_BYTES`], [`SAMPLED_PAGE`], [`STACK_MISSED`] bits.
+    pub sampled: u16,
 }
 
 /// A CPU's events not yet in its ring. A ring record costs its writer a lock and an atomic
@@ -252,6 +253,86 @@ pub struct Pending {
     pub call: u64,
 }
 
+/// [`Event::sampled`] bits of an allocation the probe sampled: picked by the byte sampler
+/// (a Poisson process over allocated bytes, mean [`Sampling::mean_bytes`]).
+pub const SAMPLED_BYTES: u16 = 1;
+/// ...or because its chunk begins or ends on a page of the pinning set ([`page_sampled`]).
+pub const SAMPLED_PAGE: u16 = 2;
+/// Sampled, but the CPU's stack buffer was taken (a probe preempted while copying): the event
+/// comes without its stack.
+pub const STACK_MISSED: u16 = 4;
+
+/// The name of the programs' global [`Sampling`].
+pub const SAMPLING: &str = "SAMPLING";
+/// Per CPU, the bytes left until the byte sampler's next sample (an `i64`).
+pub const COUNTDOWN_MAP: &str = "COUNTDOWN";
+/// One [`StackRecord`] per CPU (an array indexed by CPU: a per-CPU map's values are at most
+/// 32 KiB): where a sampled allocation's record is put together.
+pub const SCRATCH_MAP: &str = "SCRATCH";
+/// The most of a stack a record carries (samply copies 32,000 bytes, perf 8 KiB by default).
+pub const MAX_STACK_BYTES: usize = 32 << 10;
+/// How many quantiles of the exponential remainder [`Sampling::remainders`] holds.
+pub const REMAINDERS: usize = 256;
+/// [`Sampling::page_shift`] when no page is in the pinning set.
+pub const NO_PAGES: u64 = 64;
+
+/// What the probes sample, set by user space at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampling {
+    /// Mean bytes between byte samples: 0 samples none, 1 every allocation.
+    pub mean_bytes: u64,
+    /// One page in `1 << page_shift` is in the pinning set ([`NO_PAGES`]: none).
+    pub page_shift: u64,
+    /// Mixed into the page hash, drawn at random per attach, so that which pages are in the set
+    /// has nothing to do with how the program lays out its heap.
+    pub page_salt: u64,
+    /// log2 of the page size.
+    pub page_bits: u64,
+    /// Bytes of the stack copied from the stack pointer up (at most [`MAX_STACK_BYTES`]).
+    pub stack_bytes: u64,
+    /// A gap of the byte sampler is `mean_bytes × (k·ln 2 + r)`: k is geometric (the trailing
+    /// zeros of a random word: an exponential's whole number of halvings) and r, the remainder
+    /// in [0, ln 2), one of these quantiles of its distribution; fixed point, 16 fractional
+    /// bits (the programs have no floating point).
+    pub remainders: [u32; REMAINDERS],
+}
+
+/// ln 2 with 16 fractional bits.
+pub const LN2_Q16: u64 = 45_426;
+
+/// Whether page number `page` is in the pinning set of `salt` with one page in `1 << shift`
+/// (shift 0: every page; [`NO_PAGES`]: none). Both sides compute it.
+pub const fn page_sampled(page: u64, salt: u64, shift: u64) -> bool {
+    if shift == 0 {
+        return true;
+    }
+    if shift >= NO_PAGES {
+        return false;
+    }
+    let mixed = (page ^ salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mixed = mixed ^ (mixed >> 29);
+    mixed.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> (64 - shift) == 0
+}
+
+/// A sampled allocation as its probe writes it to the ring: the event (its `sampled` has
+/// [`SAMPLED_BYTES`] or [`SAMPLED_PAGE`]), the registers an unwinder starts from, and the top
+/// of the stack. Only `STACK_HEADER + stack_len` bytes of it go to the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackRecord {
+    pub event: Event,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// How many bytes of `stack` were copied (from `sp` up).
+    pub stack_len: u64,
+    pub stack: [u8; MAX_STACK_BYTES],
+}
+
+/// The bytes of a [`StackRecord`] before its stack.
+pub const STACK_HEADER: usize = size_of::<Event>() + 4 * size_of::<u64>();
+
 /// glibc's chunk-size flags, kept in the low three bits of the size word.
 pub const CHUNK_FLAG_BITS: u64 = PREV_INUSE | IS_MMAPPED | NON_MAIN_ARENA;
 /// The chunk before this one is in use (or cached in tcache or a fastbin).
@@ -271,4 +352,6 @@ mod pod {
     unsafe impl aya::Pod for super::Staged {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ChunkWords {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Sampling {}
 }

@@ -11,20 +11,24 @@
 #![allow(internal_features)]
 
 use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::pt_regs;
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
 };
 use aya_ebpf::btf_maps::{ArrayOfMaps, RingBuf};
+use aya_ebpf::helpers::generated::bpf_probe_read_user as probe_read_user_raw;
 use aya_ebpf::helpers::{
-    bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-    bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
+    bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_smp_processor_id,
+    bpf_ktime_get_ns, bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
 };
 use aya_ebpf::macros::{btf_map, map, raw_tracepoint, uprobe, uretprobe};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
 use aya_ebpf::programs::{ProbeContext, RawTracePointContext, RetProbeContext};
 use pagealloc_common::{
-    BATCH_EVENTS, Call, ChunkWords, DRAIN_BUSY, Event, EventKind, IS_MMAPPED, LOST_COUNT,
-    LOST_LAST, Pending, Staged, cookie_call, cookie_depth,
+    BATCH_EVENTS, CHUNK_FLAG_BITS, Call, ChunkWords, DRAIN_BUSY, Event, EventKind, IS_MMAPPED,
+    LN2_Q16, LOST_COUNT, LOST_LAST, MAX_STACK_BYTES, NO_PAGES, Pending, REMAINDERS, SAMPLED_BYTES,
+    SAMPLED_PAGE, STACK_HEADER, STACK_MISSED, Sampling, StackRecord, Staged, cookie_call,
+    cookie_depth, page_sampled,
 };
 
 /// One ring buffer per CPU, put in place (and sized) by user space at load time: threads on
@@ -35,6 +39,19 @@ static EVENTS: ArrayOfMaps<RingBuf<Event, 4096>, 1> = ArrayOfMaps::new();
 /// Per CPU, the events gathered for its ring's next record.
 #[map(name = "STAGED")]
 static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, the bytes left until the byte sampler's next sample (user space seeds them).
+#[map(name = "COUNTDOWN")]
+static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// One record per CPU (user space sizes it to the possible CPUs), where a sampled allocation's
+/// record is put together before it goes to the ring.
+#[map(name = "SCRATCH")]
+static SCRATCH: Array<StackRecord> = Array::with_max_entries(1, 0);
+
+/// Per CPU, non-zero while a program of the CPU puts a record together in its `SCRATCH`.
+#[map(name = "SCRATCH_BUSY")]
+static SCRATCH_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_LAST + 1, 0);
@@ -86,9 +103,13 @@ fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-fn stack(ctx: &impl EbpfContext) -> u64 {
+fn regs(ctx: &impl EbpfContext) -> &pt_regs {
     // SAFETY: the context of a uprobe is the thread's saved registers.
-    unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
+    unsafe { &*(ctx.as_ptr() as *const pt_regs) }
+}
+
+fn stack(ctx: &impl EbpfContext) -> u64 {
+    regs(ctx).rsp
 }
 
 /// Where a chunk's size and prev_size words are below its user pointer (8 and 16 on LP64): set
@@ -128,6 +149,231 @@ fn nested(tid: u32, stack: u64, slack: u64) -> bool {
         && unsafe { PENDING.get(&tid) }.is_some_and(|pending| stack <= pending.stack + slack)
 }
 
+/// What the probes sample: set by user space at load time (its name is
+/// [`pagealloc_common::SAMPLING`]).
+#[unsafe(no_mangle)]
+static SAMPLING: Sampling = Sampling {
+    mean_bytes: 0,
+    page_shift: NO_PAGES,
+    page_salt: 0,
+    page_bits: 12,
+    stack_bytes: 0,
+    remainders: [0; REMAINDERS],
+};
+
+fn sampling() -> &'static Sampling {
+    // SAFETY: a global of the program's, read through a volatile pointer (the compiler would
+    // fold in its value before user space set it).
+    unsafe { &*core::ptr::read_volatile(&&raw const SAMPLING) }
+}
+
+/// Whether (and why: [`SAMPLED_BYTES`], [`SAMPLED_PAGE`]) the allocation of the chunk told
+/// by `(pointer, size word)` is sampled.
+fn sample_of((pointer, size): (u64, u64)) -> u16 {
+    let sampling = sampling();
+    // SAFETY: fields of the global, read once each.
+    let (mean, shift) = unsafe {
+        (
+            core::ptr::read_volatile(&sampling.mean_bytes),
+            core::ptr::read_volatile(&sampling.page_shift),
+        )
+    };
+    let bytes = size & !CHUNK_FLAG_BITS;
+    let mut sampled = 0;
+    if mean == 1 || (mean > 1 && byte_sample(bytes, mean, sampling)) {
+        sampled |= SAMPLED_BYTES;
+    }
+    if shift < NO_PAGES && size & IS_MMAPPED == 0 && bytes > 0 {
+        // The chunk's first and last pages: a page it covers whole holds no free bytes.
+        // SAFETY: as above.
+        let (salt, bits, header) = unsafe {
+            (
+                core::ptr::read_volatile(&sampling.page_salt),
+                core::ptr::read_volatile(&sampling.page_bits),
+                core::ptr::read_volatile(&CHUNK_WORDS.prev_size),
+            )
+        };
+        let chunk = pointer - header;
+        let (first, last) = (chunk >> bits, (chunk + bytes - 1) >> bits);
+        if page_sampled(first, salt, shift) || page_sampled(last, salt, shift) {
+            sampled |= SAMPLED_PAGE;
+        }
+    }
+    sampled
+}
+
+/// The byte sampler: `bytes` more allocated on this CPU; true if a sample point fell in them.
+/// Its gaps are exponential, so the points form a Poisson process over the bytes, whichever
+/// thread allocates them: each allocation is picked with probability 1 − e^(−bytes/mean).
+fn byte_sample(bytes: u64, mean: u64, sampling: &Sampling) -> bool {
+    let Some(countdown) = COUNTDOWN.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a word of this CPU's map value. Not atomic (the programs are built for eBPF's
+    // first instruction set, without fetching atomics): a probe preempting this one between
+    // the read and the write has its bytes counted or not, which only shifts a gap.
+    let before = unsafe { core::ptr::read_volatile(countdown) };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(countdown, before - bytes as i64) };
+    if before <= 0 || before > bytes as i64 {
+        return false;
+    }
+    // The points past this allocation are a fresh process (the exponential has no memory).
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(countdown, gap(mean, sampling) as i64) };
+    true
+}
+
+/// An exponential gap of mean `mean`: k·ln 2 (k geometric) plus a remainder quantile.
+fn gap(mean: u64, sampling: &Sampling) -> u64 {
+    // SAFETY: helpers without arguments.
+    let (halvings, pick) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let k = trailing_zeros(halvings);
+    let remainder = sampling
+        .remainders
+        .get(pick as usize % REMAINDERS)
+        // SAFETY: an element of the global, read once.
+        .map_or(0, |r| u64::from(unsafe { core::ptr::read_volatile(r) }));
+    (mean.min(1 << 40) * (k * LN2_Q16 + remainder)) >> 16
+}
+
+/// The trailing zero bits of `word` (32 for 0), without a loop.
+fn trailing_zeros(word: u32) -> u64 {
+    if word == 0 {
+        return 32;
+    }
+    let (mut word, mut zeros) = (word, 0);
+    for shift in [16, 8, 4, 2, 1] {
+        if word & ((1 << shift) - 1) == 0 {
+            word >>= shift;
+            zeros += shift;
+        }
+    }
+    zeros
+}
+
+/// An allocation the program made, told with its stack if it is sampled (`regs`: where the
+/// probe stopped the thread).
+fn emit_alloc(regs: &pt_regs, call: u8, chunk: (u64, u64), tid: u32) {
+    let sampled = sample_of(chunk);
+    if sampled == 0 {
+        return emit(EventKind::Alloc, call, chunk, tid);
+    }
+    let Some(staged) = STAGED.get_ptr_mut(0) else {
+        return count_lost(1);
+    };
+    // SAFETY: a word of this CPU's map value, changed atomically (as in `emit`).
+    let unwritten = unsafe { &raw mut (*staged).unwritten };
+    add(unwritten, 1);
+    let event = Event {
+        time: now(),
+        pointer: chunk.0,
+        size: chunk.1,
+        tid,
+        kind: EventKind::Alloc as u8,
+        call,
+        sampled,
+    };
+    if !write_with_stack(regs, event) {
+        // The CPU's record is being put together by a probe this one preempted: the event
+        // goes without its stack, said so.
+        let event = Event {
+            sampled: STACK_MISSED,
+            ..event
+        };
+        // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
+        match take_area(unsafe { &mut *staged }) {
+            Some(staged) => {
+                gather(staged, event);
+                release(staged);
+            }
+            None => write_now(&event),
+        }
+    }
+    add(unwritten, u64::MAX);
+}
+
+/// Puts `event`, the registers and the top of the stack together in this CPU's record and
+/// writes it to the ring (a failure counts the event lost). False if the record was taken.
+fn write_with_stack(regs: &pt_regs, event: Event) -> bool {
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let (Some(busy), Some(record)) = (SCRATCH_BUSY.get_ptr_mut(0), SCRATCH.get_ptr_mut(cpu)) else {
+        return false;
+    };
+    // SAFETY: an atomic exchange on a word of this CPU's map value.
+    let was = unsafe {
+        core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Acquire }>(busy, 1)
+    };
+    if was != 0 {
+        return false;
+    }
+    // SAFETY: this CPU's record, held through `busy`.
+    let record = unsafe { &mut *record };
+    record.event = event;
+    record.ip = regs.rip;
+    record.sp = regs.rsp;
+    record.bp = regs.rbp;
+    let copied = copy_stack(regs.rsp, &mut record.stack);
+    record.stack_len = copied;
+    let written = match this_cpu_ring() {
+        Some(ring) => {
+            let bytes = STACK_HEADER as u64 + copied;
+            // SAFETY: the first `bytes` of the record; the ring is a map the lookup vouched for.
+            bytes <= size_of::<StackRecord>() as u64
+                && unsafe {
+                    bpf_ringbuf_output(
+                        ring_pointer(ring),
+                        core::ptr::from_mut(record).cast(),
+                        bytes,
+                        wake_flags(ring),
+                    )
+                } == 0
+        }
+        None => false,
+    };
+    if !written {
+        count_lost(1);
+    }
+    // SAFETY: a word of the map value.
+    unsafe { core::ptr::write_volatile(busy, 0) };
+    true
+}
+
+const PAGE: u64 = 4096;
+
+/// Copies the stack from `sp` up into `stack`, a page at a time (the first up to the end of
+/// `sp`'s page), until [`Sampling::stack_bytes`] or the first page that cannot be read (above
+/// the top of the stack): how many bytes were copied.
+fn copy_stack(sp: u64, stack: &mut [u8; MAX_STACK_BYTES]) -> u64 {
+    // SAFETY: a field of the global, read once.
+    let limit =
+        unsafe { core::ptr::read_volatile(&sampling().stack_bytes) }.min(MAX_STACK_BYTES as u64);
+    let mut copied: u64 = 0;
+    let mut want = PAGE - (sp & (PAGE - 1));
+    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+        want = want.min(limit.saturating_sub(copied));
+        if want == 0 || want > PAGE || copied > MAX_STACK_BYTES as u64 - want {
+            break;
+        }
+        // SAFETY: `copied + want` stays within `stack` (checked above); the helper checks the
+        // user address, and fails on a fault.
+        let failed = unsafe {
+            probe_read_user_raw(
+                stack.as_mut_ptr().add(copied as usize).cast(),
+                want as u32,
+                (sp + copied) as *const core::ffi::c_void,
+            )
+        } != 0;
+        if failed {
+            break;
+        }
+        copied += want;
+        want = PAGE;
+    }
+    copied
+}
+
 /// At a return the stack is one word (the return address) above what it was at entry.
 const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
@@ -149,7 +395,7 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
         tid,
         kind: kind as u8,
         call,
-        reserved: 0,
+        sampled: 0,
     };
     // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
     match take_area(unsafe { &mut *staged }) {
@@ -324,7 +570,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pointer: u64 = ctx.ret();
     let tid = tid();
     if pointer != 0 && !nested(tid, stack(&ctx), AT_RETURN) {
-        emit(EventKind::Alloc, cookie(&ctx) as u8, chunk(pointer), tid);
+        emit_alloc(regs(&ctx), cookie(&ctx) as u8, chunk(pointer), tid);
     }
     0
 }
@@ -335,8 +581,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// cookie: the call, and how far below the function's entry stack pointer this probe's is.
 #[uprobe]
 pub fn alloc_result(ctx: ProbeContext) -> u32 {
-    // SAFETY: the context of a uprobe is the thread's saved registers.
-    let pointer = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rax };
+    let pointer = regs(&ctx).rax;
     if pointer == 0 {
         return 0;
     }
@@ -348,7 +593,7 @@ pub fn alloc_result(ctx: ProbeContext) -> u32 {
     // (memalign's tail call) returns one word above it, as the outer call itself would.
     let at_return = stack(&ctx) + cookie_depth(cookie) + AT_RETURN;
     if !nested(tid, at_return, AT_RETURN) {
-        emit(EventKind::Alloc, cookie_call(cookie), chunk(pointer), tid);
+        emit_alloc(regs(&ctx), cookie_call(cookie), chunk(pointer), tid);
     }
     0
 }
@@ -411,7 +656,7 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
     let call = pending.call as u8;
     if pending.call == Call::Realloc as u64 {
         if result != 0 {
-            emit(EventKind::Alloc, call, chunk(result), tid);
+            emit_alloc(regs(&ctx), call, chunk(result), tid);
         } else if pending.pointer != 0 && pending.request != 0 {
             // It failed: the old chunk is the program's again.
             let old = (pending.pointer, pending.size);
@@ -423,11 +668,11 @@ pub fn outer_return(ctx: RetProbeContext) -> u32 {
             let pointer =
                 unsafe { bpf_probe_read_user(pending.pointer as *const u64) }.unwrap_or(0);
             if pointer != 0 {
-                emit(EventKind::Alloc, call, chunk(pointer), tid);
+                emit_alloc(regs(&ctx), call, chunk(pointer), tid);
             }
         }
     } else if result != 0 {
-        emit(EventKind::Alloc, call, chunk(result), tid);
+        emit_alloc(regs(&ctx), call, chunk(result), tid);
     }
     0
 }
@@ -453,8 +698,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 /// Just after tcache_init's call to _int_malloc: the new tcache is in rax.
 #[uprobe]
 pub fn tcache_alloc(ctx: ProbeContext) -> u32 {
-    // SAFETY: the context of a uprobe is the thread's saved registers.
-    let pointer = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rax };
+    let pointer = regs(&ctx).rax;
     if pointer != 0 {
         emit(
             EventKind::Alloc,

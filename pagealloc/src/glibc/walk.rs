@@ -92,7 +92,7 @@ impl Walker<'_> {
             totals.add(&arena.figures);
         }
         let o = self.offsets;
-        Ok(HeapMap {
+        let mut map = HeapMap {
             arenas,
             geometry: HeapGeometry {
                 chunk_header: o.chunk_fd,
@@ -106,7 +106,9 @@ impl Walker<'_> {
             notes: std::mem::take(&mut self.notes),
             mmapped,
             segments,
-        })
+        };
+        map.set_pinned(self.memory.page_size());
+        Ok(map)
     }
 
     /// Reads `mp_`: the main heap's start, the mmapped chunks counted, the heaps' largest size.

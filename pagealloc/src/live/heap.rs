@@ -500,7 +500,7 @@ pub(super) mod tests {
             tid: 1,
             kind: kind as u8,
             call: call as u8,
-            reserved: 0,
+            sampled: 0,
         }
     }
 

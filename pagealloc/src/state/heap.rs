@@ -118,6 +118,10 @@ pub struct HeapFigures {
     /// Whole resident pages inside free chunks (bins, fastbins, top): what `malloc_trim(0)`
     /// could give back.
     pub trimmable_bytes: u64,
+    /// The free bytes of [`HeapFigures::free_resident_bytes`] on pages that also hold live
+    /// bytes: kept resident by the live chunks beside them, which no trim gives back
+    /// ([`Segment::pinned_bytes`]).
+    pub pinned_bytes: u64,
     /// The largest chunk in the bins or fastbins (top excluded).
     pub largest_free_bytes: u64,
     /// 1 − largest free chunk / all free bytes in bins and fastbins: 0 = one hole, →1 = dust.
@@ -187,7 +191,7 @@ impl HeapFigures {
 
     /// The counts that add up across arenas (all but the system bytes, the largest free chunk
     /// and the fragmentation).
-    fn counts(&mut self) -> [&mut u64; 15] {
+    fn counts(&mut self) -> [&mut u64; 16] {
         [
             &mut self.live_chunks,
             &mut self.live_bytes,
@@ -204,6 +208,7 @@ impl HeapFigures {
             &mut self.freed_bytes,
             &mut self.free_resident_bytes,
             &mut self.trimmable_bytes,
+            &mut self.pinned_bytes,
         ]
     }
 
@@ -326,6 +331,83 @@ impl Segment {
         }
         close(figures, chunk, granules.len());
     }
+}
+
+impl Segment {
+    /// The pinned bytes of the segment: on each resident page with live bytes, its free
+    /// bytes as [`HeapFigures::free_resident_bytes`] counts them (a free chunk's first
+    /// granule, its header, is not).
+    pub fn pinned_bytes(&self, page_size: u64) -> u64 {
+        let per_page = (page_size / GRANULE).max(1) as usize;
+        (0..self.resident.len())
+            .filter(|&page| self.resident[page])
+            .map(|page| self.page_occupancy(page, per_page))
+            .filter(|occupancy| occupancy.live > 0)
+            .map(|occupancy| occupancy.free)
+            .sum()
+    }
+
+    /// The runs of granules on page `page` (`per_page` granules a page), each cut at the
+    /// page's edges: (first granule, end, the first granule's byte).
+    pub fn page_runs(&self, page: usize, per_page: usize) -> impl Iterator<Item = Run> + '_ {
+        let end = ((page + 1) * per_page).min(self.granules.len());
+        let mut at = page * per_page;
+        std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let first = self.granules[at];
+            let run_end = run_end(&self.granules[..end], at, first & !CHUNK_START);
+            let run = Run {
+                start: at,
+                end: run_end,
+                state: ChunkState::from_granule(first),
+                starts_chunk: first & CHUNK_START != 0,
+            };
+            at = run_end;
+            Some(run)
+        })
+    }
+
+    /// The live and free bytes on page `page`, as pinning counts them.
+    pub fn page_occupancy(&self, page: usize, per_page: usize) -> Occupancy {
+        let mut occupancy = Occupancy::default();
+        for run in self.page_runs(page, per_page) {
+            let granules = (run.end - run.start) as u64;
+            if run.state == ChunkState::Live {
+                occupancy.live += granules * GRANULE;
+            } else if run.state.is_free() {
+                occupancy.free += (granules - u64::from(run.starts_chunk)) * GRANULE;
+            }
+        }
+        occupancy
+    }
+
+    /// The first granule of the chunk granule `granule` belongs to (the segment's first if no
+    /// start is marked before it).
+    pub fn chunk_start(&self, granule: usize) -> usize {
+        self.granules[..=granule.min(self.granules.len().saturating_sub(1))]
+            .iter()
+            .rposition(|&g| g & CHUNK_START != 0)
+            .unwrap_or(0)
+    }
+}
+
+/// Granules of one state in a row on one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub start: usize,
+    pub end: usize,
+    pub state: ChunkState,
+    /// Its first granule is a chunk's first.
+    pub starts_chunk: bool,
+}
+
+/// What a page holds, as pinning counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub live: u64,
+    pub free: u64,
 }
 
 /// Where the run of granules from `start` ends: the first granule after it that is not `value`
@@ -545,6 +627,7 @@ impl HeapMap {
                 segment.count(page_size, header_bytes, figures);
             }
         }
+        self.count_pinned(page_size, &mut figures);
         let mut totals = HeapFigures::default();
         for (arena, mut counted) in self.arenas.iter_mut().zip(figures) {
             counted.system_bytes = arena.figures.system_bytes;
@@ -553,6 +636,26 @@ impl HeapMap {
             arena.figures = counted;
         }
         self.totals = totals;
+    }
+
+    /// Each arena's pinned bytes (and the totals'), counted from the granules and the pages'
+    /// residency: the walk counts everything else as it goes, this once it is done.
+    pub fn set_pinned(&mut self, page_size: u64) {
+        let mut figures = vec![HeapFigures::default(); self.arenas.len()];
+        self.count_pinned(page_size, &mut figures);
+        self.totals.pinned_bytes = 0;
+        for (arena, counted) in self.arenas.iter_mut().zip(figures) {
+            arena.figures.pinned_bytes = counted.pinned_bytes;
+            self.totals.pinned_bytes += counted.pinned_bytes;
+        }
+    }
+
+    fn count_pinned(&self, page_size: u64, figures: &mut [HeapFigures]) {
+        for segment in &self.segments {
+            if let Some(figures) = figures.get_mut(segment.arena) {
+                figures.pinned_bytes += segment.pinned_bytes(page_size);
+            }
+        }
     }
 
     /// Adds a [`NoteKind::Limitation`] note, once.
@@ -641,6 +744,16 @@ mod tests {
             if trimmable && resident && last_start + header_bytes <= page_start {
                 figures.trimmable_bytes += page_size;
             }
+            let live = granules
+                .iter()
+                .any(|&g| ChunkState::from_granule(g) == ChunkState::Live);
+            if resident && live {
+                figures.pinned_bytes += granules
+                    .iter()
+                    .filter(|&&g| ChunkState::from_granule(g).is_free() && g & CHUNK_START == 0)
+                    .count() as u64
+                    * GRANULE;
+            }
         }
         if let Some((start, ChunkState::Bin | ChunkState::Fastbin)) = chunk {
             let bytes = (segment.granules.len() - start) as u64 * GRANULE;
@@ -686,6 +799,7 @@ mod tests {
             let header_bytes = [0, 16, 32][round % 3];
             let mut counted = HeapFigures::default();
             segment.count(page_size, header_bytes, &mut counted);
+            counted.pinned_bytes = segment.pinned_bytes(page_size);
             let model = count_by_granule(&segment, page_size, header_bytes);
             assert_eq!(counted, model, "round {round}: {granules} granules");
         }

@@ -8,6 +8,7 @@ pub mod probes;
 pub mod report;
 pub mod resident;
 pub mod sample;
+pub mod sites;
 
 pub use history::History;
 pub use sample::{Heap, HeapUnavailable, LibcInfo, Sample};

@@ -3,12 +3,17 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 
+use aya::maps::PerCpuArray;
+use aya::maps::PerCpuValues;
 use aya::maps::{ArrayOfMaps, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use pagealloc_common::{Attach, CHUNK_WORDS, ChunkWords, EVENTS_MAP, Program, STAGED_MAP};
+use pagealloc_common::{
+    Attach, CHUNK_WORDS, COUNTDOWN_MAP, ChunkWords, EVENTS_MAP, Program, SAMPLING, SCRATCH_MAP,
+    STAGED_MAP, Sampling,
+};
 
 use super::detach::Attached;
 use super::drain::Drains;
@@ -18,12 +23,18 @@ use super::probes::Placed;
 /// The compiled programs of `pagealloc-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagealloc"));
 
-/// Loads every [`Program`], with `chunk_words` set in them and room for a ring per `possible`
-/// CPU.
-pub(super) fn load(chunk_words: ChunkWords, possible: u32) -> Result<Ebpf, TraceError> {
+/// Loads every [`Program`], with `chunk_words` and `sampling` set in them and room for a ring
+/// and a stack record per `possible` CPU.
+pub(super) fn load(
+    chunk_words: ChunkWords,
+    sampling: &Sampling,
+    possible: u32,
+) -> Result<Ebpf, TraceError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(EVENTS_MAP, possible)
+        .map_max_entries(SCRATCH_MAP, possible)
         .override_global(CHUNK_WORDS, &chunk_words, true)
+        .override_global(SAMPLING, sampling, true)
         .load(EBPF_OBJECT)
         .map_err(|source| TraceError::Load { source })?;
     for program in Program::ALL {
@@ -34,6 +45,26 @@ pub(super) fn load(chunk_words: ChunkWords, possible: u32) -> Result<Ebpf, Trace
         loaded.map_err(|source| TraceError::LoadProgram { program, source })?;
     }
     Ok(ebpf)
+}
+
+/// Each CPU's byte sampler starts a gap drawn by `draw` into its first sample.
+pub(super) fn seed_countdowns(
+    ebpf: &mut Ebpf,
+    possible: u32,
+    mut draw: impl FnMut() -> i64,
+) -> Result<(), TraceError> {
+    let mut countdowns: PerCpuArray<_, i64> = ebpf
+        .map_mut(COUNTDOWN_MAP)
+        .ok_or(TraceError::Missing {
+            name: COUNTDOWN_MAP,
+        })?
+        .try_into()
+        .map_err(TraceError::map(COUNTDOWN_MAP))?;
+    let values = (0..possible).map(|_| draw()).collect::<Vec<_>>();
+    let values = PerCpuValues::try_from(values).map_err(TraceError::io("seeding the sampler"))?;
+    countdowns
+        .set(0, values, 0)
+        .map_err(TraceError::map("seeding the sampler"))
 }
 
 /// A ring buffer for each possible CPU, put in the programs' array of rings: `bytes` for the

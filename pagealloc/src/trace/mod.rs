@@ -18,6 +18,7 @@ mod load;
 pub mod place;
 mod probes;
 mod read;
+pub mod sampling;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -36,14 +37,32 @@ pub use error::TraceError;
 pub use pagealloc_common::ChunkWords;
 pub use probes::{Internals, Placed, plan, plan_with};
 use read::{Reader, ReaderLosses};
+pub use sampling::SampleOptions;
 
 /// What the reader hands over each time it wakes.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// In the order of their stamps (across batches too), all stamped before `complete_before`.
     pub events: Vec<Event>,
+    /// The stacks of the sampled events among them (those with `SAMPLED_BYTES` or
+    /// `SAMPLED_PAGE`), in the same order.
+    pub stacks: Vec<RawStack>,
     /// Every event stamped before this (CLOCK_MONOTONIC, ns) is in this batch or an earlier one.
     pub complete_before: u64,
+}
+
+/// A sampled allocation's registers and the top of its thread's stack, as the probe copied
+/// them: unwound in user space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    /// The event's stamp and thread, which it is matched with.
+    pub time: u64,
+    pub tid: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// From `sp` up.
+    pub stack: Vec<u8>,
 }
 
 /// Now, on the clock the probes stamp events with (CLOCK_MONOTONIC), in ns.
@@ -69,6 +88,8 @@ pub struct TraceOptions {
     /// Catch malloc's and calloc's results with one trap per call where the analysis of their
     /// code is sure how (`place::result_points`); else (or when false) with return probes.
     pub one_trap: bool,
+    /// Which allocations come with their stacks.
+    pub sampling: SampleOptions,
 }
 
 impl Default for TraceOptions {
@@ -77,6 +98,7 @@ impl Default for TraceOptions {
             ring_bytes: None,
             poll: Duration::from_millis(10),
             one_trap: true,
+            sampling: SampleOptions::default(),
         }
     }
 }
@@ -97,6 +119,9 @@ pub struct Tracer {
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     pub placed: Vec<Placed>,
+    /// What the probes sample, and the salt that picked the pinning set of pages.
+    pub sampling: SampleOptions,
+    pub page_salt: u64,
 }
 
 impl Tracer {
@@ -122,7 +147,13 @@ impl Tracer {
         let ring_bytes = options
             .ring_bytes
             .unwrap_or(default_ring_bytes(online.len() as u32));
-        let mut ebpf = load::load(chunk_words, possible)?;
+        let page_salt = sampling::random_u64();
+        let page_size = procfs::page_size();
+        let programs_sampling = options.sampling.for_programs(page_salt, page_size);
+        let mut ebpf = load::load(chunk_words, &programs_sampling, possible)?;
+        load::seed_countdowns(&mut ebpf, possible, || {
+            sampling::first_gap(&options.sampling)
+        })?;
         // The rings in place before the first probe fires: an event with nowhere to go counts
         // as lost.
         let rings = load::rings(&mut ebpf, possible, &online, ring_bytes)?;
@@ -154,6 +185,8 @@ impl Tracer {
                 stop,
                 reader: Some(reader),
                 placed,
+                sampling: options.sampling,
+                page_salt,
             },
             receive,
         ))

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
-use pagealloc_common::{Event, EventKind};
+use pagealloc_common::{Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE, STACK_HEADER};
 
 use super::drain::Drains;
-use super::{Batch, monotonic_now};
+use super::{Batch, RawStack, monotonic_now};
 
 /// Events the probes wrote but the reader could not hand over in their place: stranded on a
 /// CPU taken offline, or arriving after a batch that vouched for their time (which the marks
@@ -50,6 +50,7 @@ impl Reader {
         let timeout = EpollTimeout::try_from(poll).unwrap_or(EpollTimeout::MAX);
         let mut woken = [EpollEvent::empty(); 8];
         let mut waiting: Vec<Event> = Vec::new();
+        let mut waiting_stacks: Vec<RawStack> = Vec::new();
         let mut handed_before = 0;
         while !stop.load(Ordering::Relaxed) {
             let _ = self.wake_ups.wait(&mut woken, timeout);
@@ -62,9 +63,19 @@ impl Reader {
                 }
             }
             let mut events = std::mem::take(&mut waiting);
+            let mut stacks = std::mem::take(&mut waiting_stacks);
             let mut late = 0;
             for (cpu, ring) in self.rings.iter_mut().enumerate() {
                 while let Some(record) = ring.next() {
+                    if let Some((event, stack)) = stack_record(&record) {
+                        if event.time >= handed_before {
+                            events.push(event);
+                            stacks.push(stack);
+                        } else if !self.drains.was_stranded(cpu, event.time) {
+                            late += 1;
+                        }
+                        continue;
+                    }
                     for bytes in record.chunks_exact(size_of::<Event>()) {
                         // SAFETY: the programs write whole `Event`s; the copy is unaligned-safe.
                         let event =
@@ -86,11 +97,15 @@ impl Reader {
             let complete_before = self.drains.vouched_before().max(handed_before);
             // Runs already in order, merged (a stable sort finds them).
             events.sort_by_key(|event| event.time);
+            stacks.sort_by_key(|stack| stack.time);
             let vouched = events.partition_point(|event| event.time < complete_before);
             waiting = events.split_off(vouched);
+            let vouched = stacks.partition_point(|stack| stack.time < complete_before);
+            waiting_stacks = stacks.split_off(vouched);
             handed_before = complete_before;
             let batch = Batch {
                 events,
+                stacks,
                 complete_before,
             };
             if send.send(batch).is_err() {
@@ -98,4 +113,31 @@ impl Reader {
             }
         }
     }
+}
+
+/// The event and stack of a record a probe wrote for a sampled allocation (its event's
+/// `sampled` says so; the events of a batch record never carry those bits).
+fn stack_record(record: &[u8]) -> Option<(Event, RawStack)> {
+    if record.len() < STACK_HEADER {
+        return None;
+    }
+    // SAFETY: the record begins with a whole `Event`; the copy is unaligned-safe.
+    let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Event>()) };
+    if event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) == 0 {
+        return None;
+    }
+    let word = |at: usize| {
+        let at = size_of::<Event>() + at * 8;
+        u64::from_le_bytes(record[at..at + 8].try_into().unwrap_or_default())
+    };
+    let stack_len = (word(3) as usize).min(record.len() - STACK_HEADER);
+    let stack = RawStack {
+        time: event.time,
+        tid: event.tid,
+        ip: word(0),
+        sp: word(1),
+        bp: word(2),
+        stack: record[STACK_HEADER..STACK_HEADER + stack_len].to_vec(),
+    };
+    Some((event, stack))
 }

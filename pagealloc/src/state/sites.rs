@@ -1,0 +1,531 @@
+//! Who holds the memory: the allocation sites of sampled chunks, their estimated live and
+//! allocated objects and bytes, and the pinned bytes their chunks keep resident.
+//!
+//! [`SiteTable`] is updated by live mode's events (each sampled allocation comes with its
+//! stack, unwound); [`SitesReport`] is what a sample carries of it, its frames symbolised, for
+//! the renderers and exporters to read.
+//!
+//! Two estimators, each unbiased on its own:
+//! - **Byte sampling** (`inuse_*`, `alloc_*`): a Poisson process over allocated bytes with mean
+//!   R picks an allocation of `bytes` with probability p = 1 − e^(−bytes/R); each picked one
+//!   counts 1/p objects and bytes/p bytes (Horvitz–Thompson).
+//! - **Page sampling** (`pinned`): one page in N is in the pinning set, and every allocation
+//!   whose chunk begins or ends on one of those pages is sampled, whatever its size. On a page
+//!   of the set every live chunk made since attach has its site; its pinned bytes are shared
+//!   out among them and counted N times.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pagealloc_common::{SAMPLED_BYTES, SAMPLED_PAGE, STACK_MISSED, page_sampled};
+
+use super::heap::{CHUNK_START, ChunkState, GRANULE, HeapMap};
+
+/// An allocation site: the return addresses of its stack, innermost first (each minus one, to
+/// fall in the call instruction), with the allocator's own frames dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stack {
+    pub frames: Arc<[u64]>,
+    /// The unwinding stopped before the stack's root (a frame without call-frame information,
+    /// through a JIT, or past the bytes copied): the frames are the innermost ones.
+    pub truncated: bool,
+}
+
+/// A site's figures: estimates (see the module's doc), in objects and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SiteFigures {
+    pub inuse_objects: f64,
+    pub inuse_bytes: f64,
+    pub alloc_objects: f64,
+    pub alloc_bytes: f64,
+    pub pinned_bytes: f64,
+}
+
+impl SiteFigures {
+    fn add(&mut self, other: &SiteFigures) {
+        self.inuse_objects += other.inuse_objects;
+        self.inuse_bytes += other.inuse_bytes;
+        self.alloc_objects += other.alloc_objects;
+        self.alloc_bytes += other.alloc_bytes;
+        self.pinned_bytes += other.pinned_bytes;
+    }
+
+    fn hold(&mut self, objects: f64, bytes: f64) {
+        self.inuse_objects += objects;
+        self.inuse_bytes += bytes;
+    }
+
+    fn release(&mut self, objects: f64, bytes: f64) {
+        // Sums of the same weights in another order: clamp the rounding.
+        self.inuse_objects = (self.inuse_objects - objects).max(0.0);
+        self.inuse_bytes = (self.inuse_bytes - bytes).max(0.0);
+    }
+}
+
+/// How the probes sampled, for the estimates' weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampling {
+    /// The byte sampler's mean (1: every allocation; 0: none).
+    pub sample_bytes: u64,
+    /// log2 of the pinning set's one page in N (0: every page; 64: none).
+    pub page_shift: u64,
+    pub page_salt: u64,
+    pub page_size: u64,
+}
+
+impl Sampling {
+    /// The probability that the byte sampler picks an allocation of `bytes`.
+    fn probability(&self, bytes: u64) -> f64 {
+        match self.sample_bytes {
+            0 => 0.0,
+            1 => 1.0,
+            mean => -(-(bytes as f64) / mean as f64).exp_m1(),
+        }
+    }
+
+    fn covers(&self, page_start: u64) -> bool {
+        let page = page_start / self.page_size.max(1);
+        page_sampled(page, self.page_salt, self.page_shift)
+    }
+
+    /// How many pages each page of the pinning set stands for.
+    fn page_weight(&self) -> f64 {
+        2f64.powi(self.page_shift.min(63) as i32)
+    }
+}
+
+pub type SiteId = u32;
+
+/// A live chunk whose allocation was sampled.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    site: Holder,
+    bytes: u64,
+    /// How many objects it stands for in `inuse_*` (0 if only the page sampler picked it).
+    weight: f64,
+}
+
+/// Whose a sampled chunk is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// A site of the table, as long as its slot's generation is this one (else it was merged
+    /// into "other").
+    Site { id: SiteId, generation: u32 },
+    /// Sampled, but its stack was not copied.
+    Unknown,
+}
+
+struct Site {
+    stack: Stack,
+    figures: SiteFigures,
+    generation: u32,
+}
+
+/// The chunks live when the probes attached (from the seed walk), until an event of theirs:
+/// they have no stack, and form a bucket of their own with exact figures.
+#[derive(Default)]
+struct BeforeAttach {
+    /// (user pointer, bytes), by pointer.
+    chunks: Vec<(u64, u64)>,
+    gone: Vec<bool>,
+    objects: u64,
+    bytes: u64,
+}
+
+impl BeforeAttach {
+    fn position(&self, pointer: u64) -> Option<usize> {
+        let at = self.chunks.binary_search_by_key(&pointer, |c| c.0).ok()?;
+        (!self.gone[at]).then_some(at)
+    }
+
+    /// The chunk at `pointer` had an event: it is not from before attach (any longer).
+    fn forget(&mut self, pointer: u64) {
+        if let Some(at) = self.position(pointer) {
+            self.gone[at] = true;
+            self.objects -= 1;
+            self.bytes -= self.chunks[at].1;
+        }
+    }
+}
+
+/// The sites of one process's sampled allocations since the probes attached, and their
+/// sampled chunks still live. Bounded: past `capacity` sites, the lightest merges into
+/// "other".
+pub struct SiteTable {
+    sampling: Sampling,
+    capacity: usize,
+    sites: Vec<Site>,
+    index: HashMap<Stack, SiteId>,
+    chunks: HashMap<u64, Held>,
+    before: BeforeAttach,
+    other: SiteFigures,
+    merged: u64,
+    unknown: SiteFigures,
+    /// The pinned bytes of the chunks from before attach.
+    before_pinned: f64,
+    stacks: u64,
+    missed: u64,
+}
+
+/// How many sites a table holds by default.
+pub const DEFAULT_MAX_SITES: usize = 4096;
+
+impl SiteTable {
+    /// The table of a process whose heap, as the probes attached, is `seed` (its live chunks
+    /// are the bucket from before attach).
+    pub fn new(sampling: Sampling, capacity: usize, seed: &HeapMap) -> SiteTable {
+        let mut table = SiteTable {
+            sampling,
+            capacity: capacity.max(1),
+            sites: Vec::new(),
+            index: HashMap::new(),
+            chunks: HashMap::new(),
+            before: BeforeAttach::default(),
+            other: SiteFigures::default(),
+            merged: 0,
+            unknown: SiteFigures::default(),
+            before_pinned: 0.0,
+            stacks: 0,
+            missed: 0,
+        };
+        let mut chunks = live_chunks(seed);
+        chunks.sort_unstable();
+        chunks.dedup_by_key(|c| c.0);
+        table.before = BeforeAttach {
+            gone: vec![false; chunks.len()],
+            objects: chunks.len() as u64,
+            bytes: chunks.iter().map(|c| c.1).sum(),
+            chunks,
+        };
+        table
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
+    }
+
+    /// The program was handed the chunk at `pointer` of `bytes`; `sampled` is its event's
+    /// sampling bits, `stack` its unwound stack if it came with one.
+    pub fn allocated(&mut self, pointer: u64, bytes: u64, sampled: u16, stack: Option<Stack>) {
+        self.before.forget(pointer);
+        self.freed(pointer);
+        if sampled & (SAMPLED_BYTES | SAMPLED_PAGE) == 0 {
+            return;
+        }
+        let weight = if sampled & SAMPLED_BYTES != 0 {
+            1.0 / self.sampling.probability(bytes)
+        } else {
+            0.0
+        };
+        let site = match stack {
+            Some(stack) if sampled & STACK_MISSED == 0 => {
+                self.stacks += 1;
+                self.site(stack)
+            }
+            _ => {
+                self.missed += 1;
+                Holder::Unknown
+            }
+        };
+        let figures = self.figures_mut(site);
+        figures.alloc_objects += weight;
+        figures.alloc_bytes += weight * bytes as f64;
+        figures.hold(weight, weight * bytes as f64);
+        self.chunks.insert(
+            pointer,
+            Held {
+                site,
+                bytes,
+                weight,
+            },
+        );
+    }
+
+    /// The program gave the chunk at `pointer` back.
+    pub fn freed(&mut self, pointer: u64) {
+        self.before.forget(pointer);
+        if let Some(held) = self.chunks.remove(&pointer) {
+            let weight = held.weight;
+            self.figures_mut(held.site)
+                .release(weight, weight * held.bytes as f64);
+        }
+    }
+
+    /// After a walk replaced the state (`map`): a sampled chunk, or one from before attach,
+    /// that the map does not have live at its place and size is gone (its free was among
+    /// events lost); its site no longer counts it. Returns how many were dropped.
+    pub fn verify(&mut self, map: &HeapMap) -> u64 {
+        let live = LiveLookup::new(map);
+        let stale: Vec<u64> = (self.chunks.iter())
+            .filter(|(pointer, held)| !live.has(**pointer, held.bytes))
+            .map(|(pointer, _)| *pointer)
+            .collect();
+        for pointer in &stale {
+            self.freed(*pointer);
+        }
+        let mut dropped = stale.len() as u64;
+        for at in 0..self.before.chunks.len() {
+            let (pointer, bytes) = self.before.chunks[at];
+            if !self.before.gone[at] && !live.has(pointer, bytes) {
+                self.before.forget(pointer);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Shares the pinned bytes of `map`'s pages in the pinning set out among the live chunks on
+    /// each (in proportion to their live bytes there), each page counted for the pages it
+    /// stands for.
+    pub fn pin(&mut self, map: &HeapMap) {
+        for site in &mut self.sites {
+            site.figures.pinned_bytes = 0.0;
+        }
+        self.other.pinned_bytes = 0.0;
+        self.unknown.pinned_bytes = 0.0;
+        let mut before_pinned = 0.0;
+        let page_size = self.sampling.page_size.max(GRANULE);
+        let per_page = (page_size / GRANULE) as usize;
+        let weight = self.sampling.page_weight();
+        let header = map.geometry.chunk_header;
+        for segment in &map.segments {
+            for page in 0..segment.resident.len() {
+                let page_start = segment.start + page as u64 * page_size;
+                if !segment.resident[page] || !self.sampling.covers(page_start) {
+                    continue;
+                }
+                let occupancy = segment.page_occupancy(page, per_page);
+                if occupancy.live == 0 || occupancy.free == 0 {
+                    continue;
+                }
+                let share = weight * occupancy.free as f64 / occupancy.live as f64;
+                for run in segment.page_runs(page, per_page) {
+                    if run.state != ChunkState::Live {
+                        continue;
+                    }
+                    // A run is one chunk's (each chunk's first granule starts a run).
+                    let start = if run.starts_chunk {
+                        run.start
+                    } else {
+                        segment.chunk_start(run.start)
+                    };
+                    let pointer = segment.start + start as u64 * GRANULE + header;
+                    let pinned = share * ((run.end - run.start) as u64 * GRANULE) as f64;
+                    match self.chunks.get(&pointer) {
+                        Some(held) => {
+                            let site = held.site;
+                            self.figures_mut(site).pinned_bytes += pinned;
+                        }
+                        None if self.before.position(pointer).is_some() => before_pinned += pinned,
+                        None => self.unknown.pinned_bytes += pinned,
+                    }
+                }
+            }
+        }
+        self.before_pinned = before_pinned;
+    }
+
+    /// Every address of the sites' stacks, for their symbols.
+    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.sites
+            .iter()
+            .flat_map(|site| site.stack.frames.iter().copied())
+    }
+
+    /// What a sample carries: each site with its frames as `frame` describes each address.
+    pub fn report(&self, mut frame: impl FnMut(u64) -> Arc<Frame>) -> SitesReport {
+        let sites = (self.sites.iter())
+            .filter(|site| site.figures != SiteFigures::default())
+            .map(|site| SiteReport {
+                frames: site.stack.frames.iter().map(|&a| frame(a)).collect(),
+                truncated: site.stack.truncated,
+                figures: site.figures,
+            })
+            .collect();
+        SitesReport {
+            sampling: self.sampling,
+            sites,
+            other: self.other,
+            merged: self.merged,
+            unknown: self.unknown,
+            before_attach: SiteFigures {
+                inuse_objects: self.before.objects as f64,
+                inuse_bytes: self.before.bytes as f64,
+                pinned_bytes: self.before_pinned,
+                ..SiteFigures::default()
+            },
+            stacks: self.stacks,
+            missed: self.missed,
+        }
+    }
+
+    /// The site of `stack`, made if new (merging the lightest into "other" if full).
+    fn site(&mut self, stack: Stack) -> Holder {
+        if let Some(&id) = self.index.get(&stack) {
+            let generation = self.sites[id as usize].generation;
+            return Holder::Site { id, generation };
+        }
+        let id = if self.sites.len() < self.capacity {
+            self.sites.push(Site {
+                stack: stack.clone(),
+                figures: SiteFigures::default(),
+                generation: 0,
+            });
+            (self.sites.len() - 1) as SiteId
+        } else {
+            let (id, lightest) = (self.sites.iter().enumerate())
+                .min_by(|a, b| weight(&a.1.figures).total_cmp(&weight(&b.1.figures)))
+                .map(|(id, site)| (id, site))
+                .expect("a full table has sites");
+            self.other.add(&lightest.figures);
+            self.merged += 1;
+            self.index.remove(&lightest.stack);
+            let site = &mut self.sites[id];
+            site.generation += 1;
+            site.figures = SiteFigures::default();
+            site.stack = stack.clone();
+            id as SiteId
+        };
+        self.index.insert(stack, id);
+        let generation = self.sites[id as usize].generation;
+        Holder::Site { id, generation }
+    }
+
+    fn figures_mut(&mut self, holder: Holder) -> &mut SiteFigures {
+        match holder {
+            Holder::Site { id, generation } => match self.sites.get_mut(id as usize) {
+                Some(site) if site.generation == generation => &mut site.figures,
+                _ => &mut self.other,
+            },
+            Holder::Unknown => &mut self.unknown,
+        }
+    }
+}
+
+/// What makes a site worth keeping: the memory it holds and pins now, then what it made.
+fn weight(figures: &SiteFigures) -> f64 {
+    figures.inuse_bytes + figures.pinned_bytes + figures.alloc_bytes * 1e-6
+}
+
+/// The live chunks of `map`: (user pointer, bytes), heap chunks by granule, then mmapped ones.
+fn live_chunks(map: &HeapMap) -> Vec<(u64, u64)> {
+    let header = map.geometry.chunk_header;
+    let start = ChunkState::Live as u8 | CHUNK_START;
+    let live = ChunkState::Live as u8;
+    let mut chunks = Vec::new();
+    for segment in &map.segments {
+        let mut at = 0;
+        let granules = &segment.granules;
+        while at < granules.len() {
+            if granules[at] != start {
+                at += 1;
+                continue;
+            }
+            let end = at
+                + 1
+                + granules[at + 1..]
+                    .iter()
+                    .take_while(|&&g| g == live)
+                    .count();
+            let address = segment.start + at as u64 * GRANULE;
+            chunks.push((address + header, (end - at) as u64 * GRANULE));
+            at = end;
+        }
+    }
+    chunks.extend((map.mmapped.iter()).map(|chunk| (chunk.address + header, chunk.bytes)));
+    chunks
+}
+
+/// Whether a map has a live chunk at a user pointer, of a size.
+struct LiveLookup<'a> {
+    map: &'a HeapMap,
+    mmapped: HashMap<u64, u64>,
+}
+
+impl<'a> LiveLookup<'a> {
+    fn new(map: &'a HeapMap) -> Self {
+        let header = map.geometry.chunk_header;
+        let mmapped = (map.mmapped.iter())
+            .map(|chunk| (chunk.address + header, chunk.bytes))
+            .collect();
+        LiveLookup { map, mmapped }
+    }
+
+    fn has(&self, pointer: u64, bytes: u64) -> bool {
+        if let Some(&mapped) = self.mmapped.get(&pointer) {
+            return mapped == bytes;
+        }
+        let chunk = pointer.wrapping_sub(self.map.geometry.chunk_header);
+        let Some(segment) = (self.map.segments.iter()).find(|s| s.start <= chunk && chunk < s.end)
+        else {
+            return false;
+        };
+        let first = ((chunk - segment.start) / GRANULE) as usize;
+        let live = ChunkState::Live as u8;
+        let granules = &segment.granules;
+        let count = (bytes / GRANULE) as usize;
+        granules.get(first) == Some(&(live | CHUNK_START))
+            && granules
+                .get(first + 1..first + count)
+                .is_some_and(|rest| rest.iter().all(|&g| g == live))
+            && granules.get(first + count).is_none_or(|&g| g != live)
+    }
+}
+
+/// One frame of a site's stack, symbolised.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    /// The address looked up (a return address minus one).
+    pub address: u64,
+    /// The mapped file it lies in, if any.
+    pub module: Option<Arc<Module>>,
+    /// Where it is in that file.
+    pub file_offset: u64,
+    /// The function and source line, innermost (inlined) first: the last is the function
+    /// whose code it is. Empty if it could not be symbolised.
+    pub lines: Vec<Line>,
+}
+
+/// A mapped file a frame lies in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Module {
+    pub path: String,
+    /// Hex.
+    pub build_id: Option<String>,
+    /// The mapping (the file's executable one) and the file offset at its start.
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Line {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// One site as a sample carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteReport {
+    /// Innermost first.
+    pub frames: Vec<Arc<Frame>>,
+    pub truncated: bool,
+    pub figures: SiteFigures,
+}
+
+/// What a sample carries of the sites.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SitesReport {
+    pub sampling: Sampling,
+    pub sites: Vec<SiteReport>,
+    /// The sites merged away to keep the table bounded, together.
+    pub other: SiteFigures,
+    pub merged: u64,
+    /// Sampled allocations whose stack could not be copied.
+    pub unknown: SiteFigures,
+    /// The chunks live when the probes attached, exact (they have no stack).
+    pub before_attach: SiteFigures,
+    /// Stacks taken, and samples that missed theirs.
+    pub stacks: u64,
+    pub missed: u64,
+}
