@@ -152,6 +152,17 @@ pub enum EventKind {
     Mark = 3,
 }
 
+impl EventKind {
+    pub fn from_u8(value: u8) -> Option<EventKind> {
+        Some(match value {
+            1 => EventKind::Alloc,
+            2 => EventKind::Free,
+            3 => EventKind::Mark,
+            _ => return None,
+        })
+    }
+}
+
 /// The call that made an event. Attach cookies and [`Event::call`] carry these values.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

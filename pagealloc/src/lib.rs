@@ -16,6 +16,7 @@ pub mod proc;
 pub mod render;
 pub mod serve;
 pub mod session;
+pub mod stacks;
 pub mod state;
 pub mod trace;
 pub mod watch;

@@ -9,6 +9,7 @@ use pagealloc::render::{self, ColorChoice, Parts, Style};
 use pagealloc::serve::{self, Selection, ServeOptions};
 use pagealloc::session::{self, Session, SessionOptions};
 use pagealloc::trace::TraceOptions;
+use pagealloc::trace::sampling::{self, SampleOptions};
 use pagealloc::watch::{self, WatchOptions};
 
 /// Where a running process's memory is: page by page, and chunk by chunk in glibc's heaps.
@@ -84,6 +85,23 @@ struct LiveArgs {
     /// each loss costs a walk), a process's probes come off as above --max-rate.
     #[arg(long, value_name = "PERCENT", default_value_t = LiveOptions::default().max_lost * 100.0, value_parser = parse_percent)]
     max_lost: f64,
+    /// Live mode: sample allocation stacks, a Poisson process over allocated bytes with this
+    /// mean (as Go and jemalloc: 512 KiB); 1 records every allocation's stack, 0 takes no
+    /// stacks at all (nor those of --pin-pages).
+    #[arg(long, value_name = "BYTES", default_value_t = sampling::DEFAULT_SAMPLE_BYTES, value_parser = clap::value_parser!(u64).range(0..=sampling::MAX_SAMPLE_BYTES))]
+    sample_bytes: u64,
+    /// Live mode: for the pinned bytes, one page in N (a power of two; 0: none) is watched:
+    /// every allocation whose chunk begins or ends on one of them has its stack taken.
+    #[arg(long, value_name = "N", default_value_t = sampling::DEFAULT_PIN_PAGES, value_parser = parse_pin_pages)]
+    pin_pages: u64,
+    /// Live mode: bytes of the stack each sample copies, from the stack pointer up (deeper
+    /// stacks are marked truncated), at most 32 KiB.
+    #[arg(long, value_name = "BYTES", default_value_t = sampling::DEFAULT_STACK_BYTES, value_parser = clap::value_parser!(u32).range(256..=i64::from(sampling::MAX_STACK)))]
+    stack_bytes: u32,
+    /// Live mode: the most allocation sites kept per process (the lightest merge into one
+    /// "other" site past it, so memory stays bounded).
+    #[arg(long, value_name = "N", default_value_t = pagealloc::state::sites::DEFAULT_MAX_SITES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    max_sites: usize,
 }
 
 impl LiveArgs {
@@ -91,10 +109,20 @@ impl LiveArgs {
         LiveOptions {
             trace: TraceOptions {
                 ring_bytes: self.ring_bytes,
+                sampling: if self.sample_bytes == 0 {
+                    SampleOptions::OFF
+                } else {
+                    SampleOptions {
+                        sample_bytes: self.sample_bytes,
+                        pin_pages: self.pin_pages,
+                        stack_bytes: self.stack_bytes,
+                    }
+                },
                 ..TraceOptions::default()
             },
             reconcile: self.reconcile.into(),
             max_lost: self.max_lost / 100.0,
+            max_sites: self.max_sites,
         }
     }
 }
@@ -276,6 +304,13 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
         _ => Err("a percentage from 0 to 100, such as 1 or 0.5".into()),
+    }
+}
+
+fn parse_pin_pages(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n == 0 || (n.is_power_of_two() && n <= 1 << 30) => Ok(n),
+        _ => Err("0, or a power of two up to 2^30 (1, 2, 4, ... 64, ...)".into()),
     }
 }
 

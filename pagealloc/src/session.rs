@@ -208,6 +208,7 @@ impl Session {
             libc,
             heap,
             events: None,
+            sites: None,
         })
     }
 

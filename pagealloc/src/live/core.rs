@@ -4,7 +4,7 @@
 //! `heap_info`. [`super::Live`] is the shell that feeds it from the probes and the session.
 use std::time::{Duration, Instant};
 
-use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind};
+use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE};
 
 use super::compare;
 use super::heap::{Apply, Contradiction, LiveHeap};
@@ -12,6 +12,11 @@ use crate::glibc::{ArenaTop, HeapInfo};
 use crate::state::events::Counts;
 use crate::state::heap::HeapMap;
 use crate::state::pages::PageMap;
+use crate::state::sites::{SiteTable, Stack};
+
+/// A sampled event's stack, unwound: the event's stamp and thread, and the stack (None if
+/// nothing could be unwound).
+pub type Unwound = (u64, u32, Option<Stack>);
 
 /// Why a walk is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +79,8 @@ pub struct LiveCore {
     next_reconcile: Instant,
     reconcile_every: Duration,
     settling: Option<Settling>,
+    /// The sampled allocations' sites, if stacks are taken.
+    sites: Option<SiteTable>,
 }
 
 /// A probe stamps a free before the chunk is freed and an allocation after the chunk is handed
@@ -87,9 +94,18 @@ const UNKNOWN_SHARE_LIMIT: f64 = 0.01;
 impl LiveCore {
     /// The state seeded from the first walk, taken once the last probe was `attached`; its
     /// events are to be applied, then it is [`LiveCore::settle`]d, like any walk.
-    pub fn seed(walked: Walked, attached: u64, reconcile_every: Duration, now: Instant) -> Self {
+    /// `sites`: the table the sampled allocations go to, if stacks are taken (seeded from the
+    /// same walk: its live chunks are those from before attach).
+    pub fn seed(
+        walked: Walked,
+        attached: u64,
+        reconcile_every: Duration,
+        now: Instant,
+        sites: Option<SiteTable>,
+    ) -> Self {
         let consistent = walked.map.is_consistent();
         let mut core = LiveCore {
+            sites,
             heap: LiveHeap::new(walked.map, walked.page_size),
             counts: Counts::default(),
             window: Window {
@@ -177,19 +193,44 @@ impl LiveCore {
                 self.counts.reconciles += 1;
                 let mismatch = compare::reconcile(&old.map, &mut self.heap.map);
                 self.counts.reconcile_mismatch = Some(mismatch);
+                self.verify_sites();
             }
             // A busy target reads a little inconsistently; the events settle what was unknown.
             // Only a walk that left much of the heap unknown is taken again.
             None if !consistent && mostly_unknown(&self.heap.map) => {
                 self.needs.get_or_insert(Walk::Resync);
             }
-            None => {}
+            None => self.verify_sites(),
         }
+    }
+
+    /// After a walk replaced the state: sampled chunks it does not have live are dropped from
+    /// their sites (after lost events, their frees may be among them).
+    fn verify_sites(&mut self) {
+        if let Some(sites) = &mut self.sites {
+            let dropped = sites.verify(&self.heap.map);
+            if dropped > 0 {
+                log::debug!("{dropped} sampled chunks were no longer live at the walk");
+            }
+        }
+    }
+
+    pub fn sites(&self) -> Option<&SiteTable> {
+        self.sites.as_ref()
     }
 
     /// Counts and applies `events` (in the order of their stamps); during a reconcile, to the
     /// state before its walk too. `heap_info` reads what the `heap_info` at an address says.
-    pub fn apply(&mut self, events: &[Event], heap_info: &mut impl FnMut(u64) -> Option<HeapInfo>) {
+    /// `stacks`: those of the sampled events among them, in the same order.
+    pub fn apply(
+        &mut self,
+        events: &[Event],
+        stacks: &[Unwound],
+        heap_info: &mut impl FnMut(u64) -> Option<HeapInfo>,
+    ) {
+        if let Some(sites) = &mut self.sites {
+            take_into_sites(sites, events, stacks);
+        }
         if let Some(Settling {
             before: Some((old, window, broken)),
             ..
@@ -259,6 +300,9 @@ impl LiveCore {
         self.heap.map.update_residency(pages);
         self.heap.finish_mmapped();
         self.heap.map.recount(pages.page_size, chunk_struct_size);
+        if let Some(sites) = &mut self.sites {
+            sites.pin(&self.heap.map);
+        }
         self.heap.map.clone()
     }
 
@@ -310,6 +354,35 @@ fn apply(
             heap.apply(event, how)
         }
         _ => applied,
+    }
+}
+
+/// The program's allocations and frees among `events`, to the sites: every one, whatever the
+/// walks saw (the table follows chunks from attach on; walks only check it).
+fn take_into_sites(sites: &mut SiteTable, events: &[Event], stacks: &[Unwound]) {
+    let mut stacks = stacks.iter().peekable();
+    for event in events {
+        let bytes = event.size & !CHUNK_FLAG_BITS;
+        match (EventKind::from_u8(event.kind), Call::from_u8(event.call)) {
+            (_, Some(Call::TcacheInit | Call::Flush)) | (None, _) | (_, None) => {}
+            (Some(EventKind::Alloc), Some(_)) => {
+                let mut stack = None;
+                if event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) != 0 {
+                    while stacks.next_if(|s| s.0 < event.time).is_some() {}
+                    // Stamps may tie across CPUs: the thread tells them apart.
+                    let mut ties = stacks.clone();
+                    while let Some(candidate) = ties.next_if(|s| s.0 == event.time) {
+                        if candidate.1 == event.tid {
+                            stack = candidate.2.clone();
+                            break;
+                        }
+                    }
+                }
+                sites.allocated(event.pointer, bytes, event.sampled, stack);
+            }
+            (Some(EventKind::Free), Some(_)) => sites.freed(event.pointer),
+            (Some(EventKind::Mark), _) => {}
+        }
     }
 }
 
@@ -382,7 +455,13 @@ mod tests {
 
     /// Seeded from a walk between 10 s and 11 s, the probes attached at `attached`, settled.
     fn seeded(attached: u64, now: Instant) -> LiveCore {
-        let mut core = LiveCore::seed(walked(map(), 10 * S, 11 * S), attached, RECONCILE, now);
+        let mut core = LiveCore::seed(
+            walked(map(), 10 * S, 11 * S),
+            attached,
+            RECONCILE,
+            now,
+            None,
+        );
         core.settle(now);
         core
     }
@@ -431,7 +510,7 @@ mod tests {
         for (attached, event, applied, contradictions) in rows {
             let mut core = seeded(attached, Instant::now());
             let before = live(&core);
-            core.apply(&[event], &mut no_heap_info);
+            core.apply(&[event], &[], &mut no_heap_info);
             let context = format!("attached {attached}, event at {}", event.time);
             assert_eq!(live(&core) != before, applied, "{context}");
             assert_eq!(core.counts.contradictions, contradictions, "{context}");
@@ -451,9 +530,9 @@ mod tests {
         // The resync's walk began just after the loss: what came before it is not replayed.
         core.begin_walk(walked(map(), 20 * S + 2, 21 * S), Walk::Resync);
         let before = live(&core);
-        core.apply(&[from_top(20 * S)], &mut no_heap_info);
+        core.apply(&[from_top(20 * S)], &[], &mut no_heap_info);
         assert_eq!(live(&core), before);
-        core.apply(&[from_top(20 * S + 1)], &mut no_heap_info);
+        core.apply(&[from_top(20 * S + 1)], &[], &mut no_heap_info);
         assert_ne!(live(&core), before);
         core.settle(now);
         assert_eq!(core.walk_needed(now), None);
@@ -467,7 +546,7 @@ mod tests {
         let mut core = seeded(S, Instant::now());
         let late = 20 * S;
         let free_of_bin = stamped(late, event(EventKind::Free, HEAP + 0x50, 0x100, Call::Free));
-        core.apply(&[over_live(late), free_of_bin], &mut no_heap_info);
+        core.apply(&[over_live(late), free_of_bin], &[], &mut no_heap_info);
         core.lost(1, late);
         assert_eq!(core.counts.contradictions, 1);
         assert_eq!(core.counts.resyncs, 1);
@@ -477,7 +556,7 @@ mod tests {
     fn a_chunk_outside_the_heaps_known_resyncs_without_being_a_contradiction() {
         let mut core = seeded(S, Instant::now());
         let far = event(EventKind::Alloc, 0x7f00_0000_08a0, 0x100, Call::Malloc);
-        core.apply(&[stamped(20 * S, far)], &mut no_heap_info);
+        core.apply(&[stamped(20 * S, far)], &[], &mut no_heap_info);
         assert_eq!((core.counts.contradictions, core.counts.resyncs), (0, 1));
     }
 
@@ -499,14 +578,14 @@ mod tests {
             })
         };
         let mut core = seeded(S, Instant::now());
-        core.apply(&[far], &mut heap_info);
+        core.apply(&[far], &[], &mut heap_info);
         assert_eq!(core.counts.resyncs, 0);
         assert_eq!(core.heap.map.arenas.len(), 2);
         assert_eq!(live(&core), (2, 0x40 + 0x100));
         // A resync due: the state will be replaced, no heap is read for it.
         let mut core = seeded(S, Instant::now());
         core.lost(1, 19 * S);
-        core.apply(&[far], &mut heap_info);
+        core.apply(&[far], &[], &mut heap_info);
         assert_eq!(core.heap.map.arenas.len(), 1);
         assert_eq!(asked, vec![heap]);
     }
@@ -522,7 +601,7 @@ mod tests {
         let due = start + RECONCILE;
         assert_eq!(core.walk_needed(due), Some(Walk::Reconcile));
         // The state holds one more chunk than the walk: one handed out since, in neither.
-        core.apply(&[from_top(20 * S)], &mut no_heap_info);
+        core.apply(&[from_top(20 * S)], &[], &mut no_heap_info);
         core.begin_walk(walked(map(), 40 * S, 41 * S), Walk::Reconcile);
         core.settle(due);
         let mismatch = core.counts.reconcile_mismatch.unwrap();
@@ -543,9 +622,9 @@ mod tests {
             20 * S,
             event(EventKind::Free, HEAP + 0x10, 0x40, Call::Free),
         );
-        core.apply(&[free], &mut no_heap_info);
+        core.apply(&[free], &[], &mut no_heap_info);
         core.begin_walk(walked(inconsistent(map()), 40 * S, 41 * S), Walk::Reconcile);
-        core.apply(&[from_top(41 * S)], &mut no_heap_info);
+        core.apply(&[from_top(41 * S)], &[], &mut no_heap_info);
         let settled = start + RECONCILE;
         core.settle(settled);
         let mismatch = core.counts.reconcile_mismatch.unwrap();
@@ -576,7 +655,7 @@ mod tests {
             Walk::Reconcile,
         );
         // Replayed against the walk (which saw the chunk freed) but strict against the state.
-        core.apply(&[over_live(40 * S)], &mut no_heap_info);
+        core.apply(&[over_live(40 * S)], &[], &mut no_heap_info);
         core.settle(start);
         assert_eq!(core.walk_needed(start), Some(Walk::Resync));
         assert_eq!((core.counts.resyncs, core.counts.contradictions), (1, 0));
@@ -589,7 +668,7 @@ mod tests {
             map.totals.system_bytes = 0x1000;
             map.totals.unknown_bytes = unknown;
             let now = Instant::now();
-            let mut core = LiveCore::seed(walked(map, 10 * S, 11 * S), S, RECONCILE, now);
+            let mut core = LiveCore::seed(walked(map, 10 * S, 11 * S), S, RECONCILE, now, None);
             core.settle(now);
             let needed = core.walk_needed(now);
             assert_eq!(needed, again.then_some(Walk::Resync), "{unknown} unknown");
@@ -613,7 +692,7 @@ mod tests {
             let mut core = seeded(S, Instant::now());
             // Before the window: counted, not applied.
             let event = stamped(0, event(kind, HEAP + 0x10, 0x40, call));
-            core.apply(&[event], &mut no_heap_info);
+            core.apply(&[event], &[], &mut no_heap_info);
             let counts = core.counts();
             let got = (counts.allocs, counts.frees, counts.freed_bytes);
             assert_eq!(got, (allocs, frees, freed_bytes), "{call:?}");

@@ -11,13 +11,16 @@ mod compare;
 mod core;
 pub mod heap;
 
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use self::core::{LiveCore, Walked};
+use self::core::{LiveCore, Unwound, Walked};
 use crate::error::{Error, Result};
 use crate::session::Session;
+use crate::stacks::{Symbols, Unwinder};
 use crate::state::events::Counts;
+use crate::state::sites::{self, SiteTable};
 use crate::state::{Heap, Sample};
 use crate::trace::{self, Batch, TraceError, TraceOptions, Tracer};
 
@@ -29,6 +32,8 @@ pub struct LiveOptions {
     /// The share of an interval's events that may be lost before the overhead guard takes the
     /// probes off (0.01: 1 %).
     pub max_lost: f64,
+    /// The most allocation sites kept (the lightest merge into one "other" site past it).
+    pub max_sites: usize,
 }
 
 impl Default for LiveOptions {
@@ -37,6 +42,7 @@ impl Default for LiveOptions {
             trace: TraceOptions::default(),
             reconcile: Duration::from_secs(30),
             max_lost: 0.01,
+            max_sites: sites::DEFAULT_MAX_SITES,
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct Live {
     chunk_struct_size: u64,
     /// The libc the state's walk read, for samples that only read the page map.
     libc: Option<crate::state::LibcInfo>,
+    /// The sampled allocations' stacks: unwound as they come, symbolised at each sample.
+    stacks: Option<(Unwinder, Symbols)>,
 }
 
 /// How long a sample waits for the reader to hand over the events stamped before it.
@@ -68,13 +76,27 @@ impl Live {
         )?;
         let attached = trace::monotonic_now();
         let (walked, sample) = walk(session)?;
-        let core = LiveCore::seed(walked, attached, options.reconcile, Instant::now());
+        let sampling = tracer.sampling;
+        let sites = sampling.any().then(|| {
+            let sampling = sites::Sampling {
+                sample_bytes: sampling.sample_bytes,
+                page_shift: sampling.page_shift(),
+                page_salt: tracer.page_salt,
+                page_size: walked.page_size,
+            };
+            SiteTable::new(sampling, options.max_sites, &walked.map)
+        });
+        let stacks = sites
+            .is_some()
+            .then(|| (Unwinder::new(session.pid()), Symbols::new(session.pid())));
+        let core = LiveCore::seed(walked, attached, options.reconcile, Instant::now(), sites);
         let mut live = Live {
             tracer,
             batches,
             core,
             chunk_struct_size: site.chunk_struct_size,
             libc: None,
+            stacks,
         };
         live.settle(session, &sample)?;
         Ok(live)
@@ -116,6 +138,7 @@ impl Live {
         self.core.follow_tops(&tops);
         let map = self.core.map(&sample.pages, self.chunk_struct_size);
         sample.heap = Heap::Map(Box::new(map));
+        sample.sites = self.sites_report();
         sample.libc = self.libc.clone();
         sample.events = Some(self.counts());
         (sample.taken, sample.duration) = (taken, started.elapsed());
@@ -127,9 +150,28 @@ impl Live {
     /// (glibc deletes an emptied heap soon), and the events do not pile up in memory.
     pub fn pump(&mut self, session: &mut Session) {
         while let Ok(batch) = self.batches.try_recv() {
-            self.core
-                .apply(&batch.events, &mut |heap| session.heap_info(heap));
+            self.apply(&batch, session);
         }
+    }
+
+    /// Applies a batch of the reader's, its stacks unwound.
+    fn apply(&mut self, batch: &Batch, session: &mut Session) {
+        let unwound: Vec<Unwound> = match &mut self.stacks {
+            Some((unwinder, _)) => (batch.stacks.iter())
+                .map(|raw| (raw.time, raw.tid, unwinder.unwind(raw)))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.core
+            .apply(&batch.events, &unwound, &mut |heap| session.heap_info(heap));
+    }
+
+    /// The sites as they are now, their new addresses symbolised.
+    fn sites_report(&mut self) -> Option<Arc<sites::SitesReport>> {
+        let (unwinder, symbols) = self.stacks.as_mut()?;
+        let table = self.core.sites()?;
+        symbols.resolve(table.addresses(), unwinder);
+        Some(Arc::new(table.report(|address| symbols.frame(address))))
     }
 
     /// Every event stamped until now applied, and the events lost so far told to the core.
@@ -159,8 +201,7 @@ impl Live {
                 .batches
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .map_err(|_| TraceError::ReaderStopped)?;
-            self.core
-                .apply(&batch.events, &mut |heap| session.heap_info(heap));
+            self.apply(&batch, session);
             if batch.complete_before > until {
                 return Ok(());
             }

@@ -215,9 +215,21 @@ impl ElfFile {
 
     /// The contents of the section `name`, if it has any in the file.
     pub fn section(&self, name: &str) -> Option<&[u8]> {
+        self.section_file_range(name).map(|range| &self.data[range])
+    }
+
+    /// The link-time addresses of the section `name`.
+    pub fn section_address_range(&self, name: &str) -> Option<std::ops::Range<u64>> {
+        let section = self.sections.iter().find(|s| s.name == name)?;
+        Some(section.address..section.address + section.size)
+    }
+
+    /// Where the section `name`'s bytes are in [`ElfFile::data`].
+    pub fn section_file_range(&self, name: &str) -> Option<std::ops::Range<usize>> {
         let section = self.sections.iter().find(|s| s.name == name)?;
         let (offset, size) = section.file_range?;
-        self.data.get(offset as usize..(offset + size) as usize)
+        let range = offset as usize..(offset + size) as usize;
+        self.data.get(range.clone()).map(|_| range)
     }
 
     /// Whether the file has a section `name` (`.debug_info`: it carries its DWARF itself).

@@ -336,6 +336,7 @@ mod tests {
                 freed_bytes: frees * 32,
                 ..Counts::default()
             }),
+            sites: None,
         }
     }
 

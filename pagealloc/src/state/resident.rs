@@ -254,6 +254,7 @@ mod tests {
                 segments: vec![segment],
             })),
             events: None,
+            sites: None,
         };
         let resident = Resident::of(&sample);
         // Page 0: 0x100 outside the heap, 0x200 live, 0xd00 bin; page 1: bin 0x300, top

@@ -88,6 +88,8 @@ pub struct Sample {
     pub heap: Heap,
     /// Live mode: what the events did so far (None: the heap was walked, as in walk mode).
     pub events: Option<super::events::Counts>,
+    /// Live mode with stacks: who holds the memory.
+    pub sites: Option<Arc<super::sites::SitesReport>>,
 }
 
 impl Sample {

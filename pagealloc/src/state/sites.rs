@@ -87,6 +87,14 @@ impl Sampling {
         page_sampled(page, self.page_salt, self.page_shift)
     }
 
+    /// One page in how many is in the pinning set (1: every page; 0: none).
+    pub fn pin_pages(&self) -> u64 {
+        match self.page_shift {
+            shift if shift >= 64 => 0,
+            shift => 1 << shift,
+        }
+    }
+
     /// How many pages each page of the pinning set stands for.
     fn page_weight(&self) -> f64 {
         2f64.powi(self.page_shift.min(63) as i32)
@@ -511,6 +519,49 @@ pub struct SiteReport {
     pub frames: Vec<Arc<Frame>>,
     pub truncated: bool,
     pub figures: SiteFigures,
+}
+
+impl SiteReport {
+    /// The innermost frame of the program's own code: the first outside the C library (the
+    /// first frame if every one is in it).
+    pub fn own_frame(&self) -> Option<&Frame> {
+        let in_libc = |frame: &&Arc<Frame>| {
+            frame.module.as_ref().is_some_and(|m| {
+                let name = m.path.rsplit('/').next().unwrap_or_default();
+                name.starts_with("libc.so") || name.starts_with("libc-")
+            })
+        };
+        let frames = &self.frames;
+        frames
+            .iter()
+            .find(|f| !in_libc(f))
+            .or(frames.first())
+            .map(|f| &**f)
+    }
+}
+
+impl SitesReport {
+    /// The heaviest sites by `measure`, at most `n`, heaviest first (none that weighs 0).
+    pub fn top_by(&self, n: usize, measure: impl Fn(&SiteFigures) -> f64) -> Vec<&SiteReport> {
+        let mut sites: Vec<&SiteReport> = (self.sites.iter())
+            .filter(|site| measure(&site.figures) > 0.0)
+            .collect();
+        sites.sort_by(|a, b| measure(&b.figures).total_cmp(&measure(&a.figures)));
+        sites.truncate(n);
+        sites
+    }
+
+    /// The `n` heaviest by live bytes, then those of the `n` heaviest by pinned bytes not
+    /// among them.
+    pub fn top(&self, n: usize) -> Vec<&SiteReport> {
+        let mut top = self.top_by(n, |f| f.inuse_bytes);
+        for site in self.top_by(n, |f| f.pinned_bytes) {
+            if !top.iter().any(|t| std::ptr::eq(*t, site)) {
+                top.push(site);
+            }
+        }
+        top
+    }
 }
 
 /// What a sample carries of the sites.

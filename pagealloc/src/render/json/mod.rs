@@ -9,7 +9,7 @@ mod wire;
 use crate::state::Sample;
 use crate::state::events::Counts;
 use crate::state::probes::Placed;
-use wire::{Document, EventsJson, HeapJson, ProbeJson, WatchLine};
+use wire::{Document, EventsJson, HeapJson, ProbeJson, SitesJson, WatchLine};
 
 /// The snapshot document, pretty-printed.
 pub fn snapshot(sample: &Sample) -> String {
@@ -28,6 +28,7 @@ pub fn watch_line(sample: &Sample, walk_reason: Option<&str>) -> String {
         pages: Some((&sample.pages.totals).into()),
         heap: sample.heap_map().map(HeapJson::from),
         heap_error: sample.heap_unavailable().map(|e| e.to_string()),
+        sites: sample.sites.as_deref().map(SitesJson::from),
         ended: None,
     };
     serde_json::to_string(&line).expect("plain data always serialises")
@@ -52,6 +53,7 @@ pub fn watch_end(
         pages: None,
         heap: None,
         heap_error: Some(ended.to_string()),
+        sites: None,
         ended: Some(ended),
     };
     serde_json::to_string(&line).expect("plain data always serialises")

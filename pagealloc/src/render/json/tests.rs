@@ -136,6 +136,7 @@ fn sample() -> Sample {
             segments: Vec::new(),
         })),
         events: None,
+        sites: None,
     }
 }
 

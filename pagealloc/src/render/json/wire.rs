@@ -8,6 +8,7 @@ use crate::state::events::Counts;
 use crate::state::heap::{AddressRange, Arena, HeapFigures, HeapMap};
 use crate::state::pages::{MappingPages, PageCounts};
 use crate::state::probes::Placed;
+use crate::state::sites::{Frame, Line, SiteFigures, SiteReport, SitesReport};
 use crate::state::{LibcInfo, Sample};
 
 /// `snapshot --format json`: one document.
@@ -190,6 +191,7 @@ struct FiguresJson {
     freed_bytes: u64,
     free_resident_bytes: u64,
     trimmable_bytes: u64,
+    pinned_bytes: u64,
     largest_free_bytes: u64,
     fragmentation: f64,
 }
@@ -213,6 +215,7 @@ impl From<&HeapFigures> for FiguresJson {
             freed_bytes: figures.freed_bytes,
             free_resident_bytes: figures.free_resident_bytes,
             trimmable_bytes: figures.trimmable_bytes,
+            pinned_bytes: figures.pinned_bytes,
             largest_free_bytes: figures.largest_free_bytes,
             fragmentation: figures.fragmentation,
         }
@@ -243,6 +246,9 @@ pub(super) struct WatchLine<'a> {
     pub pages: Option<PageCountsJson>,
     pub heap: Option<HeapJson<'a>>,
     pub heap_error: Option<String>,
+    /// Live mode with stacks: the top allocation sites.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites: Option<SitesJson<'a>>,
     /// The last line only: why watch ended ("process exited").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<&'a str>,
@@ -300,6 +306,127 @@ impl<'a> From<&'a Placed> for ProbeJson<'a> {
             file_offset: placed.file_offset,
             emulated: placed.emulated,
             returns: placed.returns(),
+        }
+    }
+}
+
+/// How many sites a watch line carries (the heaviest by live bytes, and by pinned bytes).
+pub(super) const TOP_SITES: usize = 20;
+
+/// A watch line's `sites`.
+#[derive(Serialize)]
+pub(super) struct SitesJson<'a> {
+    /// The byte sampler's mean (1: every allocation).
+    sample_bytes: u64,
+    /// One page in this many is watched for the pinned bytes (1: every page; 0: none).
+    pin_pages: u64,
+    stacks: u64,
+    missed_stacks: u64,
+    /// Sites merged into `other` to keep the table bounded.
+    merged_sites: u64,
+    top: Vec<SiteJson<'a>>,
+    before_attach: FiguresOfSiteJson,
+    other: FiguresOfSiteJson,
+    unknown: FiguresOfSiteJson,
+}
+
+impl<'a> From<&'a SitesReport> for SitesJson<'a> {
+    fn from(report: &'a SitesReport) -> Self {
+        SitesJson {
+            sample_bytes: report.sampling.sample_bytes,
+            pin_pages: report.sampling.pin_pages(),
+            stacks: report.stacks,
+            missed_stacks: report.missed,
+            merged_sites: report.merged,
+            top: (report.top(TOP_SITES).into_iter())
+                .map(SiteJson::from)
+                .collect(),
+            before_attach: (&report.before_attach).into(),
+            other: (&report.other).into(),
+            unknown: (&report.unknown).into(),
+        }
+    }
+}
+
+/// A site's estimates, rounded.
+#[derive(Serialize)]
+pub(super) struct FiguresOfSiteJson {
+    inuse_objects: u64,
+    inuse_bytes: u64,
+    alloc_objects: u64,
+    alloc_bytes: u64,
+    pinned_bytes: u64,
+}
+
+impl From<&SiteFigures> for FiguresOfSiteJson {
+    fn from(f: &SiteFigures) -> Self {
+        FiguresOfSiteJson {
+            inuse_objects: f.inuse_objects.round() as u64,
+            inuse_bytes: f.inuse_bytes.round() as u64,
+            alloc_objects: f.alloc_objects.round() as u64,
+            alloc_bytes: f.alloc_bytes.round() as u64,
+            pinned_bytes: f.pinned_bytes.round() as u64,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct SiteJson<'a> {
+    #[serde(flatten)]
+    figures: FiguresOfSiteJson,
+    /// The stack ended before its root (no call-frame information, or past the bytes copied).
+    truncated: bool,
+    /// Innermost first.
+    frames: Vec<FrameJson<'a>>,
+}
+
+impl<'a> From<&'a SiteReport> for SiteJson<'a> {
+    fn from(site: &'a SiteReport) -> Self {
+        SiteJson {
+            figures: (&site.figures).into(),
+            truncated: site.truncated,
+            frames: site.frames.iter().map(|f| FrameJson::from(&**f)).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct FrameJson<'a> {
+    address: u64,
+    module: Option<&'a str>,
+    build_id: Option<&'a str>,
+    /// Where the address is in the module's file.
+    file_offset: u64,
+    /// Innermost (inlined) first; the last is the function whose code it is. Empty if not
+    /// symbolised.
+    lines: Vec<LineJson<'a>>,
+}
+
+impl<'a> From<&'a Frame> for FrameJson<'a> {
+    fn from(frame: &'a Frame) -> Self {
+        FrameJson {
+            address: frame.address,
+            module: frame.module.as_ref().map(|m| m.path.as_str()),
+            build_id: frame.module.as_ref().and_then(|m| m.build_id.as_deref()),
+            file_offset: frame.file_offset,
+            lines: frame.lines.iter().map(LineJson::from).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct LineJson<'a> {
+    function: &'a str,
+    file: Option<&'a str>,
+    line: Option<u32>,
+}
+
+impl<'a> From<&'a Line> for LineJson<'a> {
+    fn from(line: &'a Line) -> Self {
+        LineJson {
+            function: &line.function,
+            file: line.file.as_deref(),
+            line: line.line,
         }
     }
 }
