@@ -52,6 +52,8 @@ pub enum Error {
     /// read is thrown away.
     #[error("cancelled")]
     Cancelled,
+    #[error("process {pid}: no allocation stacks: {why}")]
+    NoStacks { pid: i32, why: String },
 }
 
 impl Error {
@@ -59,6 +61,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Io { .. } | Error::Trace(_) | Error::KeepsSpawning { .. } => 1,
+            Error::NoStacks { .. } => 11,
             Error::Usage(_) => 2,
             Error::NoSuchProcess { .. } => 3,
             Error::ProcessExited { .. } | Error::ProcessExeced { .. } => 4,

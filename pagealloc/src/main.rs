@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pagealloc::debuginfo::DebugOptions;
 use pagealloc::live::LiveOptions;
 use pagealloc::monitor::DEFAULT_MAX_RATE;
+use pagealloc::profile::{self, ProfileOptions};
 use pagealloc::render::{self, ColorChoice, Parts, Style};
 use pagealloc::serve::{self, Selection, ServeOptions};
 use pagealloc::session::{self, Session, SessionOptions};
@@ -28,6 +29,9 @@ enum Command {
     Watch(WatchArgs),
     /// Serve Prometheus metrics of one or many processes' heaps and memory.
     Serve(ServeArgs),
+    /// Trace a process's allocations for a while and write who holds its memory as a pprof heap
+    /// profile (for `go tool pprof`, Parca, Pyroscope).
+    Profile(ProfileArgs),
     /// Show where live mode's probes go in a process's C library (nothing is attached).
     Probes(ProbesArgs),
 }
@@ -225,6 +229,22 @@ struct WatchArgs {
 }
 
 #[derive(clap::Args)]
+struct ProfileArgs {
+    /// The process to profile.
+    pid: i32,
+    /// How long to trace its allocations (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Where to write the profile (gzipped profile.proto); default: standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    live: LiveArgs,
+    #[command(flatten)]
+    heap: HeapArgs,
+}
+
+#[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("select").required(true).multiple(true)))]
 struct ServeArgs {
     /// Processes to follow, by PID.
@@ -362,6 +382,14 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             per_arena: args.per_arena,
             cpu_budget: args.cpu_budget,
             debug: args.heap.debug_options(),
+        }),
+        Command::Profile(args) => profile::run(ProfileOptions {
+            pid: args.pid,
+            duration: args.duration,
+            output: args.output,
+            debug: args.heap.debug_options(),
+            max_rate: args.live.max_rate,
+            live: args.live.live_options(),
         }),
         Command::Watch(args) => watch::run(WatchOptions {
             pid: args.pid,

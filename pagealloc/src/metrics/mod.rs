@@ -490,6 +490,7 @@ mod tests {
             }),
             resident: Resident::default(),
             events: live.then_some(events),
+            sites: None,
         }
     }
 

@@ -4,6 +4,7 @@ pub mod heap;
 pub mod json;
 pub mod pages;
 pub mod screen;
+pub mod sites;
 
 use std::io::IsTerminal;
 

@@ -41,6 +41,13 @@ pub fn frame(sample: &Sample, history: &History, options: &ScreenOptions) -> Str
             for note in heap::note_lines(&heap.notes, style.columns) {
                 above.text(&note);
             }
+            if let Some(report) = &sample.sites {
+                above.text("");
+                let first = history.first_sites.as_deref();
+                for line in super::sites::panel(report, first, style.columns) {
+                    above.text(&line);
+                }
+            }
             above.text("");
             heap::legend(&mut above, heap);
             let above = above.finish();

@@ -83,11 +83,12 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
+        .route("/debug/pprof/heap", get(heap_profile))
         .route("/", get(index))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: pagealloc serves /metrics and /healthz\n",
+                "not found: pagealloc serves /metrics, /healthz and /debug/pprof/heap?pid=PID\n",
             )
         })
         .with_state(App {
@@ -148,6 +149,55 @@ async fn shutdown_signal() {
 }
 
 /// Alive while the sampling thread runs: metrics that no longer change are not health.
+/// `?pid=PID`: that process's allocation sites as a gzipped pprof heap profile, from its last
+/// sample (never a walk). The pid may be left out when one process is followed.
+async fn heap_profile(
+    State(app): State<App>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let asked = (query.as_deref().unwrap_or_default().split('&'))
+        .find_map(|pair| pair.strip_prefix("pid="))
+        .map(|pid| pid.parse::<i32>());
+    let not_found = |why: String| (StatusCode::NOT_FOUND, why + "\n").into_response();
+    let (report, pid) = {
+        let published = app.published.read().unwrap_or_else(|e| e.into_inner());
+        let pid = match asked {
+            Some(Ok(pid)) => pid,
+            Some(Err(_)) => {
+                return (StatusCode::BAD_REQUEST, "pid=PID: a process ID\n").into_response();
+            }
+            None if published.reports.len() == 1 => *published.reports.keys().next().unwrap_or(&0),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "pid=PID: which process (more than one is followed)\n",
+                )
+                    .into_response();
+            }
+        };
+        let Some(report) = published.reports.get(&pid) else {
+            return not_found(format!("process {pid} is not followed (or not sampled yet)"));
+        };
+        (report.clone(), pid)
+    };
+    let Some(sites) = &report.sites else {
+        let (mode, why) = report.mode.labels();
+        return not_found(format!(
+            "process {pid} has no allocation stacks: {mode} mode ({why}); stacks need serve \
+             --live with --sample-bytes above 0"
+        ));
+    };
+    let profile = crate::pprof::heap_profile(sites, report.taken, report.duration);
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"heap-{pid}.pb.gz\""),
+        ),
+    ];
+    (headers, profile).into_response()
+}
+
 async fn health(State(app): State<App>) -> (StatusCode, &'static str) {
     if app
         .published

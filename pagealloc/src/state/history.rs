@@ -54,6 +54,8 @@ pub struct History {
     /// Live mode: the events' counts at the last two samples.
     pub previous_events: Option<Counts>,
     pub current_events: Option<Counts>,
+    /// Live mode with stacks: the sites at the first sample that had them (for their growth).
+    pub first_sites: Option<std::sync::Arc<super::sites::SitesReport>>,
 }
 
 impl History {
@@ -61,6 +63,9 @@ impl History {
         self.samples += 1;
         self.previous_start = self.current_start.replace(sample.taken);
         self.previous_events = std::mem::replace(&mut self.current_events, sample.events);
+        if self.first_sites.is_none() {
+            self.first_sites = sample.sites.clone();
+        }
         let Some(heap) = sample.heap_map() else {
             return;
         };

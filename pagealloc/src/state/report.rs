@@ -52,6 +52,8 @@ pub struct Report {
     pub resident: Resident,
     /// Live mode: what the events did.
     pub events: Option<Counts>,
+    /// Live mode with stacks: who holds the memory (shared with the sample).
+    pub sites: Option<std::sync::Arc<super::sites::SitesReport>>,
 }
 
 impl Report {
@@ -72,6 +74,7 @@ impl Report {
             heap,
             resident: Resident::of(sample),
             events: sample.events,
+            sites: sample.sites.clone(),
         }
     }
 }

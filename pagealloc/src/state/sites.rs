@@ -542,11 +542,10 @@ impl SiteReport {
 
 impl SitesReport {
     /// The heaviest sites by `measure`, at most `n`, heaviest first (none that weighs 0).
-    pub fn top_by(&self, n: usize, measure: impl Fn(&SiteFigures) -> f64) -> Vec<&SiteReport> {
-        let mut sites: Vec<&SiteReport> = (self.sites.iter())
-            .filter(|site| measure(&site.figures) > 0.0)
-            .collect();
-        sites.sort_by(|a, b| measure(&b.figures).total_cmp(&measure(&a.figures)));
+    pub fn top_by(&self, n: usize, measure: impl Fn(&SiteReport) -> f64) -> Vec<&SiteReport> {
+        let mut sites: Vec<&SiteReport> =
+            (self.sites.iter()).filter(|site| measure(site) > 0.0).collect();
+        sites.sort_by(|a, b| measure(b).total_cmp(&measure(a)));
         sites.truncate(n);
         sites
     }
@@ -554,8 +553,8 @@ impl SitesReport {
     /// The `n` heaviest by live bytes, then those of the `n` heaviest by pinned bytes not
     /// among them.
     pub fn top(&self, n: usize) -> Vec<&SiteReport> {
-        let mut top = self.top_by(n, |f| f.inuse_bytes);
-        for site in self.top_by(n, |f| f.pinned_bytes) {
+        let mut top = self.top_by(n, |s| s.figures.inuse_bytes);
+        for site in self.top_by(n, |s| s.figures.pinned_bytes) {
             if !top.iter().any(|t| std::ptr::eq(*t, site)) {
                 top.push(site);
             }
