@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod objects;
 pub mod parallel;
+pub mod pprof;
 pub mod proc;
 pub mod render;
 pub mod serve;
