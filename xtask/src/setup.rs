@@ -68,6 +68,10 @@ pub fn run() -> Result<()> {
             }
         },
     )?;
+    step(
+        "go tool pprof (tests: the real reader of pprof profiles)",
+        || debian_command("go", &["version"], &["golang-go"]),
+    )?;
     Ok(())
 }
 
@@ -277,8 +281,13 @@ fn apt_install(packages: &[&str], reinstall: bool) -> Result<()> {
 
 /// A command from Debian packages: present if `TOOL --version` answers.
 fn debian_tool(tool: &str, packages: &[&str]) -> Result<Outcome> {
-    let version =
-        || output(tool, &["--version"]).map(|v| v.lines().next().unwrap_or("").to_string());
+    debian_command(tool, &["--version"], packages)
+}
+
+/// A command from Debian packages: present if `TOOL VERSION_ARGS` answers (`go version`: go
+/// has no `--version`).
+fn debian_command(tool: &str, version_args: &[&str], packages: &[&str]) -> Result<Outcome> {
+    let version = || output(tool, version_args).map(|v| v.lines().next().unwrap_or("").to_string());
     if let Ok(version) = version() {
         return Ok(Outcome::Present(version));
     }
