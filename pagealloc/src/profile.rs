@@ -34,8 +34,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub fn run(options: ProfileOptions) -> Result<()> {
     if options.output.is_none() && std::io::stdout().is_terminal() {
         return Err(Error::Usage(
-            "the profile is binary (gzipped protobuf): give -o FILE, or redirect the output"
-                .into(),
+            "the profile is binary (gzipped protobuf): give -o FILE, or redirect the output".into(),
         ));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -82,16 +81,17 @@ pub fn run(options: ProfileOptions) -> Result<()> {
             }
         }
     }
-    write(&options, &last, started.elapsed())
+    write(&options, &last)
 }
 
-fn write(options: &ProfileOptions, sample: &Sample, traced: Duration) -> Result<()> {
+fn write(options: &ProfileOptions, sample: &Sample) -> Result<()> {
     let Some(sites) = &sample.sites else {
         return Err(Error::NoStacks {
             pid: options.pid,
             why: "stacks are off (--sample-bytes 0)".into(),
         });
     };
+    let traced = sites.traced(sample.taken);
     let profile = pprof::heap_profile(sites, sample.taken, traced);
     match &options.output {
         Some(path) => std::fs::write(path, &profile)
@@ -100,7 +100,8 @@ fn write(options: &ProfileOptions, sample: &Sample, traced: Duration) -> Result<
             .write_all(&profile)
             .map_err(|e| Error::io("writing the profile", e))?,
     }
-    let to = (options.output.as_ref()).map_or("standard output".into(), |p| p.display().to_string());
+    let to =
+        (options.output.as_ref()).map_or("standard output".into(), |p| p.display().to_string());
     eprintln!(
         "pagealloc: process {}: {} sites from {} stacks over {:.1} s, written to {to}",
         options.pid,

@@ -58,6 +58,8 @@ pub struct Live {
     libc: Option<crate::state::LibcInfo>,
     /// The sampled allocations' stacks: unwound as they come, symbolised at each sample.
     stacks: Option<(Unwinder, Symbols)>,
+    /// When the probes attached.
+    attached_at: std::time::SystemTime,
 }
 
 /// How long a sample waits for the reader to hand over the events stamped before it.
@@ -75,6 +77,7 @@ impl Live {
             options.trace,
         )?;
         let attached = trace::monotonic_now();
+        let attached_at = std::time::SystemTime::now();
         let (walked, sample) = walk(session)?;
         let sampling = tracer.sampling;
         let sites = sampling.any().then(|| {
@@ -97,6 +100,7 @@ impl Live {
             chunk_struct_size: site.chunk_struct_size,
             libc: None,
             stacks,
+            attached_at,
         };
         live.settle(session, &sample)?;
         Ok(live)
@@ -171,7 +175,8 @@ impl Live {
         let (unwinder, symbols) = self.stacks.as_mut()?;
         let table = self.core.sites()?;
         symbols.resolve(table.addresses(), unwinder);
-        Some(Arc::new(table.report(|address| symbols.frame(address))))
+        let report = table.report(Some(self.attached_at), |address| symbols.frame(address));
+        Some(Arc::new(report))
     }
 
     /// Every event stamped until now applied, and the events lost so far told to the core.

@@ -108,6 +108,7 @@ fn report() -> SitesReport {
         figures,
     };
     SitesReport {
+        since: None,
         sampling: Sampling {
             sample_bytes: 524288,
             ..Sampling::default()

@@ -54,8 +54,8 @@ fn describe(site: &SiteReport) -> String {
     let place = match site.own_frame() {
         Some(frame) => match frame.lines.last() {
             Some(line) => {
-                let file = (line.file.as_deref())
-                    .map(|f| f.rsplit('/').next().unwrap_or(f).to_string());
+                let file =
+                    (line.file.as_deref()).map(|f| f.rsplit('/').next().unwrap_or(f).to_string());
                 match (file, line.line) {
                     (Some(file), Some(n)) => format!("{} ({file}:{n})", line.function),
                     (Some(file), None) => format!("{} ({file})", line.function),
@@ -73,7 +73,11 @@ fn describe(site: &SiteReport) -> String {
         },
         None => "?".to_string(),
     };
-    let truncated = if site.truncated { " (stack truncated)" } else { "" };
+    let truncated = if site.truncated {
+        " (stack truncated)"
+    } else {
+        ""
+    };
     format!(
         "{place}  {} objects{truncated}",
         site.figures.inuse_objects.round() as u64

@@ -176,7 +176,9 @@ async fn heap_profile(
             }
         };
         let Some(report) = published.reports.get(&pid) else {
-            return not_found(format!("process {pid} is not followed (or not sampled yet)"));
+            return not_found(format!(
+                "process {pid} is not followed (or not sampled yet)"
+            ));
         };
         (report.clone(), pid)
     };
@@ -187,7 +189,7 @@ async fn heap_profile(
              --live with --sample-bytes above 0"
         ));
     };
-    let profile = crate::pprof::heap_profile(sites, report.taken, report.duration);
+    let profile = crate::pprof::heap_profile(sites, report.taken, sites.traced(report.taken));
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (

@@ -15,6 +15,7 @@
 //!   out among them and counted N times.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use pagealloc_common::{SAMPLED_BYTES, SAMPLED_PAGE, STACK_MISSED, page_sampled};
 
@@ -339,8 +340,13 @@ impl SiteTable {
             .flat_map(|site| site.stack.frames.iter().copied())
     }
 
-    /// What a sample carries: each site with its frames as `frame` describes each address.
-    pub fn report(&self, mut frame: impl FnMut(u64) -> Arc<Frame>) -> SitesReport {
+    /// What a sample carries: each site with its frames as `frame` describes each address;
+    /// `since`: when the probes attached.
+    pub fn report(
+        &self,
+        since: Option<SystemTime>,
+        mut frame: impl FnMut(u64) -> Arc<Frame>,
+    ) -> SitesReport {
         let sites = (self.sites.iter())
             .filter(|site| site.figures != SiteFigures::default())
             .map(|site| SiteReport {
@@ -350,6 +356,7 @@ impl SiteTable {
             })
             .collect();
         SitesReport {
+            since,
             sampling: self.sampling,
             sites,
             other: self.other,
@@ -541,10 +548,18 @@ impl SiteReport {
 }
 
 impl SitesReport {
+    /// How long the sites were traced, until `taken`.
+    pub fn traced(&self, taken: SystemTime) -> std::time::Duration {
+        (self.since)
+            .and_then(|since| taken.duration_since(since).ok())
+            .unwrap_or_default()
+    }
+
     /// The heaviest sites by `measure`, at most `n`, heaviest first (none that weighs 0).
     pub fn top_by(&self, n: usize, measure: impl Fn(&SiteReport) -> f64) -> Vec<&SiteReport> {
-        let mut sites: Vec<&SiteReport> =
-            (self.sites.iter()).filter(|site| measure(site) > 0.0).collect();
+        let mut sites: Vec<&SiteReport> = (self.sites.iter())
+            .filter(|site| measure(site) > 0.0)
+            .collect();
         sites.sort_by(|a, b| measure(b).total_cmp(&measure(a)));
         sites.truncate(n);
         sites
@@ -566,6 +581,8 @@ impl SitesReport {
 /// What a sample carries of the sites.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SitesReport {
+    /// When the probes attached: `alloc_*` count from then.
+    pub since: Option<SystemTime>,
     pub sampling: Sampling,
     pub sites: Vec<SiteReport>,
     /// The sites merged away to keep the table bounded, together.
