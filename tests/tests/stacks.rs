@@ -1,0 +1,213 @@
+//! Allocation-site stacks, end to end: `serve --live` following the sites fixture (built -O2
+//! -fomit-frame-pointer, a site in a shared library), its `/debug/pprof/heap` read by the real
+//! reader, `go tool pprof`, and compared with what the fixture knows it made and holds.
+use std::collections::HashMap;
+use std::process::Command;
+
+use pagealloc_tests::serve::*;
+use pagealloc_tests::*;
+
+/// The fixture's sites, with the functions of their chains (innermost first, below main).
+const SITES: [(&str, &[&str]); 7] = [
+    ("small", &["small_4", "small_3", "small_2", "small_1"]),
+    ("large", &["large_4", "large_3", "large_2", "large_1"]),
+    ("shared", &["lib_c4", "lib_c3", "lib_c2", "shared_1"]),
+    ("zeroed", &["zeroed_4", "zeroed_3", "zeroed_2", "zeroed_1"]),
+    ("moved", &["moved_4", "moved_3", "moved_2", "moved_1"]),
+    ("grown", &["grown_4", "grown_3", "grown_2", "grown_1"]),
+    ("remote", &["remote_4", "remote_3", "remote_2", "remote_1"]),
+];
+
+/// One sample of a profile: its values (alloc_objects, alloc_space, inuse_objects,
+/// inuse_space, pinned_space) and its stack's functions, innermost first (inlined ones too).
+#[derive(Debug, Clone)]
+struct ProfileSample {
+    values: [f64; 5],
+    functions: Vec<String>,
+}
+
+/// `go tool pprof -raw` of a URL, parsed: the sample types and the samples.
+fn pprof_raw(url: &str) -> Result<(String, Vec<ProfileSample>), String> {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-raw", url])
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .map_err(|e| format!("go tool pprof: {e} (cargo xtask setup installs golang-go)"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "go tool pprof failed: {}{text}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut types = String::new();
+    let mut stacks: Vec<([f64; 5], Vec<u64>)> = Vec::new();
+    let mut locations: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut section = "";
+    let mut location = 0;
+    for line in text.lines() {
+        match line.trim_end() {
+            "Samples:" | "Locations" | "Mappings" => {
+                section = line.trim_end();
+                continue;
+            }
+            _ => {}
+        }
+        match section {
+            "Samples:" if line.contains("/count") => types = line.trim().to_string(),
+            "Samples:" => {
+                let Some((values, ids)) = line.split_once(':') else {
+                    continue;
+                };
+                let values: Vec<f64> = (values.split_whitespace())
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                let ids = ids.split_whitespace().filter_map(|i| i.parse().ok());
+                if let Ok(values) = values.try_into() {
+                    stacks.push((values, ids.collect()));
+                }
+            }
+            "Locations" => {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if let Some(id) = fields.first().and_then(|f| f.strip_suffix(':')) {
+                    // "N: 0xaddr M=m function file:line s=0"
+                    location = id.parse().unwrap_or(0);
+                    if let Some(function) = fields.get(3) {
+                        locations
+                            .entry(location)
+                            .or_default()
+                            .push(function.to_string());
+                    }
+                } else if let Some(function) = fields.first() {
+                    // A continuation: the function this one is inlined into.
+                    locations
+                        .entry(location)
+                        .or_default()
+                        .push(function.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let samples = (stacks.into_iter())
+        .map(|(values, ids)| ProfileSample {
+            values,
+            functions: (ids.iter())
+                .flat_map(|id| locations.get(id).cloned().unwrap_or_default())
+                .collect(),
+        })
+        .collect();
+    Ok((types, samples))
+}
+
+/// The sample of site `chain` (the one whose stack holds its innermost function).
+fn site_of<'a>(samples: &'a [ProfileSample], chain: &[&str]) -> Option<&'a ProfileSample> {
+    samples
+        .iter()
+        .find(|s| s.functions.first().is_some_and(|f| f == chain[0]))
+}
+
+/// Starts serve following the fixture in live mode with `args`, has it make its sites, and
+/// reads the profile once it shows them all made: (the fixture, its report, the profile).
+fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>) {
+    require_root();
+    let mut fixture = Fixture::spawn(fixture_path!("SITES"), &[]);
+    let pid = fixture.pid().to_string();
+    let mut all = vec!["--pid", &pid, "--live", "--interval", "1s"];
+    all.extend_from_slice(args);
+    let serve = Serve::start(&all);
+    serve.metrics_when("the process in live mode", |m| {
+        match m.get("pagealloc_mode", &[("pid", &pid), ("mode", "live")]) {
+            Some(_) => Ok(()),
+            None => Err(m.text.clone()),
+        }
+    });
+    fixture.command("g");
+    let made = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    let truth = fixture.report.clone();
+    // The profile answers from the last sample: read once one began after the sites were made.
+    serve.metrics_when("a sample after the sites were made", |m| {
+        match m.get("pagealloc_sample_timestamp_seconds", &[("pid", &pid)]) {
+            Some(at) if at > made => Ok(()),
+            at => Err(format!(
+                "the last sample began at {at:?}, awaited after {made}"
+            )),
+        }
+    });
+    let url = format!("http://{}/debug/pprof/heap?pid={pid}", serve.address);
+    let (types, samples) = pprof_raw(&url).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        types,
+        "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes[dflt] \
+         pinned_space/bytes"
+    );
+    (fixture, truth, samples)
+}
+
+/// With every allocation sampled, each site's figures are exactly the fixture's (chunk sizes),
+/// each stack has its whole chain down to main (through the shared library too, without frame
+/// pointers), and the small site that sits between the freed large chunks owns the pinned bytes.
+#[test]
+fn root_every_allocation_sampled_gives_each_site_exactly() {
+    let (_fixture, truth, samples) = profiled(&["--sample-bytes", "1"]);
+    for (site, chain) in SITES {
+        let sample = site_of(&samples, chain)
+            .unwrap_or_else(|| panic!("no sample of {site} in {samples:#?}"));
+        let expected = [
+            truth[&format!("{site}_alloc_chunks")] as f64,
+            truth[&format!("{site}_alloc_bytes")] as f64,
+            truth[&format!("{site}_live_chunks")] as f64,
+            truth[&format!("{site}_live_bytes")] as f64,
+        ];
+        assert_eq!(&sample.values[..4], &expected, "{site}: {sample:?}");
+        let functions: Vec<&str> = sample.functions.iter().map(String::as_str).collect();
+        assert_eq!(&functions[..4], chain, "{site}'s chain");
+        assert!(
+            functions.contains(&"main") && functions.last() == Some(&"_start"),
+            "{site}'s stack goes down to main and _start: {functions:?}"
+        );
+    }
+    // The small chunks pin the pages of the stretch the large ones were freed from.
+    let pinned: f64 = samples.iter().map(|s| s.values[4]).sum();
+    let small = site_of(&samples, SITES[0].1).unwrap().values[4];
+    let stretch = (truth["pinned_pages"] - 2) as f64 * 4096.0 * 0.9;
+    assert!(
+        small >= stretch && small >= pinned * 0.95,
+        "small pins {small} of {pinned} bytes (its stretch: {} pages)",
+        truth["pinned_pages"]
+    );
+}
+
+/// At the default rate (a Poisson process over bytes, mean 512 KiB), each site's estimated
+/// allocated and live bytes are within 4 standard errors of the truth: for n chunks of s
+/// bytes each picked with p = 1 − e^(−s/R) and counted s/p, the variance is n·s²·(1−p)/p.
+#[test]
+fn root_default_sampling_estimates_within_four_standard_errors() {
+    let (_fixture, truth, samples) = profiled(&[]);
+    let rate = 512.0 * 1024.0;
+    for (site, chain) in SITES {
+        for (value, chunks, bytes) in [
+            (1, "alloc_chunks", "alloc_bytes"),
+            (3, "live_chunks", "live_bytes"),
+        ] {
+            let n = truth[&format!("{site}_{chunks}")] as f64;
+            let total = truth[&format!("{site}_{bytes}")] as f64;
+            let estimate = site_of(&samples, chain).map_or(0.0, |s| s.values[value]);
+            if n == 0.0 {
+                assert_eq!(estimate, 0.0, "{site} {bytes}");
+                continue;
+            }
+            let size = total / n;
+            let p = 1.0 - (-size / rate).exp();
+            let standard_error = (n * size * size * (1.0 - p) / p).sqrt();
+            assert!(
+                (estimate - total).abs() <= 4.0 * standard_error,
+                "{site} {bytes}: estimated {estimate}, truly {total} (standard error \
+                 {standard_error:.0})"
+            );
+        }
+    }
+}
