@@ -19,12 +19,13 @@ use syn::visit::Visit;
 pub const SOURCE: &str = "pagealloc/src";
 
 /// The output modules, and the modules they must not import.
-const OUTPUTS: &[&str] = &["render", "metrics"];
+const OUTPUTS: &[&str] = &["render", "metrics", "pprof"];
 const SOURCES: &[&str] = &[
     "proc",
     "glibc",
     "debuginfo",
     "trace",
+    "stacks",
     "session",
     "live",
     "monitor",
