@@ -143,11 +143,10 @@ struct FoundSymbols {
 fn find_symbols(obj: &object::File<'_>, facts: &Library) -> Result<FoundSymbols, DebugInfoError> {
     let mut found: [Option<u64>; SYMBOLS.len()] = [None; SYMBOLS.len()];
     dwarf::scan_symbols(obj, &SYMBOLS, &mut found);
-    if found[0].is_none() || found[1].is_none() {
-        if let Ok(libc) = facts.object() {
+    if (found[0].is_none() || found[1].is_none())
+        && let Ok(libc) = facts.object() {
             dwarf::scan_symbols(&libc, &SYMBOLS, &mut found);
         }
-    }
     let missing = |name: &str| DebugInfoError::MissingSymbol {
         name: name.to_string(),
     };

@@ -3,6 +3,9 @@
 use super::heap::size;
 use crate::state::sites::{SiteReport, SitesReport};
 
+/// What a ranking orders sites by.
+type Measure<'a> = dyn Fn(&SiteReport) -> f64 + 'a;
+
 /// Sites a ranking shows.
 const PER_RANKING: usize = 3;
 
@@ -33,7 +36,7 @@ pub fn panel(report: &SitesReport, first: Option<&SitesReport>, columns: usize) 
             .map_or(0.0, |f| f.figures.inuse_bytes);
         site.figures.inuse_bytes - before
     };
-    let rankings: [(&str, &dyn Fn(&SiteReport) -> f64, &str); 3] = [
+    let rankings: [(&str, &Measure, &str); 3] = [
         ("by live", &|s| s.figures.inuse_bytes, ""),
         ("by pinned", &|s| s.figures.pinned_bytes, ""),
         ("by growth", &grown, "+"),

@@ -389,7 +389,6 @@ impl SiteTable {
         } else {
             let (id, lightest) = (self.sites.iter().enumerate())
                 .min_by(|a, b| weight(&a.1.figures).total_cmp(&weight(&b.1.figures)))
-                .map(|(id, site)| (id, site))
                 .expect("a full table has sites");
             self.other.add(&lightest.figures);
             self.merged += 1;

@@ -134,11 +134,10 @@ impl<'a, 'c> Analysis<'a, 'c> {
             Mode::Callee { .. } => Ok(Step::Exit(Exit::Return, Box::new(state))),
         };
         let mut state = state.clone();
-        if let Mode::Function { points, .. } = mode {
-            if points.contains(&ip) {
+        if let Mode::Function { points, .. } = mode
+            && points.contains(&ip) {
                 state.report()?;
             }
-        }
         let relative = is_near_branch(&instruction);
         let along = |to: u64, state: State| Edge {
             to,
