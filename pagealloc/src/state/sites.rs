@@ -595,3 +595,220 @@ pub struct SitesReport {
     pub stacks: u64,
     pub missed: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pagealloc_common::{SAMPLED_BYTES, SAMPLED_PAGE, STACK_MISSED};
+
+    use super::{Sampling, SiteTable, Stack};
+    use crate::state::heap::{
+        AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapGeometry, HeapMap,
+        Segment,
+    };
+
+    const HEAP: u64 = 0x5500_0000_0000;
+    const PAGE: u64 = 0x1000;
+    const HEADER: u64 = 16;
+
+    /// One resident page of chunks (size, state) from HEAP, the rest of it top.
+    fn map(chunks: &[(u64, ChunkState)]) -> HeapMap {
+        let mut segment = Segment::new(HEAP, HEAP + PAGE, 0, PAGE);
+        segment.resident[0] = true;
+        let mut at = 0;
+        let top = PAGE - chunks.iter().map(|c| c.0).sum::<u64>();
+        for &(size, state) in chunks.iter().chain([&(top, ChunkState::Top)]) {
+            let first = (at / GRANULE) as usize;
+            let granules = (size / GRANULE) as usize;
+            segment.granules[first..first + granules].fill(state as u8);
+            segment.granules[first] |= CHUNK_START;
+            at += size;
+        }
+        HeapMap {
+            arenas: vec![Arena {
+                address: 1,
+                main: true,
+                heaps: vec![AddressRange {
+                    start: HEAP,
+                    end: HEAP + PAGE,
+                }],
+                figures: HeapFigures::default(),
+            }],
+            geometry: HeapGeometry::for_tests(),
+            mmapped_chunks: 0,
+            mmapped_bytes: 0,
+            totals: HeapFigures::default(),
+            notes: Vec::new(),
+            mmapped: Vec::new(),
+            segments: vec![segment],
+        }
+    }
+
+    fn every() -> Sampling {
+        Sampling {
+            sample_bytes: 1,
+            page_shift: 0,
+            page_salt: 0,
+            page_size: PAGE,
+        }
+    }
+
+    fn stack(frame: u64) -> Option<Stack> {
+        Some(Stack {
+            frames: Arc::from([frame, 0x1000]),
+            truncated: false,
+        })
+    }
+
+    /// The figures of the site whose innermost frame is `frame`, as reported.
+    fn figures(table: &SiteTable, frame: u64) -> super::SiteFigures {
+        let report = table.report(None, |address| {
+            Arc::new(super::Frame {
+                address,
+                ..Default::default()
+            })
+        });
+        (report.sites.iter())
+            .find(|s| s.frames[0].address == frame)
+            .map(|s| s.figures)
+            .unwrap_or_default()
+    }
+
+    /// A pointer `offset` bytes into the page.
+    fn at(offset: u64) -> u64 {
+        HEAP + offset + HEADER
+    }
+
+    #[test]
+    fn the_chunks_live_at_attach_are_one_bucket_until_an_event_of_theirs() {
+        let seed = map(&[(0x40, ChunkState::Live), (0x80, ChunkState::Live)]);
+        let mut table = SiteTable::new(every(), 8, &seed);
+        let bucket = |t: &SiteTable| t.report(None, |_| Arc::default()).before_attach;
+        assert_eq!(
+            (bucket(&table).inuse_objects, bucket(&table).inuse_bytes),
+            (2.0, 192.0)
+        );
+        table.freed(at(0));
+        assert_eq!(bucket(&table).inuse_bytes, 128.0);
+        // Handed out again, its free among events lost: a newer chunk, not from before attach.
+        table.allocated(at(0x40), 0x80, 0, None);
+        assert_eq!(bucket(&table).inuse_bytes, 0.0);
+        table.freed(at(0x40));
+        assert_eq!(bucket(&table).inuse_objects, 0.0, "not taken away twice");
+    }
+
+    #[test]
+    fn a_site_holds_its_chunks_until_they_are_freed_and_a_realloc_moves_them() {
+        let mut table = SiteTable::new(every(), 8, &map(&[]));
+        table.allocated(at(0), 64, SAMPLED_BYTES, stack(0xa));
+        table.allocated(at(0x40), 128, SAMPLED_BYTES, stack(0xb));
+        table.freed(at(0));
+        let a = figures(&table, 0xa);
+        assert_eq!((a.inuse_objects, a.inuse_bytes), (0.0, 0.0));
+        assert_eq!((a.alloc_objects, a.alloc_bytes), (1.0, 64.0));
+        // realloc: the old chunk's free, then the new chunk, the realloc's site's.
+        table.freed(at(0x40));
+        table.allocated(at(0x200), 256, SAMPLED_BYTES, stack(0xc));
+        assert_eq!(figures(&table, 0xb).inuse_bytes, 0.0);
+        assert_eq!(figures(&table, 0xc).inuse_bytes, 256.0);
+    }
+
+    /// A byte-sampled chunk stands for 1/p objects; one the page sampler alone picked counts
+    /// for pinning only; one whose stack was not copied goes to `unknown`.
+    #[test]
+    fn the_weights_follow_what_picked_each_chunk() {
+        let sampling = Sampling {
+            sample_bytes: 1024,
+            page_shift: 6,
+            ..every()
+        };
+        let mut table = SiteTable::new(sampling, 8, &map(&[]));
+        table.allocated(at(0), 64, SAMPLED_BYTES, stack(0xa));
+        table.allocated(at(0x40), 64, SAMPLED_PAGE, stack(0xb));
+        table.allocated(at(0x80), 64, SAMPLED_BYTES | STACK_MISSED, None);
+        let p = 1.0 - (-64.0f64 / 1024.0).exp();
+        let a = figures(&table, 0xa);
+        assert!((a.inuse_objects - 1.0 / p).abs() < 1e-9, "{a:?}");
+        assert!((a.inuse_bytes - 64.0 / p).abs() < 1e-9, "{a:?}");
+        assert_eq!(figures(&table, 0xb).inuse_objects, 0.0);
+        let report = table.report(None, |_| Arc::default());
+        assert!((report.unknown.inuse_objects - 1.0 / p).abs() < 1e-9);
+        assert_eq!((report.stacks, report.missed), (2, 1));
+    }
+
+    /// Past its capacity the table merges its lightest site into "other"; a chunk of the
+    /// merged site is freed from "other", never from the site that took its slot.
+    #[test]
+    fn a_full_table_merges_the_lightest_site_into_other() {
+        let mut table = SiteTable::new(every(), 2, &map(&[]));
+        table.allocated(at(0), 1024, SAMPLED_BYTES, stack(0xa));
+        table.allocated(at(0x400), 32, SAMPLED_BYTES, stack(0xb));
+        table.allocated(at(0x500), 64, SAMPLED_BYTES, stack(0xc));
+        let report = table.report(None, |_| Arc::default());
+        assert_eq!(report.merged, 1);
+        assert_eq!(report.other.inuse_bytes, 32.0);
+        assert_eq!(report.sites.len(), 2);
+        table.freed(at(0x400));
+        let report = table.report(None, |_| Arc::default());
+        assert_eq!(report.other.inuse_bytes, 0.0);
+        assert_eq!(figures(&table, 0xc).inuse_bytes, 64.0);
+    }
+
+    /// A walk that does not have a sampled chunk live at its place and size (its free was
+    /// lost) drops it from its site.
+    #[test]
+    fn a_walk_drops_the_chunks_it_does_not_have_live() {
+        let mut table = SiteTable::new(every(), 8, &map(&[]));
+        table.allocated(at(0), 0x40, SAMPLED_BYTES, stack(0xa));
+        table.allocated(at(0x40), 0x40, SAMPLED_BYTES, stack(0xb));
+        let walked = map(&[(0x40, ChunkState::Live), (0x40, ChunkState::Bin)]);
+        assert_eq!(table.verify(&walked), 1);
+        assert_eq!(figures(&table, 0xa).inuse_bytes, 64.0);
+        assert_eq!(figures(&table, 0xb).inuse_bytes, 0.0);
+        // Live at its place but of another size: not the chunk the site made.
+        let other_size = map(&[(0x80, ChunkState::Live)]);
+        assert_eq!(table.verify(&other_size), 1);
+    }
+
+    /// A page's pinned bytes (its free bytes but the free chunks' headers) go to the live
+    /// chunks on it in proportion to their live bytes there, and add up to the map's figure.
+    #[test]
+    fn pinned_bytes_are_shared_by_live_bytes_on_each_page() {
+        let heap = map(&[
+            (0x40, ChunkState::Live),
+            (0x200, ChunkState::Bin),
+            (0x80, ChunkState::Live),
+        ]);
+        let mut table = SiteTable::new(every(), 8, &map(&[]));
+        table.allocated(at(0), 0x40, SAMPLED_BYTES, stack(0xa));
+        table.allocated(at(0x240), 0x80, SAMPLED_BYTES, stack(0xb));
+        table.pin(&heap);
+        let total = heap.segments[0].pinned_bytes(PAGE);
+        let free = 0x200 - 0x10 + (PAGE - 0x2c0 - 0x10);
+        assert_eq!(total, free);
+        let (a, b) = (figures(&table, 0xa), figures(&table, 0xb));
+        assert!((a.pinned_bytes - total as f64 / 3.0).abs() < 1e-6, "{a:?}");
+        assert!((b.pinned_bytes - total as f64 * 2.0 / 3.0).abs() < 1e-6, "{b:?}");
+        // A page out of the pinning set counts for nothing; in it, for the pages it stands for.
+        let salted = |salt| Sampling {
+            page_shift: 1,
+            page_salt: salt,
+            ..every()
+        };
+        let page = HEAP / PAGE;
+        let (inside, outside) = (0..64)
+            .map(|salt| (salt, pagealloc_common::page_sampled(page, salt, 1)))
+            .fold((None, None), |(i, o), (salt, held)| {
+                if held { (i.or(Some(salt)), o) } else { (i, o.or(Some(salt))) }
+            });
+        for (salt, weight) in [(inside.unwrap(), 2.0), (outside.unwrap(), 0.0)] {
+            let mut table = SiteTable::new(salted(salt), 8, &map(&[]));
+            table.allocated(at(0), 0x40, SAMPLED_PAGE, stack(0xa));
+            table.allocated(at(0x240), 0x80, SAMPLED_PAGE, stack(0xb));
+            table.pin(&heap);
+            let pinned = figures(&table, 0xa).pinned_bytes + figures(&table, 0xb).pinned_bytes;
+            assert!((pinned - weight * total as f64).abs() < 1e-6, "salt {salt}: {pinned}");
+        }
+    }
+}
