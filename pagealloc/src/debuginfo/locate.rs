@@ -138,9 +138,9 @@ impl<'f, R: Reader> Finder<'f, R> {
         if !build_id.is_empty()
             && let Some(found) =
                 self.debuginfod(&build_id, |f, path| f.try_candidate(path, Check::BuildId))
-            {
-                return Ok(found);
-            }
+        {
+            return Ok(found);
+        }
         Err(self.failure(build_id))
     }
 

@@ -144,9 +144,10 @@ fn find_symbols(obj: &object::File<'_>, facts: &Library) -> Result<FoundSymbols,
     let mut found: [Option<u64>; SYMBOLS.len()] = [None; SYMBOLS.len()];
     dwarf::scan_symbols(obj, &SYMBOLS, &mut found);
     if (found[0].is_none() || found[1].is_none())
-        && let Ok(libc) = facts.object() {
-            dwarf::scan_symbols(&libc, &SYMBOLS, &mut found);
-        }
+        && let Ok(libc) = facts.object()
+    {
+        dwarf::scan_symbols(&libc, &SYMBOLS, &mut found);
+    }
     let missing = |name: &str| DebugInfoError::MissingSymbol {
         name: name.to_string(),
     };

@@ -789,7 +789,10 @@ mod tests {
         assert_eq!(total, free);
         let (a, b) = (figures(&table, 0xa), figures(&table, 0xb));
         assert!((a.pinned_bytes - total as f64 / 3.0).abs() < 1e-6, "{a:?}");
-        assert!((b.pinned_bytes - total as f64 * 2.0 / 3.0).abs() < 1e-6, "{b:?}");
+        assert!(
+            (b.pinned_bytes - total as f64 * 2.0 / 3.0).abs() < 1e-6,
+            "{b:?}"
+        );
         // A page out of the pinning set counts for nothing; in it, for the pages it stands for.
         let salted = |salt| Sampling {
             page_shift: 1,
@@ -800,7 +803,11 @@ mod tests {
         let (inside, outside) = (0..64)
             .map(|salt| (salt, pagealloc_common::page_sampled(page, salt, 1)))
             .fold((None, None), |(i, o), (salt, held)| {
-                if held { (i.or(Some(salt)), o) } else { (i, o.or(Some(salt))) }
+                if held {
+                    (i.or(Some(salt)), o)
+                } else {
+                    (i, o.or(Some(salt)))
+                }
             });
         for (salt, weight) in [(inside.unwrap(), 2.0), (outside.unwrap(), 0.0)] {
             let mut table = SiteTable::new(salted(salt), 8, &map(&[]));
@@ -808,7 +815,10 @@ mod tests {
             table.allocated(at(0x240), 0x80, SAMPLED_PAGE, stack(0xb));
             table.pin(&heap);
             let pinned = figures(&table, 0xa).pinned_bytes + figures(&table, 0xb).pinned_bytes;
-            assert!((pinned - weight * total as f64).abs() < 1e-6, "salt {salt}: {pinned}");
+            assert!(
+                (pinned - weight * total as f64).abs() < 1e-6,
+                "salt {salt}: {pinned}"
+            );
         }
     }
 }

@@ -67,12 +67,13 @@ fn readelf_symbols(path: &Path) -> HashMap<String, (u64, u64)> {
     for line in run("readelf", &["-sW", path.to_str().unwrap()]).lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // Num: Value Size Type Bind Vis Ndx Name
-        if cols.len() == 8 && cols[0].ends_with(':')
+        if cols.len() == 8
+            && cols[0].ends_with(':')
             && let (Ok(value), Ok(size)) =
                 (u64::from_str_radix(cols[1], 16), cols[2].parse::<u64>())
-            {
-                out.entry(cols[7].to_string()).or_insert((value, size));
-            }
+        {
+            out.entry(cols[7].to_string()).or_insert((value, size));
+        }
     }
     out
 }

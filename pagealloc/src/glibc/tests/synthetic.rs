@@ -522,8 +522,30 @@ impl ArenaTruth {
                 f.largest_free_bytes = f.largest_free_bytes.max(c.size);
             }
         }
+        f.pinned_bytes = self.pinned_bytes();
         f.finish();
         f
+    }
+
+    /// The free bytes (past each free chunk's header) on pages that hold live bytes.
+    fn pinned_bytes(&self) -> u64 {
+        let g = glibc();
+        let overlap =
+            |from: u64, to: u64, page: u64| to.min(page + g.page).saturating_sub(from.max(page));
+        (self.start..self.end)
+            .step_by(g.page as usize)
+            .map(|page| {
+                let (mut live, mut free) = (0, 0);
+                for c in &self.chunks {
+                    if c.kind == Kind::Live {
+                        live += overlap(c.addr, c.addr + c.size, page);
+                    } else {
+                        free += overlap(c.addr + 2 * g.o.size_sz, c.addr + c.size, page);
+                    }
+                }
+                if live > 0 { free } else { 0 }
+            })
+            .sum()
     }
 
     /// Chunk starts and the heap's end: where a chunk may end.

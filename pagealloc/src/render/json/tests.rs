@@ -28,6 +28,7 @@ const FIGURES: &[&str] = &[
     "unknown_bytes",
     "free_resident_bytes",
     "trimmable_bytes",
+    "pinned_bytes",
     "largest_free_bytes",
     "fragmentation",
 ];

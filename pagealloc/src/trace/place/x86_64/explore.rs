@@ -135,9 +135,10 @@ impl<'a, 'c> Analysis<'a, 'c> {
         };
         let mut state = state.clone();
         if let Mode::Function { points, .. } = mode
-            && points.contains(&ip) {
-                state.report()?;
-            }
+            && points.contains(&ip)
+        {
+            state.report()?;
+        }
         let relative = is_near_branch(&instruction);
         let along = |to: u64, state: State| Edge {
             to,
