@@ -26,7 +26,7 @@ impl Default for SampleOptions {
 }
 
 pub const DEFAULT_SAMPLE_BYTES: u64 = 512 << 10;
-pub const DEFAULT_PIN_PAGES: u64 = 64;
+pub const DEFAULT_PIN_PAGES: u64 = 256;
 pub const DEFAULT_STACK_BYTES: u32 = 8 << 10;
 /// The largest mean the programs' fixed-point gaps hold.
 pub const MAX_SAMPLE_BYTES: u64 = 1 << 40;
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(every.page_shift(), 0);
         assert_eq!(every.probability(16), 1.0);
         assert_eq!(SampleOptions::OFF.page_shift(), NO_PAGES);
-        assert_eq!(SampleOptions::default().page_shift(), 6);
+        assert_eq!(SampleOptions::default().page_shift(), 8);
     }
 
     /// The pinning set holds its share of pages, whatever the salt.
