@@ -91,12 +91,7 @@ fn root_attaching_to_a_busy_process_loses_nothing() {
     // Far more calls than the test waits for: the churn runs throughout.
     let mut fixture = Fixture::spawn(fixture_path!("CHURN_CALLS"), &["50000000", "4"]);
     fixture.send("g");
-    // Without stacks: under the whole suite's load, four threads churning on two CPUs with
-    // stacks on lost events at the seed (the README's roadmap: a per-CPU stack budget).
-    let mut watch = Watch::json(
-        fixture.pid(),
-        &["--interval", "200ms", "--sample-bytes", "0"],
-    );
+    let mut watch = Watch::json(fixture.pid(), &["--interval", "200ms"]);
     let first = watch.line_after(SystemTime::now(), |_| true);
     assert_eq!(first["mode"], "live", "{first}");
     assert!(events(&first, "allocs") > 0, "the churn ran: {first}");

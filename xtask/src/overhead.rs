@@ -12,7 +12,9 @@
 //!   (one trap per call: the least any per-call tracer can cost);
 //! - bpftrace's placements, bare: a uretprobe on malloc and an entry uprobe on free+0 (free's
 //!   first instruction is single-stepped): bpftrace's own trap floor;
-//! - `pagealloc watch` (live mode), with its event counts checked against the pairs;
+//! - `pagealloc watch` (live mode) without stacks (`--sample-bytes 0`), at its defaults (stacks
+//!   sampled: 512 KiB of allocations, one page in 256), and with every allocation's stack
+//!   (`--sample-bytes 1`), each with its event counts checked against the pairs;
 //! - bpftrace with the equivalent probes (malloc's return and free's entry, into a map);
 //! - heaptrack attached at run time (`heaptrack -p`, injected with gdb).
 //!
@@ -60,17 +62,21 @@ enum Setup {
     TrapFloor,
     OneTrap,
     BpftraceFloor,
+    PageallocNoStacks,
     Pagealloc,
+    PageallocEveryStack,
     Bpftrace,
     Heaptrack,
 }
 
-const SETUPS: [Setup; 7] = [
+const SETUPS: [Setup; 9] = [
     Setup::Untraced,
     Setup::TrapFloor,
     Setup::OneTrap,
     Setup::BpftraceFloor,
+    Setup::PageallocNoStacks,
     Setup::Pagealloc,
+    Setup::PageallocEveryStack,
     Setup::Bpftrace,
     Setup::Heaptrack,
 ];
@@ -82,7 +88,9 @@ impl Setup {
             Setup::TrapFloor => "trap floor (pagealloc's places, bare)",
             Setup::OneTrap => "one-trap floor (bare entry probes)",
             Setup::BpftraceFloor => "bpftrace's places, bare",
-            Setup::Pagealloc => "pagealloc watch (live)",
+            Setup::PageallocNoStacks => "pagealloc watch (live, no stacks)",
+            Setup::Pagealloc => "pagealloc watch (live, stacks sampled)",
+            Setup::PageallocEveryStack => "pagealloc watch (live, every stack)",
             Setup::Bpftrace => "bpftrace (same probes, map)",
             Setup::Heaptrack => "heaptrack -p (attached)",
         }
@@ -93,6 +101,16 @@ impl Setup {
         match self {
             Setup::Untraced => Duration::from_nanos(50),
             _ => Duration::from_micros(5),
+        }
+    }
+
+    /// `pagealloc watch`'s stack sampling in this setup, if it is one of pagealloc's.
+    fn sample_bytes(self) -> Option<&'static str> {
+        match self {
+            Setup::PageallocNoStacks => Some("0"),
+            Setup::Pagealloc => Some("524288"),
+            Setup::PageallocEveryStack => Some("1"),
+            _ => None,
         }
     }
 }
@@ -221,8 +239,8 @@ struct Measured {
     errors: BTreeMap<Setup, Vec<String>>,
     /// What the tracers said about the runs they saw.
     notes: BTreeMap<Setup, Vec<String>>,
-    /// pagealloc's own CPU over the events of the rounds.
-    agent: AgentCost,
+    /// pagealloc's own CPU over the events of the rounds, by setup.
+    agents: BTreeMap<Setup, AgentCost>,
     /// The probes each bare setup placed.
     placements: BTreeMap<Setup, Vec<Bare>>,
 }
@@ -236,7 +254,7 @@ impl Measured {
             unavailable,
             errors: BTreeMap::new(),
             notes: BTreeMap::new(),
-            agent: AgentCost::default(),
+            agents: BTreeMap::new(),
             placements: BTreeMap::new(),
         }
     }
@@ -259,8 +277,13 @@ impl Measured {
             } else {
                 THREADS.iter().rev().copied().collect()
             };
-            let measured =
-                bench.measure(setup, &pairs, &order, &mut self.agent, &mut self.placements);
+            let measured = bench.measure(
+                setup,
+                &pairs,
+                &order,
+                &mut self.agents,
+                &mut self.placements,
+            );
             match measured {
                 Ok((runs, mut found)) => {
                     for r in runs {
@@ -413,7 +436,7 @@ impl Bench {
         setup: Setup,
         pairs: &BTreeMap<u32, u64>,
         order: &[u32],
-        agent: &mut AgentCost,
+        agents: &mut BTreeMap<Setup, AgentCost>,
         placements: &mut BTreeMap<Setup, Vec<Bare>>,
     ) -> Result<(Vec<Sample>, Vec<String>)> {
         let mut workload = self.start(THREADS[1])?;
@@ -430,8 +453,8 @@ impl Bench {
                 let mark = tracer.mark()?;
                 let run = workload.go(pairs[&t], t)?;
                 let (tracer_cpu_ns, events) = tracer.check(&mark, &run, &workload)?;
-                if setup == Setup::Pagealloc {
-                    agent.add(&AgentCost {
+                if setup.sample_bytes().is_some() {
+                    agents.entry(setup).or_default().add(&AgentCost {
                         cpu_ns: tracer_cpu_ns,
                         events,
                     });
@@ -459,7 +482,10 @@ impl Bench {
             Setup::TrapFloor | Setup::OneTrap | Setup::BpftraceFloor => {
                 self.attach_bare(setup, workload, placements)?
             }
-            Setup::Pagealloc => Tracer::Pagealloc(self.attach_pagealloc(workload.pid)?),
+            Setup::PageallocNoStacks | Setup::Pagealloc | Setup::PageallocEveryStack => {
+                let sample_bytes = setup.sample_bytes().unwrap_or("0");
+                Tracer::Pagealloc(self.attach_pagealloc(workload.pid, sample_bytes)?)
+            }
             Setup::Bpftrace => Tracer::Bpftrace(self.attach_bpftrace(workload.pid)?),
             Setup::Heaptrack => Tracer::Heaptrack(self.attach_heaptrack(workload.pid)?),
         })
@@ -499,12 +525,13 @@ impl Bench {
     }
 
     /// `pagealloc watch` in live mode, its breakpoints in.
-    fn attach_pagealloc(&self, pid: u32) -> Result<Watch> {
+    /// `pagealloc watch` on `pid`, sampling stacks with `--sample-bytes sample_bytes`.
+    fn attach_pagealloc(&self, pid: u32, sample_bytes: &str) -> Result<Watch> {
         let plan = Plan::of(&self.pagealloc, pid)?;
         let (child, out, err) = spawn_tracer(
             Command::new(&self.pagealloc)
                 .args(["watch", &pid.to_string(), "--format", "json"])
-                .args(["--interval", "1s"])
+                .args(["--interval", "1s", "--sample-bytes", sample_bytes])
                 // The benchmark calls malloc millions of times a second: far past the overhead
                 // guard's default, which would take the probes off and walk.
                 .args(["--max-rate", NO_RATE_LIMIT]),
@@ -583,7 +610,7 @@ impl Bench {
         let most = *RATE_THREADS.iter().max().unwrap();
         let mut workload = self.start(most)?;
         let result = (|| {
-            let mut watch = self.attach_pagealloc(workload.pid)?;
+            let mut watch = self.attach_pagealloc(workload.pid, "0")?;
             let before = watch.now()?;
             let warm = workload.go(1000, most)?;
             watch.check(&before, &warm)?;

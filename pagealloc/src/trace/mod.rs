@@ -160,10 +160,11 @@ impl Tracer {
         let wake_ups = load::wake_ups(&rings)?;
         let drains = load::drains(&mut ebpf, online.first().copied().unwrap_or(0))?;
         let placed = plan_with(libc, internals, options.one_trap)?;
-        let attached = load::attach(&mut ebpf, &placed, libc, pid)?;
         let (send, receive) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_losses = Arc::new(ReaderLosses::default());
+        // The reader runs before the first probe is attached: a busy process fills the rings
+        // in tens of milliseconds, and attaching every probe can take longer than that.
         let reader = {
             let (stop, losses) = (stop.clone(), reader_losses.clone());
             let reader = Reader {
@@ -176,6 +177,14 @@ impl Tracer {
                 .name("pagealloc-events".into())
                 .spawn(move || reader.run(send, &stop, options.poll))
                 .map_err(TraceError::io("starting the event reader"))?
+        };
+        let attached = match load::attach(&mut ebpf, &placed, libc, pid) {
+            Ok(attached) => attached,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = reader.join();
+                return Err(e);
+            }
         };
         Ok((
             Tracer {

@@ -197,9 +197,66 @@ impl Measured {
             1.05,
             "one trap per call: ≈ 1",
         );
-        match self.agent.goal("bench rounds") {
+        match (self.agents.get(&Setup::PageallocNoStacks)).and_then(|a| a.goal("bench rounds")) {
             Some(line) => println!("{line}"),
             None => println!("goal agent CPU per event: not measured (≤ 50 ns)"),
+        }
+        self.print_stack_goals();
+    }
+
+    /// What stacks cost: at the defaults against none; with every allocation's stack, per
+    /// pair, per stack (one stack a pair: its malloc) and against heaptrack (which records every
+    /// stack); and the agent's CPU per stack, its caches warm (one call site, unwound and
+    /// symbolised once).
+    fn print_stack_goals(&self) {
+        for t in THREADS {
+            goal(
+                &format!(
+                    "stacks at the defaults ÷ no stacks, {t} thread{}",
+                    plural(t)
+                ),
+                self.ratio(Setup::Pagealloc, Setup::PageallocNoStacks, t),
+                1.05,
+                "≤ 1.05",
+            );
+        }
+        for t in THREADS {
+            let (Some(every), Some(none)) = (
+                self.medians(Setup::PageallocEveryStack, t),
+                self.medians(Setup::PageallocNoStacks, t),
+            ) else {
+                println!("every stack, {t} thread{}: not measured", plural(t));
+                continue;
+            };
+            let heaptrack = match self.ratio(Setup::PageallocEveryStack, Setup::Heaptrack, t) {
+                Some(Ratio { cpu, wall }) => format!("{cpu:.2} [wall {wall:.2}]"),
+                None => "not measured".into(),
+            };
+            println!(
+                "every stack, {t} thread{}: {} a pair, {} a stack more than without stacks;                  ÷ heaptrack {heaptrack}",
+                plural(t),
+                ns(every.cpu),
+                ns(every.cpu - none.cpu),
+            );
+        }
+        let per_pair = |setup| {
+            let agent: &AgentCost = self.agents.get(&setup)?;
+            // Two events a pair, one of them the stack's allocation.
+            Some(agent.cpu_ns / (agent.events as f64 / 2.0))
+        };
+        match (
+            per_pair(Setup::PageallocEveryStack),
+            per_pair(Setup::PageallocNoStacks),
+        ) {
+            (Some(every), Some(none)) => {
+                let per_stack = every - none;
+                println!(
+                    "goal agent CPU per stack unwound and symbolised, caches warm: {} (≤ 10 µs):                      {}",
+                    ns(per_stack),
+                    met(per_stack <= 10_000.0)
+                );
+            }
+            _ => println!("goal agent CPU per stack: not measured (≤ 10 µs)"),
         }
     }
 }
