@@ -9,6 +9,7 @@ mod overhead;
 mod quiet;
 mod serve;
 mod setup;
+mod sites;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,12 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         samples: usize,
     },
+    /// `serve --live --sample-bytes 1` on a busy target for minutes: the agent's RSS stays
+    /// bounded, nothing is lost, reconciles find no difference.
+    Sites {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Scrape latency of `pagealloc serve` following 10 processes, from 1 and 8 clients.
     Serve {
         /// Processes the agent follows.
@@ -126,6 +133,9 @@ fn main() -> Result<()> {
         Task::Bench {
             bench: Bench::Quiet { chunks, samples },
         } => quiet::quiet(&root, chunks, samples),
+        Task::Bench {
+            bench: Bench::Sites { minutes },
+        } => sites::sites(&root, minutes),
         Task::Bench {
             bench:
                 Bench::Serve {

@@ -74,11 +74,16 @@ fn heap_families(out: &mut Exposition, per_arena: bool) {
             },
         );
     }
-    let heap_figures: [Figure<HeapReport>; 5] = [
+    let heap_figures: [Figure<HeapReport>; 6] = [
         (
             "pagealloc_free_resident_bytes",
             "Bytes of free and cached chunk interiors on resident pages: paid for, not used.",
             |h| h.totals.free_resident_bytes,
+        ),
+        (
+            "pagealloc_pinned_bytes",
+            "Bytes of free_resident on pages that also hold live bytes: kept resident by the live chunks beside them, which no malloc_trim gives back.",
+            |h| h.totals.pinned_bytes,
         ),
         (
             "pagealloc_trimmable_bytes",
@@ -517,6 +522,7 @@ mod tests {
             "pagealloc_heap_chunks gauge: pid,comm,state ×10",
             "pagealloc_arena_heap_bytes gauge: pid,comm,arena,state ×24",
             "pagealloc_free_resident_bytes gauge: pid,comm ×2",
+            "pagealloc_pinned_bytes gauge: pid,comm ×2",
             "pagealloc_trimmable_bytes gauge: pid,comm ×2",
             "pagealloc_largest_free_bytes gauge: pid,comm ×2",
             "pagealloc_mmapped_bytes gauge: pid,comm ×2",

@@ -87,7 +87,7 @@ impl Unwinder {
 
     /// The module (and the file offset in it) an address lies in.
     pub fn module_of(&self, address: u64) -> Option<(Arc<Module>, u64)> {
-        let code = self.code_at(address)?;
+        let code = code_at(&self.code, address)?;
         let offset = address - code.module.start + code.module.file_offset;
         Some((code.module.clone(), offset))
     }
@@ -117,7 +117,7 @@ impl Unwinder {
                     let address = frame.address_for_lookup();
                     // Only code of a mapped file: a frame elsewhere (a JIT, a guess from a
                     // register that was no frame pointer) ends the stack, unknown.
-                    if frames.len() == MAX_FRAMES || !in_code(&self.code, address) {
+                    if frames.len() == MAX_FRAMES || code_at(&self.code, address).is_none() {
                         return (frames, true);
                     }
                     frames.push(address);
@@ -126,13 +126,6 @@ impl Unwinder {
                 Err(_) => return (frames, true),
             }
         }
-    }
-
-    fn code_at(&self, address: u64) -> Option<&Code> {
-        let at = self.code.partition_point(|c| c.range.start <= address);
-        self.code[..at]
-            .last()
-            .filter(|code| code.range.contains(&address))
     }
 
     fn may_reload(&self) -> bool {
@@ -205,11 +198,10 @@ impl Unwinder {
     }
 }
 
-fn in_code(code: &[Code], address: u64) -> bool {
+/// The executable mapping `address` lies in, of those known (by start).
+fn code_at(code: &[Code], address: u64) -> Option<&Code> {
     let at = code.partition_point(|c| c.range.start <= address);
-    code[..at]
-        .last()
-        .is_some_and(|c| c.range.contains(&address))
+    code[..at].last().filter(|c| c.range.contains(&address))
 }
 
 fn hex(bytes: &[u8]) -> String {

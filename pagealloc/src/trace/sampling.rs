@@ -70,15 +70,6 @@ impl SampleOptions {
             remainders: remainders(),
         }
     }
-
-    /// The probability that an allocation of `bytes` is picked by the byte sampler.
-    pub fn probability(&self, bytes: u64) -> f64 {
-        match self.sample_bytes {
-            0 => 0.0,
-            1 => 1.0,
-            mean => -(-(bytes as f64) / mean as f64).exp_m1(),
-        }
-    }
 }
 
 /// The quantiles of an exponential's remainder below ln 2 (its density ∝ e^(−x) on [0, ln 2)),
@@ -159,7 +150,6 @@ mod tests {
             ..SampleOptions::default()
         };
         assert_eq!(every.page_shift(), 0);
-        assert_eq!(every.probability(16), 1.0);
         assert_eq!(SampleOptions::OFF.page_shift(), NO_PAGES);
         assert_eq!(SampleOptions::default().page_shift(), 8);
     }
