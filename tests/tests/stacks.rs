@@ -17,7 +17,7 @@ fn alone() -> MutexGuard<'static, ()> {
 }
 
 /// The fixture's sites, with the functions of their chains (innermost first, below main).
-const SITES: [(&str, &[&str]); 7] = [
+const SITES: [(&str, &[&str]); 8] = [
     ("small", &["small_4", "small_3", "small_2", "small_1"]),
     ("large", &["large_4", "large_3", "large_2", "large_1"]),
     ("shared", &["lib_c4", "lib_c3", "lib_c2", "shared_1"]),
@@ -25,6 +25,10 @@ const SITES: [(&str, &[&str]); 7] = [
     ("moved", &["moved_4", "moved_3", "moved_2", "moved_1"]),
     ("grown", &["grown_4", "grown_3", "grown_2", "grown_1"]),
     ("remote", &["remote_4", "remote_3", "remote_2", "remote_1"]),
+    (
+        "threaded",
+        &["threaded_4", "threaded_3", "threaded_2", "threaded_1"],
+    ),
 ];
 
 /// One sample of a profile: its values (alloc_objects, alloc_space, inuse_objects,
@@ -116,9 +120,12 @@ fn site_of<'a>(samples: &'a [ProfileSample], chain: &[&str]) -> Option<&'a Profi
         .find(|s| s.functions.first().is_some_and(|f| f == chain[0]))
 }
 
+/// What [`profiled`] read: the fixture, its report, the profile, the metrics of its sample.
+type Profiled = (Fixture, HashMap<String, u64>, Vec<ProfileSample>, Metrics);
+
 /// Starts serve following the fixture in live mode with `args`, has it make its sites, and
-/// reads the profile once it shows them all made: (the fixture, its report, the profile).
-fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>) {
+/// reads the profile of a sample begun after they were made (no event lost, unless `losses`).
+fn profiled(args: &[&str], losses: bool) -> Profiled {
     require_root();
     let _alone = alone();
     let mut fixture = Fixture::spawn(fixture_path!("SITES"), &[]);
@@ -139,7 +146,7 @@ fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>
         .as_secs_f64();
     let truth = fixture.report.clone();
     // The profile answers from the last sample: read once one began after the sites were made.
-    serve.metrics_when("a sample after the sites were made", |m| {
+    let metrics = serve.metrics_when("a sample after the sites were made", |m| {
         match m.get("pagealloc_sample_timestamp_seconds", &[("pid", &pid)]) {
             Some(at) if at > made => Ok(()),
             at => Err(format!(
@@ -147,6 +154,13 @@ fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>
             )),
         }
     });
+    // Exact figures need every event: a loss would be resynced, and said here.
+    if !losses {
+        assert_eq!(
+            metrics.int("pagealloc_events_lost_total", &[("pid", &pid)]),
+            0
+        );
+    }
     let url = format!("http://{}/debug/pprof/heap?pid={pid}", serve.address);
     let (types, samples) = pprof_raw(&url).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -154,7 +168,7 @@ fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>
         "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes[dflt] \
          pinned_space/bytes"
     );
-    (fixture, truth, samples)
+    (fixture, truth, samples, metrics)
 }
 
 /// With every allocation sampled, each site's figures are exactly the fixture's (chunk sizes),
@@ -162,7 +176,7 @@ fn profiled(args: &[&str]) -> (Fixture, HashMap<String, u64>, Vec<ProfileSample>
 /// pointers), and the small site that sits between the freed large chunks owns the pinned bytes.
 #[test]
 fn root_every_allocation_sampled_gives_each_site_exactly() {
-    let (_fixture, truth, samples) = profiled(&["--sample-bytes", "1"]);
+    let (_fixture, truth, samples, _) = profiled(&["--sample-bytes", "1"], false);
     for (site, chain) in SITES {
         let sample = site_of(&samples, chain)
             .unwrap_or_else(|| panic!("no sample of {site} in {samples:#?}"));
@@ -175,9 +189,18 @@ fn root_every_allocation_sampled_gives_each_site_exactly() {
         assert_eq!(&sample.values[..4], &expected, "{site}: {sample:?}");
         let functions: Vec<&str> = sample.functions.iter().map(String::as_str).collect();
         assert_eq!(&functions[..4], chain, "{site}'s chain");
+        // The main thread's stacks end in _start, a thread's where clone started it.
+        let root_ok = if site == "threaded" {
+            functions.contains(&"allocate_on_a_thread")
+                && functions
+                    .last()
+                    .is_some_and(|f| f.starts_with("clone") || f.starts_with("__clone"))
+        } else {
+            functions.contains(&"main") && functions.last() == Some(&"_start")
+        };
         assert!(
-            functions.contains(&"main") && functions.last() == Some(&"_start"),
-            "{site}'s stack goes down to main and _start: {functions:?}"
+            root_ok,
+            "{site}'s stack goes down to its root: {functions:?}"
         );
     }
     // The small chunks pin the pages of the stretch the large ones were freed from.
@@ -201,7 +224,7 @@ fn root_every_allocation_sampled_gives_each_site_exactly() {
 /// expects 0.37 samples fails whenever it gets 3, 0.6 % of the time.
 #[test]
 fn root_default_sampling_estimates_within_four_standard_errors() {
-    let (_fixture, truth, samples) = profiled(&[]);
+    let (_fixture, truth, samples, _) = profiled(&[], false);
     let rate = 512.0 * 1024.0;
     for (site, chain) in SITES {
         for (value, chunks, bytes) in [
@@ -226,6 +249,43 @@ fn root_default_sampling_estimates_within_four_standard_errors() {
             );
         }
     }
+}
+
+/// Events lost (rings of one page; stacks of 256 bytes): the resync's walk rebuilds the sites
+/// from what it has live, so that no freed chunk stays counted. The large site, all freed,
+/// holds nothing, and no site holds more than the fixture does.
+#[test]
+fn root_lost_events_leave_no_site_stale() {
+    let args = [
+        "--sample-bytes",
+        "1",
+        "--stack-bytes",
+        "256",
+        "--ring-bytes",
+        "4096",
+    ];
+    let (fixture, truth, samples, metrics) =
+        profiled(&[&args[..], &["--max-lost", "100"]].concat(), true);
+    let pid = fixture.pid().to_string();
+    let who = [("pid", pid.as_str())];
+    assert!(
+        metrics.int("pagealloc_events_lost_total", &who) > 0,
+        "no loss to test"
+    );
+    assert!(metrics.int("pagealloc_resyncs_total", &who) > 0);
+    for (site, chain) in SITES {
+        let Some(sample) = site_of(&samples, chain) else {
+            continue; // every event of it lost
+        };
+        let (objects, bytes) = (sample.values[2], sample.values[3]);
+        assert!(
+            objects <= truth[&format!("{site}_live_chunks")] as f64
+                && bytes <= truth[&format!("{site}_live_bytes")] as f64,
+            "{site} holds {objects} chunks of {bytes} bytes: more than the fixture"
+        );
+    }
+    let large = site_of(&samples, SITES[1].1).map_or(0.0, |s| s.values[3]);
+    assert_eq!(large, 0.0, "large's chunks were all freed");
 }
 
 /// A real program nobody here wrote: CPython (PYTHONMALLOC=malloc, so that its objects are

@@ -14,7 +14,8 @@
 //!   first instruction is single-stepped): bpftrace's own trap floor;
 //! - `pagealloc watch` (live mode) without stacks (`--sample-bytes 0`), at its defaults (stacks
 //!   sampled: 512 KiB of allocations, one page in 256), and with every allocation's stack
-//!   (`--sample-bytes 1`), each with its event counts checked against the pairs;
+//!   (`--sample-bytes 1 --stack-bytes 1024`), each with its event counts checked against the
+//!   pairs;
 //! - bpftrace with the equivalent probes (malloc's return and free's entry, into a map);
 //! - heaptrack attached at run time (`heaptrack -p`, injected with gdb).
 //!
@@ -90,7 +91,7 @@ impl Setup {
             Setup::BpftraceFloor => "bpftrace's places, bare",
             Setup::PageallocNoStacks => "pagealloc watch (live, no stacks)",
             Setup::Pagealloc => "pagealloc watch (live, stacks sampled)",
-            Setup::PageallocEveryStack => "pagealloc watch (live, every stack)",
+            Setup::PageallocEveryStack => "pagealloc watch (every stack, 1 KiB)",
             Setup::Bpftrace => "bpftrace (same probes, map)",
             Setup::Heaptrack => "heaptrack -p (attached)",
         }
@@ -104,12 +105,14 @@ impl Setup {
         }
     }
 
-    /// `pagealloc watch`'s stack sampling in this setup, if it is one of pagealloc's.
-    fn sample_bytes(self) -> Option<&'static str> {
+    /// `pagealloc watch`'s stack sampling in this setup, if it is one of pagealloc's. Every
+    /// stack copies 1 KiB (the benchmark's threads are three calls deep): 8 KiB a call, at this
+    /// rate, is more than the rings take.
+    fn stack_args(self) -> Option<&'static [&'static str]> {
         match self {
-            Setup::PageallocNoStacks => Some("0"),
-            Setup::Pagealloc => Some("524288"),
-            Setup::PageallocEveryStack => Some("1"),
+            Setup::PageallocNoStacks => Some(&["--sample-bytes", "0"]),
+            Setup::Pagealloc => Some(&[]),
+            Setup::PageallocEveryStack => Some(&["--sample-bytes", "1", "--stack-bytes", "1024"]),
             _ => None,
         }
     }
@@ -453,7 +456,7 @@ impl Bench {
                 let mark = tracer.mark()?;
                 let run = workload.go(pairs[&t], t)?;
                 let (tracer_cpu_ns, events) = tracer.check(&mark, &run, &workload)?;
-                if setup.sample_bytes().is_some() {
+                if setup.stack_args().is_some() {
                     agents.entry(setup).or_default().add(&AgentCost {
                         cpu_ns: tracer_cpu_ns,
                         events,
@@ -483,8 +486,8 @@ impl Bench {
                 self.attach_bare(setup, workload, placements)?
             }
             Setup::PageallocNoStacks | Setup::Pagealloc | Setup::PageallocEveryStack => {
-                let sample_bytes = setup.sample_bytes().unwrap_or("0");
-                Tracer::Pagealloc(self.attach_pagealloc(workload.pid, sample_bytes)?)
+                let stacks = setup.stack_args().unwrap_or_default();
+                Tracer::Pagealloc(self.attach_pagealloc(workload.pid, stacks)?)
             }
             Setup::Bpftrace => Tracer::Bpftrace(self.attach_bpftrace(workload.pid)?),
             Setup::Heaptrack => Tracer::Heaptrack(self.attach_heaptrack(workload.pid)?),
@@ -525,13 +528,14 @@ impl Bench {
     }
 
     /// `pagealloc watch` in live mode, its breakpoints in.
-    /// `pagealloc watch` on `pid`, sampling stacks with `--sample-bytes sample_bytes`.
-    fn attach_pagealloc(&self, pid: u32, sample_bytes: &str) -> Result<Watch> {
+    /// `pagealloc watch` on `pid`, sampling stacks as `stacks` says.
+    fn attach_pagealloc(&self, pid: u32, stacks: &[&str]) -> Result<Watch> {
         let plan = Plan::of(&self.pagealloc, pid)?;
         let (child, out, err) = spawn_tracer(
             Command::new(&self.pagealloc)
                 .args(["watch", &pid.to_string(), "--format", "json"])
-                .args(["--interval", "1s", "--sample-bytes", sample_bytes])
+                .args(["--interval", "1s"])
+                .args(stacks)
                 // The benchmark calls malloc millions of times a second: far past the overhead
                 // guard's default, which would take the probes off and walk.
                 .args(["--max-rate", NO_RATE_LIMIT]),
@@ -610,7 +614,7 @@ impl Bench {
         let most = *RATE_THREADS.iter().max().unwrap();
         let mut workload = self.start(most)?;
         let result = (|| {
-            let mut watch = self.attach_pagealloc(workload.pid, "0")?;
+            let mut watch = self.attach_pagealloc(workload.pid, &["--sample-bytes", "0"])?;
             let before = watch.now()?;
             let warm = workload.go(1000, most)?;
             watch.check(&before, &warm)?;

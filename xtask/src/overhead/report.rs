@@ -233,10 +233,12 @@ impl Measured {
                 None => "not measured".into(),
             };
             println!(
-                "every stack, {t} thread{}: {} a pair, {} a stack more than without stacks;                  ÷ heaptrack {heaptrack}",
+                "every stack, {t} thread{}: {} a pair, {} a stack more than without stacks; \
+                 ÷ heaptrack {heaptrack}; {:.0} stacks/s held with 0 lost",
                 plural(t),
                 ns(every.cpu),
                 ns(every.cpu - none.cpu),
+                1e9 * f64::from(t.min(self.cores)) / every.wall,
             );
         }
         let per_pair = |setup| {
@@ -251,7 +253,8 @@ impl Measured {
             (Some(every), Some(none)) => {
                 let per_stack = every - none;
                 println!(
-                    "goal agent CPU per stack unwound and symbolised, caches warm: {} (≤ 10 µs):                      {}",
+                    "goal agent CPU per stack unwound and symbolised, caches warm: {} (≤ 10 µs): \
+                     {}",
                     ns(per_stack),
                     met(per_stack <= 10_000.0)
                 );
