@@ -32,6 +32,7 @@ const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
 const OTHER_SITES: &str = "[other sites]";
 const STACK_NOT_COPIED: &str = "[stack not copied]";
 const LIVE_BEFORE_ATTACH: &str = "[live before attach]";
+const NO_SITE: &str = "[no site: malloc's own]";
 const TRUNCATED: &str = "[truncated]";
 /// The synthetic mapping's file name: pprof does not try to symbolise a file named in brackets.
 const SYNTHETIC_MAPPING: &str = "[pagealloc]";
@@ -57,6 +58,7 @@ pub fn heap_profile(report: &SitesReport, taken: SystemTime, duration: Duration)
         (OTHER_SITES, &report.other),
         (STACK_NOT_COPIED, &report.unknown),
         (LIVE_BEFORE_ATTACH, &report.before_attach),
+        (NO_SITE, &report.unattributed),
     ] {
         if let Some(value) = values(figures) {
             let location = profile.synthetic_location(name);

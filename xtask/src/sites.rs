@@ -61,12 +61,13 @@ pub fn sites(root: &Path, minutes: u64) -> Result<()> {
         let series = exposition::parse(&response.body).map_err(anyhow::Error::msg)?;
         let figures = Figures::of(&series, &pid);
         println!(
-            "  {:>4.0} s: agent RSS {:.1} MiB, lost {}, resyncs {}, reconcile mismatch {} bytes",
+            "  {:>4.0} s: agent RSS {:.1} MiB, {} stacks, lost {}, resyncs {}, reconcile mismatch {}",
             started.elapsed().as_secs_f64(),
             mib(figures.rss),
+            figures.stacks,
             figures.lost,
             figures.resyncs,
-            figures.mismatch
+            mismatch(figures.mismatch)
         );
         if at_minute_2.is_none() && started.elapsed() >= minute_2 {
             at_minute_2 = Some(figures.rss);
@@ -77,18 +78,26 @@ pub fn sites(root: &Path, minutes: u64) -> Result<()> {
         bail!("serve was never scraped");
     };
     println!(
-        "bench sites: agent RSS {:.1} MiB at {:.0} s, {:.1} MiB at the end ({:+.1} %); lost {}, \
-         resyncs {}, last reconcile mismatch {} bytes; load average {}",
+        "bench sites: agent RSS {:.1} MiB at {:.0} s, {:.1} MiB at the end ({:+.1} %); {} stacks; \
+         lost {}, resyncs {}, last reconcile mismatch {}; load average {}",
         mib(early),
         minute_2.as_secs_f64(),
         mib(last.rss),
         100.0 * (last.rss as f64 / early as f64 - 1.0),
+        last.stacks,
         last.lost,
         last.resyncs,
-        last.mismatch,
+        mismatch(last.mismatch),
         load_average()
     );
     Ok(())
+}
+
+/// A reconcile's mismatch as the report says it.
+fn mismatch(bytes: Option<u64>) -> String {
+    bytes.map_or("(no reconcile yet)".into(), |bytes| {
+        format!("{bytes} bytes")
+    })
 }
 
 /// What a scrape says of the agent and the process.
@@ -96,7 +105,9 @@ struct Figures {
     rss: u64,
     lost: u64,
     resyncs: u64,
-    mismatch: u64,
+    stacks: u64,
+    /// None before the first reconcile.
+    mismatch: Option<u64>,
 }
 
 impl Figures {
@@ -104,12 +115,13 @@ impl Figures {
         let value = |name: &str| {
             (series.iter())
                 .find(|s| s.name == name && s.labels.get("pid").is_none_or(|p| p == pid))
-                .map_or(0, |s| s.value as u64)
+                .map(|s| s.value as u64)
         };
         Figures {
-            rss: value("process_resident_memory_bytes"),
-            lost: value("pagealloc_events_lost_total"),
-            resyncs: value("pagealloc_resyncs_total"),
+            rss: value("process_resident_memory_bytes").unwrap_or(0),
+            lost: value("pagealloc_events_lost_total").unwrap_or(0),
+            resyncs: value("pagealloc_resyncs_total").unwrap_or(0),
+            stacks: value("pagealloc_stacks_total").unwrap_or(0),
             mismatch: value("pagealloc_reconcile_mismatch_bytes"),
         }
     }

@@ -161,6 +161,12 @@ fn event_families(out: &mut Exposition) {
     ];
     out.figures(MetricType::COUNTER, &event_counters, |r| r.events.as_ref());
     out.each_value(
+        "pagealloc_stacks_total",
+        "Sampled allocations whose stack was taken, live mode with stacks (the stacks themselves are at /debug/pprof/heap: their number has no bound).",
+        MetricType::COUNTER,
+        |r| r.sites.as_ref().map(|s| s.stacks),
+    );
+    out.each_value(
         "pagealloc_reconcile_mismatch_bytes",
         "Live bytes by which the last reconcile's fresh walk differed from the state kept from events.",
         MetricType::GAUGE,

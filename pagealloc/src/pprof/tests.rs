@@ -134,6 +134,7 @@ fn report() -> SitesReport {
         other: figures(5.0, 500.0, 4.0, 400.0, 0.0),
         merged: 9,
         unknown: SiteFigures::default(),
+        unattributed: SiteFigures::default(),
         before_attach: figures(0.0, 0.0, 10.0, 640.0, 100.0),
         stacks: 20,
         missed: 0,

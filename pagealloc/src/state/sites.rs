@@ -171,6 +171,8 @@ pub struct SiteTable {
     unknown: SiteFigures,
     /// The pinned bytes of the chunks from before attach.
     before_pinned: f64,
+    /// The pinned bytes of live chunks on watched pages that have no site.
+    unattributed_pinned: f64,
     stacks: u64,
     missed: u64,
 }
@@ -193,6 +195,7 @@ impl SiteTable {
             merged: 0,
             unknown: SiteFigures::default(),
             before_pinned: 0.0,
+            unattributed_pinned: 0.0,
             stacks: 0,
             missed: 0,
         };
@@ -291,7 +294,7 @@ impl SiteTable {
         }
         self.other.pinned_bytes = 0.0;
         self.unknown.pinned_bytes = 0.0;
-        let mut before_pinned = 0.0;
+        let (mut before_pinned, mut unattributed_pinned) = (0.0, 0.0);
         let page_size = self.sampling.page_size.max(GRANULE);
         let per_page = (page_size / GRANULE) as usize;
         let weight = self.sampling.page_weight();
@@ -325,12 +328,13 @@ impl SiteTable {
                             self.figures_mut(site).pinned_bytes += pinned;
                         }
                         None if self.before.position(pointer).is_some() => before_pinned += pinned,
-                        None => self.unknown.pinned_bytes += pinned,
+                        None => unattributed_pinned += pinned,
                     }
                 }
             }
         }
         self.before_pinned = before_pinned;
+        self.unattributed_pinned = unattributed_pinned;
     }
 
     /// Every address of the sites' stacks, for their symbols.
@@ -366,6 +370,10 @@ impl SiteTable {
                 inuse_objects: self.before.objects as f64,
                 inuse_bytes: self.before.bytes as f64,
                 pinned_bytes: self.before_pinned,
+                ..SiteFigures::default()
+            },
+            unattributed: SiteFigures {
+                pinned_bytes: self.unattributed_pinned,
                 ..SiteFigures::default()
             },
             stacks: self.stacks,
@@ -591,6 +599,9 @@ pub struct SitesReport {
     pub unknown: SiteFigures,
     /// The chunks live when the probes attached, exact (they have no stack).
     pub before_attach: SiteFigures,
+    /// Pinned bytes only: those of live chunks on watched pages that no allocation of the
+    /// program's made since attach (malloc's own, such as a thread's tcache).
+    pub unattributed: SiteFigures,
     /// Stacks taken, and samples that missed theirs.
     pub stacks: u64,
     pub missed: u64,

@@ -327,7 +327,10 @@ pub(super) struct SitesJson<'a> {
     top: Vec<SiteJson<'a>>,
     before_attach: FiguresOfSiteJson,
     other: FiguresOfSiteJson,
+    /// Sampled allocations whose stack could not be copied.
     unknown: FiguresOfSiteJson,
+    /// Pinned bytes of live chunks on watched pages with no site (malloc's own).
+    unattributed: FiguresOfSiteJson,
 }
 
 impl<'a> From<&'a SitesReport> for SitesJson<'a> {
@@ -344,6 +347,7 @@ impl<'a> From<&'a SitesReport> for SitesJson<'a> {
             before_attach: (&report.before_attach).into(),
             other: (&report.other).into(),
             unknown: (&report.unknown).into(),
+            unattributed: (&report.unattributed).into(),
         }
     }
 }
