@@ -269,8 +269,8 @@ pub struct Pending {
 pub const SAMPLED_BYTES: u16 = 1;
 /// ...or because its chunk begins or ends on a page of the pinning set ([`page_sampled`]).
 pub const SAMPLED_PAGE: u16 = 2;
-/// Sampled, but the CPU's stack buffer was taken (a probe preempted while copying): the event
-/// comes without its stack.
+/// With [`SAMPLED_BYTES`] or [`SAMPLED_PAGE`]: sampled, but the CPU's stack record was taken
+/// (by a probe this one preempted): the event comes without its stack, in a batch.
 pub const STACK_MISSED: u16 = 4;
 
 /// The name of the programs' global [`Sampling`].

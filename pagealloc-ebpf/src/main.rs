@@ -278,7 +278,7 @@ fn emit_alloc(regs: &pt_regs, call: u8, chunk: (u64, u64), tid: u32) {
         // The CPU's record is being put together by a probe this one preempted: the event
         // goes without its stack, said so.
         let event = Event {
-            sampled: STACK_MISSED,
+            sampled: sampled | STACK_MISSED,
             ..event
         };
         // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.

@@ -4,7 +4,9 @@
 //! `heap_info`. [`super::Live`] is the shell that feeds it from the probes and the session.
 use std::time::{Duration, Instant};
 
-use pagealloc_common::{CHUNK_FLAG_BITS, Call, Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE};
+use pagealloc_common::{
+    CHUNK_FLAG_BITS, Call, Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE, STACK_MISSED,
+};
 
 use super::compare;
 use super::heap::{Apply, Contradiction, LiveHeap};
@@ -367,7 +369,8 @@ fn take_into_sites(sites: &mut SiteTable, events: &[Event], stacks: &[Unwound]) 
             (_, Some(Call::TcacheInit | Call::Flush)) | (None, _) | (_, None) => {}
             (Some(EventKind::Alloc), Some(_)) => {
                 let mut stack = None;
-                if event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) != 0 {
+                let sampled = event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) != 0;
+                if sampled && event.sampled & STACK_MISSED == 0 {
                     while stacks.next_if(|s| s.0 < event.time).is_some() {}
                     // Stamps may tie across CPUs: the thread tells them apart.
                     let mut ties = stacks.clone();

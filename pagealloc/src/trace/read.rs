@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
-use pagealloc_common::{Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE, STACK_HEADER};
+use pagealloc_common::{Event, EventKind, SAMPLED_BYTES, SAMPLED_PAGE, STACK_HEADER, STACK_MISSED};
 
 use super::drain::Drains;
 use super::{Batch, RawStack, monotonic_now};
@@ -116,14 +116,15 @@ impl Reader {
 }
 
 /// The event and stack of a record a probe wrote for a sampled allocation (its event's
-/// `sampled` says so; the events of a batch record never carry those bits).
+/// `sampled` says so; an event of a batch record carries those bits only with
+/// `STACK_MISSED`).
 fn stack_record(record: &[u8]) -> Option<(Event, RawStack)> {
     if record.len() < STACK_HEADER {
         return None;
     }
     // SAFETY: the record begins with a whole `Event`; the copy is unaligned-safe.
     let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Event>()) };
-    if event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) == 0 {
+    if event.sampled & (SAMPLED_BYTES | SAMPLED_PAGE) == 0 || event.sampled & STACK_MISSED != 0 {
         return None;
     }
     let word = |at: usize| {
