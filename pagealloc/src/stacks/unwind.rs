@@ -271,3 +271,48 @@ impl ModuleSectionInfo<SectionBytes> for Sections {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Unwinder;
+    use crate::trace::RawStack;
+
+    /// Where this test binary's code is: an address inside a function of its own.
+    #[inline(never)]
+    fn own_code() -> u64 {
+        own_code as fn() -> u64 as usize as u64 + 4
+    }
+
+    /// A stack stopped at malloc's first instruction, whose return address is `returns_to`.
+    fn at_malloc(returns_to: u64) -> RawStack {
+        let stack = [returns_to.to_le_bytes(), [0; 8]].concat();
+        RawStack {
+            time: 0,
+            tid: 0,
+            ip: libc::malloc as unsafe extern "C" fn(usize) -> *mut libc::c_void as usize as u64,
+            sp: 0x7000_0000,
+            bp: 0,
+            stack,
+        }
+    }
+
+    /// The allocator's own frame is dropped; the caller's stays, and the stack, cut short past
+    /// the bytes copied, is marked truncated.
+    #[test]
+    fn malloc_is_dropped_and_a_short_copy_is_truncated() {
+        let mut unwinder = Unwinder::new(std::process::id() as i32);
+        let stack = unwinder
+            .unwind(&at_malloc(own_code()))
+            .expect("a frame left");
+        assert_eq!(&stack.frames[..], &[own_code() - 1]);
+        assert!(stack.truncated);
+    }
+
+    /// A return address in no mapped code (a JIT's, or garbage) ends the stack there: nothing
+    /// is invented past it.
+    #[test]
+    fn a_return_address_in_no_mapped_code_ends_the_stack() {
+        let mut unwinder = Unwinder::new(std::process::id() as i32);
+        assert_eq!(unwinder.unwind(&at_malloc(0xdead_0000_0000)), None);
+    }
+}
