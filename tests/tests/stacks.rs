@@ -220,8 +220,8 @@ fn root_every_allocation_sampled_gives_each_site_exactly() {
 /// The estimate moves in whole samples of s/p bytes, and for a site expecting well under one
 /// sample (most of the fixture's, at 512 KiB) the count is Poisson, far from normal: the bound
 /// is 4 standard errors plus two samples' worth. By the Poisson tails of the fixture's sites,
-/// a run then fails by chance 0.04 % of the time; with 4 standard errors alone, a site that
-/// expects 0.37 samples fails whenever it gets 3, 0.6 % of the time.
+/// a run then fails by chance 0.06 % of the time; with 4 standard errors alone, 12 % (a site
+/// that expects 0.37 samples fails whenever it gets 3).
 #[test]
 fn root_default_sampling_estimates_within_four_standard_errors() {
     let (_fixture, truth, samples, _) = profiled(&[], false);
