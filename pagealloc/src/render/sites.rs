@@ -15,16 +15,16 @@ pub fn panel(report: &SitesReport, first: Option<&SitesReport>, columns: usize) 
     let sampling = &report.sampling;
     let rate = match sampling.sample_bytes {
         1 => "every allocation".to_string(),
-        bytes => format!("one in {} allocated", size(bytes)),
+        bytes => format!("1 in {}", size(bytes)),
     };
     let pages = match sampling.pin_pages() {
-        0 => "no pages watched for pinning".to_string(),
-        1 => "every page watched for pinning".to_string(),
-        n => format!("one page in {n} watched for pinning"),
+        0 => "no page".to_string(),
+        1 => "every page".to_string(),
+        n => format!("1 page in {n}"),
     };
     let mut lines = vec![cut(
         &format!(
-            "Sites: {} stacks ({rate}; {pages}); live before attach {}",
+            "Sites: {} stacks ({rate}; pinning: {pages}); before attach {}",
             report.stacks,
             size(report.before_attach.inuse_bytes as u64)
         ),

@@ -57,9 +57,12 @@ impl SiteFigures {
     }
 
     fn release(&mut self, objects: f64, bytes: f64) {
-        // Sums of the same weights in another order: clamp the rounding.
         self.inuse_objects = (self.inuse_objects - objects).max(0.0);
         self.inuse_bytes = (self.inuse_bytes - bytes).max(0.0);
+        // The same weights summed in another order leave rounding behind, not a chunk.
+        if self.inuse_objects < ROUNDING {
+            (self.inuse_objects, self.inuse_bytes) = (0.0, 0.0);
+        }
     }
 }
 
@@ -104,6 +107,9 @@ impl Sampling {
 }
 
 pub type SiteId = u32;
+
+/// Less than this many objects is what adding and taking away the same weights left.
+const ROUNDING: f64 = 1e-6;
 
 /// A live chunk whose allocation was sampled.
 #[derive(Clone, Copy, Debug)]
