@@ -256,41 +256,11 @@ fn trailing_zeros(word: u32) -> u64 {
 /// probe stopped the thread).
 fn emit_alloc(regs: &pt_regs, call: u8, chunk: (u64, u64), tid: u32) {
     let sampled = sample_of(chunk);
-    if sampled == 0 {
-        return emit(EventKind::Alloc, call, chunk, tid);
-    }
-    let Some(staged) = STAGED.get_ptr_mut(0) else {
-        return count_lost(1);
-    };
-    // SAFETY: a word of this CPU's map value, changed atomically (as in `emit`).
-    let unwritten = unsafe { &raw mut (*staged).unwritten };
-    add(unwritten, 1);
-    let event = Event {
-        time: now(),
-        pointer: chunk.0,
-        size: chunk.1,
-        tid,
-        kind: EventKind::Alloc as u8,
-        call,
-        sampled,
-    };
-    if !write_with_stack(regs, event) {
-        // The CPU's record is being put together by a probe this one preempted: the event
-        // goes without its stack, said so.
-        let event = Event {
-            sampled: sampled | STACK_MISSED,
-            ..event
-        };
-        // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
-        match take_area(unsafe { &mut *staged }) {
-            Some(staged) => {
-                gather(staged, event);
-                release(staged);
-            }
-            None => write_now(&event),
-        }
-    }
-    add(unwritten, u64::MAX);
+    let stack = (sampled != 0).then_some(regs);
+    record(
+        unstamped(EventKind::Alloc, call, chunk, tid, sampled),
+        stack,
+    );
 }
 
 /// Puts `event`, the registers and the top of the stack together in this CPU's record and
@@ -378,7 +348,33 @@ fn copy_stack(sp: u64, stack: &mut [u8; MAX_STACK_BYTES]) -> u64 {
 const AT_RETURN: u64 = 8;
 const AT_ENTRY: u64 = 0;
 
-fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
+fn emit(kind: EventKind, call: u8, chunk: (u64, u64), tid: u32) {
+    record(unstamped(kind, call, chunk, tid, 0), None);
+}
+
+/// An event before its stamp (a program's function takes at most five arguments).
+fn unstamped(
+    kind: EventKind,
+    call: u8,
+    (pointer, size): (u64, u64),
+    tid: u32,
+    sampled: u16,
+) -> Event {
+    Event {
+        time: 0,
+        pointer,
+        size,
+        tid,
+        kind: kind as u8,
+        call,
+        sampled,
+    }
+}
+
+/// Stamps and writes `event`: with `stack` (a sampled allocation's registers), as its own
+/// record with the top of the stack; else, or if the CPU's record is taken (by a probe this one
+/// preempted), to the staging area, `STACK_MISSED` added to a sampled one.
+fn record(event: Event, stack: Option<&pt_regs>) {
     let Some(staged) = STAGED.get_ptr_mut(0) else {
         return count_lost(1);
     };
@@ -386,24 +382,30 @@ fn emit(kind: EventKind, call: u8, (pointer, size): (u64, u64), tid: u32) {
     // preempt this one add and take away too.
     let unwritten = unsafe { &raw mut (*staged).unwritten };
     add(unwritten, 1);
+    // Stamped after the count: a reader that finds the CPU with no probe under way and nothing
+    // gathered has every event stamped before it looked in the ring.
     let event = Event {
-        // Stamped after the count: a reader that finds the CPU with no probe under way and
-        // nothing gathered has every event stamped before it looked in the ring.
         time: now(),
-        pointer,
-        size,
-        tid,
-        kind: kind as u8,
-        call,
-        sampled: 0,
+        ..event
     };
-    // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
-    match take_area(unsafe { &mut *staged }) {
-        Some(staged) => {
-            gather(staged, event);
-            release(staged);
+    if !stack.is_some_and(|regs| write_with_stack(regs, event)) {
+        let sampled = event.sampled;
+        let event = Event {
+            sampled: if sampled == 0 {
+                0
+            } else {
+                sampled | STACK_MISSED
+            },
+            ..event
+        };
+        // SAFETY: this CPU's value; `take_area` keeps other programs of the CPU out of it.
+        match take_area(unsafe { &mut *staged }) {
+            Some(staged) => {
+                gather(staged, event);
+                release(staged);
+            }
+            None => write_now(&event),
         }
-        None => write_now(&event),
     }
     add(unwritten, u64::MAX);
 }
