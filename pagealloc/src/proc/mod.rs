@@ -70,20 +70,7 @@ impl Target {
 
     /// The mappings of `/proc/PID/maps`, in address order.
     pub fn maps(&self) -> Result<Vec<Mapping>> {
-        let maps = self
-            .process
-            .maps()
-            .map_err(|e| self.read_error("maps", e))?;
-        let mappings: Vec<Mapping> = maps
-            .into_iter()
-            .map(|m| Mapping {
-                start: m.address.0,
-                end: m.address.1,
-                perms: m.perms.as_str(),
-                offset: m.offset,
-                path: path_column(&m.pathname),
-            })
-            .collect();
+        let mappings = mappings_of(&self.process).map_err(|e| self.read_error("maps", e))?;
         if mappings.is_empty() {
             // A live user process always has mappings; none means it exited under us.
             self.ensure_alive()?;
@@ -208,6 +195,26 @@ fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {
             std::io::Error::other(other.to_string()),
         ),
     }
+}
+
+/// The mappings of `/proc/PID/maps` of process `pid`, in address order (without a [`Target`]:
+/// for readers that go on whatever the process does, such as the stack unwinder's).
+pub fn maps_of(pid: i32) -> std::result::Result<Vec<Mapping>, ProcError> {
+    mappings_of(&Process::new(pid)?)
+}
+
+fn mappings_of(process: &Process) -> std::result::Result<Vec<Mapping>, ProcError> {
+    let maps = process.maps()?;
+    Ok(maps
+        .into_iter()
+        .map(|m| Mapping {
+            start: m.address.0,
+            end: m.address.1,
+            perms: m.perms.as_str(),
+            offset: m.offset,
+            path: path_column(&m.pathname),
+        })
+        .collect())
 }
 
 fn path_column(path: &MMapPath) -> String {

@@ -10,6 +10,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ModuleSectionInfo, Unwinder as _};
 
 use crate::objects::{ElfFile, Objects};
+use crate::state::pages::Mapping;
 use crate::state::sites::{Module, Stack};
 use crate::trace::RawStack;
 
@@ -37,7 +38,7 @@ const RELOAD_EVERY: Duration = Duration::from_millis(500);
 /// One process's unwinder: its executable mappings' call-frame information, loaded as it
 /// meets them.
 pub struct Unwinder {
-    proc_dir: PathBuf,
+    pid: i32,
     unwinder: UnwinderX86_64<SectionBytes>,
     cache: CacheX86_64,
     /// The executable mappings known, by start.
@@ -56,7 +57,7 @@ struct Code {
 impl Unwinder {
     pub fn new(pid: i32) -> Unwinder {
         Unwinder {
-            proc_dir: PathBuf::from(format!("/proc/{pid}")),
+            pid,
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             code: Vec::new(),
@@ -132,30 +133,29 @@ impl Unwinder {
         self.loaded_at.is_none_or(|at| at.elapsed() >= RELOAD_EVERY)
     }
 
-    /// Reads the process's executable mappings, and adds those not known yet.
+    /// Reads the process's executable mappings of files, and adds those not known yet.
     fn load_mappings(&mut self) {
         self.loaded_at = Some(Instant::now());
-        let Ok(maps) = std::fs::read_to_string(self.proc_dir.join("maps")) else {
+        let Ok(maps) = crate::proc::maps_of(self.pid) else {
             return;
         };
-        for line in maps.lines() {
-            let Some(mapping) = ExecutableMapping::parse(line) else {
-                continue;
-            };
+        let code = (maps.iter()).filter(|m| m.perms.contains('x') && m.path.starts_with('/'));
+        for mapping in code {
             if self.code.iter().any(|c| c.range.start == mapping.start) {
                 continue;
             }
-            let file = self
-                .proc_dir
-                .join(format!("map_files/{:x}-{:x}", mapping.start, mapping.end));
+            let file = PathBuf::from(format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                self.pid, mapping.start, mapping.end
+            ));
             match Objects::shared().open(&file) {
-                Ok(elf) => self.add(&mapping, elf),
+                Ok(elf) => self.add(mapping, elf),
                 Err(e) => log::debug!("no unwinding through {}: {e}", mapping.path),
             }
         }
     }
 
-    fn add(&mut self, mapping: &ExecutableMapping, elf: Arc<ElfFile>) {
+    fn add(&mut self, mapping: &Mapping, elf: Arc<ElfFile>) {
         // The link-time address the mapping's start has: the segment holding its file offset.
         let Some(svma) = (elf.segments().iter())
             .find(|s| {
@@ -206,33 +206,6 @@ fn code_at(code: &[Code], address: u64) -> Option<&Code> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A line of `/proc/PID/maps` that maps a file's code.
-struct ExecutableMapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    path: String,
-}
-
-impl ExecutableMapping {
-    fn parse(line: &str) -> Option<ExecutableMapping> {
-        let mut fields = line.split_ascii_whitespace();
-        let (range, perms, offset) = (fields.next()?, fields.next()?, fields.next()?);
-        let (_device, _inode) = (fields.next()?, fields.next()?);
-        let path = fields.collect::<Vec<_>>().join(" ");
-        if !perms.contains('x') || !path.starts_with('/') {
-            return None;
-        }
-        let (start, end) = range.split_once('-')?;
-        Some(ExecutableMapping {
-            start: u64::from_str_radix(start, 16).ok()?,
-            end: u64::from_str_radix(end, 16).ok()?,
-            offset: u64::from_str_radix(offset, 16).ok()?,
-            path,
-        })
-    }
 }
 
 /// A section's bytes, inside the file's one copy.
