@@ -444,7 +444,7 @@ pub(super) mod tests {
 
     use super::{Apply, Contradiction, LiveHeap};
     use crate::state::heap::{
-        AddressRange, Arena, CHUNK_START, ChunkState, HeapFigures, HeapGeometry, HeapMap, Segment,
+        CHUNK_START, ChunkState, HeapFigures, HeapGeometry, HeapMap, Segment,
     };
 
     pub const HEAP: u64 = 0x10000;
@@ -469,27 +469,7 @@ pub(super) mod tests {
         put(HEAP + 0x10, 0x40, ChunkState::Live);
         put(HEAP + 0x50, 0x100, ChunkState::Bin);
         put(HEAP + 0x150, 0x1000 - 0x150, ChunkState::Top);
-        HeapMap {
-            arenas: vec![Arena {
-                address: 0x1,
-                main: true,
-                heaps: vec![AddressRange {
-                    start: HEAP,
-                    end: HEAP + 0x1000,
-                }],
-                figures: HeapFigures {
-                    system_bytes: 0x1000,
-                    ..HeapFigures::default()
-                },
-            }],
-            geometry: HeapGeometry::for_tests(),
-            mmapped_chunks: 0,
-            mmapped_bytes: 0,
-            totals: HeapFigures::default(),
-            notes: Vec::new(),
-            mmapped: Vec::new(),
-            segments: vec![segment],
-        }
+        HeapMap::of_one_segment(segment, 0x1000)
     }
 
     pub fn event(kind: EventKind, chunk: u64, size: u64, call: Call) -> Event {

@@ -600,6 +600,34 @@ impl HeapGeometry {
     }
 }
 
+#[cfg(test)]
+impl HeapMap {
+    /// The tests' map of one main arena whose one heap is `segment`, of `system_bytes`.
+    pub fn of_one_segment(segment: Segment, system_bytes: u64) -> HeapMap {
+        HeapMap {
+            arenas: vec![Arena {
+                address: 0x1,
+                main: true,
+                heaps: vec![AddressRange {
+                    start: segment.start,
+                    end: segment.end,
+                }],
+                figures: HeapFigures {
+                    system_bytes,
+                    ..HeapFigures::default()
+                },
+            }],
+            geometry: HeapGeometry::for_tests(),
+            mmapped_chunks: 0,
+            mmapped_bytes: 0,
+            totals: HeapFigures::default(),
+            notes: Vec::new(),
+            mmapped: Vec::new(),
+            segments: vec![segment],
+        }
+    }
+}
+
 /// Every arena of one process.
 #[derive(Clone, Debug)]
 pub struct HeapMap {

@@ -645,10 +645,7 @@ mod tests {
     use pagealloc_common::{SAMPLED_BYTES, SAMPLED_PAGE, STACK_MISSED};
 
     use super::{Sampling, SiteTable, Stack};
-    use crate::state::heap::{
-        AddressRange, Arena, CHUNK_START, ChunkState, GRANULE, HeapFigures, HeapGeometry, HeapMap,
-        Segment,
-    };
+    use crate::state::heap::{CHUNK_START, ChunkState, GRANULE, HeapMap, Segment};
 
     const HEAP: u64 = 0x5500_0000_0000;
     const PAGE: u64 = 0x1000;
@@ -667,24 +664,7 @@ mod tests {
             segment.granules[first] |= CHUNK_START;
             at += size;
         }
-        HeapMap {
-            arenas: vec![Arena {
-                address: 1,
-                main: true,
-                heaps: vec![AddressRange {
-                    start: HEAP,
-                    end: HEAP + PAGE,
-                }],
-                figures: HeapFigures::default(),
-            }],
-            geometry: HeapGeometry::for_tests(),
-            mmapped_chunks: 0,
-            mmapped_bytes: 0,
-            totals: HeapFigures::default(),
-            notes: Vec::new(),
-            mmapped: Vec::new(),
-            segments: vec![segment],
-        }
+        HeapMap::of_one_segment(segment, 0)
     }
 
     fn every() -> Sampling {
