@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use pagealloc_testkit::hogs::CpuHogs;
 use pagealloc_testkit::lines::Lines;
 
-use crate::{Ended, cargo, compile_workload, load_average, run};
+use crate::{Ended, cargo, compile_workload, load_average, run, start_ready};
 
 /// CPython making and dropping containers and strings on three threads until stdin closes.
 const CPYTHON_CHURN: &str = r#"
@@ -103,19 +103,7 @@ pub fn losses(root: &Path, runs: usize, seconds: u64) -> Result<()> {
 }
 
 fn one_run(root: &Path, target: &mut Command, hogs: bool, length: Duration) -> Result<Run> {
-    let mut target = Ended(
-        target
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the target")?,
-    );
-    // Ready once it printed its first line (the fixture's report, CPython's "ready").
-    let mut said = Lines::new(target.0.stdout.take().context("target's stdout")?);
-    if said.next(LINE_LIMIT).ok().flatten().is_none() {
-        bail!("the target ended before it was ready");
-    }
+    let (target, _said) = start_ready(target.stderr(Stdio::null()), "the target")?;
     let _hogs = hogs.then(CpuHogs::start);
     let pid = target.0.id().to_string();
     let mut watch = Ended(

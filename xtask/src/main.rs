@@ -169,6 +169,31 @@ impl Drop for Ended {
     }
 }
 
+/// Starts a bench's target with its stdin and stdout piped, and waits for its first line (a
+/// fixture's report, CPython's "ready"): the target, and its stdout read on (kept open: a
+/// target that writes again must not meet a closed pipe).
+pub(crate) fn start_ready(
+    command: &mut Command,
+    what: &str,
+) -> Result<(Ended, pagealloc_testkit::lines::Lines)> {
+    let mut target = Ended(
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {what}"))?,
+    );
+    let stdout = target.0.stdout.take().context("the target's stdout")?;
+    let mut said = pagealloc_testkit::lines::Lines::new(stdout);
+    if said.next(TARGET_READY_LIMIT).ok().flatten().is_none() {
+        bail!("{what} ended before it was ready");
+    }
+    Ok((target, said))
+}
+
+/// How long a bench's target may take to say it is ready.
+const TARGET_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs a command, inheriting the terminal; fails with the command line if it fails.
 pub(crate) fn run(command: &mut Command) -> Result<()> {
     let status = command

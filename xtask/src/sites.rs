@@ -10,28 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pagealloc_testkit::exposition::{self, Series};
 use pagealloc_testkit::http::get;
-use pagealloc_testkit::lines::Lines;
 
-use crate::{Ended, cargo, compile_workload, load_average, mib, run};
+use crate::{Ended, cargo, compile_workload, load_average, mib, run, start_ready};
 
 const SCRAPE_EVERY: Duration = Duration::from_secs(10);
-const LINE_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn sites(root: &Path, minutes: u64) -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagealloc"]))?;
     let bursty = root.join("target/bench/bursty");
     compile_workload("-O1", &root.join("tests/fixtures/bursty.c"), &bursty)?;
-    let mut target = Ended(
-        Command::new(&bursty)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting bursty")?,
-    );
-    let mut said = Lines::new(target.0.stdout.take().context("bursty's stdout")?);
-    if said.next(LINE_LIMIT).ok().flatten().is_none() {
-        bail!("bursty ended before it was ready");
-    }
+    let (target, _said) = start_ready(&mut Command::new(&bursty), "bursty")?;
     let pid = target.0.id().to_string();
     let address = pagealloc_testkit::free_port()?;
     let _serve = Ended(
