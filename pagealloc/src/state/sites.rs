@@ -156,10 +156,14 @@ impl BeforeAttach {
     /// The chunk at `pointer` had an event: it is not from before attach (any longer).
     fn forget(&mut self, pointer: u64) {
         if let Some(at) = self.position(pointer) {
-            self.gone[at] = true;
-            self.objects -= 1;
-            self.bytes -= self.chunks[at].1;
+            self.forget_at(at);
         }
+    }
+
+    fn forget_at(&mut self, at: usize) {
+        self.gone[at] = true;
+        self.objects -= 1;
+        self.bytes -= self.chunks[at].1;
     }
 }
 
@@ -286,7 +290,7 @@ impl SiteTable {
         for at in 0..self.before.chunks.len() {
             let (pointer, bytes) = self.before.chunks[at];
             if !self.before.gone[at] && !live.has(pointer, bytes) {
-                self.before.forget(pointer);
+                self.before.forget_at(at);
                 dropped += 1;
             }
         }
