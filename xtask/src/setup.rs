@@ -69,6 +69,10 @@ pub fn run() -> Result<()> {
         },
     )?;
     step(
+        "chromium (the web UI tests drive a headless browser)",
+        || debian_tool("/usr/bin/chromium", &["chromium"]),
+    )?;
+    step(
         "go tool pprof (tests: the real reader of pprof profiles)",
         || debian_command("go", &["version"], &["golang-go"]),
     )?;

@@ -1,8 +1,10 @@
 //! What the end-to-end tests (`pagealloc-tests`) and the benchmarks (`xtask`) both need, in one
 //! place: an HTTP/1.1 client that checks every byte of an answer ([`http`]), the Prometheus
 //! exposition parsed ([`exposition`]), a child's output read line by line with timeouts
-//! ([`lines`]), busy loops competing for the CPUs ([`hogs`]), and free loopback ports. No dependency on pagealloc
+//! ([`lines`]), busy loops competing for the CPUs ([`hogs`]), a headless Chromium driven through
+//! the DevTools protocol for the web UI's tests ([`browser`]), and free loopback ports. No dependency on pagealloc
 //! itself: the xtask builds before the eBPF toolchain is set up.
+pub mod browser;
 pub mod exposition;
 pub mod hogs;
 pub mod http;
