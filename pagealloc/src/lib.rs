@@ -22,5 +22,6 @@ pub mod stacks;
 pub mod state;
 pub mod trace;
 pub mod watch;
+pub mod web;
 
 pub use error::{Error, Result};

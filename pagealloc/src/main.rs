@@ -9,6 +9,7 @@ use pagealloc::profile::{self, ProfileOptions};
 use pagealloc::render::{self, ColorChoice, Parts, Style};
 use pagealloc::serve::{self, Selection, ServeOptions};
 use pagealloc::session::{self, Session, SessionOptions};
+use pagealloc::state::report::Mode;
 use pagealloc::trace::TraceOptions;
 use pagealloc::trace::sampling::{self, SampleOptions};
 use pagealloc::watch::{self, WatchOptions};
@@ -174,9 +175,12 @@ impl DrawArgs {
 struct SnapshotArgs {
     /// The process to look at.
     pid: i32,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    /// Output format: html is one self-contained page (the web view of this sample).
+    #[arg(long, value_enum, default_value_t = SnapshotFormat::Text)]
+    format: SnapshotFormat,
+    /// Where to write it; default: standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
     #[command(flatten)]
     draw: DrawArgs,
     /// Show only the heap map (arena summary and heap pictures).
@@ -235,9 +239,12 @@ struct ProfileArgs {
     /// How long to trace its allocations (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Where to write the profile (gzipped profile.proto); default: standard output.
+    /// Where to write the profile; default: standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<std::path::PathBuf>,
+    /// pprof: gzipped profile.proto; html: the web view of the last sample, sites included.
+    #[arg(long, value_enum, default_value_t = ProfileFormat::Pprof)]
+    format: ProfileFormat,
     #[command(flatten)]
     live: LiveArgs,
     #[command(flatten)]
@@ -310,6 +317,19 @@ fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SnapshotFormat {
+    Text,
+    Json,
+    Html,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProfileFormat {
+    Pprof,
+    Html,
 }
 
 fn parse_scale(text: &str) -> Result<u64, String> {
@@ -387,6 +407,7 @@ fn run(cli: Cli) -> pagealloc::Result<()> {
             pid: args.pid,
             duration: args.duration,
             output: args.output,
+            html: args.format == ProfileFormat::Html,
             debug: args.heap.debug_options(),
             max_rate: args.live.max_rate,
             live: args.live.live_options(),
@@ -439,8 +460,15 @@ fn snapshot(args: SnapshotArgs) -> pagealloc::Result<()> {
     )?;
     let sample = session.sample()?;
     let text = match args.format {
-        Format::Json => render::json::snapshot(&sample),
-        Format::Text => {
+        SnapshotFormat::Json => render::json::snapshot(&sample),
+        SnapshotFormat::Html => {
+            let mode = match sample.heap_unavailable() {
+                Some(why) => Mode::Pages(why.key()),
+                None => Mode::Walk("snapshot"),
+            };
+            pagealloc::web::report_file(&sample, &pagealloc::proc::comm(args.pid), mode)
+        }
+        SnapshotFormat::Text => {
             if let Some(heap) = sample.heap_map() {
                 render::check_arena(args.draw.arena, heap, args.pid)?;
             }
@@ -452,6 +480,9 @@ fn snapshot(args: SnapshotArgs) -> pagealloc::Result<()> {
             render::snapshot_text(&sample, parts, &args.draw.style())
         }
     };
-    render::write_stdout(&text)?;
+    match &args.output {
+        Some(path) => render::write_file(path, &text)?,
+        None => render::write_stdout(&text)?,
+    }
     session::verdict(&sample)
 }

@@ -15,6 +15,7 @@ use crate::live::LiveOptions;
 use crate::monitor::{ModeChoice, Monitor, MonitorOptions, PUMP_EVERY};
 use crate::pprof;
 use crate::state::Sample;
+use crate::state::report::Mode;
 
 #[derive(Clone, Debug)]
 pub struct ProfileOptions {
@@ -23,6 +24,8 @@ pub struct ProfileOptions {
     pub duration: Duration,
     /// Where the profile goes; None: standard output (if it is not a terminal).
     pub output: Option<PathBuf>,
+    /// The web view's HTML report of the last sample instead of a pprof profile.
+    pub html: bool,
     pub debug: DebugOptions,
     pub live: LiveOptions,
     pub max_rate: u64,
@@ -32,7 +35,7 @@ pub struct ProfileOptions {
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 pub fn run(options: ProfileOptions) -> Result<()> {
-    if options.output.is_none() && std::io::stdout().is_terminal() {
+    if options.output.is_none() && !options.html && std::io::stdout().is_terminal() {
         return Err(Error::Usage(
             "the profile is binary (gzipped protobuf): give -o FILE, or redirect the output".into(),
         ));
@@ -92,7 +95,13 @@ fn write(options: &ProfileOptions, sample: &Sample) -> Result<()> {
         });
     };
     let traced = sites.traced(sample.taken);
-    let profile = pprof::heap_profile(sites, sample.taken, traced);
+    let profile = match options.html {
+        true => {
+            let comm = crate::proc::comm(options.pid);
+            crate::web::report_file(sample, &comm, Mode::Live).into_bytes()
+        }
+        false => pprof::heap_profile(sites, sample.taken, traced),
+    };
     match &options.output {
         Some(path) => std::fs::write(path, &profile)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?,

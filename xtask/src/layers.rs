@@ -19,7 +19,7 @@ use syn::visit::Visit;
 pub const SOURCE: &str = "pagealloc/src";
 
 /// The output modules, and the modules they must not import.
-const OUTPUTS: &[&str] = &["render", "metrics", "pprof"];
+const OUTPUTS: &[&str] = &["render", "metrics", "pprof", "web"];
 const SOURCES: &[&str] = &[
     "proc",
     "glibc",

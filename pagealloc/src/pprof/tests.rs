@@ -108,6 +108,7 @@ fn report() -> SitesReport {
         figures,
     };
     SitesReport {
+        chunks: Vec::new(),
         since: None,
         sampling: Sampling {
             sample_bytes: 524288,

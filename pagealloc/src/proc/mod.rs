@@ -197,6 +197,13 @@ fn proc_error(pid: i32, what: &str, error: ProcError) -> Error {
     }
 }
 
+/// The name (`comm`) of process `pid`, or "?" when it cannot be read.
+pub fn comm(pid: i32) -> String {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_or_else(|_| "?".to_string(), |stat| stat.comm)
+}
+
 /// The mappings of `/proc/PID/maps` of process `pid`, in address order (without a [`Target`]:
 /// for readers that go on whatever the process does, such as the stack unwinder's).
 pub fn maps_of(pid: i32) -> std::result::Result<Vec<Mapping>, ProcError> {

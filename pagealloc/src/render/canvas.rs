@@ -12,6 +12,28 @@ pub trait Pixel: Copy + PartialEq {
     fn glyph(self) -> char;
 }
 
+/// The colour of entry `index` of xterm's 256-colour palette as CSS `#rrggbb`: the web view
+/// draws with the terminal's colours.
+pub fn css_color(index: u8) -> String {
+    const SYSTEM: [u32; 16] = [
+        0x000000, 0x800000, 0x008000, 0x808000, 0x000080, 0x800080, 0x008080, 0xc0c0c0, 0x808080,
+        0xff0000, 0x00ff00, 0xffff00, 0x0000ff, 0xff00ff, 0x00ffff, 0xffffff,
+    ];
+    let rgb = match index {
+        0..=15 => SYSTEM[index as usize],
+        16..=231 => {
+            let level = |v: u8| if v == 0 { 0 } else { 55 + 40 * u32::from(v) };
+            let i = index - 16;
+            (level(i / 36) << 16) | (level(i / 6 % 6) << 8) | level(i % 6)
+        }
+        _ => {
+            let grey = 8 + 10 * u32::from(index - 232);
+            (grey << 16) | (grey << 8) | grey
+        }
+    };
+    format!("#{rgb:06x}")
+}
+
 const UPPER_HALF: char = '▀';
 const FULL_BLOCK: char = '█';
 

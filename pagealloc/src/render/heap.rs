@@ -54,6 +54,18 @@ impl Pixel for HeapPixel {
     }
 }
 
+impl HeapPixel {
+    /// Every pixel there is, and what it stands for: the web view's palette.
+    pub fn all() -> impl Iterator<Item = (HeapPixel, String)> {
+        let live = (1..=8).map(|n| (HeapPixel::Live(n), format!("live {n}/8")));
+        let free = (ChunkState::ALL.into_iter())
+            .filter(|&s| s != ChunkState::Live)
+            .map(|s| (HeapPixel::Free(s), s.key().to_string()));
+        live.chain(free)
+            .chain([(HeapPixel::NotResident, "not resident".to_string())])
+    }
+}
+
 const LEGEND: [(HeapPixel, &str); 10] = [
     (HeapPixel::Live(8), "live 8/8"),
     (HeapPixel::Live(4), "live 4/8"),
@@ -194,13 +206,15 @@ fn pixel_runs(
     page_size: u64,
     granules_per_pixel: usize,
 ) -> Vec<(HeapPixel, u64)> {
-    let granules_per_page = (page_size / GRANULE).max(1) as usize;
     let mut runs: Vec<(HeapPixel, u64)> = Vec::new();
-    for (index, granules) in segment.granules.chunks(granules_per_pixel).enumerate() {
-        let first = index * granules_per_pixel;
-        let pixel = pixel(granules, |g| {
-            segment.resident[(first + g) / granules_per_page]
-        });
+    let pixels = segment.granules.len().div_ceil(granules_per_pixel);
+    for index in 0..pixels {
+        let pixel = pixel(
+            segment,
+            page_size,
+            index * granules_per_pixel,
+            granules_per_pixel,
+        );
         match runs.last_mut() {
             Some((last, n)) if *last == pixel => *n += 1,
             _ => runs.push((pixel, 1)),
@@ -209,32 +223,95 @@ fn pixel_runs(
     runs
 }
 
-/// A pixel of `granules`: grey by the share of them live, else the colour of the state most of
-/// them are in; granules on pages that are not resident cost nothing and count for none.
-fn pixel(granules: &[u8], resident: impl Fn(usize) -> bool) -> HeapPixel {
-    let mut counts = [0usize; 8];
-    let mut not_resident = 0;
-    for (g, &granule) in granules.iter().enumerate() {
-        if resident(g) {
-            counts[ChunkState::from_granule(granule) as usize] += 1;
-        } else {
-            not_resident += 1;
+/// The pixel of `count` granules of `segment` from granule `first`: grey by the share of them
+/// live, else the colour of the state most of them are in; granules on pages that are not
+/// resident cost nothing and count for none. Counts eight granules at a time: the web view
+/// draws a gigabyte of heap within a request.
+pub fn pixel(segment: &Segment, page_size: u64, first: usize, count: usize) -> HeapPixel {
+    let per_page = (page_size / GRANULE).max(1) as usize;
+    let end = (first + count).min(segment.granules.len());
+    let (mut live, mut resident_granules) = (0usize, 0usize);
+    let mut at = first;
+    while at < end {
+        let page_end = ((at / per_page + 1) * per_page).min(end);
+        if segment
+            .resident
+            .get(at / per_page)
+            .copied()
+            .unwrap_or(false)
+        {
+            live += count_live(&segment.granules[at..page_end]);
+            resident_granules += page_end - at;
         }
+        at = page_end;
     }
-    let live = counts[ChunkState::Live as usize];
+    let count = end.saturating_sub(first).max(1);
     if live > 0 {
         // Eight shades whatever the pixel's size: one per eighth of it live, at least one.
-        let level = (live * 8).div_ceil(granules.len()).clamp(1, 8);
+        let level = (live * 8).div_ceil(count).clamp(1, 8);
         return HeapPixel::Live(level as u8);
+    }
+    let mut counts = [0usize; 8];
+    let mut at = first;
+    while at < end {
+        let page_end = ((at / per_page + 1) * per_page).min(end);
+        if segment
+            .resident
+            .get(at / per_page)
+            .copied()
+            .unwrap_or(false)
+        {
+            count_states(&segment.granules[at..page_end], &mut counts);
+        }
+        at = page_end;
     }
     let dominant = ChunkState::ALL
         .into_iter()
         .max_by_key(|&s| counts[s as usize])
         .unwrap_or(ChunkState::Unknown);
-    if not_resident > counts[dominant as usize] {
+    if count - resident_granules > counts[dominant as usize] {
         return HeapPixel::NotResident;
     }
     HeapPixel::Free(dominant)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The live granules of `granules`, eight at a time: a byte is live when its value without
+/// [`CHUNK_START`](crate::state::heap::CHUNK_START) is 1.
+fn count_live(granules: &[u8]) -> usize {
+    let mut words = granules.chunks_exact(8);
+    let mut live = 0;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        // Live bytes become zero; a byte's high bit is then set in `zero` exactly when it is.
+        let x = (word & LOW_SEVEN) ^ ONES;
+        let zero = !(((x & LOW_SEVEN) + LOW_SEVEN) | x | LOW_SEVEN);
+        live += zero.count_ones() as usize;
+    }
+    let live_value = ChunkState::Live as u8;
+    live + (words.remainder().iter())
+        .filter(|&&g| g & LOW_SEVEN as u8 == live_value)
+        .count()
+}
+
+/// Adds the granules of `granules` to `counts` by state; a word of one state at once.
+fn count_states(granules: &[u8], counts: &mut [usize; 8]) {
+    let mut words = granules.chunks_exact(8);
+    for word in &mut words {
+        let value = u64::from_le_bytes(word.try_into().unwrap_or_default()) & LOW_SEVEN;
+        if value == (value & 0x7f) * ONES {
+            counts[ChunkState::from_granule(value as u8) as usize] += 8;
+            continue;
+        }
+        for &g in word {
+            counts[ChunkState::from_granule(g) as usize] += 1;
+        }
+    }
+    for &g in words.remainder() {
+        counts[ChunkState::from_granule(g) as usize] += 1;
+    }
 }
 
 /// What the arena table does with the columns a line has no room for.

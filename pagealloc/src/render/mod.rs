@@ -117,6 +117,11 @@ pub fn write_stdout(text: &str) -> Result<()> {
     }
 }
 
+/// Writes `text` to the file at `path`.
+pub fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
 /// Where live mode's probes go, one line each.
 pub fn probes(libc: &std::path::Path, placed: &[crate::state::probes::Placed]) -> String {
     use std::fmt::Write as _;

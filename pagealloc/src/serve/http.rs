@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use super::sampler::Published;
 use crate::error::{Error, Result};
 use crate::metrics::{self, openmetrics};
+use crate::web::{self, api::ApiError, api::Query};
 
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 64;
@@ -84,11 +85,12 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
         .route("/debug/pprof/heap", get(heap_profile))
-        .route("/", get(index))
+        .merge(web_routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: pagealloc serves /metrics, /healthz and /debug/pprof/heap?pid=PID\n",
+                "not found: pagealloc serves its web view at /, /api/..., /metrics, /healthz \
+                 and /debug/pprof/heap?pid=PID\n",
             )
         })
         .with_state(App {
@@ -148,39 +150,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Alive while the sampling thread runs: metrics that no longer change are not health.
 /// `?pid=PID`: that process's allocation sites as a gzipped pprof heap profile, from its last
 /// sample (never a walk). The pid may be left out when one process is followed.
 async fn heap_profile(
     State(app): State<App>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    let asked = (query.as_deref().unwrap_or_default().split('&'))
-        .find_map(|pair| pair.strip_prefix("pid="))
-        .map(|pid| pid.parse::<i32>());
-    let not_found = |why: String| (StatusCode::NOT_FOUND, why + "\n").into_response();
     let (report, pid) = {
         let published = app.published.read().unwrap_or_else(|e| e.into_inner());
-        let pid = match asked {
-            Some(Ok(pid)) => pid,
-            Some(Err(_)) => {
-                return (StatusCode::BAD_REQUEST, "pid=PID: a process ID\n").into_response();
-            }
-            None if published.reports.len() == 1 => *published.reports.keys().next().unwrap_or(&0),
-            None => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "pid=PID: which process (more than one is followed)\n",
-                )
-                    .into_response();
-            }
+        let pid = match chosen_pid(&published, &Query::parse(query.as_deref())) {
+            Ok(pid) => pid,
+            Err(refusal) => return refusal.into_response(),
         };
-        let Some(report) = published.reports.get(&pid) else {
-            return not_found(format!(
-                "process {pid} is not followed (or not sampled yet)"
-            ));
-        };
-        (report.clone(), pid)
+        (published.reports[&pid].clone(), pid)
     };
     let Some(sites) = &report.sites else {
         let (mode, why) = report.mode.labels();
@@ -200,6 +182,151 @@ async fn heap_profile(
     (headers, profile).into_response()
 }
 
+fn not_found(why: String) -> Response {
+    (StatusCode::NOT_FOUND, why + "\n").into_response()
+}
+
+/// The process a request names with `pid=`, which must have a report; the pid may be left
+/// out when one process is followed. Else the status and the words that say what is wrong.
+fn chosen_pid(
+    published: &Published,
+    query: &Query,
+) -> std::result::Result<i32, (StatusCode, String)> {
+    let refuse = |status, why: &str| Err((status, format!("{why}\n")));
+    let pid = match query.number("pid") {
+        Ok(Some(pid)) => i32::try_from(pid).unwrap_or(-1),
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "pid=PID: a process ID"),
+        Ok(None) if published.reports.len() == 1 => *published.reports.keys().next().unwrap_or(&0),
+        Ok(None) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "pid=PID: which process (more than one is followed)",
+            );
+        }
+    };
+    if !published.reports.contains_key(&pid) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            &format!("process {pid} is not followed (or not sampled yet)"),
+        );
+    }
+    Ok(pid)
+}
+
+/// The web view's page, its files and its JSON, compressed for clients that take gzip.
+fn web_routes() -> Router<App> {
+    let document = |kind: Document| {
+        get(
+            move |State(app): State<App>,
+                  axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                answer(app, kind, query)
+            },
+        )
+    };
+    let asset = |content_type: &'static str, body: fn() -> String| {
+        get(move || async move { ui_answer(content_type, body()) })
+    };
+    Router::new()
+        .route("/", asset("text/html; charset=utf-8", web::served_page))
+        .route(
+            "/app.js",
+            asset("text/javascript; charset=utf-8", || web::SCRIPT.to_string()),
+        )
+        .route(
+            "/app.css",
+            asset("text/css; charset=utf-8", || web::STYLE.to_string()),
+        )
+        .route("/api/processes", document(Document::Processes))
+        .route("/api/process", document(Document::Process))
+        .route("/api/heap-map", document(Document::HeapMap))
+        .route("/api/heap-map/at", document(Document::HeapAt))
+        .route("/api/pages", document(Document::Pages))
+        .route("/api/history", document(Document::History))
+        .route("/api/sites", document(Document::Sites))
+        .layer(tower_http::compression::CompressionLayer::new())
+}
+
+/// The JSON documents of the web view (see [`web::api`]).
+#[derive(Clone, Copy)]
+enum Document {
+    Processes,
+    Process,
+    HeapMap,
+    HeapAt,
+    Pages,
+    History,
+    Sites,
+}
+
+/// A web view answer: what it is, under the page's security policy, never cached.
+fn ui_answer(content_type: &'static str, body: String) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            web::CONTENT_SECURITY_POLICY,
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (headers, body).into_response()
+}
+
+async fn answer(app: App, kind: Document, query: Option<String>) -> Response {
+    const JSON: &str = "application/json";
+    let query_text = query.unwrap_or_default();
+    let query = Query::parse(Some(&query_text));
+    // What the answer needs, copied out under the lock; made after it is let go.
+    let (report, view_sample, timeline, interval) = {
+        let published = app.published.read().unwrap_or_else(|e| e.into_inner());
+        if let Document::Processes = kind {
+            let body = web::api::processes(
+                published.reports.values(),
+                published.interval,
+                published.generation,
+            );
+            return ui_answer(JSON, body);
+        }
+        let pid = match chosen_pid(&published, &query) {
+            Ok(pid) => pid,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let view = published.views.get(&pid);
+        let Some(sample) = view.and_then(|v| v.sample.clone()) else {
+            return not_found(format!("process {pid} is not sampled yet"));
+        };
+        let timeline = matches!(kind, Document::History)
+            .then(|| view.map(|v| v.timeline.clone()).unwrap_or_default());
+        (
+            published.reports[&pid].clone(),
+            sample,
+            timeline,
+            published.interval,
+        )
+    };
+    let made = tokio::task::spawn_blocking(move || {
+        let query = Query::parse(Some(&query_text));
+        match kind {
+            Document::Processes => unreachable!("answered above"),
+            Document::Process => Ok(web::api::process(&report, &view_sample)),
+            Document::HeapMap => web::api::heap_map(&view_sample, &query),
+            Document::HeapAt => web::api::heap_at(&view_sample, &query),
+            Document::Pages => web::api::pages(&view_sample, &query),
+            Document::History => Ok(web::api::history(&timeline.unwrap_or_default(), interval)),
+            Document::Sites => web::api::sites(&view_sample, &query),
+        }
+    })
+    .await;
+    match made {
+        Ok(Ok(body)) => ui_answer(JSON, body),
+        Ok(Err(ApiError::BadRequest(why))) => (StatusCode::BAD_REQUEST, why + "\n").into_response(),
+        Ok(Err(ApiError::NotFound(why))) => not_found(why),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Alive while the sampling thread runs: metrics that no longer change are not health.
 async fn health(State(app): State<App>) -> (StatusCode, &'static str) {
     if app
         .published
@@ -214,12 +341,6 @@ async fn health(State(app): State<App>) -> (StatusCode, &'static str) {
             "the sampling thread stopped\n",
         )
     }
-}
-
-async fn index() -> &'static str {
-    "pagealloc serve: glibc heap and page metrics of the processes it follows\n\
-     /metrics  Prometheus text (OpenMetrics when asked for)\n\
-     /healthz  liveness\n"
 }
 
 async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {

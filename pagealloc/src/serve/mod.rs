@@ -51,6 +51,10 @@ pub fn run(options: ServeOptions) -> Result<()> {
             ..Default::default()
         },
         sampling: true,
+        interval: match options.live {
+            Some(_) => options.interval.min(sampler::LIVE_INTERVAL),
+            None => options.interval,
+        },
         ..Default::default()
     }));
     let (stop, wakes) = mpsc::channel();

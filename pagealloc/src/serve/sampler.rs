@@ -11,19 +11,48 @@ use super::attach::{self, Openers, Wake};
 use crate::error::Error;
 use crate::metrics::AgentFigures;
 use crate::monitor::{Monitor, PUMP_EVERY, WalkReason};
-use crate::state::Heap;
 use crate::state::report::{Mode, Report};
+use crate::state::timeline::{Point, Timeline};
+use crate::state::{Heap, Sample};
 use crate::trace;
 
 /// What scrapes read: the latest report of each process, and the agent's figures.
 #[derive(Debug, Default)]
 pub struct Published {
     pub reports: BTreeMap<i32, Report>,
+    /// What the web view shows of each process in `reports`.
+    pub views: BTreeMap<i32, View>,
+    /// How often processes are sampled (live mode: at least every [`LIVE_INTERVAL`]).
+    pub interval: Duration,
     pub agent: AgentFigures,
     /// Counts every change of the above: an exposition made from them holds until it changes.
     pub generation: u64,
     /// Whether the sampling thread still runs (`/healthz` fails once it does not).
     pub sampling: bool,
+}
+
+/// One process as the web view shows it: its latest sample whole (its heap map too) and the
+/// figures of its recent samples.
+#[derive(Debug, Default)]
+pub struct View {
+    pub sample: Option<Arc<Sample>>,
+    pub timeline: Timeline,
+}
+
+impl Published {
+    /// Replaces `pid`'s report and sample with a new sample's.
+    fn publish(&mut self, report: Report, sample: Sample) {
+        let view = self.views.entry(report.pid).or_default();
+        view.timeline.push(Point::of(&report));
+        view.sample = Some(Arc::new(sample));
+        self.reports.insert(report.pid, report);
+    }
+
+    /// Drops what is known of `pid`.
+    fn forget(&mut self, pid: i32) {
+        self.reports.remove(&pid);
+        self.views.remove(&pid);
+    }
 }
 
 /// Marks the sampling thread stopped however it ends, a panic included.
@@ -40,7 +69,7 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 /// A process that could not be opened is tried again after this.
 const RETRY_REFUSED: Duration = Duration::from_secs(60);
 /// Live mode samples at least this often (its events are applied as they come, in between).
-const LIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// The most often the allocator is asked to give back what retired monitors freed.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How often the CPU budget delaying samples is said again.
@@ -256,7 +285,7 @@ impl Sampler {
                 (_, Some(key)) => Mode::Walk(key),
             };
             // Made here, not under the lock that scrapes take.
-            Ok::<_, Error>(Report::of(&sample, &tracked.comm, mode))
+            Ok::<_, Error>((Report::of(&sample, &tracked.comm, mode), sample))
         }));
         (self.budget).spend(attach::own_cpu_seconds() - cpu_before, Instant::now());
         if delayed
@@ -279,7 +308,7 @@ impl Sampler {
             );
             let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
             published.agent.sample_errors += 1;
-            published.reports.remove(&pid);
+            published.forget(pid);
             published.generation += 1;
             drop(published);
             self.retire(pid);
@@ -292,9 +321,9 @@ impl Sampler {
         published.generation += 1;
         published.agent.samples_delayed += u64::from(delayed);
         match result {
-            Ok(report) => {
+            Ok((report, sample)) => {
                 published.agent.samples += 1;
-                published.reports.insert(pid, report);
+                published.publish(report, sample);
                 if tracked.failing.take().is_some() {
                     eprintln!(
                         "pagealloc: process {pid} ({}) is sampled again",
@@ -303,7 +332,7 @@ impl Sampler {
                 }
             }
             Err(e) if e.is_gone() => {
-                published.reports.remove(&pid);
+                published.forget(pid);
                 drop(published);
                 eprintln!(
                     "pagealloc: process {pid} ({}) is gone ({e}); its series are dropped",

@@ -9,6 +9,7 @@ pub mod report;
 pub mod resident;
 pub mod sample;
 pub mod sites;
+pub mod timeline;
 
 pub use history::History;
 pub use sample::{Heap, HeapUnavailable, LibcInfo, Sample};

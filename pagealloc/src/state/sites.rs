@@ -363,15 +363,34 @@ impl SiteTable {
         since: Option<SystemTime>,
         mut frame: impl FnMut(u64) -> Arc<Frame>,
     ) -> SitesReport {
-        let sites = (self.sites.iter())
-            .filter(|site| site.figures != SiteFigures::default())
-            .map(|site| SiteReport {
+        // Each table slot's index among the sites reported (those that count something).
+        let mut shown = vec![None; self.sites.len()];
+        let mut sites = Vec::new();
+        for (slot, site) in self.sites.iter().enumerate() {
+            if site.figures == SiteFigures::default() {
+                continue;
+            }
+            shown[slot] = Some(sites.len() as u32);
+            sites.push(SiteReport {
                 frames: site.stack.frames.iter().map(|&a| frame(a)).collect(),
                 truncated: site.stack.truncated,
                 figures: site.figures,
+            });
+        }
+        let mut chunks: Vec<(u64, u32)> = (self.chunks.iter())
+            .filter_map(|(&pointer, held)| match held.site {
+                Holder::Site { id, generation }
+                    if self.sites[id as usize].generation == generation =>
+                {
+                    Some((pointer, shown[id as usize]?))
+                }
+                _ => None,
             })
+            .take(MAX_CHUNKS_REPORTED)
             .collect();
+        chunks.sort_unstable();
         SitesReport {
+            chunks,
             since,
             sampling: self.sampling,
             sites,
@@ -640,6 +659,21 @@ pub struct SitesReport {
     /// Stacks taken, and samples that missed theirs.
     pub stacks: u64,
     pub missed: u64,
+    /// Sampled chunks still live and their site: (user pointer, index in `sites`), by
+    /// pointer, at most [`MAX_CHUNKS_REPORTED`] (what the web view's heap map says on hover).
+    pub chunks: Vec<(u64, u32)>,
+}
+
+/// The most sampled chunks a report names, so that a report stays small when every
+/// allocation is sampled.
+pub const MAX_CHUNKS_REPORTED: usize = 1 << 18;
+
+impl SitesReport {
+    /// The site whose sampled chunk has its user pointer at `pointer`.
+    pub fn site_of_chunk(&self, pointer: u64) -> Option<&SiteReport> {
+        let at = self.chunks.binary_search_by_key(&pointer, |c| c.0).ok()?;
+        self.sites.get(self.chunks[at].1 as usize)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! What goes out is [`wire`]'s types, made from the state: their field names are the schema.
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 use crate::state::Sample;
 use crate::state::events::Counts;

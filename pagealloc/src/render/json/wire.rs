@@ -69,7 +69,7 @@ impl<'a> From<&'a MappingPages> for MappingJson<'a> {
 
 /// Page counts by state: the mappings', the process's totals and a watch line's `pages`.
 #[derive(Serialize)]
-pub(super) struct PageCountsJson {
+pub(crate) struct PageCountsJson {
     anon: u64,
     file: u64,
     thp_anon: u64,
@@ -92,7 +92,7 @@ impl From<&PageCounts> for PageCountsJson {
 }
 
 #[derive(Serialize)]
-struct LibcJson<'a> {
+pub(crate) struct LibcJson<'a> {
     path: &'a str,
     build_id: &'a str,
     debug_file: &'a str,
@@ -112,7 +112,7 @@ impl<'a> From<&'a LibcInfo> for LibcJson<'a> {
 
 /// The heap map, the same in a snapshot and in a watch line.
 #[derive(Serialize)]
-pub(super) struct HeapJson<'a> {
+pub(crate) struct HeapJson<'a> {
     arenas: Vec<ArenaJson>,
     mmapped_chunks: u64,
     mmapped_bytes: u64,
@@ -170,7 +170,7 @@ impl From<&AddressRange> for RangeJson {
 
 /// An arena's figures, and the heap's totals.
 #[derive(Serialize)]
-struct FiguresJson {
+pub(crate) struct FiguresJson {
     system_bytes: u64,
     live_chunks: u64,
     live_bytes: u64,
@@ -255,7 +255,7 @@ pub(super) struct WatchLine<'a> {
 }
 
 #[derive(Serialize)]
-pub(super) struct EventsJson {
+pub(crate) struct EventsJson {
     allocs: u64,
     frees: u64,
     allocated_bytes: u64,
@@ -315,7 +315,7 @@ pub(super) const TOP_SITES: usize = 20;
 
 /// A watch line's `sites`.
 #[derive(Serialize)]
-pub(super) struct SitesJson<'a> {
+pub(crate) struct SitesJson<'a> {
     /// The byte sampler's mean (1: every allocation).
     sample_bytes: u64,
     /// One page in this many is watched for the pinned bytes (1: every page; 0: none).
@@ -335,15 +335,20 @@ pub(super) struct SitesJson<'a> {
 
 impl<'a> From<&'a SitesReport> for SitesJson<'a> {
     fn from(report: &'a SitesReport) -> Self {
+        SitesJson::with_top(report, TOP_SITES)
+    }
+}
+
+impl<'a> SitesJson<'a> {
+    /// The sites of `report` with its `top` heaviest by live bytes and by pinned bytes.
+    pub(crate) fn with_top(report: &'a SitesReport, top: usize) -> Self {
         SitesJson {
             sample_bytes: report.sampling.sample_bytes,
             pin_pages: report.sampling.pin_pages(),
             stacks: report.stacks,
             missed_stacks: report.missed,
             merged_sites: report.merged,
-            top: (report.top(TOP_SITES).into_iter())
-                .map(SiteJson::from)
-                .collect(),
+            top: (report.top(top).into_iter()).map(SiteJson::from).collect(),
             before_attach: (&report.before_attach).into(),
             other: (&report.other).into(),
             unknown: (&report.unknown).into(),
@@ -354,7 +359,7 @@ impl<'a> From<&'a SitesReport> for SitesJson<'a> {
 
 /// A site's estimates, rounded.
 #[derive(Serialize)]
-pub(super) struct FiguresOfSiteJson {
+pub(crate) struct FiguresOfSiteJson {
     inuse_objects: u64,
     inuse_bytes: u64,
     alloc_objects: u64,
@@ -375,7 +380,7 @@ impl From<&SiteFigures> for FiguresOfSiteJson {
 }
 
 #[derive(Serialize)]
-pub(super) struct SiteJson<'a> {
+pub(crate) struct SiteJson<'a> {
     #[serde(flatten)]
     figures: FiguresOfSiteJson,
     /// The stack ended before its root (no call-frame information, or past the bytes copied).
