@@ -58,6 +58,13 @@ struct HeapArgs {
     /// Neither read nor write the cache of malloc layouts (~/.cache/pagealloc/layouts).
     #[arg(long)]
     no_cache: bool,
+    /// Search this directory alone for the C library's debug file (as <DIR>/.build-id/xx/rest.debug
+    /// and <DIR>/<debug link name>), not /usr/lib/debug nor the library's own directory;
+    /// debuginfod is still asked if DEBUGINFOD_URLS is set. An empty directory (with --no-cache
+    /// and DEBUGINFOD_URLS unset) puts the debug info out of reach: the layout is then derived
+    /// from the library's code.
+    #[arg(long, value_name = "DIR")]
+    debug_dir: Option<std::path::PathBuf>,
 }
 
 impl HeapArgs {
@@ -65,6 +72,8 @@ impl HeapArgs {
         DebugOptions {
             debug_file: self.debug_file.clone(),
             use_cache: !self.no_cache,
+            extra_debug_dirs: self.debug_dir.iter().cloned().collect(),
+            only_extra_debug_dirs: self.debug_dir.is_some(),
             ..DebugOptions::default()
         }
     }

@@ -54,6 +54,17 @@ struct ResolvedLibc {
     info: LibcInfo,
     /// Where live mode's probes on glibc's internals go.
     internals: Internals,
+    /// A layout derived from the code is trusted once a walk passed its check
+    /// ([`glibc::derive::verify`]); one read from debug info is trusted at once.
+    trusted: bool,
+}
+
+/// malloc's layout of a libc, where it came from: the debug file, or None (derived from the
+/// code), and the library's build-id.
+struct Sourced {
+    layout: glibc::debug::MallocLayout,
+    debug_file: Option<PathBuf>,
+    build_id: String,
 }
 
 /// A walk not taken, and why (the refusal of `--stop`).
@@ -244,18 +255,55 @@ impl Session {
         let target = &self.target;
         let started = Instant::now();
         let memory = ProcessMemory::new(target.reader, pages);
-        match glibc::walk(&resolved.libc, &memory, maps, Split::for_this_machine()) {
-            Ok(map) => {
-                log::debug!("heap walked in {:?}", started.elapsed());
-                let map = glibc::identity::note_interposer(map, maps, |path| {
-                    target.mapped_file(path, maps)
-                });
-                (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
+        let map = match glibc::walk(&resolved.libc, &memory, maps, Split::for_this_machine()) {
+            Ok(map) => map,
+            Err(e) => {
+                let why = HeapUnavailable::Unwalkable(Arc::new(e));
+                return (Heap::Unavailable(why), None);
             }
-            Err(e) => (
-                Heap::Unavailable(HeapUnavailable::Unwalkable(Arc::new(e))),
-                None,
-            ),
+        };
+        log::debug!("heap walked in {:?}", started.elapsed());
+        if !resolved.trusted {
+            let checked = glibc::derive::verify(&resolved.libc, &memory, maps, &map);
+            if let Err(why) = self.settle_trust(checked, map.is_consistent()) {
+                return (Heap::Unavailable(why), None);
+            }
+        }
+        let Some((_, Ok(resolved))) = &self.libc else {
+            unreachable!("trusted just above");
+        };
+        let map =
+            glibc::identity::note_interposer(map, maps, |path| self.target.mapped_file(path, maps));
+        (Heap::Map(Box::new(map)), Some(resolved.info.clone()))
+    }
+
+    /// What the check of a derived layout on a walk (`checked`) means for it: passed, it is
+    /// trusted from now on; failed on a consistent heap, it is refused for good (the page map
+    /// alone, with the reason); failed on a heap that changed under the walk, this look has no
+    /// heap map and the next one checks again.
+    fn settle_trust(
+        &mut self,
+        checked: std::result::Result<(), glibc::derive::Unverified>,
+        consistent: bool,
+    ) -> std::result::Result<(), HeapUnavailable> {
+        let Some((_, resolution)) = &mut self.libc else {
+            return Ok(());
+        };
+        match (checked, resolution) {
+            (Ok(()), Ok(resolved)) => {
+                log::info!("malloc's layout derived from the code passed its check");
+                resolved.trusted = true;
+                Ok(())
+            }
+            (Err(why), _) if !consistent => Err(HeapUnavailable::Unwalkable(Arc::new(
+                WalkSkipped(format!("{why}, while the heap changed under the walk")),
+            ))),
+            (Err(why), resolution) => {
+                let refused = HeapUnavailable::NoDebugInfo(Arc::new(why));
+                *resolution = Err(refused.clone());
+                Err(refused)
+            }
+            (Ok(()), Err(why)) => Err(why.clone()),
         }
     }
 
@@ -298,30 +346,74 @@ impl Session {
         mapping: &LibcMapping,
         page_size: u64,
     ) -> Result<ResolvedLibc, HeapUnavailable> {
-        let debug = glibc::debug::load(&mapping.file, &self.options.debug).map_err(unavailable)?;
-        log::debug!(
-            "malloc layout loaded (from the cache: {})",
-            debug.from_cache
-        );
-        let first_load = debug.layout.symbols.first_load_vaddr & !(page_size - 1);
-        let libc = Libc::new(&debug.layout, mapping.load_base.wrapping_sub(first_load))
-            .map_err(unavailable)?;
+        let Sourced {
+            layout,
+            debug_file,
+            build_id,
+        } = self.layout(&mapping.file)?;
+        let first_load = layout.symbols.first_load_vaddr & !(page_size - 1);
+        let libc =
+            Libc::new(&layout, mapping.load_base.wrapping_sub(first_load)).map_err(unavailable)?;
         let info = LibcInfo {
             path: mapping.path.clone(),
-            build_id: debug.build_id,
-            debug_file: debug.debug_file.display().to_string(),
-            version: debug.layout.glibc_version.clone(),
+            build_id,
+            debug_file: debug_file.as_ref().map(|f| f.display().to_string()),
+            version: layout.glibc_version.clone(),
         };
         Ok(ResolvedLibc {
             libc,
             info,
             internals: Internals {
-                thread_freeres: debug.layout.symbols.thread_freeres,
-                int_malloc: debug.layout.symbols.int_malloc,
-                tcache_init: debug.layout.symbols.tcache_init.clone(),
+                thread_freeres: layout.symbols.thread_freeres,
+                int_malloc: layout.symbols.int_malloc,
+                tcache_init: layout.symbols.tcache_init,
             },
+            trusted: debug_file.is_some(),
         })
     }
+
+    /// malloc's layout of `libc` (a host path) from its debug info, or derived from its code
+    /// when the debug info is out of reach (not when `--debug-file` named the file to use).
+    fn layout(&self, libc: &Path) -> Result<Sourced, HeapUnavailable> {
+        let missing = match glibc::debug::load(libc, &self.options.debug) {
+            Ok(debug) => {
+                log::debug!(
+                    "malloc layout loaded (from the cache: {})",
+                    debug.from_cache
+                );
+                return Ok(Sourced {
+                    layout: debug.layout,
+                    debug_file: Some(debug.debug_file),
+                    build_id: debug.build_id,
+                });
+            }
+            Err(e) if e.is_missing_debug_info() && self.options.debug.debug_file.is_none() => e,
+            Err(e) => return Err(unavailable(e)),
+        };
+        match glibc::derive::derive(libc) {
+            Ok(derived) => Ok(Sourced {
+                layout: derived.layout,
+                debug_file: None,
+                build_id: derived.build_id,
+            }),
+            Err(why) => Err(HeapUnavailable::NoDebugInfo(Arc::new(NotDerived {
+                missing,
+                why,
+            }))),
+        }
+    }
+}
+
+/// Neither debug info nor a layout derived from the code: what was missing, and why the code
+/// did not do.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{missing}; and malloc's layout could not be derived from the library's code instead: {why}"
+)]
+pub struct NotDerived {
+    missing: DebugInfoError,
+    #[source]
+    why: glibc::derive::DeriveError,
 }
 
 /// Where the process has glibc's C library; None for static or non-glibc programs.

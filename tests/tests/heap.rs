@@ -177,7 +177,7 @@ fn static_binary_has_no_heap_map_but_a_page_map() {
 }
 
 #[test]
-fn root_missing_debug_info_is_explained() {
+fn root_missing_debug_info_is_derived_from_the_code() {
     require_root();
     // A copy of libc whose build-id matches no debug file.
     let dir = std::env::temp_dir().join(format!("pagealloc-nodebug-{}", std::process::id()));
@@ -203,16 +203,16 @@ fn root_missing_debug_info_is_explained() {
         "json",
         "--no-cache",
     ]);
+    // No debug file has its build-id: malloc's layout is derived from its code (what a library
+    // the derivation refuses gets is in nodebug.rs).
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(8), "{stderr}");
-    assert!(
-        stderr.contains("libc6-dbg") && stderr.contains("DEBUGINFOD_URLS"),
-        "{stderr}"
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        doc["libc"]["layout"],
+        "derived from the code, no debug info"
     );
-    let doc: Value = serde_json::from_slice(&output.stdout).expect("the page map is still written");
-    assert!(doc["mappings"].as_array().unwrap().len() > 5);
-    assert!(doc["heap"].is_null());
-    assert!(doc["heap_error"].as_str().unwrap().contains("libc6-dbg"));
+    assert!(!doc["heap"]["arenas"].as_array().unwrap().is_empty());
     drop(fixture);
     let _ = std::fs::remove_dir_all(&dir);
 }

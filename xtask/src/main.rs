@@ -4,6 +4,7 @@
 //! idempotently, printing one line per step.
 mod bench;
 mod layers;
+mod layouts;
 mod losses;
 mod overhead;
 mod quiet;
@@ -42,6 +43,13 @@ enum Task {
     },
     /// Check that pagealloc's modules import one another without cycles, outputs never sources.
     Layers,
+    /// Write the table of malloc's struct layouts per glibc version (pagealloc/src/glibc/
+    /// layouts.json) from the DWARF of the system's glibc (libc6-dbg) and of the builds given.
+    Layouts {
+        /// Other builds, three arguments each: PACKAGE_VERSION LIBC DEBUG_DIR (the directory
+        /// holding its .build-id/xx/rest.debug).
+        builds: Vec<String>,
+    },
     /// Benchmarks; prints medians side by side.
     Bench {
         #[command(subcommand)]
@@ -119,6 +127,7 @@ fn main() -> Result<()> {
     setup::run()?;
     match cli.task {
         Task::Setup | Task::Layers => Ok(()),
+        Task::Layouts { builds } => layouts::generate(&root, &builds),
         Task::Demo { args } => demo(&root, &args),
         Task::Test { args } => test(&args),
         Task::Bench {

@@ -70,9 +70,11 @@ impl<'f, R: Reader> Finder<'f, R> {
     ) -> Self {
         let (proc_root, inner_path) = split_proc_root(&facts.path);
         let mut debug_dirs = options.extra_debug_dirs.clone();
-        debug_dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
-        if let Some(root) = &proc_root {
-            debug_dirs.push(root.join(SYSTEM_DEBUG_DIR.trim_start_matches('/')));
+        if !options.only_extra_debug_dirs {
+            debug_dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
+            if let Some(root) = &proc_root {
+                debug_dirs.push(root.join(SYSTEM_DEBUG_DIR.trim_start_matches('/')));
+            }
         }
         Finder {
             facts,
@@ -127,7 +129,7 @@ impl<'f, R: Reader> Finder<'f, R> {
                 &facts.path,
                 &self.inner_path,
                 self.proc_root.as_deref(),
-                &self.options.extra_debug_dirs,
+                self.options,
             ) {
                 if let Some(found) = self.try_candidate(&path, Check::Crc(*crc)) {
                     return Ok(found);
@@ -469,9 +471,14 @@ fn debuglink_candidates(
     libc: &Path,
     inner_libc: &Path,
     proc_root: Option<&Path>,
-    extra_dirs: &[PathBuf],
+    options: &DebugOptions,
 ) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = extra_dirs.iter().map(|d| d.join(name)).collect();
+    let mut out: Vec<PathBuf> = (options.extra_debug_dirs.iter())
+        .map(|d| d.join(name))
+        .collect();
+    if options.only_extra_debug_dirs {
+        return out;
+    }
     let libc = std::path::absolute(libc).unwrap_or_else(|_| libc.to_path_buf());
     if let Some(dir) = libc.parent() {
         out.push(dir.join(name));

@@ -124,6 +124,9 @@ pub struct DebugOptions {
     /// Searched before `/usr/lib/debug`, each as `<dir>/.build-id/xx/rest.debug` and
     /// `<dir>/<debuglink name>`.
     pub extra_debug_dirs: Vec<PathBuf>,
+    /// `--debug-dir`: search the extra debug dirs alone, neither `/usr/lib/debug` (the
+    /// system's, and the process root's) nor the library's own directory.
+    pub only_extra_debug_dirs: bool,
     /// debuginfod servers. None: the space-separated `DEBUGINFOD_URLS` environment variable.
     /// `Some(vec![])` disables debuginfod.
     pub debuginfod_urls: Option<Vec<String>>,

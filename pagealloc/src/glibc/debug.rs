@@ -79,7 +79,7 @@ pub struct Symbols {
 }
 
 /// The version in the libc's banner ("GNU C Library ... version 2.36."), if it has one.
-fn banner(facts: &Library) -> Option<String> {
+pub(super) fn banner(facts: &Library) -> Option<String> {
     use object::{Object, ObjectSection};
     let obj = facts.object().ok()?;
     let rodata = obj.section_by_name(".rodata")?;

@@ -3,12 +3,15 @@
 mod arenas;
 mod captures;
 mod chain;
+mod code;
 pub mod debug;
+pub mod derive;
 pub mod identity;
 pub mod layout;
 mod lists;
 mod mmapped;
 mod parts;
+pub mod table;
 mod tally;
 #[cfg(test)]
 mod tests;

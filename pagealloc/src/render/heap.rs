@@ -85,12 +85,15 @@ pub fn render(sample: &Sample, heap: &HeapMap, arena: Option<usize>, style: &Sty
     let mut canvas = Canvas::new(style);
     canvas.text("");
     if let Some(libc) = &sample.libc {
+        let source = match &libc.debug_file {
+            Some(file) => format!("debug info {file}"),
+            None => format!("layout: {}", libc.layout_source()),
+        };
         canvas.flow(
             &[format!(
-                "heap of process {} (glibc {}, debug info {})",
+                "heap of process {} (glibc {}, {source})",
                 sample.pid,
                 libc.version.as_deref().unwrap_or("?"),
-                libc.debug_file
             )],
             "",
         );

@@ -13,8 +13,19 @@ pub struct LibcInfo {
     /// The path as the target sees it.
     pub path: String,
     pub build_id: String,
-    pub debug_file: String,
+    /// The debug file malloc's layout was read from; None: derived from the library's code.
+    pub debug_file: Option<String>,
     pub version: Option<String>,
+}
+
+impl LibcInfo {
+    /// Where malloc's layout came from, as the outputs say it.
+    pub fn layout_source(&self) -> &'static str {
+        match self.debug_file {
+            Some(_) => "debug info",
+            None => "derived from the code, no debug info",
+        }
+    }
 }
 
 /// The failure behind a missing heap map, as the layer that met it typed it (state knows none of

@@ -35,6 +35,7 @@ macro_rules! ensure {
 
 mod corruptions;
 mod debug_info;
+mod derived;
 mod runner;
 mod scenarios;
 mod suites;

@@ -120,7 +120,7 @@ fn sample() -> Sample {
         libc: Some(LibcInfo {
             path: "/lib/libc.so.6".to_string(),
             build_id: "93ac61ec".to_string(),
-            debug_file: "/usr/lib/debug/.build-id/93/ac61ec.debug".to_string(),
+            debug_file: Some("/usr/lib/debug/.build-id/93/ac61ec.debug".to_string()),
             version: Some("2.36".to_string()),
         }),
         heap: Heap::Map(Box::new(HeapMap {
@@ -217,10 +217,11 @@ fn a_snapshot_has_the_schemas_keys_at_every_level() {
     assert_eq!(document["totals"]["file"], 2);
     assert_keys(
         &document["libc"],
-        &[&["path", "build_id", "debug_file", "version"]],
+        &[&["path", "build_id", "debug_file", "version", "layout"]],
         "libc",
     );
     assert_eq!(document["libc"]["version"], "2.36");
+    assert_eq!(document["libc"]["layout"], "debug info");
     assert_heap(&document["heap"]);
 }
 

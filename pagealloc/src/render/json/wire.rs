@@ -95,8 +95,10 @@ impl From<&PageCounts> for PageCountsJson {
 pub(crate) struct LibcJson<'a> {
     path: &'a str,
     build_id: &'a str,
-    debug_file: &'a str,
+    debug_file: Option<&'a str>,
     version: Option<&'a str>,
+    /// "debug info", or "derived from the code, no debug info".
+    layout: &'static str,
 }
 
 impl<'a> From<&'a LibcInfo> for LibcJson<'a> {
@@ -104,8 +106,9 @@ impl<'a> From<&'a LibcInfo> for LibcJson<'a> {
         LibcJson {
             path: &info.path,
             build_id: &info.build_id,
-            debug_file: &info.debug_file,
+            debug_file: info.debug_file.as_deref(),
             version: info.version.as_deref(),
+            layout: info.layout_source(),
         }
     }
 }
