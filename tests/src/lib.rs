@@ -702,6 +702,17 @@ impl Drop for TempDir {
     }
 }
 
+/// A fixture under a name of its own (a symlink in a fresh directory): its processes' comm is
+/// the name they were exec'd by, unlike any other process's, for `--comm`. The directory, the
+/// name and the path to exec.
+pub fn fixture_named(fixture: &str, prefix: &str) -> (TempDir, String, PathBuf) {
+    let dir = TempDir::new("comm");
+    let name = format!("{prefix}{}", std::process::id());
+    let exe = dir.0.join(&name);
+    std::os::unix::fs::symlink(fixture, &exe).expect("a symlink to the fixture");
+    (dir, name, exe)
+}
+
 /// `pagealloc serve` run by the tests: started on a free port, scraped, its stderr collected.
 pub mod serve {
     use std::io::{BufRead, BufReader};

@@ -225,11 +225,7 @@ fn only_pmd_sized_thp() -> bool {
 #[test]
 fn root_prometheus_scrapes_two_fixtures() {
     require_root();
-    // comm is the name the program was exec'd by: a symlink's own, unlike any other process.
-    let dir = TempDir::new("comm");
-    let name = format!("pas{}", std::process::id());
-    let exe = dir.0.join(&name);
-    std::os::unix::fs::symlink(fixture_path!("SERVE_TARGET"), &exe).unwrap();
+    let (_dir, name, exe) = fixture_named(fixture_path!("SERVE_TARGET"), "pas");
     let start =
         |chunks: &str, mmapped: &str| Fixture::spawn(exe.to_str().unwrap(), &[chunks, mmapped]);
     let first = start("2000", "1");

@@ -199,11 +199,7 @@ fn root_process_view_shows_the_fixture() {
 #[test]
 fn root_process_list_follows_processes() {
     require_root();
-    // comm is the name the program was exec'd by: a symlink's own, unlike any other process.
-    let dir = TempDir::new("comm");
-    let name = format!("paw{}", std::process::id());
-    let exe = dir.0.join(&name);
-    std::os::unix::fs::symlink(fixture_path!("WEB_TARGET"), &exe).unwrap();
+    let (_dir, name, exe) = fixture_named(fixture_path!("WEB_TARGET"), "paw");
     let small = Fixture::spawn(exe.to_str().unwrap(), &["1000"]);
     let mut large = Fixture::spawn(exe.to_str().unwrap(), &["6000"]);
     let serve = Serve::start(&["--comm", &format!("^{name}$"), "--interval", "1s"]);

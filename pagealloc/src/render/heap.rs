@@ -231,23 +231,12 @@ fn pixel_runs(
 /// resident cost nothing and count for none. Counts eight granules at a time: the web view
 /// draws a gigabyte of heap within a request.
 pub fn pixel(segment: &Segment, page_size: u64, first: usize, count: usize) -> HeapPixel {
-    let per_page = (page_size / GRANULE).max(1) as usize;
     let end = (first + count).min(segment.granules.len());
     let (mut live, mut resident_granules) = (0usize, 0usize);
-    let mut at = first;
-    while at < end {
-        let page_end = ((at / per_page + 1) * per_page).min(end);
-        if segment
-            .resident
-            .get(at / per_page)
-            .copied()
-            .unwrap_or(false)
-        {
-            live += count_live(&segment.granules[at..page_end]);
-            resident_granules += page_end - at;
-        }
-        at = page_end;
-    }
+    for_resident_runs(segment, page_size, first..end, |run| {
+        live += count_live(run);
+        resident_granules += run.len();
+    });
     let count = end.saturating_sub(first).max(1);
     if live > 0 {
         // Eight shades whatever the pixel's size: one per eighth of it live, at least one.
@@ -255,19 +244,9 @@ pub fn pixel(segment: &Segment, page_size: u64, first: usize, count: usize) -> H
         return HeapPixel::Live(level as u8);
     }
     let mut counts = [0usize; 8];
-    let mut at = first;
-    while at < end {
-        let page_end = ((at / per_page + 1) * per_page).min(end);
-        if segment
-            .resident
-            .get(at / per_page)
-            .copied()
-            .unwrap_or(false)
-        {
-            count_states(&segment.granules[at..page_end], &mut counts);
-        }
-        at = page_end;
-    }
+    for_resident_runs(segment, page_size, first..end, |run| {
+        count_states(run, &mut counts)
+    });
     let dominant = ChunkState::ALL
         .into_iter()
         .max_by_key(|&s| counts[s as usize])
@@ -276,6 +255,30 @@ pub fn pixel(segment: &Segment, page_size: u64, first: usize, count: usize) -> H
         return HeapPixel::NotResident;
     }
     HeapPixel::Free(dominant)
+}
+
+/// Calls `run` with each stretch of `granules` (a range of `segment`'s) that lies on one
+/// resident page.
+fn for_resident_runs(
+    segment: &Segment,
+    page_size: u64,
+    granules: std::ops::Range<usize>,
+    mut run: impl FnMut(&[u8]),
+) {
+    let per_page = (page_size / GRANULE).max(1) as usize;
+    let mut at = granules.start;
+    while at < granules.end {
+        let page_end = ((at / per_page + 1) * per_page).min(granules.end);
+        if segment
+            .resident
+            .get(at / per_page)
+            .copied()
+            .unwrap_or(false)
+        {
+            run(&segment.granules[at..page_end]);
+        }
+        at = page_end;
+    }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
